@@ -1,0 +1,43 @@
+# sophon-fleet developer commands. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_NEEDS := /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/scp:openssh-client \
+             /usr/bin/sudo:sudo /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/xz:xz-utils \
+             /usr/bin/openssl:openssl
+
+.PHONY: setup test lint compat pytest demo clean-sim
+
+setup: $(VENV)/.installed
+	@missing=""; for pair in $(APT_NEEDS); do [ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make setup: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+lint: setup
+	$(BIN)/ruff check provision sim tests benchmarks chat
+	$(BIN)/ruff format --check provision sim tests benchmarks
+
+compat: setup
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat
+
+pytest: setup
+	$(BIN)/python -m pytest -q
+
+test: lint compat pytest
+
+demo: setup
+	$(BIN)/sophon-fleet sim up --boxes 3 --profile se7-small:1,se7-ready-int8:1,se7-int4-only:1
+	$(BIN)/sophon-fleet sim status
+	$(BIN)/sophon-fleet sim down
+
+clean-sim: setup
+	$(BIN)/sophon-fleet sim down --all

@@ -1,0 +1,33 @@
+"""Every SOPHON_FLEET_* environment variable is read here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _xdg(var: str, default: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the tool keeps its files; tests point these at tmp_path."""
+
+    home: Path
+    cache_dir: Path
+    sim_dir: Path
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.home / "known_hosts"
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR)."""
+    env = os.environ if env is None else env
+    home = Path(env.get("SOPHON_FLEET_HOME") or _xdg("XDG_CONFIG_HOME", ".config") / "sophon-fleet")
+    cache = Path(env.get("SOPHON_FLEET_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "sophon-fleet")
+    sim_dir = Path(env.get("SOPHON_FLEET_SIM_DIR") or "/run/sophon-fleet-sim")
+    return Settings(home=home, cache_dir=cache, sim_dir=sim_dir)
