@@ -1,0 +1,232 @@
+"""Model manifests (`models/<model>.yaml`): variants, files, sources, thresholds, recommended layout.
+
+Loading validates the whole file up front; every problem is a ConfigError naming file, line and key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from provision.errors import ConfigError
+from provision.memory import Layout
+from provision.yamlfile import KeyPath, Located, load_yaml, type_name
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A known size and sha256."""
+
+    size: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class AssetFile:
+    """One downloadable file of a model: where it comes from and what it must be."""
+
+    id: str
+    path: str  # relative name in the cache and on the box; never escapes them
+    dfss: str | None  # path on the vendor's dfss SFTP servers
+    urls: tuple[str, ...]  # explicit HTTP(S)/file URLs, tried before dfss
+    pinned: Pinned
+    unpack: str | None  # zip files: directory to unpack into on the box
+    contains: dict[str, Pinned]  # members of an archive with known size/sha256
+
+
+@dataclass(frozen=True)
+class DfssServer:
+    host: str
+    port: int
+    user: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    min_heap_mib: int
+    files: tuple[AssetFile, ...]
+
+    @property
+    def bmodel(self) -> AssetFile:
+        return next(f for f in self.files if f.path.endswith(".bmodel"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str
+    title: str
+    chip: str
+    min_libsophon: str
+    min_sdk: str
+    min_python: str
+    seqlen: int
+    kv_cache_mib: int
+    recommended_layout: Layout
+    kit: AssetFile | None
+    dfss_servers: tuple[DfssServer, ...]
+    files: dict[str, AssetFile]
+    variants: dict[str, Variant]
+    source: str
+
+    def variant(self, name: str) -> Variant:
+        try:
+            return self.variants[name]
+        except KeyError:
+            known = ", ".join(sorted(self.variants))
+            raise ConfigError(f"model {self.model} has no variant {name!r} (known: {known})") from None
+
+
+def load_manifest(name_or_path: str | Path) -> Manifest:
+    """Load `models/<name>.yaml` (or a path) and validate it completely."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MODELS_DIR / f"{name_or_path}.yaml"
+    return parse_manifest(load_yaml(path))
+
+
+class _Reader:
+    """Typed access to a located YAML document; every failure is a located ConfigError."""
+
+    def __init__(self, doc: Located) -> None:
+        self.doc = doc
+
+    def get(self, path: KeyPath, kind: type | tuple[type, ...], *, required: bool = True) -> Any:
+        value: Any = self.doc.data
+        for part in path[:-1]:
+            if isinstance(value, dict):
+                value = value.get(part)
+            elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+                value = value[part]
+            else:
+                value = None
+        if not isinstance(value, dict):
+            raise self.doc.error(path[:-1], "must be a mapping")
+        if path[-1] not in value or value[path[-1]] is None:
+            if required:
+                raise self.doc.error(path, "is required")
+            return None
+        item = value[path[-1]]
+        if isinstance(item, bool) and kind in (int, (int,)) or not isinstance(item, kind):
+            want = type_name(kind() if isinstance(kind, type) else kind[0]())
+            raise self.doc.error(path, f"must be {want}, not {type_name(item)}")
+        return item
+
+    def known_keys(self, path: KeyPath, mapping: dict[str, Any], allowed: set[str]) -> None:
+        for key in mapping:
+            if key not in allowed:
+                raise self.doc.error(
+                    (*path, key), f"unknown key (expected one of: {', '.join(sorted(allowed))})"
+                )
+
+
+TOP_KEYS = {
+    "model",
+    "title",
+    "chip",
+    "min_libsophon",
+    "min_sdk",
+    "min_python",
+    "seqlen",
+    "kv_cache_mib",
+    "recommended_layout",
+    "memory_edit_kit",
+    "dfss_servers",
+    "files",
+    "variants",
+}
+FILE_KEYS = {"path", "dfss", "sources", "size", "sha256", "unpack", "contains"}
+
+
+def parse_manifest(doc: Located) -> Manifest:
+    r = _Reader(doc)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "a manifest must be a mapping")
+    r.known_keys((), doc.data, TOP_KEYS)
+    files = {fid: _file(r, ("files", fid), fid) for fid in r.get(("files",), dict)}
+    kit = _file(r, ("memory_edit_kit",), "memory-edit-kit") if "memory_edit_kit" in doc.data else None
+    return Manifest(
+        model=r.get(("model",), str),
+        title=r.get(("title",), str, required=False) or r.get(("model",), str),
+        chip=r.get(("chip",), str),
+        min_libsophon=str(r.get(("min_libsophon",), (str, int, float))),
+        min_sdk=r.get(("min_sdk",), str),
+        min_python=str(r.get(("min_python",), (str, float))),
+        seqlen=r.get(("seqlen",), int),
+        kv_cache_mib=r.get(("kv_cache_mib",), int, required=False) or 0,
+        recommended_layout=_layout(r, ("recommended_layout",)),
+        kit=kit,
+        dfss_servers=tuple(
+            _server(r, i) for i in range(len(r.get(("dfss_servers",), list, required=False) or []))
+        ),
+        files=files,
+        variants={name: _variant(r, name, files) for name in r.get(("variants",), dict)},
+        source=doc.file,
+    )
+
+
+def _layout(r: _Reader, path: KeyPath) -> Layout:
+    r.known_keys(path, r.get(path, dict), {"npu", "vpu", "vpp"})
+    return Layout(*(r.get((*path, key), int) for key in ("npu", "vpu", "vpp")))
+
+
+def _server(r: _Reader, index: int) -> DfssServer:
+    path: KeyPath = ("dfss_servers", index)
+    item = r.doc.data["dfss_servers"][index]
+    if not isinstance(item, dict):
+        raise r.doc.error(path, "must be a mapping with host, port, user")
+    return DfssServer(r.get((*path, "host"), str), r.get((*path, "port"), int), r.get((*path, "user"), str))
+
+
+def _pinned(r: _Reader, path: KeyPath) -> Pinned:
+    sha = r.get((*path, "sha256"), str, required=False)
+    if sha is not None and not SHA256.match(sha):
+        raise r.doc.error((*path, "sha256"), "must be 64 lowercase hex digits")
+    size = r.get((*path, "size"), int, required=False)
+    if size is not None and size < 0:
+        raise r.doc.error((*path, "size"), "must not be negative")
+    return Pinned(size=size, sha256=sha)
+
+
+def _file(r: _Reader, path: KeyPath, fid: str) -> AssetFile:
+    r.known_keys(path, r.get(path, dict), FILE_KEYS)
+    rel = r.get((*path, "path"), str, required=False) or fid
+    _check_relative(r, (*path, "path"), rel)
+    sources = r.get((*path, "sources"), list, required=False) or []
+    urls = tuple(r.get((*path, "sources", i, "url"), str) for i in range(len(sources)))
+    contains = r.get((*path, "contains"), dict, required=False) or {}
+    for member in contains:
+        _check_relative(r, (*path, "contains", member), member)
+    return AssetFile(
+        id=fid,
+        path=rel,
+        dfss=r.get((*path, "dfss"), str, required=False),
+        urls=urls,
+        pinned=_pinned(r, path),
+        unpack=r.get((*path, "unpack"), str, required=False),
+        contains={member: _pinned(r, (*path, "contains", member)) for member in contains},
+    )
+
+
+def _check_relative(r: _Reader, path: KeyPath, value: str) -> None:
+    pure = PurePosixPath(value)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts or "\\" in value:
+        raise r.doc.error(path, f"{value!r} must be a relative path inside the cache")
+
+
+def _variant(r: _Reader, name: str, files: dict[str, AssetFile]) -> Variant:
+    path: KeyPath = ("variants", name)
+    r.known_keys(path, r.get(path, dict), {"min_heap_mib", "files"})
+    ids = r.get((*path, "files"), list)
+    for i, fid in enumerate(ids):
+        if fid not in files:
+            raise r.doc.error((*path, "files", i), f"unknown file {fid!r} (defined: {', '.join(files)})")
+    chosen = tuple(files[fid] for fid in ids)
+    if not any(f.path.endswith(".bmodel") for f in chosen):
+        raise r.doc.error((*path, "files"), "a variant needs one .bmodel file")
+    return Variant(name=name, min_heap_mib=r.get((*path, "min_heap_mib"), int), files=chosen)
