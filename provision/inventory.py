@@ -659,6 +659,14 @@ def _match_one(inventory: Inventory, word: str) -> set[str]:
     return result
 
 
+def parse_adhoc_host(spec: str) -> Host:
+    """One `[user@]host[:port]` as a Host (e.g. a ProxyJump target that is not in the inventory)."""
+    entries = parse_adhoc(spec)
+    if len(entries) != 1:
+        raise ConfigError(f"expected one host, got {spec!r}", key="proxy_jump")
+    return _resolve(entries[0], SshConfig(()))
+
+
 def with_overrides(host: Host, **changes: Any) -> Host:
     """A copy of `host` with some fields changed (e.g. a resolved jump host)."""
     return replace(host, **changes)
