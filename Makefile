@@ -40,4 +40,4 @@ demo: setup
 	$(BIN)/sophon-fleet sim down
 
 clean-sim: setup
-	$(BIN)/sophon-fleet sim down --all
+	$(BIN)/sophon-fleet sim down
