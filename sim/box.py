@@ -22,6 +22,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
 from sim import itb
 from sim.hw import BoxHardware, render
 from sim.profiles import Heaps, Profile
@@ -34,7 +42,6 @@ PY38_CANDIDATES = ("/root/.pyenv/versions/3.8.18/bin/python3.8", "/usr/bin/pytho
 SSHD_CONFIG = """\
 ListenAddress 0.0.0.0:22
 HostKey {etc}/ssh_host_ed25519_key
-HostKey {etc}/ssh_host_rsa_key
 PidFile none
 AuthorizedKeysFile .ssh/authorized_keys
 PermitRootLogin no
@@ -116,12 +123,20 @@ def prepare(
 
 
 def _host_keys(etc: Path) -> None:
-    for kind, extra in (("ed25519", []), ("rsa", ["-b", "2048"])):
-        key = etc / f"ssh_host_{kind}_key"
-        if not key.exists():
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", kind, *extra, "-N", "", "-C", "", "-f", str(key)], check=True
-            )
+    key = etc / "ssh_host_ed25519_key"
+    if not key.exists():
+        write_ed25519_key(key, comment=f"root@{etc.parent.name}")
+
+
+def write_ed25519_key(path: Path, comment: str) -> None:
+    """An OpenSSH ed25519 key pair (`path` 0600 and `path.pub`), made in-process: ssh-keygen costs ~150 ms."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+    path.with_name(path.name + ".pub").write_text(f"{public.decode()} {comment}\n")
 
 
 def _system_lines(path: str) -> list[str]:

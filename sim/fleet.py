@@ -97,10 +97,7 @@ class Fleet:
     def _create(self, profiles: list[Profile]) -> None:
         st = self.state
         key = st.dir / "operator_key"
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sophon-fleet-sim", "-f", str(key)],
-            check=True,
-        )
+        boxmod.write_ed25519_key(key, comment="sophon-fleet-sim operator")
         password_file = st.dir / "become_password"
         password_file.write_text(PASSWORD + "\n")
         password_file.chmod(0o600)
@@ -356,9 +353,8 @@ class Fleet:
         lines = []
         for record in self.state.boxes:
             etc = self.state.box_paths(record.name).dir / "etc"
-            for kind in ("ed25519", "rsa"):
-                key_type, key = (etc / f"ssh_host_{kind}_key.pub").read_text().split()[:2]
-                lines.append(f"{record.address} {key_type} {key}")
+            key_type, key = (etc / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+            lines.append(f"{record.address} {key_type} {key}")
         (self.state.dir / "known_hosts").write_text("\n".join(lines) + "\n")
 
     def _write_inventory(self) -> None:
