@@ -34,8 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     ups, downs = zip(*(one_run(args.boxes) for _ in range(args.runs)), strict=True)
     print(f"{args.boxes} boxes, {args.runs} runs")
-    print(f"  up   (all sshd answering): median {statistics.median(ups):.2f} s  max {max(ups):.2f} s  target < 3 s")
-    print(f"  down (nothing left):       median {statistics.median(downs):.2f} s  max {max(downs):.2f} s  target < 2 s")
+    for label, times, target in (("up   (all sshd answering)", ups, 3), ("down (nothing left)", downs, 2)):
+        median, worst = statistics.median(times), max(times)
+        print(f"  {label:26} median {median:.2f} s  max {worst:.2f} s  target < {target} s")
 
 
 if __name__ == "__main__":
