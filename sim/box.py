@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from sim import itb
 from sim.hw import BoxHardware, render
-from sim.profiles import Heaps, Profile
+from sim.profiles import Profile
 
 BOXINIT = Path(__file__).with_name("boxinit.sh")
 SAIL_EMULATOR = Path(__file__).with_name("sail")
@@ -112,7 +112,7 @@ def prepare(
     if not paths.power_fifo.exists():
         os.mkfifo(paths.power_fifo, 0o622)
     _root_layer(paths, name, operator_pub=operator_pub, password_hash=password_hash)
-    paths.boot_image.write_bytes(itb.encode(profile.heaps, profile.dts))
+    paths.boot_image.write_bytes(factory_image(profile))
     (paths.dir / "fs" / "boot" / "multi.its").write_text(itb.multi_its(profile.dts))
     install_libsophon(paths.opt_sophon, profile.libsophon)
     install_sail(paths.opt_sophon)
@@ -228,7 +228,12 @@ def remove_sail(opt_sophon: Path) -> None:
     shutil.rmtree(opt_sophon / "sophon-sail", ignore_errors=True)
 
 
-def boot_heaps(paths: BoxPaths) -> tuple[Heaps, str]:
+def factory_image(profile: Profile) -> bytes:
+    h = profile.heaps
+    return itb.encode(itb.BootImage(profile.dts, (h.npu, h.vpu, h.vpp), tuple(profile.ddr_mib)))
+
+
+def boot_image(paths: BoxPaths) -> itb.BootImage:
     """What the box boots with; itb.InvalidImage when /boot/emmcboot.itb cannot boot."""
     try:
         image = paths.boot_image.read_bytes()

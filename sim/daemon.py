@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from sim import itb
-from sim.box import BoxPaths, PowerState, boot_heaps
+from sim.box import BoxPaths, PowerState, boot_image
 from sim.hw import BoxHardware, render
 from sim.state import FleetState, hw_lock, write_status
 
@@ -61,10 +61,10 @@ class BoxSupervisor(threading.Thread):
             if "dark" in hw.faults:
                 return "fault: dark (the box never comes back from this boot)"
             try:
-                heaps, dts = boot_heaps(self.paths)
+                image = boot_image(self.paths)
             except itb.InvalidImage as exc:
                 return f"boot image invalid: {exc}"
-            hw.heaps, hw.dts = [heaps.npu, heaps.vpu, heaps.vpp], dts
+            hw.heaps, hw.dts, hw.ddr_mib = list(image.heaps), image.dts, list(image.ddr)
             hw.boot_count += 1
             hw.boot_id = str(uuid.uuid4())
             hw.save(self.paths.dir)

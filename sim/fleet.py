@@ -340,10 +340,10 @@ class Fleet:
         boxmod.install_libsophon(paths.opt_sophon, hw.libsophon)
         boxmod.install_sail(paths.opt_sophon)
         try:
-            boxmod.boot_heaps(paths)
+            boxmod.boot_image(paths)
         except itb.InvalidImage:
-            paths.boot_image.write_bytes(itb.encode(profile.heaps, profile.dts))
-        hw.dts = boxmod.boot_heaps(paths)[1]
+            paths.boot_image.write_bytes(boxmod.factory_image(profile))
+        hw.dts = boxmod.boot_image(paths).dts
         hw.faults = []
         return f"{record.name}: healed"
 

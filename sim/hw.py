@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sim.profiles import Heaps, Profile
+from sim.profiles import Profile
 
 MIB = 1024 * 1024
 
@@ -49,10 +49,6 @@ class BoxHardware:
             profile.dts,
             profile.boot_delay_s,
         )
-
-    @property
-    def booted_heaps(self) -> Heaps:
-        return Heaps(*self.heaps)
 
     def save(self, box_dir: Path) -> None:
         tmp = box_dir / "hw.json.tmp"

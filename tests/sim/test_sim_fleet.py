@@ -126,7 +126,7 @@ def reconnect(fleet: Fleet, name: str, timeout: float) -> paramiko.SSHClient:
 def test_boot_image_decides_the_heaps_and_a_corrupt_one_leaves_the_box_dark(sim_fleet):
     fleet = sim_fleet(["se7-small"])
     boot = fleet.state.box_paths("se7-1").boot_image
-    boot.write_bytes(itb.encode(itb.Heaps(7615, 3071, 3071), "bm1684x_se7_v1.dtb"))
+    boot.write_bytes(itb.encode(itb.BootImage("bm1684x_se7_v1.dtb", (7615, 3071, 3071))))
     fleet.reboot("se7-1")
     assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
     client = connect(fleet, "se7-1")
