@@ -228,3 +228,8 @@ def test_proxy_jump_through_another_box(sshd, trust):
         assert box.run(["echo", "via"]).stdout == "via\n"
         assert box._jump is not None and box._jump.host.name == "bastion"
         assert connector.transport(target) is box
+
+
+def test_stdin_for_a_command_that_does_not_read_it(box):
+    for _ in range(5):
+        assert box.run(["true"], stdin=b"x" * 200000).ok
