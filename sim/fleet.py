@@ -7,12 +7,14 @@ even after the simulator itself crashed.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -405,24 +407,27 @@ def ensure_site() -> Path:
     site = SITE_CACHE / "py38-site"
     if python is None or (site / ".complete").exists():
         return site
-    tmp = SITE_CACHE / "py38-site.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "--target",
-            str(tmp),
-            *SITE_PACKAGES,
-        ]
-    )
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(site, ignore_errors=True)
-    os.replace(tmp, site)
+    SITE_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(SITE_CACHE / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several fleets may come up at once
+        if not (site / ".complete").exists():
+            tmp = Path(tempfile.mkdtemp(dir=SITE_CACHE, prefix="py38-site."))
+            run(
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--target",
+                    str(tmp),
+                    *SITE_PACKAGES,
+                ]
+            )
+            (tmp / ".complete").write_text("ok\n")
+            shutil.rmtree(site, ignore_errors=True)
+            os.replace(tmp, site)
     return site
 
 
