@@ -232,7 +232,7 @@ class Mirror:
 
     def start(self) -> Mirror:
         handler = type("MirrorHandler", (_Handler,), {"mirror": self})
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server = _QuietServer((self.host, self.port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="mirror", daemon=True)
         self._thread.start()
@@ -266,6 +266,16 @@ class Mirror:
                 return Faults(throttle=faults.throttle) if faults.throttle else None
             faults.hits += 1
             return faults
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # clients that hang up are normal here
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -109,7 +109,7 @@ class FileDownload:
             for attempt in range(1, self.retries + 1):
                 self.attempts += 1
                 try:
-                    placed = self._attempt(source, part)
+                    placed = self._attempt_on_disk(source, part)
                     return self._result(placed, "downloaded", source.label, resumed_from)
                 except SourceUnavailable as exc:
                     errors.append(str(exc))
@@ -131,6 +131,18 @@ class FileDownload:
         raise FleetError(
             f"{self.file.path}: could not download ({summary})", hint="check the network/mirrors"
         )
+
+    def _attempt_on_disk(self, source: Source, part: Path) -> CachedFile:
+        try:
+            return self._attempt(source, part)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                done = part.stat().st_size if part.exists() else 0
+                raise DiskFullError(
+                    f"{self.file.path}: disk full in {part.parent} after {done} bytes",
+                    hint="free some space and pull again: the download resumes from the bytes on disk",
+                ) from exc
+            raise
 
     def _attempt(self, source: Source, part: Path) -> CachedFile:
         want = self.lock.expected(self.file)
@@ -170,23 +182,15 @@ class FileDownload:
         return hash_prefix(part, offset, on_bytes)
 
     def _write(self, chunks, part: Path, digest, offset: int, total: int | None) -> int:
-        try:
-            with open(part, "ab") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    digest.update(chunk)
-                    offset += len(chunk)
-                    self.transferred += len(chunk)
-                    self._emit("downloading", offset, total)
-                    if total is not None and offset > total:
-                        break
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    f"{self.file.path}: disk full in {part.parent} after {offset} bytes",
-                    hint="free some space and pull again: the download resumes from the bytes on disk",
-                ) from exc
-            raise
+        with open(part, "ab") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                digest.update(chunk)
+                offset += len(chunk)
+                self.transferred += len(chunk)
+                self._emit("downloading", offset, total)
+                if total is not None and offset > total:
+                    break
         return offset
 
     def _verify_and_place(self, part: Path, size: int, sha256: str) -> CachedFile:
