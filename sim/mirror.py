@@ -234,9 +234,13 @@ class Mirror:
         handler = type("MirrorHandler", (_Handler,), {"mirror": self})
         self._server = _QuietServer((self.host, self.port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mirror", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="mirror", daemon=True)
         self._thread.start()
         return self
+
+    def _serve(self) -> None:
+        assert self._server is not None
+        self._server.serve_forever(poll_interval=0.05)
 
     def stop(self) -> None:
         if self._server:
