@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check provision sim tests benchmarks
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat provision/assets/receiver.py
 
 pytest: setup
 	$(BIN)/python -m pytest -q
