@@ -1,8 +1,8 @@
 """Push to "boxes" that are local directories, the receiver running in a subprocess (no SSH)."""
 
 import json
-import shlex
 import os
+import shlex
 import shutil
 import subprocess
 import sys
