@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check provision sim tests benchmarks
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat provision/assets/receiver.py
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/assets/receiver.py
 
 pytest: setup
 	$(BIN)/python -m pytest -q
@@ -40,4 +40,4 @@ demo: setup
 	$(BIN)/sophon-fleet sim down
 
 clean-sim: setup
-	$(BIN)/sophon-fleet sim down --all
+	$(BIN)/sophon-fleet sim down

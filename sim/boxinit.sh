@@ -1,0 +1,26 @@
+#!/bin/bash
+# PID 1 of a simulated box, run inside fresh mount/uts/pid namespaces (and the box's net namespace).
+# Builds the box's root (overlay over the host's /, with its own /boot, /data, /opt/sophon and hardware
+# views bind-mounted at the real paths), then becomes the box's sshd. All mounts die with the namespace.
+# usage: boxinit.sh BOX_DIR NAME OVERLAY_DIR
+set -eu
+B=$1; name=$2; O=$3
+R=$B/root
+mount --make-rprivate /
+mount -t overlay overlay -o "lowerdir=/,upperdir=$O/upper,workdir=$O/work" "$R"
+for m in proc sys dev dev/pts dev/shm; do mount --rbind "/$m" "$R/$m"; done
+mount -t tmpfs -o mode=755 tmpfs "$R/run"; mkdir -p "$R/run/sshd"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mkdir -p "$R/boot" "$R/data" "$R/opt/sophon" "$R/opt/sophon-sim-site" "$R$B"
+mount --bind "$B/fs/boot" "$R/boot"
+mount --bind "$B/fs/data" "$R/data"
+mount --bind "$B/fs/opt_sophon" "$R/opt/sophon"
+mount --bind "$B" "$R$B"
+mount --bind "$B/hw/cpuinfo" "$R/proc/cpuinfo"
+mount --bind "$B/hw/boot_id" "$R/proc/sys/kernel/random/boot_id"
+mount --bind "$B/hw/firmware" "$R/sys/firmware"
+mount --bind "$B/hw/debug" "$R/sys/kernel/debug"
+if [ -n "${SIM_SITE:-}" ]; then mount --bind -o ro "$SIM_SITE" "$R/opt/sophon-sim-site"; fi
+# never rename the host: only inside a UTS namespace of our own
+if [ "$(readlink /proc/self/ns/uts)" != "$HOST_UTS" ]; then hostname "$name"; fi
+exec chroot "$R" /usr/sbin/sshd -D -e -f "$B/etc/sshd_config"

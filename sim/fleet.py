@@ -1,0 +1,481 @@
+"""Bring a simulated fleet up and down, inspect it, reboot boxes and inject faults.
+
+`Fleet.up()` records every resource in the state directory *before* creating it, so `Fleet.down()` (or
+`sophon-fleet sim down`) removes everything — namespaces, links, the safety route, mounts, processes —
+even after the simulator itself crashed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from provision.errors import SimError
+from sim import box as boxmod
+from sim import hw as hwmod
+from sim import itb, net
+from sim.hw import BoxHardware
+from sim.profiles import Profile, get_profile
+from sim.state import BoxRecord, FleetState, hw_lock, read_status
+
+PASSWORD = "linaro"  # the factory password of real boxes (linaro/linaro)
+SITE_CACHE = Path("/var/cache/sophon-fleet-sim")
+SITE_PACKAGES = ("numpy==1.24.4",)
+FAULTS = (
+    "dark",
+    "slow-boot",
+    "link-down",
+    "link-up",
+    "rate",
+    "disk-full",
+    "old-sdk",
+    "no-sail",
+    "wrong-chip",
+    "memedit-fails",
+    "itb-corrupt",
+    "heal",
+)
+
+
+@dataclass(frozen=True)
+class BoxView:
+    """What `sim status` shows for a box."""
+
+    name: str
+    address: str
+    profile: str
+    state: str
+    detail: str
+    heaps: list[int]
+    boot_id: str
+    boot_count: int
+    faults: list[str]
+
+
+class Fleet:
+    """A simulated fleet rooted at a state directory."""
+
+    def __init__(self, state: FleetState) -> None:
+        self.state = state
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls, state_dir: Path | str, profiles: list[Profile | str], *, ready_timeout: float = 30.0
+    ) -> Fleet:
+        """Create and boot one box per profile; returns when every box's sshd answers."""
+        require_root()
+        state_dir = Path(state_dir)
+        if (state_dir / "fleet.json").exists():
+            raise SimError(
+                f"a simulated fleet is already up in {state_dir}", hint="run `sophon-fleet sim down` first"
+            )
+        state_dir.mkdir(parents=True, exist_ok=True)
+        state = FleetState(dir=state_dir, k=net.free_fleet_index())
+        state.save()
+        fleet = cls(state)
+        try:
+            fleet._create([get_profile(p) if isinstance(p, str) else p for p in profiles])
+            fleet.wait_ready(timeout=ready_timeout)
+        except BaseException:
+            fleet.down()
+            raise
+        return fleet
+
+    @classmethod
+    def load(cls, state_dir: Path | str) -> Fleet:
+        return cls(FleetState.load(Path(state_dir)))
+
+    def _create(self, profiles: list[Profile]) -> None:
+        st = self.state
+        key = st.dir / "operator_key"
+        boxmod.write_ed25519_key(key, comment="sophon-fleet-sim operator")
+        password_file = st.dir / "become_password"
+        password_file.write_text(PASSWORD + "\n")
+        password_file.chmod(0o600)
+        password_hash = subprocess.run(
+            ["openssl", "passwd", "-6", PASSWORD], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        self._mount_tmpfs(st.overlay_dir, size="4g")
+        fleet_net = net.FleetNet(st.k)
+        st.namespaces.append(fleet_net.hub)
+        st.save()
+        net.create_hub(fleet_net)
+        if any(p for p in profiles) and boxmod.SAIL_EMULATOR.is_dir():
+            st.site = str(ensure_site())
+        pub = key.with_suffix(".pub").read_text()
+        for i, profile in enumerate(profiles, start=1):
+            record = BoxRecord(f"se7-{i}", i, fleet_net.box_address(i), fleet_net.box_ns(i), profile.name)
+            st.boxes.append(record)
+            st.namespaces.append(record.netns)
+            st.save()
+            paths = st.box_paths(record.name)
+            paths.dir.mkdir(parents=True, exist_ok=True)
+            self._mount_tmpfs(paths.data, size=f"{profile.data_mib}m", mode="755")
+            boxmod.prepare(paths, record.name, profile, operator_pub=pub, password_hash=password_hash)
+            os.chown(paths.data, boxmod.LINARO_UID, boxmod.LINARO_UID)  # like bmrt_setup.sh at every boot
+            net.attach(fleet_net, record.netns, record.address)
+        self._write_known_hosts()
+        self._write_inventory()
+        self._start_daemon()
+
+    def _mount_tmpfs(self, where: Path, *, size: str, mode: str = "700") -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        self.state.mounts.append(str(where))
+        self.state.save()
+        run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "sophon-fleet-sim", str(where)])
+
+    def _start_daemon(self) -> None:
+        """Start the daemon in its own session; no Popen object, so nothing warns when this process ends."""
+        log = os.open(self.state.dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log, 1),
+            (os.POSIX_SPAWN_DUP2, log, 2),
+            (os.POSIX_SPAWN_CLOSE, log),
+        ]
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-m", "sim.daemon", str(self.state.dir)],
+                env,
+                file_actions=actions,
+                setsid=True,
+            )
+        finally:
+            os.close(log)
+        self.state.daemon_pid = pid
+        self.state.save()
+
+    def wait_ready(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
+        """Wait until the sshd of every box (or of `names`) sends its banner."""
+        deadline = time.monotonic() + timeout
+        pending = [b for b in self.state.boxes if names is None or b.name in names]
+        while pending:
+            pending = [b for b in pending if not ssh_banner(b.address)]
+            if pending and time.monotonic() > deadline:
+                raise SimError(
+                    f"boxes not answering SSH after {timeout:.0f} s: {', '.join(b.name for b in pending)}",
+                    hint=f"see {self.state.dir}/boxes/<box>/run/console.log",
+                )
+            if pending:
+                time.sleep(0.02)
+
+    def down(self) -> list[str]:
+        """Remove everything the fleet made; returns what could not be removed (empty when clean)."""
+        st = self.state
+        self._stop_daemon()
+        for ns in st.namespaces:
+            kill_namespace_processes(ns)
+        left = net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
+        for where in reversed(st.mounts):
+            if os.path.ismount(where) and not unmount(where):
+                left.append(f"mount {where}")
+        if not left:
+            shutil.rmtree(st.dir, ignore_errors=True)
+        return left
+
+    def _stop_daemon(self) -> None:
+        pid = self.state.daemon_pid
+        if not pid or not pid_alive(pid):
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(pid, 0)  # reap it when this process started it
+        except ChildProcessError:
+            pass
+
+    # ---- inspection ------------------------------------------------------------------------------------
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.state.dir / "inventory.yml"
+
+    @property
+    def boxes(self) -> list[BoxRecord]:
+        return list(self.state.boxes)
+
+    def hardware(self, name: str) -> BoxHardware:
+        return BoxHardware.load(self.state.box_paths(self.state.box(name).name).dir)
+
+    def status(self) -> list[BoxView]:
+        views = []
+        for record in self.state.boxes:
+            box_dir = self.state.box_paths(record.name).dir
+            hw, status = BoxHardware.load(box_dir), read_status(box_dir)
+            views.append(
+                BoxView(
+                    record.name,
+                    record.address,
+                    record.profile,
+                    str(status.get("state")),
+                    str(status.get("detail", "")),
+                    hw.heaps,
+                    hw.boot_id,
+                    hw.boot_count,
+                    hw.faults,
+                )
+            )
+        return views
+
+    # ---- power and faults ------------------------------------------------------------------------------
+
+    def request(self, name: str, word: str) -> None:
+        """Send `reboot`, `off`, `on` or `heal` to the daemon for one box."""
+        fifo = self.state.box_paths(self.state.box(name).name).power_fifo
+        if not self.state.daemon_pid or not pid_alive(self.state.daemon_pid):
+            raise SimError(
+                "the fleet daemon is not running", hint="`sophon-fleet sim down` and `sim up` again"
+            )
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(fd, f"{word}\n".encode())
+        finally:
+            os.close(fd)
+
+    def reboot(self, name: str, *, wait: bool = True, timeout: float = 30.0) -> str:
+        """Power-cycle a box; with `wait`, return its new boot_id once sshd answers again."""
+        before = self.hardware(name).boot_id
+        self.request(name, "reboot")
+        if not wait:
+            return before
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hw = self.hardware(name)
+            if hw.boot_id != before and read_status(self.state.box_paths(name).dir).get("state") == "up":
+                self.wait_ready(timeout=max(0.1, deadline - time.monotonic()), names=[name])
+                return hw.boot_id
+            time.sleep(0.02)
+        raise SimError(f"{name} did not come back within {timeout:.0f} s")
+
+    def power_off(self, name: str) -> None:
+        self.request(name, "off")
+
+    def power_on(self, name: str) -> None:
+        self.request(name, "on")
+
+    def fault(self, name: str, fault: str, arg: str | None = None) -> str:
+        """Inject (or with `heal`, clear) a fault on one box; returns a one-line description."""
+        record = self.state.box(name)
+        paths = self.state.box_paths(name)
+        fleet_net = net.FleetNet(self.state.k)
+        if fault not in FAULTS:
+            raise SimError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+        with hw_lock(paths.dir):
+            hw = BoxHardware.load(paths.dir)
+            message = self._apply_fault(hw, paths, record, fleet_net, fault, arg)
+            hw.save(paths.dir)
+            hwmod.render(hw, paths.dir)
+        if fault == "heal":
+            self.request(name, "heal")
+        return message
+
+    def _apply_fault(
+        self,
+        hw: BoxHardware,
+        paths: boxmod.BoxPaths,
+        record: BoxRecord,
+        fleet_net: net.FleetNet,
+        fault: str,
+        arg: str | None,
+    ) -> str:
+        profile = get_profile(record.profile)
+        if fault == "heal":
+            return self._heal(hw, paths, record, fleet_net, profile)
+        if fault in ("link-down", "link-up"):
+            net.set_link(fleet_net, record.netns, up=fault == "link-up")
+            _toggle(hw, "link-down", fault == "link-down")
+            return f"{record.name}: link {'down' if fault == 'link-down' else 'up'}"
+        if fault == "rate":
+            mbit = _int_arg(fault, arg)
+            net.set_rate(fleet_net, record.netns, mbit or None)
+            _toggle(hw, "rate", bool(mbit))
+            return (
+                f"{record.name}: link limited to {mbit} Mbit/s" if mbit else f"{record.name}: link unlimited"
+            )
+        if fault == "slow-boot":
+            hw.boot_delay_s = float(_int_arg(fault, arg))
+            _toggle(hw, "slow-boot", True)
+            return f"{record.name}: boots take {hw.boot_delay_s:g} s"
+        if fault == "disk-full":
+            fill_disk(paths.data)
+        elif fault == "old-sdk":
+            hw.sdk, hw.libsophon = "V23.07.01", "0.4.9"
+            boxmod.install_libsophon(paths.opt_sophon, hw.libsophon)
+        elif fault == "no-sail":
+            boxmod.remove_sail(paths.opt_sophon)
+        elif fault == "wrong-chip":
+            hw.chip, hw.dts = "bm1684", "bm1684_se5_v1.dtb"
+        _toggle(hw, fault, True)
+        return f"{record.name}: {fault}"
+
+    def _heal(
+        self,
+        hw: BoxHardware,
+        paths: boxmod.BoxPaths,
+        record: BoxRecord,
+        fleet_net: net.FleetNet,
+        profile: Profile,
+    ) -> str:
+        """Clear every fault; a box whose image cannot boot gets a factory image back, as after a reflash."""
+        net.set_link(fleet_net, record.netns, up=True)
+        net.set_rate(fleet_net, record.netns, None)
+        (paths.data / ".sim-disk-full").unlink(missing_ok=True)
+        hw.sdk, hw.libsophon, hw.chip = profile.sdk, profile.libsophon, profile.chip
+        hw.boot_delay_s = profile.boot_delay_s
+        boxmod.install_libsophon(paths.opt_sophon, hw.libsophon)
+        boxmod.install_sail(paths.opt_sophon)
+        try:
+            boxmod.boot_image(paths)
+        except itb.InvalidImage:
+            paths.boot_image.write_bytes(boxmod.factory_image(profile))
+        hw.dts = boxmod.boot_image(paths).dts
+        hw.faults = []
+        return f"{record.name}: healed"
+
+    # ---- files for the rest of the CLI -----------------------------------------------------------------
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for record in self.state.boxes:
+            etc = self.state.box_paths(record.name).dir / "etc"
+            key_type, key = (etc / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+            lines.append(f"{record.address} {key_type} {key}")
+        (self.state.dir / "known_hosts").write_text("\n".join(lines) + "\n")
+
+    def _write_inventory(self) -> None:
+        st = self.state
+        doc = {
+            "defaults": {
+                "user": "linaro",
+                "port": 22,
+                "key": str(st.dir / "operator_key"),
+                "known_hosts": str(st.dir / "known_hosts"),
+                "become_password_file": str(st.dir / "become_password"),
+            },
+            "groups": {"sim": {"hosts": [b.name for b in st.boxes]}},
+            "hosts": {b.name: {"address": b.address} for b in st.boxes},
+        }
+        header = f"# Simulated fleet (sophon-fleet sim up), state in {st.dir}\n"
+        self.inventory_path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+
+
+def _toggle(hw: BoxHardware, fault: str, on: bool) -> None:
+    if on and fault not in hw.faults:
+        hw.faults.append(fault)
+    if not on and fault in hw.faults:
+        hw.faults.remove(fault)
+
+
+def _int_arg(fault: str, arg: str | None) -> int:
+    if arg is None or not arg.isdigit():
+        raise SimError(f"fault {fault} needs a number, e.g. `sim fault se7-1 {fault} 100`")
+    return int(arg)
+
+
+def fill_disk(where: Path) -> None:
+    """Take every free byte of a filesystem with one file, so writes fail with ENOSPC."""
+    stats = os.statvfs(where)
+    filler = where / ".sim-disk-full"
+    with open(filler, "ab") as handle:
+        os.posix_fallocate(
+            handle.fileno(), 0, max(1, stats.f_bavail * stats.f_frsize + filler.stat().st_size)
+        )
+
+
+def ensure_site() -> Path:
+    """Python 3.8 packages the boxes' SAIL emulator needs (numpy), installed once per machine."""
+    python = boxmod.box_python()
+    site = SITE_CACHE / "py38-site"
+    if python is None or (site / ".complete").exists():
+        return site
+    SITE_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(SITE_CACHE / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several fleets may come up at once
+        if not (site / ".complete").exists():
+            tmp = Path(tempfile.mkdtemp(dir=SITE_CACHE, prefix="py38-site."))
+            run(
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--target",
+                    str(tmp),
+                    *SITE_PACKAGES,
+                ]
+            )
+            (tmp / ".complete").write_text("ok\n")
+            shutil.rmtree(site, ignore_errors=True)
+            os.replace(tmp, site)
+    return site
+
+
+def ssh_banner(address: str, port: int = 22, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def kill_namespace_processes(ns: str) -> None:
+    proc = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    for pid in proc.stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return False
+
+
+def unmount(where: str) -> bool:
+    """Unmount, lazily if something still holds it; False when neither works."""
+    return any(run(["umount", *flags, where], check=False).returncode == 0 for flags in ([], ["-l"]))
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SimError("the simulated fleet needs root (network and mount namespaces)", hint="run as root")
+
+
+def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise SimError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def describe(view: BoxView) -> dict[str, object]:
+    return asdict(view)

@@ -1,0 +1,73 @@
+"""Box profiles: the factory states a simulated box can start from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from provision.errors import SimError
+
+
+@dataclass(frozen=True)
+class Heaps:
+    """Ion heap sizes in MiB."""
+
+    npu: int
+    vpu: int
+    vpp: int
+
+    @property
+    def total(self) -> int:
+        return self.npu + self.vpu + self.vpp
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Hardware and software of a box as it leaves the factory."""
+
+    name: str
+    heaps: Heaps
+    chip: str = "bm1684x"
+    ddr_mib: tuple[int, int, int] = (8192, 4096, 4096)  # ddr12, ddr3, ddr4
+    sdk: str = "V24.04.01"
+    libsophon: str = "0.5.1"
+    dts: str = "bm1684x_se7_v1.dtb"
+    data_mib: int = 2048
+    boot_delay_s: float = 0.5
+    preinstalled_kit: bool = False  # memory_edit at /opt/sophon/memory_edit, root-owned (Airbox)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        # heaps of a factory AIBOX-1684X (FACTS.md §1.5): 3950 + 2048 + 3072 = 9070 MiB
+        Profile("se7-factory", Heaps(3950, 2048, 3072)),
+        Profile("se7-ready-int8", Heaps(7615, 3071, 3071)),
+        Profile("se7-int4-only", Heaps(2560, 1024, 1536)),
+        Profile("se7-small", Heaps(1024, 1024, 1536)),
+        # Radxa Airbox: memory_edit ships preinstalled ("系统出厂自带") in /opt/sophon/memory_edit
+        Profile("airbox", Heaps(3950, 2048, 3072), dts="bm1684x_sm7m_v1.0.dtb", preinstalled_kit=True),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise SimError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})") from None
+
+
+def parse_profile_spec(spec: str, boxes: int | None) -> list[Profile]:
+    """`se7-small:1,se7-ready-int8:2` → one profile per box; a bare name repeats for `boxes` boxes."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) == 1 and ":" not in parts[0]:
+        return [get_profile(parts[0])] * (boxes if boxes is not None else 1)
+    result: list[Profile] = []
+    for part in parts:
+        name, _, count = part.partition(":")
+        if not count.isdigit() or int(count) < 1:
+            raise SimError(f"bad profile spec {part!r}: use NAME:COUNT, e.g. se7-small:2")
+        result += [get_profile(name)] * int(count)
+    if boxes is not None and boxes != len(result):
+        raise SimError(f"--boxes {boxes} does not match the {len(result)} boxes of --profile {spec}")
+    return result
