@@ -91,11 +91,12 @@ class LocalChannel:
 
 
 class ExecChannel:
-    """Adapts a paramiko-style exec channel (sendall, makefile, recv_exit_status, close)."""
+    """Adapts an SSH exec channel: a paramiko-style channel (sendall, makefile, recv_exit_status, close)
+    or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
 
     def __init__(self, channel: Any) -> None:
-        self.channel = channel
-        self._stdout = channel.makefile("rb")
+        self.channel = getattr(channel, "channel", channel)
+        self._stdout = self.channel.makefile("rb")
 
     def send(self, data: bytes) -> None:
         try:
