@@ -18,6 +18,7 @@ class Settings:
     home: Path
     cache_dir: Path
     sim_dir: Path
+    mirrors: tuple[str, ...] = ()  # asset mirrors tried before the manifest's (SOPHON_FLEET_MIRRORS)
 
     @property
     def known_hosts(self) -> Path:
@@ -25,9 +26,10 @@ class Settings:
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR)."""
+    """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR, _MIRRORS)."""
     env = os.environ if env is None else env
     home = Path(env.get("SOPHON_FLEET_HOME") or _xdg("XDG_CONFIG_HOME", ".config") / "sophon-fleet")
     cache = Path(env.get("SOPHON_FLEET_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "sophon-fleet")
     sim_dir = Path(env.get("SOPHON_FLEET_SIM_DIR") or "/run/sophon-fleet-sim")
-    return Settings(home=home, cache_dir=cache, sim_dir=sim_dir)
+    mirrors = tuple((env.get("SOPHON_FLEET_MIRRORS") or "").replace(",", " ").split())
+    return Settings(home=home, cache_dir=cache, sim_dir=sim_dir, mirrors=mirrors)
