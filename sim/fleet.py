@@ -83,9 +83,11 @@ class Fleet:
                 f"a simulated fleet is already up in {state_dir}", hint="run `sophon-fleet sim down` first"
             )
         state_dir.mkdir(parents=True, exist_ok=True)
-        state = FleetState(dir=state_dir, k=net.free_fleet_index())
-        state.save()
-        fleet = cls(state)
+        with net.allocation_lock():
+            state = FleetState(dir=state_dir, k=net.free_fleet_index())
+            state.save()
+            fleet = cls(state)
+            fleet._claim_network()
         try:
             fleet._create([get_profile(p) if isinstance(p, str) else p for p in profiles])
             fleet.wait_ready(timeout=ready_timeout)
@@ -110,9 +112,6 @@ class Fleet:
         ).stdout.strip()
         self._mount_tmpfs(st.overlay_dir, size="4g")
         fleet_net = net.FleetNet(st.k)
-        st.namespaces.append(fleet_net.hub)
-        st.save()
-        net.create_hub(fleet_net)
         if any(p for p in profiles) and boxmod.SAIL_EMULATOR.is_dir():
             st.site = str(ensure_site())
         pub = key.with_suffix(".pub").read_text()
@@ -130,6 +129,17 @@ class Fleet:
         self._write_known_hosts()
         self._write_inventory()
         self._start_daemon()
+
+    def _claim_network(self) -> None:
+        """The hub (and the subnet's safety route) — made under the allocation lock, recorded first."""
+        fleet_net = net.FleetNet(self.state.k)
+        self.state.namespaces.append(fleet_net.hub)
+        self.state.save()
+        try:
+            net.create_hub(fleet_net)
+        except BaseException:
+            self.down()
+            raise
 
     def _mount_tmpfs(self, where: Path, *, size: str, mode: str = "700") -> None:
         where.mkdir(parents=True, exist_ok=True)
