@@ -43,6 +43,10 @@ class FleetNet:
     def host_address(self) -> str:
         return f"{SUBNET_PREFIX}.{self.k}.1"
 
+    @property
+    def mirror_address(self) -> str:
+        return f"{SUBNET_PREFIX}.{self.k}.2"
+
     def box_ns(self, i: int) -> str:
         return f"sf{self.k}b{i}"
 
