@@ -217,9 +217,13 @@ def test_software_and_chip_faults(sim_fleet):
     fleet.fault("se7-1", "wrong-chip")
     _, out = run(client, "grep -m1 'model name' /proc/cpuinfo; /usr/sbin/bm_version | grep U-Boot")
     assert "model name\t: bm1684\n" in out and out.rstrip().endswith("Sophon BM1684")
+    import_sail = "python3 -c 'import sophon.sail'"
+    assert run(client, import_sail)[0] == 0  # the SAIL emulator, with numpy, on the box's Python 3.8
     fleet.fault("se7-1", "no-sail")
-    assert run(client, "test -e /opt/sophon/sophon-sail")[0] != 0
+    status, out = run(client, import_sail)
+    assert status != 0 and "No module named 'sophon'" in out
     fleet.fault("se7-1", "heal")
+    assert run(client, import_sail)[0] == 0
     _, out = run(client, "grep -m1 'model name' /proc/cpuinfo; readlink /opt/sophon/libsophon-current")
     assert out.split("\n")[:2] == ["model name\t: bm1684x", "/opt/sophon/libsophon-0.5.1"]
 
@@ -257,6 +261,7 @@ def test_cli_up_status_fault_reboot_down(tmp_path):
 
         up = json.loads(result.stdout)
         assert [b["profile"] for b in up["boxes"]] == ["se7-small", "se7-int4-only"]
+        assert up["mirror"].startswith("http://10.213.") and up["manifest"].endswith("models/glm4-9b.yaml")
         result = runner.invoke(cli, ["sim", "reboot", "se7-2", "--state-dir", state])
         assert result.exit_code == 0, result.output
         result = runner.invoke(cli, ["sim", "status", "--json", "--state-dir", state])
