@@ -178,6 +178,26 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     assert "sudo refused" in entry["reasons"][0]["message"]
     assert "not-the-password" not in json.dumps(doc)
 
+    # no sudo password at all: `sudo -n` fails fast; -K asks once and the heaps are read
+    del data["defaults"]["become_password_env"]
+    wrong.write_text(yaml.safe_dump(data))
+    code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
+    assert code == 3 and "a password is required" in doc["hosts"][0]["reasons"][0]["message"]
+    result = CliRunner().invoke(
+        cli, ["preflight", "--json", "-K", "-i", str(wrong), "--limit", "se7-2"], input="linaro\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert '"status": "ready-int8"' in result.output
+
+    # password login instead of a key, the password from an env var
+    data["defaults"].pop("key")
+    data["defaults"]["password_env"] = "SE7_SSH_PW"
+    data["defaults"]["become_password_env"] = "SE7_SSH_PW"
+    wrong.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("SE7_SSH_PW", "linaro")
+    code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
+    assert code == 0 and doc["hosts"][0]["status"] == "ready-int8"
+
 
 def test_host_keys_unknown_refused_accept_new_pins_changed_refused(sim_fleet):
     fleet = sim_fleet(["se7-factory", "se7-small"])
