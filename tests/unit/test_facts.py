@@ -167,3 +167,9 @@ def test_gather_without_a_password_uses_sudo_n():
     with pytest.raises(FactError, match="truncated"):
         gather(fake)
     assert fake.calls[0][2] is None
+
+
+def test_python_section_caches_only_successes_and_doctor_can_bypass():
+    cached = probe_script(with_password=False)
+    assert "python-facts" in cached and '*"sail ok"*)' in cached
+    assert "python-facts" not in probe_script(with_password=False, fresh=True)
