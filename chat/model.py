@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -111,14 +112,19 @@ class GlmModel:
         self.filled = 0
 
     def _check_graphs(self) -> None:
+        """The 5 fixed graphs plus block_i and block_cache_i for every layer index that appears, and nothing
+        else, so that the seed's NUM_LAYERS = (graphs - 5) // 2 is right."""
+        indices = [int(n.rsplit("_", 1)[1]) for n in self.graph_names if re.match(r"^block_(cache_)?\d+$", n)]
+        layers = max(indices) + 1 if indices else 0
         wanted = list(FIXED_GRAPHS)
-        for layer in range(self.num_layers):
+        for layer in range(layers):
             wanted += ["block_%d" % layer, "block_cache_%d" % layer]
         missing = [name for name in wanted if name not in self.graph_names]
-        if self.num_layers < 1 or missing or len(wanted) != len(self.graph_names):
+        unexpected = [name for name in self.graph_names if name not in wanted]
+        if layers < 1 or missing or unexpected or layers != self.num_layers:
             raise ModelError(
-                "%s: not a ChatGLM4 bmodel (graphs %s; missing %s)"
-                % (self.path, self.graph_names[:8], missing[:8])
+                "%s: not a ChatGLM4 bmodel (%d graphs; missing %s; unexpected %s)"
+                % (self.path, len(self.graph_names), missing[:8], unexpected[:8])
             )
 
     def _slot(self, graph: str, index: int, is_input: bool = True, shape=None) -> _Slot:
