@@ -23,6 +23,7 @@ import argparse
 import base64
 import json
 import random
+import shutil
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -320,6 +321,40 @@ def build_standin(
     return StandIn(
         bmodel=bmodel, token_dir=token_dir, token_zip=token_zip, variant=variant, seed=seed, config=config
     )
+
+
+# Where sophon-demo's download.sh finds the ChatGLM4 assets on the dfss server (FACTS.md §4).
+MIRROR_PATHS = {
+    "int4": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int4_1dev.bmodel",
+    "int8": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int8_1dev.bmodel",
+    "token_config": "sophon-demo/ChatGLM4/token_config.zip",
+}
+
+
+def build_mirror_assets(
+    root: Path, *, seed: int = 0, pad_to: dict[str, int] | None = None
+) -> dict[str, Path]:
+    """Both stand-in variants and the shared token_config.zip at their dfss-style paths under `root`, for
+    the simulator's mirror. `pad_to` maps a variant to a bmodel size in bytes. Returns {MIRROR_PATHS key:
+    file}.
+    """
+    root = Path(root)
+    work = root / ".standins"
+    files = {}
+    for variant in VARIANTS:
+        standin = build_standin(
+            work / variant, seed=seed, variant=variant, pad_to=(pad_to or {}).get(variant, 0)
+        )
+        files[variant] = _place(standin.bmodel, root / MIRROR_PATHS[variant])
+    files["token_config"] = _place(standin.token_zip, root / MIRROR_PATHS["token_config"])
+    shutil.rmtree(work)
+    return files
+
+
+def _place(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.replace(target)
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:
