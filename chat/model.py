@@ -109,6 +109,7 @@ class GlmModel:
         self._allocate()
         self.masks = MaskBuffers(self.seqlen, self._prefill_mask.np_dtype, self._prefill_pid.np_dtype)
         self._ids = np.zeros(self.seqlen, dtype=np.int32)
+        self._token = np.zeros((1, 1), dtype=np.int32)
         self.filled = 0
 
     def _check_graphs(self) -> None:
@@ -197,7 +198,8 @@ class GlmModel:
         if self.filled >= self.seqlen:
             raise ModelError("KV cache full (SEQLEN %d)" % self.seqlen)
         position = self.filled
-        self._next_ids.upload(np.array([[token]], dtype=np.int32))
+        self._token[0, 0] = token
+        self._next_ids.upload(self._token)
         self._process("embedding_cache", [self._next_ids], [self._next_hidden])
         self._next_pid.upload(self.masks.decode_position(position).reshape(1, 1))
         self._next_mask.upload(self.decode_mask())

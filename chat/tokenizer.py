@@ -59,7 +59,8 @@ _RANK_LINE = re.compile(rb"^[A-Za-z0-9+/]+={0,2} \d+$")
 class Tokenizer:
     """What the runtime needs from a tokenizer: text <-> ids, each id's bytes, and the special ids."""
 
-    special_ids: Dict[str, int]
+    special_ids = {}  # type: Dict[str, int]
+    vocab_size = 0  # ids the tokenizer can produce: pieces/ranks + special tokens
 
     def encode(self, text: str) -> List[int]:
         """Ids of `text`; special-token spellings inside `text` are ordinary text, never control tokens."""
