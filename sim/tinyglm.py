@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import random
 import shutil
@@ -135,8 +136,19 @@ def train_bpe_ranks(text: str, n_ranks: int) -> dict[bytes, int]:
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         merged = best[0] + best[1]
         ranks.setdefault(merged, len(ranks))
-        words = Counter({_merge(word, best, merged): count for word, count in words.items()})
+        words = Counter(
+            {
+                (_merge(word, best, merged) if best[0] in word else word): count
+                for word, count in words.items()
+            }
+        )
     return ranks
+
+
+@functools.lru_cache(maxsize=8)
+def _seed_ranks(seed: int, n_ranks: int) -> dict[bytes, int]:
+    """The stand-in vocabulary of `seed` (cached: training is the slowest part of building a stand-in)."""
+    return train_bpe_ranks(_corpus(random.Random(seed)), n_ranks)
 
 
 def _merge(word: tuple, pair: tuple, merged: bytes) -> tuple:
@@ -303,7 +315,7 @@ def build_standin(
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ranks = train_bpe_ranks(_corpus(random.Random(seed)), vocab_ranks)
+    ranks = _seed_ranks(seed, vocab_ranks)
     token_dir = out_dir / "token_config"
     write_token_config(token_dir, ranks)
     token_zip = out_dir / "token_config.zip"
