@@ -19,9 +19,10 @@ import time
 from typing import List, Optional, TextIO
 
 from .errors import ChatError, PromptTooLongError
-from .generate import ChatSession, Done
+from .generate import ChatSession, Done, generate
 from .model import GlmModel
 from .server import StdioServer
+from .template import apply_chat_template
 from .tokenizer import load_tokenizer
 
 SUBCOMMANDS = ("serve", "selftest", "info")
@@ -88,10 +89,12 @@ def run_repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
 
 
 def selftest(args: argparse.Namespace) -> dict:
-    """Load, answer SELFTEST_PROMPT greedily with at most `args.tokens` tokens, report one JSON object."""
+    """Load, generate `args.tokens` tokens greedily for SELFTEST_PROMPT (EOS does not stop it, so FTL/TPS
+    always cover the same work), report one JSON object."""
     session, load_s = load_session(args)
+    prompt = apply_chat_template(session.tokenizer, [{"role": "user", "content": SELFTEST_PROMPT}])
     done = None
-    for event in session.chat(SELFTEST_PROMPT, max_new_tokens=args.tokens):
+    for event in generate(session.model, session.tokenizer, prompt, args.tokens, stop_at_eos=False):
         if isinstance(event, Done):
             done = event
     return {

@@ -225,8 +225,31 @@ def _zip_dir(token_dir: Path, zip_path: Path) -> None:
             archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
 
 
-def float_weights(config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
-    """Random float32 GLM-4 weights, named as the emulator's graphs read them."""
+EOS_GAIN = 1.2  # EOS output rows scaled so answers end by EOS after tens of tokens, like a chat model's
+
+
+def text_token_ids(ranks: dict[bytes, int]) -> list[int]:
+    """Ranks whose bytes are printable text on their own (not a partial UTF-8 sequence or a control byte)."""
+    ids = []
+    for token, rank in ranks.items():
+        try:
+            text = token.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if all(c.isprintable() or c in "\n " for c in text):
+            ids.append(rank)
+    return sorted(ids)
+
+
+def float_weights(
+    config: dict[str, Any], seed: int, ranks: dict[bytes, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Random float32 GLM-4 weights, named as the emulator's graphs read them.
+
+    With `ranks`, the output layer is shaped so that the random model writes readable text: rows of tokens
+    that are not text on their own, of special tokens other than the EOS set and of the padding ids are
+    zero (their logit is 0, far below the winners), and the EOS rows are scaled by EOS_GAIN. The GLM math
+    is unchanged; only the weight values are chosen."""
     rng = np.random.default_rng(seed)
     hidden, ffn = config["hidden"], config["ffn"]
     qkv_out = (config["heads"] + 2 * config["kv_heads"]) * config["head_dim"]
@@ -249,6 +272,16 @@ def float_weights(config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
         weights[prefix + "4h_to_h.weight"] = linear(hidden, ffn)
     weights["final_norm"] = norm()
     weights["output_layer.weight"] = linear(config["padded_vocab"], hidden, gain=4.0)
+    if ranks is not None:
+        output = weights["output_layer.weight"]
+        eos = [
+            len(ranks) + GLM4_SPECIAL_TOKENS.index(name)
+            for name in ("<|endoftext|>", "<|user|>", "<|observation|>")
+        ]
+        keep = np.zeros(config["padded_vocab"], dtype=bool)
+        keep[text_token_ids(ranks) + eos] = True
+        output[~keep] = 0.0
+        output[eos] *= EOS_GAIN
     return weights
 
 
@@ -267,10 +300,12 @@ def quantise(weight: np.ndarray, variant: str) -> np.ndarray:
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
-def variant_weights(config: dict[str, Any], seed: int, variant: str) -> dict[str, np.ndarray]:
+def variant_weights(
+    config: dict[str, Any], seed: int, variant: str, ranks: dict[bytes, int] | None = None
+) -> dict[str, np.ndarray]:
     """The fp16 weights a `variant` stand-in holds: linear layers quantised, the rest cast to fp16."""
     weights = {}
-    for name, value in float_weights(config, seed).items():
+    for name, value in float_weights(config, seed, ranks).items():
         is_linear = name.endswith(".weight") and value.ndim == 2
         weights[name] = quantise(value, variant) if is_linear else value.astype(np.float16)
     return weights
@@ -329,7 +364,7 @@ def build_standin(
         "graphs": _glm.graph_specs(config),
     }
     bmodel = out_dir / (bmodel_name or f"glm4-9b_{variant}_1dev.bmodel")
-    _bmodel.write_bmodel(str(bmodel), header, variant_weights(config, seed, variant), pad_to=pad_to)
+    _bmodel.write_bmodel(str(bmodel), header, variant_weights(config, seed, variant, ranks), pad_to=pad_to)
     return StandIn(
         bmodel=bmodel, token_dir=token_dir, token_zip=token_zip, variant=variant, seed=seed, config=config
     )
