@@ -6,7 +6,7 @@ import pytest
 
 from chat.model import GlmModel
 
-LOGIT_TOLERANCE = 0.05  # fp16 rounding of hidden states/KV at graph boundaries; logits are O(10)
+LOGIT_TOLERANCE = 0.08  # fp16 rounding of hidden states/KV at graph boundaries (~10 fp16 ulps at |logit| 15)
 
 
 def prompt(length, vocab, seed):
