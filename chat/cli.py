@@ -30,16 +30,22 @@ SELFTEST_PROMPT = "你好"
 
 
 def _add_model_options(parser: argparse.ArgumentParser, token: bool = True) -> None:
-    parser.add_argument(
-        "--bmodel", default=os.environ.get("SOPHON_CHAT_BMODEL", "./models/BM1684X/glm4-9b_int4_1dev.bmodel")
-    )
+    bmodel = os.environ.get("SOPHON_CHAT_BMODEL", "./models/BM1684X/glm4-9b_int4_1dev.bmodel")
+    parser.add_argument("--bmodel", default=bmodel, help="ChatGLM4 bmodel (default: %(default)s)")
     if token:
-        parser.add_argument("--token", default=os.environ.get("SOPHON_CHAT_TOKEN", "./python/token_config/"))
-    parser.add_argument("--dev-id", "--dev_id", dest="dev_id", type=int, default=0)
+        token_dir = os.environ.get("SOPHON_CHAT_TOKEN", "./python/token_config/")
+        parser.add_argument(
+            "--token", default=token_dir, help="token config directory (default: %(default)s)"
+        )
+    parser.add_argument("--dev-id", "--dev_id", dest="dev_id", type=int, default=0, help="TPU device id")
 
 
 def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m chat" + (" " + command if command else ""))
+    parser = argparse.ArgumentParser(
+        prog="python3 -m chat" + (" " + command if command else ""),
+        description=__doc__.split("\n\n")[1] if command is None else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_model_options(parser, token=command != "info")
     if command == "serve":
         parser.add_argument(
