@@ -14,7 +14,11 @@ The model: GLM-4 architecture scaled down (default 2 layers, hidden 64, 4 heads,
 SwiGLU ffn 192, SEQLEN 128, rope_ratio 500, RMSNorm eps 1.5625e-7), random weights from the seed. The
 variants differ like the real ones: linear weights quantised to int4 (groups of 64) or int8 (per output
 channel) and stored dequantised as fp16; embeddings and norms are fp16. Same seed → same tokenizer and same
-float weights for both variants, so int4 and int8 differ only by quantisation.
+float weights for both variants, so int4 and int8 differ only by quantisation. The output layer is shaped
+so that the random model writes readable text and ends answers with EOS (see `float_weights`).
+
+For the mirror: `build_mirror_assets(root)` lays both variants and token_config.zip out at sophon-demo's
+dfss paths (`MIRROR_PATHS`). From the shell: `python -m sim.tinyglm OUT --variant int8 --pad-to BYTES`.
 """
 
 from __future__ import annotations
