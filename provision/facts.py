@@ -66,8 +66,9 @@ def _python_section(*, fresh: bool) -> str:
 
 
 _ROOT = (
-    'for k in npu vpu vpp; do printf "%s " "$k"; '
-    'cat "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem" 2>/dev/null || echo "?"; done; '
+    "for k in npu vpu vpp; do "
+    '{ read -r v < "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem"; } 2>/dev/null '
+    '&& echo "$k $v" || echo "$k ?"; done; '
     f'if [ -n "$1" ]; then echo "{MARK}memory_edit_p"; cd "$(dirname "$1")" && ./memory_edit.sh -p 2>&1; fi'
 )
 
@@ -83,7 +84,11 @@ def probe_script(*, with_password: bool, fresh: bool = False) -> str:
         ("hostname", 'read -r h < /proc/sys/kernel/hostname && echo "$h" || hostname'),
         ("boot_id", 'read -r b < /proc/sys/kernel/random/boot_id && echo "$b"'),
         ("uname", "uname -rvm"),
-        ("cpuinfo", "grep -m1 -i '^model name' /proc/cpuinfo"),
+        (
+            "cpuinfo",
+            'while IFS= read -r l; do case "$l" in "model name"*) echo "$l"; break;; esac; '
+            "done < /proc/cpuinfo",
+        ),
         (
             "dts",
             "{ tr -d '\\0' < /proc/device-tree/info/file-name || "
@@ -100,7 +105,11 @@ def probe_script(*, with_password: bool, fresh: bool = False) -> str:
             "for f in /sys/module/bmtpu/version /proc/bmsophon/driver_version; do "
             '[ -r "$f" ] && cat "$f"; done',
         ),
-        ("meminfo", "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo"),
+        (
+            "meminfo",
+            'while read -r k v u; do case "$k" in MemTotal:) echo "$k $v $u"; break;; esac; '
+            "done < /proc/meminfo",
+        ),
         (
             "df",
             f"set --; for p in {' '.join(DISKS)}; do "
