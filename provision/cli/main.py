@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "preflight": "provision.cli.preflight:preflight",
     "doctor": "provision.cli.preflight:doctor",
     "deploy": "provision.cli.deploy:deploy",
+    "chat": "provision.cli.chat:chat",
 }
 
 EPILOG = """\b
