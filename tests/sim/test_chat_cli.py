@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sim.conftest import connect, needs_root, run
+from tests.sim.conftest import assert_nothing_left, connect, needs_root, run
 from tests.sim.flows import invoke, pull_and_push, use_fleet
 
 pytestmark = [pytest.mark.sim, needs_root]
@@ -20,15 +20,31 @@ pytestmark = [pytest.mark.sim, needs_root]
 SOPHON_FLEET = str(Path(sys.executable).with_name("sophon-fleet"))
 
 
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """One fleet for the module (deploying is the slow part): an int8-ready box with the int4 stand-in
+    pushed and the runtime deployed, and a bare box."""
+    from sim.fleet import Fleet
+
+    fleet = Fleet.up(tmp_path_factory.mktemp("fleet"), ["se7-ready-int8", "se7-int4-only"], mirror=True)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        try:
+            use_fleet(fleet, tmp_path_factory.mktemp("user"), monkeypatch)
+            pull_and_push(fleet, "int4", names=["se7-1"])
+            code, out, err = invoke("deploy", "-i", str(fleet.inventory_path), "--limit", "se7-1")
+            assert code == 0, out + err
+            yield fleet
+        finally:
+            assert fleet.down() == []
+            assert_nothing_left(fleet)
+
+
 @pytest.fixture
-def fleet(sim_fleet, tmp_path, monkeypatch):
-    """An int8-ready box with the int4 stand-in pushed and the runtime deployed, and a bare box."""
-    fleet = sim_fleet(["se7-ready-int8", "se7-int4-only"], mirror=True)
-    use_fleet(fleet, tmp_path, monkeypatch)
-    pull_and_push(fleet, "int4", names=["se7-1"])
-    code, out, err = invoke("deploy", "-i", str(fleet.inventory_path), "--limit", "se7-1")
-    assert code == 0, out + err
-    return fleet
+def slow_tpu(fleet):
+    """Answers that take long enough to interrupt (100 ms per graph run), for one test."""
+    fleet.fault("se7-1", "slow-tpu", "100")
+    yield
+    fleet.fault("se7-1", "slow-tpu", "0")
 
 
 def chat_processes(fleet, name="se7-1"):
@@ -113,8 +129,7 @@ def read_until(stream, marker: bytes, timeout=30.0) -> bytes:
     return seen
 
 
-def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet):
-    fleet.fault("se7-1", "slow-tpu", "100")  # answers take long enough to interrupt
+def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet, slow_tpu):
     proc = spawn_chat(fleet)
     try:
         read_until(proc.stdout, b"Question: ")
@@ -135,8 +150,7 @@ def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet):
     assert wait_no_chat_process(fleet) == []
 
 
-def test_losing_the_connection_mid_answer_leaves_nothing_on_the_box(fleet):
-    fleet.fault("se7-1", "slow-tpu", "100")
+def test_losing_the_connection_mid_answer_leaves_nothing_on_the_box(fleet, slow_tpu):
     proc = spawn_chat(fleet)
     try:
         read_until(proc.stdout, b"Question: ")
