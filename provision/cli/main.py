@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "provision.cli.preflight:doctor",
     "deploy": "provision.cli.deploy:deploy",
     "chat": "provision.cli.chat:chat",
+    "bench": "provision.cli.bench:bench",
 }
 
 EPILOG = """\b
