@@ -245,6 +245,13 @@ class BoxPusher:
                 result.files.append(self._transfer(item))
         return result
 
+    def run_safely(self) -> BoxPush | FleetError:
+        """`run`, with a failure returned instead of raised (what `push_fleet` records per box)."""
+        try:
+            return self.run()
+        except FleetError as exc:
+            return exc
+
     # -- the conversation --------------------------------------------------------------------------
 
     def _probe(self) -> dict[str, Any]:
@@ -427,10 +434,7 @@ def push_fleet(
             retries=retries,
             backoff=backoff,
         )
-        try:
-            outcome: BoxPush | FleetError = pusher.run()
-        except FleetError as exc:
-            outcome = exc
+        outcome = pusher.run_safely()
         with guard:
             results[target.host] = outcome
 

@@ -163,15 +163,22 @@ def write_stream(part, offset, digest, blocks, on_block=None):
 
 
 def stdin_blocks(count):
-    stream = sys.stdin.buffer
+    """Exactly `count` bytes from stdin (fewer at EOF), read straight into one reused 1 MiB buffer."""
+    try:  # a 1 MiB pipe (the default 64 KiB costs a context switch per 64 KiB)
+        import fcntl
+
+        fcntl.fcntl(0, 1031, CHUNK)  # F_SETPIPE_SZ
+    except (ImportError, OSError):
+        pass
+    raw = sys.stdin.buffer.raw  # nothing was read from stdin before the data, so nothing is buffered
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
     while count > 0:
-        block = (
-            stream.read1(min(CHUNK, count)) if hasattr(stream, "read1") else stream.read(min(CHUNK, count))
-        )
-        if not block:
+        n = raw.readinto(view[: min(CHUNK, count)])
+        if not n:
             return
-        count -= len(block)
-        yield block
+        count -= n
+        yield view[:n]
 
 
 def recv(args):
