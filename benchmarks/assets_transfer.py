@@ -112,6 +112,13 @@ def bench_interrupted(work: Path, tree, size: int) -> None:
             sent[0] += len(data)
             super().send(data)
 
+        def send_file(self, f, offset: int, count: int) -> int:
+            if sent[0] >= size // 2:
+                self.proc.kill()
+            n = super().send_file(f, offset, count)
+            sent[0] += n
+            return n
+
     root = str(work / "box")
     BoxPusher("box", Killing, "glm4-9b", "int4", items, root=root, retries=1, backoff=0).run_safely()
     result = BoxPusher("box", LocalChannel, "glm4-9b", "int4", items, root=root).run()
@@ -139,6 +146,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int) -> None:
     manifest, lock = setup_controller(work, tree)
     cache = Cache(work / "cache-a")
     items = [i for i in plan_push(manifest, "int4", cache=cache, lock=lock) if i.name.endswith(".bmodel")]
+    mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={work}/mux-%C", "-o", "ControlPersist=60"]
     fleet = Fleet.up(work / "fleet", ["se7-factory"])
     try:
         box = fleet.boxes[0]
@@ -175,7 +183,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int) -> None:
             BoxPusher(box.name, opener, "glm4-9b", "int4", items).run()
 
         def openssh(command: str) -> LocalChannel:
-            ssh = ["ssh", *ssh_opts, "-c", "aes128-gcm@openssh.com", f"linaro@{box.address}", command]
+            ssh = ["ssh", *ssh_opts, *mux, "-c", "aes128-gcm@openssh.com", f"linaro@{box.address}", command]
             return LocalChannel(" ".join(shlex.quote(a) for a in ssh))
 
         def push_openssh() -> None:
@@ -191,7 +199,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int) -> None:
 
         rows = [
             ("assets push (paramiko exec, aes128-gcm, receiver hashes+fsyncs)", push),
-            ("assets push (OpenSSH client exec, aes128-gcm, same receiver)", push_openssh),
+            ("assets push (OpenSSH client exec + ControlMaster, aes128-gcm)", push_openssh),
             ("scp (OpenSSH default cipher)", scp),
             ("scp -c aes128-gcm@openssh.com", lambda: scp("-c", "aes128-gcm@openssh.com")),
         ]
@@ -201,6 +209,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int) -> None:
             print(f"   {label:64} {size / took / MB:6.0f} MB/s  {base / took:.2f}x scp")
         client.close()
     finally:
+        subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{fleet.boxes[0].address}"], capture_output=True)
         fleet.down()
 
 

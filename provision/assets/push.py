@@ -15,6 +15,7 @@ subprocess in unit tests (`LocalChannel`), an SSH exec channel from `provision/t
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import threading
@@ -75,6 +76,13 @@ class LocalChannel:
 
     def recv_line(self) -> bytes:
         return self.proc.stdout.readline()
+
+    def send_file(self, f: Any, offset: int, count: int) -> int:
+        """Zero-copy fast path: `sendfile` from the cached blob into the command's stdin pipe."""
+        try:
+            return os.sendfile(self.proc.stdin.fileno(), f.fileno(), offset, count)
+        except (BrokenPipeError, ValueError) as exc:
+            raise ChannelBroken(str(exc)) from exc
 
     def exit_status(self) -> int:
         return self.proc.wait()
@@ -320,14 +328,26 @@ class BoxPusher:
         raise RemoteError(f"{self.host}: {item.name}: the transfer kept failing ({self.retries} attempts)")
 
     def _send(self, channel: Channel, item: PushItem, offset: int, counter: list[int]) -> None:
-        """Send the blob from `offset`; `counter[0]` counts every byte handed to the channel."""
+        """Send the blob from `offset`; `counter[0]` counts every byte handed to the channel.
+
+        Channels with `send_file` (local pipes, OpenSSH client processes) get the bytes by sendfile;
+        others (paramiko channels) by 1 MiB reads.
+        """
         assert item.blob is not None
+        fast = getattr(channel, "send_file", None)
         with open(item.blob, "rb") as f:
             f.seek(offset)
-            while block := f.read(CHUNK):
-                channel.send(block)
-                counter[0] += len(block)
-                offset += len(block)
+            while offset < item.size:
+                if fast is not None:
+                    n = fast(f, offset, min(8 * CHUNK, item.size - offset))
+                else:
+                    block = f.read(CHUNK)
+                    channel.send(block)
+                    n = len(block)
+                if not n:
+                    raise ChannelBroken(f"{item.blob} ended at byte {offset}")
+                counter[0] += n
+                offset += n
                 self._emit(item.name, "sending", offset, item.size)
 
     def _await_fetch(self, channel: Channel, item: PushItem, offset: int) -> dict[str, Any]:

@@ -61,7 +61,13 @@ class CutLink:
             sent[0] += len(data)
             original(data)
 
+        def send_file(f, offset, count):
+            f.seek(offset)
+            send(f.read(count))
+            return count
+
         channel.send = send
+        channel.send_file = send_file
         return channel
 
 
