@@ -13,6 +13,7 @@ import random
 import time
 from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
+from .errors import ModelError
 from .model import GlmModel, Sampling
 from .template import Conversation
 from .tokenizer import Tokenizer
@@ -110,6 +111,11 @@ class ChatSession:
     """A model + tokenizer + conversation: `chat()` streams one answer and stores the finished turn once."""
 
     def __init__(self, model: GlmModel, tokenizer: Tokenizer, reserve: Optional[int] = None) -> None:
+        if tokenizer.vocab_size > model.vocab:
+            raise ModelError(
+                "%s: vocabulary of %d ids is smaller than the token config's %d"
+                " (wrong token config for this bmodel?)" % (model.path, model.vocab, tokenizer.vocab_size)
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.conversation = Conversation(tokenizer, model.seqlen, reserve or max(1, model.seqlen // 4))

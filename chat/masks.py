@@ -27,19 +27,28 @@ class MaskBuffers:
         self.seqlen = seqlen
         self._causal = np.triu(np.full((seqlen, seqlen), MASKED, dtype=mask_dtype), k=1)
         self._prefill_mask = np.full((seqlen, seqlen), MASKED, dtype=mask_dtype)
+        self._prefill_length = 0  # the length _prefill_mask currently holds (0: all MASKED)
         self._decode_mask = np.zeros(seqlen + 1, dtype=mask_dtype)
         self._prefill_positions = np.zeros(seqlen, dtype=position_dtype)
         self._arange = np.arange(seqlen, dtype=position_dtype)
         self._decode_position = np.zeros(1, dtype=position_dtype)
 
     def prefill_mask(self, length: int) -> np.ndarray:
-        """[SEQLEN, SEQLEN]: causal over the first `length` rows/columns, MASKED elsewhere."""
+        """[SEQLEN, SEQLEN]: causal over the first `length` rows/columns, MASKED elsewhere.
+
+        Rows below min(previous, length) are the same for both lengths (0 up to the diagonal, MASKED after)
+        and rows from max(previous, length) on are all MASKED for both, so only the rows in between are
+        rewritten: O(|length - previous| * SEQLEN) per prompt instead of the seed's O(length^2) Python loop.
+        """
         self._check(length, 1, self.seqlen)
-        mask = self._prefill_mask
-        mask[:length, :length] = self._causal[:length, :length]
-        mask[:length, length:] = MASKED
-        mask[length:, :] = MASKED
-        return mask
+        previous = self._prefill_length
+        low, high = min(previous, length), max(previous, length)
+        if length > previous:
+            self._prefill_mask[low:high] = self._causal[low:high]
+        else:
+            self._prefill_mask[low:high] = MASKED
+        self._prefill_length = length
+        return self._prefill_mask
 
     def prefill_positions(self, length: int) -> np.ndarray:
         """[SEQLEN]: 0..length-1, then 0 for the padding."""

@@ -184,6 +184,27 @@ def write_token_config(token_dir: Path, ranks: dict[bytes, int]) -> None:
     (token_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
+def write_glm4_shaped_token_config(token_dir: Path) -> Path:
+    """A token config with glm-4-9b's size and its ids where tests and benchmarks look: 151,329 ranks,
+    bytes in GPT-2 order ("\\n" = 198), "你好" = 109377 and "Hello" = 9703 (reached through BPE merges),
+    specials from 151329 in the real tokenizer_config.json layout. The other ranks are filler tokens
+    containing 0xFF, a byte that never occurs in UTF-8, so they never interfere with encoding text.
+    Returns `token_dir`."""
+    ranks = {bytes([b]): rank for rank, b in enumerate(gpt2_byte_order())}
+    fixed = {"你好".encode(): 109377, b"Hello": 9703}
+    for merge in ("你".encode()[:2], "你".encode(), "好".encode()[:2], "好".encode(), b"He", b"ll", b"Hell"):
+        ranks[merge] = len(ranks)
+    taken, rank, filler = set(fixed.values()), len(ranks), 0
+    while len(ranks) < 151329 - len(fixed):
+        if rank not in taken:
+            ranks[b"\xff" + filler.to_bytes(3, "big")] = rank
+            filler += 1
+        rank += 1
+    ranks.update(fixed)
+    write_token_config(token_dir, ranks)
+    return token_dir
+
+
 def _zip_dir(token_dir: Path, zip_path: Path) -> None:
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(token_dir.iterdir()):

@@ -46,6 +46,14 @@ def test_selftest_reports_a_broken_token_config_by_name(standin, tmp_path):
     assert str(tmp_path / "tokenizer.model") in report["message"]
 
 
+def test_a_token_config_larger_than_the_models_vocab_is_refused(standin, tmp_path):
+    from sim.tinyglm import write_glm4_shaped_token_config
+
+    token = write_glm4_shaped_token_config(tmp_path / "token_config")
+    report = json.loads(run_chat("selftest", "--bmodel", str(standin.bmodel), "--token", str(token)).stdout)
+    assert report["ok"] is False and "wrong token config for this bmodel" in report["message"]
+
+
 def test_defaults_come_from_the_environment(standin):
     env = dict(
         subprocess_env(), SOPHON_CHAT_BMODEL=str(standin.bmodel), SOPHON_CHAT_TOKEN=str(standin.token_dir)

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chat.masks import MASKED, MaskBuffers
 
@@ -26,6 +28,14 @@ def test_prefill_mask_and_positions_equal_the_seed_for_any_length_and_buffer_reu
     for length in (48, 1, 17, 30, 2, 47):  # longer then shorter: stale values must not survive
         np.testing.assert_array_equal(buffers.prefill_mask(length), seed_prefill_mask(length, 48))
         np.testing.assert_array_equal(buffers.prefill_positions(length), seed_positions(length, 48))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(min_value=1, max_value=32), min_size=1, max_size=8))
+def test_prefill_mask_is_right_after_any_sequence_of_lengths(lengths):
+    buffers = MaskBuffers(32)
+    for length in lengths:
+        np.testing.assert_array_equal(buffers.prefill_mask(length), seed_prefill_mask(length, 32))
 
 
 def test_decode_mask_attends_filled_slots_and_the_current_token_only():

@@ -8,7 +8,7 @@ import pytest
 from chat.errors import TokenizerError
 from chat.template import apply_chat_template
 from chat.tokenizer import GLM4_SPECIAL_TOKENS, SentencePieceTokenizer, TiktokenTokenizer, load_tokenizer
-from sim.tinyglm import gpt2_byte_order, write_token_config
+from sim.tinyglm import gpt2_byte_order, write_glm4_shaped_token_config
 
 TEXTS = [
     "hello world",
@@ -40,27 +40,7 @@ def test_special_spellings_in_user_text_are_not_control_tokens(tokenizer):
 
 @pytest.fixture(scope="module")
 def glm4_shaped_dir(tmp_path_factory):
-    """A tokenizer with glm-4-9b's size and ids where it matters: bytes in GPT-2 order ("\\n" = 198), "你好" =
-    109377, "Hello" = 9703 (reached through BPE merges), 151329 ranks, specials from 151329, and the real
-    tokenizer_config.json layout. Other ranks are filler tokens that contain 0xFF (never in UTF-8)."""
-    ranks = {bytes([b]): r for r, b in enumerate(gpt2_byte_order())}
-    fixed = {"你好".encode(): 109377, b"Hello": 9703}
-    merges = ["你".encode()[:2], "你".encode(), "好".encode()[:2], "好".encode(), b"He", b"ll", b"Hell"]
-    for merge in merges:
-        ranks[merge] = len(ranks)
-    taken = set(fixed.values())
-    rank = len(ranks)
-    filler = 0
-    while len(ranks) < 151329 - len(fixed):
-        if rank not in taken:
-            ranks[b"\xff" + filler.to_bytes(3, "big")] = rank
-            filler += 1
-        rank += 1
-    ranks.update(fixed)
-    assert sorted(ranks.values()) == list(range(151329))
-    directory = tmp_path_factory.mktemp("glm4-shaped") / "token_config"
-    write_token_config(directory, ranks)
-    return directory
+    return write_glm4_shaped_token_config(tmp_path_factory.mktemp("glm4-shaped") / "token_config")
 
 
 def test_template_gives_the_documented_ids_on_a_glm4_shaped_tokenizer(glm4_shaped_dir):
