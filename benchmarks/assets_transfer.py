@@ -6,6 +6,9 @@
 2. interrupted download (HTTP mirror drop; controller killed) and interrupted push (receiver killed):
    bytes transferred twice (<= one 8 MiB chunk)
 3. push to a simulated box (root): receiver over a paramiko exec channel vs OpenSSH `scp` to the same box
+4. push to a box whose link is limited to 1 Gbit (tbf): fraction of the link rate (>= 0.95)
+5. boxes pulling from the mirror themselves (--from-mirror), each over its own 200 Mbit link:
+   8 boxes vs 1 box (<= 1.3x the time)
 """
 
 from __future__ import annotations
@@ -137,17 +140,18 @@ pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_lock(m), mirrors=[sys.argv
 """
 
 
-def bench_push_vs_scp(work: Path, tree, size: int, runs: int) -> None:
+def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0) -> None:
     import paramiko
 
     from sim.fleet import Fleet
 
-    print("3. push to a simulated box vs OpenSSH scp (same box, same file, page-cached source)")
+    if not link_mbit:
+        print("3. push to a simulated box vs OpenSSH scp (same box, same file, page-cached source)")
     manifest, lock = setup_controller(work, tree)
     cache = Cache(work / "cache-a")
     items = [i for i in plan_push(manifest, "int4", cache=cache, lock=lock) if i.name.endswith(".bmodel")]
     mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={work}/mux-%C", "-o", "ControlPersist=60"]
-    fleet = Fleet.up(work / "fleet", ["se7-factory"])
+    fleet = Fleet.up(work / f"fleet{link_mbit}", ["se7-factory"])
     try:
         box = fleet.boxes[0]
         key, known = fleet.state.dir / "operator_key", fleet.state.dir / "known_hosts"
@@ -197,6 +201,18 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int) -> None:
                 check=True,
             )
 
+        if link_mbit:
+            fleet.fault(box.name, "rate", str(link_mbit))
+            link = link_mbit * 1e6 / 8
+            print(f"4. the same box behind a {link_mbit} Mbit link (tbf), {runs} runs (median)")
+            for label, fn in (
+                ("assets push (paramiko exec)", push),
+                ("assets push (OpenSSH client)", push_openssh),
+            ):
+                took = timed(fn, runs)
+                print(f"   {label:64} {size / took / MB:6.0f} MB/s  {size / took / link:.2f} of the link")
+            fleet.fault(box.name, "rate", "0")
+            return
         rows = [
             ("assets push (paramiko exec, aes128-gcm, receiver hashes+fsyncs)", push),
             ("assets push (OpenSSH client exec + ControlMaster, aes128-gcm)", push_openssh),
@@ -213,11 +229,75 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int) -> None:
         fleet.down()
 
 
+def paramiko_opener(address: str, key: Path, known: Path, clients: list):
+    """An exec-channel opener over one paramiko connection (what provision/transport.py provides)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known))
+    client.connect(address, username="linaro", key_filename=str(key), look_for_keys=False, allow_agent=False)
+    clients.append(client)
+
+    def opener(command: str):
+        chan = client.get_transport().open_session()
+        chan.exec_command(command)
+        return ExecChannel(chan)
+
+    return opener
+
+
+def bench_fleet_pull(work: Path, boxes: int, size: int, mbit: int) -> None:
+    from provision.assets.push import BoxTarget, push_fleet
+    from sim.fleet import Fleet
+
+    print(
+        f"5. boxes fetching {size / MIB:.0f} MiB from the mirror themselves, each behind a {mbit} Mbit link"
+    )
+    tree = build_asset_tree(work / "mirror-small", bmodel_size=size, int8_size=MIB)
+    (work / "small").mkdir()
+    manifest, lock = setup_controller(work / "small", tree)
+    times = {}
+    for count in (1, boxes):
+        fleet = Fleet.up(work / f"pullfleet{count}", ["se7-factory"] * count)
+        clients = []
+        try:
+            for record in fleet.boxes:
+                fleet.fault(record.name, "rate", str(mbit))
+            key, known = fleet.state.dir / "operator_key", fleet.state.dir / "known_hosts"
+
+            targets = [
+                BoxTarget(r.name, paramiko_opener(r.address, key, known, clients), "int4")
+                for r in fleet.boxes
+            ]
+            with Mirror(tree.root, host=f"10.213.{fleet.state.k}.1") as mirror:
+                started = time.perf_counter()
+                results = push_fleet(
+                    manifest,
+                    targets,
+                    cache=Cache(work / "no-cache"),
+                    lock=lock,
+                    mirror=mirror.url,
+                    max_parallel=count,
+                )
+                times[count] = time.perf_counter() - started
+            assert all(not isinstance(r, Exception) for r in results.values()), results
+        finally:
+            for client in clients:
+                client.close()
+            fleet.down()
+    link = mbit * 1e6 / 8
+    for count, took in times.items():
+        print(f"   {count} box(es): {took:5.2f} s  ({size / took / link:.2f} of each link)")
+    print(f"   {boxes} boxes / 1 box: {times[boxes] / times[1]:.2f}x the time (target <= 1.3x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-sim", action="store_true", help="skip the simulated box (needs root)")
+    parser.add_argument("--boxes", type=int, default=8, help="boxes pulling from the mirror at once")
+    parser.add_argument("--fleet-mib", type=int, default=64, help="file size for the fleet pull")
     args = parser.parse_args()
     size = args.size_mib * MIB
     with tempfile.TemporaryDirectory(prefix="assets-bench-") as tmp:
@@ -228,6 +308,8 @@ def main() -> None:
         bench_interrupted(work, tree, size)
         if not args.no_sim and os.geteuid() == 0:
             bench_push_vs_scp(work, tree, size, args.runs)
+            bench_push_vs_scp(work, tree, size, args.runs, link_mbit=1000)
+            bench_fleet_pull(work, args.boxes, args.fleet_mib * MIB, 200)
 
 
 if __name__ == "__main__":
