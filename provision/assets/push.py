@@ -102,8 +102,10 @@ class ExecChannel:
     """Adapts an SSH exec channel: a paramiko-style channel (sendall, makefile, recv_exit_status, close)
     or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, timeout: float | None = 60.0) -> None:
         self.channel = getattr(channel, "channel", channel)
+        if timeout is not None:  # a link that goes silent must end in ChannelBroken, not hang forever
+            self.channel.settimeout(timeout)
         self._stdout = self.channel.makefile("rb")
 
     def send(self, data: bytes) -> None:
