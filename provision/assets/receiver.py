@@ -24,6 +24,7 @@ Modes:
 import hashlib
 import json
 import os
+import select
 import shutil
 import sys
 import time
@@ -32,6 +33,7 @@ import zipfile
 CHUNK = 1 << 20
 EXIT_ERROR, EXIT_DISK_FULL, EXIT_SHORT = 2, 3, 4
 MARGIN = 16 << 20
+IDLE = 120  # seconds without data before a receiver gives up
 
 
 class Failure(Exception):
@@ -174,6 +176,10 @@ def stdin_blocks(count):
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     while count > 0:
+        # A controller whose link died never closes our stdin: give up after IDLE s of silence, so a
+        # stale receiver does not linger beside the one the resumed push starts.
+        if not select.select([0], [], [], IDLE)[0]:
+            raise Failure("idle", f"no data for {IDLE} s; the part is kept for a resume", EXIT_SHORT)
         n = raw.readinto(view[: min(CHUNK, count)])
         if not n:
             return
