@@ -13,6 +13,9 @@ from provision.cli.output import Output
 COMMANDS: dict[str, str] = {
     "assets": "provision.cli.assets:assets",
     "sim": "sim.cli:sim",
+    "inventory": "provision.cli.inventory:inventory",
+    "preflight": "provision.cli.preflight:preflight",
+    "doctor": "provision.cli.preflight:doctor",
 }
 
 EPILOG = """\b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,9 +38,10 @@ def assert_nothing_left(fleet: Fleet) -> None:
     """No namespace, route, mount or process of the fleet survives `down`."""
     k = fleet.state.k
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not [line for line in namespaces.splitlines() if line.startswith(f"sf{k}")]
+    ours = re.compile(rf"^sf{k}(hub|b\d+|mirror)(\s|$)")
+    assert not [line for line in namespaces.splitlines() if ours.match(line)]
     routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    assert f"10.213.{k}." not in routes
+    assert f"10.213.{k}.0/" not in routes
     assert subprocess.run(["ip", "link", "show", f"sf{k}host"], capture_output=True).returncode != 0
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(fleet.state.dir) not in mounts
