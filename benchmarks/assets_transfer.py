@@ -28,9 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
+from provision.assets.channels import ExecChannel, LocalChannel  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
 from provision.assets.lock import load_lock  # noqa: E402
-from provision.assets.push import BoxPusher, ExecChannel, LocalChannel, plan_push  # noqa: E402
+from provision.assets.push import BoxPusher, plan_push  # noqa: E402
 from provision.manifest import load_manifest  # noqa: E402
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree  # noqa: E402
 

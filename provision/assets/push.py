@@ -7,17 +7,15 @@ mirror itself), hashes as it writes and reports size + sha256; only when those m
 controller say commit, and the receiver renames into place and writes `<file>.verified`. A dropped
 channel is reopened and the file resumes; a box's failure never stops the others.
 
-The channel is anything with `send`, `recv_line`, `exit_status`, `close` (see `Channel`): a local
+The channel is anything with `send`, `recv_line`, `exit_status`, `close` (`channels.py`): a local
 subprocess in unit tests (`LocalChannel`), an SSH exec channel from `provision/transport.py` in the CLI
-(`ExecChannel` wraps a paramiko-style channel without importing paramiko).
+(`ExecChannel`, `transport_opener`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
 import threading
 import time
 import zipfile
@@ -25,106 +23,22 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any
 
 from provision.assets import receiver
 from provision.assets.cache import Cache
+from provision.assets.channels import (
+    Channel,
+    ChannelBroken,
+    Opener,
+)
 from provision.assets.lock import Lock
-from provision.errors import DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
 from provision.manifest import AssetFile, Manifest
 
 DEFAULT_ROOT = "/data/sophon-fleet/models"
 CHUNK = 1 << 20
 RECEIVER_SOURCE = Path(receiver.__file__).read_text(encoding="utf-8")
-
-
-class ChannelBroken(Exception):
-    """The channel closed or failed mid-conversation: reopen and resume."""
-
-
-class Channel(Protocol):
-    """A command running on a box with its stdin/stdout; what push needs from a transport."""
-
-    def send(self, data: bytes) -> None: ...
-
-    def recv_line(self) -> bytes:
-        """One line from stdout (b"" at end of stream)."""
-        ...
-
-    def exit_status(self) -> int: ...
-
-    def close(self) -> None: ...
-
-
-Opener = Callable[[str], Channel]  # shell command -> running channel
-
-
-class LocalChannel:
-    """A local subprocess as a channel (`bash -c CMD`): the receiver without SSH, for tests."""
-
-    def __init__(self, command: str) -> None:
-        self.proc = subprocess.Popen(
-            ["bash", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError) as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def recv_line(self) -> bytes:
-        return self.proc.stdout.readline()
-
-    def send_file(self, f: Any, offset: int, count: int) -> int:
-        """Zero-copy fast path: `sendfile` from the cached blob into the command's stdin pipe."""
-        try:
-            return os.sendfile(self.proc.stdin.fileno(), f.fileno(), offset, count)
-        except (BrokenPipeError, ValueError) as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def exit_status(self) -> int:
-        return self.proc.wait()
-
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-class ExecChannel:
-    """Adapts an SSH exec channel: a paramiko-style channel (sendall, makefile, recv_exit_status, close)
-    or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
-
-    def __init__(self, channel: Any, timeout: float | None = 60.0) -> None:
-        self.channel = getattr(channel, "channel", channel)
-        if timeout is not None:  # a link that goes silent must end in ChannelBroken, not hang forever
-            self.channel.settimeout(timeout)
-        self._stdout = self.channel.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.channel.sendall(data)
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def recv_line(self) -> bytes:
-        try:
-            return self._stdout.readline()
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def exit_status(self) -> int:
-        return self.channel.recv_exit_status()
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 def receiver_command(mode: str, args: Mapping[str, Any], python: str = "python3") -> str:
@@ -293,7 +207,9 @@ class BoxPusher:
             args["url"] = item.url
         transferred, resumed_from, mismatches = [0], None, 0
         for attempt in range(1, self.retries + 1):
-            channel = self.open_exec(receiver_command(mode, args, self.python))
+            channel = self._open(receiver_command(mode, args, self.python), attempt)
+            if channel is None:
+                continue
             try:
                 ready = self._expect(channel, "ready")
                 offset = int(ready["offset"])
@@ -364,9 +280,22 @@ class BoxPusher:
     def _contains(item: PushItem) -> dict[str, dict[str, Any]]:
         return {m: {"size": p.size, "sha256": p.sha256} for m, p in item.file.contains.items()}
 
+    def _open(self, command: str, attempt: int) -> Channel | None:
+        """A new channel; None after a connection failure that another attempt may overcome."""
+        try:
+            return self.open_exec(command)
+        except ConnectError as exc:
+            if attempt >= self.retries:
+                raise
+            self._emit("", "retry", note=exc.message)
+            time.sleep(self.backoff * attempt)
+            return None
+
     def _once(self, mode: str, args: Mapping[str, Any], expect: str) -> dict[str, Any]:
         for attempt in range(1, self.retries + 1):
-            channel = self.open_exec(receiver_command(mode, args, self.python))
+            channel = self._open(receiver_command(mode, args, self.python), attempt)
+            if channel is None:
+                continue
             try:
                 return self._expect(channel, expect)
             except ChannelBroken:

@@ -10,16 +10,9 @@ import sys
 import pytest
 
 from provision.assets.cache import Cache
+from provision.assets.channels import ChannelBroken, LocalChannel
 from provision.assets.download import pull
-from provision.assets.push import (
-    BoxPusher,
-    BoxTarget,
-    ChannelBroken,
-    LocalChannel,
-    plan_push,
-    push_fleet,
-    receiver_command,
-)
+from provision.assets.push import BoxPusher, BoxTarget, plan_push, push_fleet, receiver_command
 from provision.errors import DiskFullError, IntegrityError
 from sim.mirror import BMODELS, Faults
 from sim.sftpd import is_root

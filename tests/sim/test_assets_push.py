@@ -7,9 +7,10 @@ import shlex
 import pytest
 
 from provision.assets.cache import Cache
+from provision.assets.channels import ChannelBroken, ExecChannel
 from provision.assets.download import pull
 from provision.assets.lock import load_lock
-from provision.assets.push import BoxTarget, ChannelBroken, ExecChannel, push_fleet
+from provision.assets.push import BoxTarget, push_fleet
 from provision.errors import DiskFullError
 from provision.manifest import load_manifest
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree
