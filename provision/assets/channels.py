@@ -81,6 +81,9 @@ class ExecChannel:
     or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
 
     def __init__(self, channel: Any, timeout: float | None = 60.0) -> None:
+        # Keep the wrapper alive: a garbage-collected `Exec` closes its stdin file, which shuts down our
+        # side of the channel (paramiko's ChannelStdinFile.close -> shutdown_write).
+        self._owner = channel
         self.channel = getattr(channel, "channel", channel)
         if timeout is not None:  # a link that goes silent must end in ChannelBroken, not hang forever
             self.channel.settimeout(timeout)
