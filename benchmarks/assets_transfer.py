@@ -209,6 +209,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
             for label, fn in (
                 ("assets push (paramiko exec)", push),
                 ("assets push (OpenSSH client)", push_openssh),
+                ("scp (reference: same link, nothing hashed on the box)", scp),
             ):
                 took = timed(fn, runs)
                 print(f"   {label:64} {size / took / MB:6.0f} MB/s  {size / took / link:.2f} of the link")
@@ -298,7 +299,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-sim", action="store_true", help="skip the simulated box (needs root)")
     parser.add_argument("--boxes", type=int, default=8, help="boxes pulling from the mirror at once")
-    parser.add_argument("--fleet-mib", type=int, default=64, help="file size for the fleet pull")
+    parser.add_argument("--fleet-mib", type=int, default=128, help="file size for the fleet pull")
     args = parser.parse_args()
     size = args.size_mib * MIB
     with tempfile.TemporaryDirectory(prefix="assets-bench-") as tmp:
