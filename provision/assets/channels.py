@@ -80,12 +80,14 @@ class ExecChannel:
     """Adapts an SSH exec channel: a paramiko-style channel (sendall, makefile, recv_exit_status, close)
     or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
 
-    def __init__(self, channel: Any, timeout: float | None = 60.0) -> None:
+    def __init__(self, channel: Any, timeout: float | None = 300.0) -> None:
         # Keep the wrapper alive: a garbage-collected `Exec` closes its stdin file, which shuts down our
         # side of the channel (paramiko's ChannelStdinFile.close -> shutdown_write).
         self._owner = channel
         self.channel = getattr(channel, "channel", channel)
-        if timeout is not None:  # a link that goes silent must end in ChannelBroken, not hang forever
+        # A link that goes silent must end in ChannelBroken, not hang forever; 300 s leaves room for a box
+        # hashing a multi-GB prefix before it answers (paramiko cannot time out a blocked socket write).
+        if timeout is not None:
             self.channel.settimeout(timeout)
         self._stdout = self.channel.makefile("rb")
 
@@ -113,7 +115,7 @@ class ExecChannel:
         self.channel.close()
 
 
-def transport_opener(transport: Any, timeout: float = 60.0) -> Opener:
+def transport_opener(transport: Any, timeout: float = 300.0) -> Opener:
     """Exec channels from a `provision.transport.Transport`; a lost connection is reopened once per call."""
 
     def open_exec(command: str) -> Channel:

@@ -27,14 +27,36 @@ from typing import Any
 
 from provision.assets import receiver
 from provision.assets.cache import Cache
-from provision.assets.channels import (
+from provision.assets.channels import (  # re-exported: deploy and tests take them from here
     Channel,
     ChannelBroken,
+    ExecChannel,
+    LocalChannel,
     Opener,
+    transport_opener,
 )
 from provision.assets.lock import Lock
 from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
 from provision.manifest import AssetFile, Manifest
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "BoxPush",
+    "BoxPusher",
+    "BoxTarget",
+    "Channel",
+    "ChannelBroken",
+    "ExecChannel",
+    "FilePush",
+    "LocalChannel",
+    "Opener",
+    "PushEvent",
+    "PushItem",
+    "plan_push",
+    "push_fleet",
+    "receiver_command",
+    "transport_opener",
+]
 
 DEFAULT_ROOT = "/data/sophon-fleet/models"
 CHUNK = 1 << 20

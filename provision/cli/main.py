@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "inventory": "provision.cli.inventory:inventory",
     "preflight": "provision.cli.preflight:preflight",
     "doctor": "provision.cli.preflight:doctor",
+    "deploy": "provision.cli.deploy:deploy",
+    "chat": "provision.cli.chat:chat",
 }
 
 EPILOG = """\b

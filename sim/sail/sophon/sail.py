@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from typing import Dict, List, Sequence, Union
 
 import numpy as np
@@ -272,13 +273,53 @@ class Engine:
                     )
                 )
 
+    def graph_is_dynamic(self, graph_name: str) -> bool:
+        self._graph(graph_name)
+        return False
+
+    def get_max_input_shapes(self, graph_name: str) -> Dict[str, List[int]]:
+        return {spec["name"]: list(spec["shape"]) for spec in self._graph(graph_name)["inputs"]}
+
+    def get_max_output_shapes(self, graph_name: str) -> Dict[str, List[int]]:
+        return {spec["name"]: list(spec["shape"]) for spec in self._graph(graph_name)["outputs"]}
+
+    def get_input_scale(self, graph_name: str, tensor_name: str) -> float:
+        self._tensor_spec(graph_name, tensor_name, "inputs")
+        return 1.0
+
+    def get_output_scale(self, graph_name: str, tensor_name: str) -> float:
+        self._tensor_spec(graph_name, tensor_name, "outputs")
+        return 1.0
+
     def process(
-        self, graph_name: str, input_tensors: Dict[str, Tensor], output_tensors: Dict[str, Tensor]
+        self,
+        graph_name: str,
+        input_tensors: Dict[str, Tensor],
+        output_tensors: Dict[str, Tensor],
+        core_list: Sequence[int] = (),
     ) -> None:
-        """Run `graph_name`: read every input (copies, so an output may alias an input), write outputs."""
+        """Run `graph_name`: read every input (copies, so an output may alias an input), write outputs.
+        `core_list` (multi-core processors) is accepted and ignored, as on the single-core BM1684X."""
         self._check(graph_name, "inputs", input_tensors)
         self._check(graph_name, "outputs", output_tensors)
+        _simulated_tpu_time()
         arrays = {name: tensor._array().copy() for name, tensor in input_tensors.items()}
         results = self._model.run(graph_name, arrays)
         for name, tensor in output_tensors.items():
             tensor._data[:] = results[name].astype(tensor._data.dtype).reshape(-1)
+
+
+TPU_DELAY_FILE = "/sys/firmware/sophon-sim/tpu_delay_ms"  # the simulator's `slow-tpu MS` fault
+
+
+def _simulated_tpu_time():
+    """With the simulator's `slow-tpu` fault (or SOPHON_SIM_TPU_DELAY_MS), each graph run takes that long."""
+    try:
+        delay_ms = float(os.environ.get("SOPHON_SIM_TPU_DELAY_MS") or 0)
+        if not delay_ms:
+            with open(TPU_DELAY_FILE) as handle:
+                delay_ms = float(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if delay_ms > 0:
+        time.sleep(delay_ms / 1000.0)
