@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from sim import itb
+from sim import itb, memedit_kit
 from sim.hw import BoxHardware, render
 from sim.profiles import Profile
 
@@ -116,6 +116,8 @@ def prepare(
     (paths.dir / "fs" / "boot" / "multi.its").write_text(itb.multi_its(profile.dts))
     install_libsophon(paths.opt_sophon, profile.libsophon)
     install_sail(paths.opt_sophon)
+    if profile.preinstalled_kit:
+        memedit_kit.install_unpacked(paths.opt_sophon)
     hw = BoxHardware.from_profile(name, profile)
     hw.save(paths.dir)
     render(hw, paths.dir)

@@ -200,6 +200,8 @@ def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | 
       old-sdk        libsophon 0.4.9 / SDK V23.07.01
       no-sail        `import sophon.sail` fails
       wrong-chip     a BM1684 instead of a BM1684X
+      memedit-fails  memory_edit.sh -c fails (`Error: en_emmcfile`)
+      itb-corrupt    memory_edit.sh -c writes an image the box cannot boot
       heal           clear every fault (a box with an unbootable image gets a factory image back)
 
     \b

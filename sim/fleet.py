@@ -40,6 +40,8 @@ FAULTS = (
     "old-sdk",
     "no-sail",
     "wrong-chip",
+    "memedit-fails",
+    "itb-corrupt",
     "heal",
 )
 

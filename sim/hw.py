@@ -108,6 +108,8 @@ def render(hw: BoxHardware, box_dir: Path) -> None:
     write_in_place(views / "bm_version.txt", bm_version(hw), 0o444)
     write_in_place(info / "file-name", hw.dts.encode() + b"\0", 0o444)
     write_in_place(views / "boot_id", hw.boot_id + "\n", 0o444)
+    (views / "firmware" / "sophon-sim").mkdir(exist_ok=True)
+    write_in_place(views / "firmware" / "sophon-sim" / "faults", "".join(f + "\n" for f in hw.faults), 0o444)
     debug = views / "debug"
     debug.mkdir(mode=0o700, exist_ok=True)
     debug.chmod(0o700)

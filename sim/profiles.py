@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from provision.errors import SimError
 
@@ -33,7 +33,7 @@ class Profile:
     dts: str = "bm1684x_se7_v1.dtb"
     data_mib: int = 2048
     boot_delay_s: float = 0.5
-    extra: dict[str, str] = field(default_factory=dict)
+    preinstalled_kit: bool = False  # memory_edit at /opt/sophon/memory_edit, root-owned (Airbox)
 
 
 PROFILES: dict[str, Profile] = {
@@ -44,6 +44,8 @@ PROFILES: dict[str, Profile] = {
         Profile("se7-ready-int8", Heaps(7615, 3071, 3071)),
         Profile("se7-int4-only", Heaps(2560, 1024, 1536)),
         Profile("se7-small", Heaps(1024, 1024, 1536)),
+        # Radxa Airbox: memory_edit ships preinstalled ("系统出厂自带") in /opt/sophon/memory_edit
+        Profile("airbox", Heaps(3950, 2048, 3072), dts="bm1684x_sm7m_v1.0.dtb", preinstalled_kit=True),
     )
 }
 
