@@ -5,6 +5,7 @@
     ├── ConnectError              a box cannot be reached or authenticated (exit 4)
     │   └── HostKeyError          unknown or changed host key
     ├── RemoteError               a command on a box failed (exit 1)
+    │   └── FactError             a box's output cannot be understood (garbage, truncated)
     ├── NotReadyError             a box is not ready for what was asked (exit 3)
     ├── IntegrityError            a size or sha256 does not match (exit 5)
     ├── DiskFullError             not enough free space (exit 6)
@@ -55,6 +56,10 @@ class HostKeyError(ConnectError):
 
 class RemoteError(FleetError):
     """A command on a box failed."""
+
+
+class FactError(RemoteError):
+    """Output gathered from a box cannot be parsed (garbage, truncated, an error line)."""
 
 
 class NotReadyError(FleetError):

@@ -146,6 +146,11 @@ class Transport:
     def __repr__(self) -> str:
         return f"Transport({self.host.name} {self.host.target})"
 
+    @property
+    def become_password(self) -> str | None:
+        """The sudo password for this box (for scripts that run `sudo -S` themselves), or None."""
+        return self._become_password
+
     # ---- connection
 
     def connect(self) -> None:

@@ -1,0 +1,507 @@
+"""Facts about a box: ONE probe script per box (one round trip), and pure parsers of its output.
+
+`gather(transport)` runs `PROBE` (the sudo part reads the password from the same command's stdin) and
+`parse_probe(output)` turns the output into `Facts`. Each section parser is a pure function from captured
+text to a frozen dataclass (or a plain value), tested on fixture files under `tests/facts/<fact>/`;
+unparseable or truncated output raises FactError, never anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from provision.errors import FactError
+from provision.memory import Layout
+from provision.transport import Transport, quote_command
+
+MIB = 1024 * 1024
+MARK = "@@sophon-fleet:"
+HEAPS = ("npu", "vpu", "vpp")
+# where a memory_edit kit may live: Airbox factory, the deb's symlink, and where sophon-fleet uploads it
+KIT_PATHS = (
+    "/opt/sophon/memory_edit/memory_edit.sh",
+    "/bin/memory_edit.sh",
+    "/data/sophon-fleet/memory_edit/memory_edit.sh",
+)
+RUNTIME_LINK = "/data/sophon-fleet/runtime/current"
+MODELS_DIR = "/data/sophon-fleet/models"
+VERIFIED_MARKER = ".verified"
+DISKS = ("/", "/data", "/boot")
+
+_PYTHON = """import sys
+print("python %d.%d.%d" % sys.version_info[:3])
+try:
+    import sophon.sail
+    print("sail ok")
+except BaseException as e:
+    print("sail error %s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
+"""
+
+_ROOT = (
+    'for k in npu vpu vpp; do printf "%s " "$k"; '
+    'cat "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem" 2>/dev/null || echo "?"; done; '
+    f'if [ -n "$1" ]; then echo "{MARK}memory_edit_p"; cd "$(dirname "$1")" && ./memory_edit.sh -p 2>&1; fi'
+)
+
+
+def probe_script(*, with_password: bool) -> str:
+    """The shell script gathering every fact; root parts via `sudo -S` (password on stdin) or `sudo -n`."""
+    sudo = "sudo -S -p ''" if with_password else "sudo -n"
+    sections = [
+        ("hostname", "hostname"),
+        ("boot_id", "cat /proc/sys/kernel/random/boot_id"),
+        ("uname", "uname -m; uname -r; uname -v"),
+        ("cpuinfo", "grep -m1 -i '^model name' /proc/cpuinfo"),
+        (
+            "dts",
+            "{ tr -d '\\0' < /proc/device-tree/info/file-name || "
+            "tr -d '\\0' < /sys/firmware/devicetree/base/info/file-name; } 2>/dev/null",
+        ),
+        (
+            "bm_version",
+            "if [ -x /usr/sbin/bm_version ]; then /usr/sbin/bm_version 2>&1; "
+            "elif command -v bm_version >/dev/null; then bm_version 2>&1; fi",
+        ),
+        ("libsophon", "readlink /opt/sophon/libsophon-current"),
+        ("driver", "cat /sys/module/bmtpu/version /proc/bmsophon/driver_version 2>/dev/null"),
+        ("python", f"python3 -c {quote_command([_PYTHON])} 2>&1 || echo 'python missing'"),
+        ("meminfo", "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo"),
+        (
+            "df",
+            "; ".join(
+                f'printf "%s " {p}; df -Pk {p} 2>/dev/null | tail -n 1 | grep . || echo' for p in DISKS
+            ),
+        ),
+        ("kit", "for k in " + " ".join(KIT_PATHS) + '; do [ -f "$k" ] && echo "$k"; done'),
+        ("runtime", f"readlink {RUNTIME_LINK}"),
+        (
+            "assets",
+            f'for d in {MODELS_DIR}/*/*/; do [ -d "$d" ] || continue; '
+            f'if [ -e "$d{VERIFIED_MARKER}" ]; then echo "verified $d"; else echo "present $d"; fi; done',
+        ),
+        (
+            "root",
+            f'kit=$(for k in {" ".join(KIT_PATHS)}; do [ -f "$k" ] && echo "$k" && break; done); '
+            f'{sudo} -- sh -c {quote_command([_ROOT])} sh "$kit" <&3 2>&1; echo "exit=$?"',
+        ),
+    ]
+    body = "".join(f"echo; echo '{MARK}{name}'; {{ {command}; }}\n" for name, command in sections)
+    # stdin (the sudo password) is kept on fd 3 for sudo alone; nothing else can read it
+    return f"exec 3<&0 </dev/null\n{body}echo; echo '{MARK}end'\n"
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class BmVersion:
+    """`bm_version` output (FACTS.md §3)."""
+
+    sdk: str | None  # "V24.04.01", "v23.09 LTS-SP5", "2.1" (BM1688 line)
+    sdk_line: str | None
+    bm1688_style: bool
+    packages: Mapping[str, str]  # "sophon-soc-libsophon" -> "0.5.1"
+    chip: str | None  # from the U-Boot line: "BM1684X"
+    kernel: str | None
+    hw_version: str | None
+    mcu_version: str | None
+
+
+@dataclass(frozen=True)
+class MemoryEditReport:
+    """`memory_edit.sh -p` output (FACTS.md §1.5); sizes in MiB keyed by heap (`npu+vpp` on BM1688)."""
+
+    version: str | None
+    dts: str | None
+    ddr_mib: Mapping[str, int]
+    max_mib: Mapping[str, int]
+    now_mib: Mapping[str, int]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def max(self) -> Layout | None:
+        return _layout(self.max_mib)
+
+    @property
+    def now(self) -> Layout | None:
+        """Current heaps, or None when they read as 0x0 (the script's silent sign that sudo failed)."""
+        layout = _layout(self.now_mib)
+        return None if layout is None or layout.total == 0 else layout
+
+
+@dataclass(frozen=True)
+class PythonFacts:
+    version: str | None
+    sail_ok: bool
+    sail_error: str | None
+
+
+@dataclass(frozen=True)
+class Asset:
+    model: str
+    variant: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class RootFacts:
+    """What the root part of the probe read: debugfs heap sizes and, with a kit, `memory_edit.sh -p`."""
+
+    heaps_now: Layout | None
+    memory_edit: MemoryEditReport | None
+    error: str | None  # sudo refused, debugfs unreadable, memory_edit failed
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything one probe learnt about a box. Unknown values are None; `problems` says why."""
+
+    hostname: str | None
+    boot_id: str | None
+    arch: str | None
+    kernel_release: str | None
+    kernel_version: str | None  # `uname -v`
+    cpu_model: str | None
+    dts: str | None
+    bm_version: BmVersion | None
+    libsophon: str | None
+    driver: str | None
+    python: PythonFacts
+    mem_total_mib: int | None
+    disk_free_mib: Mapping[str, int | None]
+    kit_path: str | None
+    heaps_now: Layout | None
+    heaps_max: Layout | None
+    heaps_source: str | None  # "debugfs" | "memory_edit"
+    memory_edit: MemoryEditReport | None
+    runtime: str | None
+    assets: tuple[Asset, ...]
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def chip(self) -> str | None:
+        """bm1684x / bm1684 / ...: cpuinfo's model name, else the dts name's prefix, else U-Boot's."""
+        if self.cpu_model and self.cpu_model.lower().startswith(("bm", "cv", "sg")):
+            return self.cpu_model.lower()
+        if self.dts and "_" in self.dts:
+            return self.dts.split("_", 1)[0].lower()
+        chip = self.bm_version.chip if self.bm_version else None
+        return chip.lower() if chip else None
+
+    @property
+    def mode(self) -> str:
+        """SoC when the Sophon chip runs Linux itself (cpuinfo names it), else PCIe (a card in a host)."""
+        return "SoC" if self.cpu_model and self.cpu_model.lower().startswith("bm") else "PCIe"
+
+    @property
+    def sdk(self) -> str | None:
+        return self.bm_version.sdk if self.bm_version else None
+
+
+# ---------------------------------------------------------------------------------------------- gather
+
+
+def gather(transport: Transport, *, timeout: float | None = None) -> Facts:
+    """Run the probe on one box (one round trip) and parse it. Raises ConnectError, RemoteError, FactError."""
+    password = transport.become_password
+    script = probe_script(with_password=password is not None)
+    result = transport.run(
+        quote_command(["sh", "-c", script]),
+        stdin=(password + "\n") if password is not None else None,
+        timeout=timeout,
+        check=False,
+    )
+    return parse_probe(result.stdout)
+
+
+def split_sections(output: str) -> dict[str, str]:
+    """Sections of the probe output by name; FactError when the end marker is missing (truncated)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in output.splitlines():
+        if line.startswith(MARK) and line != f"{MARK}memory_edit_p":  # that one is inside the root part
+            current = sections.setdefault(line[len(MARK) :].strip(), [])
+            continue
+        if current is not None:
+            current.append(line)
+    if "end" not in sections:
+        raise FactError("the probe's output is truncated (no end marker)", hint="run `doctor` on the box")
+    return {name: "\n".join(lines).strip("\n") for name, lines in sections.items()}
+
+
+def parse_probe(output: str) -> Facts:
+    """The whole probe output → Facts. A section that cannot be read becomes None plus a problem."""
+    sections = split_sections(output)
+    problems: list[str] = []
+
+    def section(name: str) -> str:
+        return sections.get(name, "")
+
+    def attempt(parser, name: str):  # type: ignore[no-untyped-def]
+        try:
+            return parser(section(name))
+        except FactError as exc:
+            problems.append(f"{name}: {exc.message}")
+            return None
+
+    uname = section("uname").splitlines() + [None, None, None]  # type: ignore[list-item]
+    bm = attempt(parse_bm_version, "bm_version") if section("bm_version").strip() else None
+    root = attempt(parse_root, "root") or RootFacts(None, None, "root part did not run")
+    if root.error:
+        problems.append(f"heaps: {root.error}")
+    me = root.memory_edit
+    heaps_now = root.heaps_now or (me.now if me else None)
+    return Facts(
+        hostname=_first_line(section("hostname")),
+        boot_id=_first_line(section("boot_id")),
+        arch=uname[0] or None,
+        kernel_release=uname[1] or None,
+        kernel_version=uname[2] or None,
+        cpu_model=parse_cpuinfo(section("cpuinfo")),
+        dts=_first_line(section("dts")),
+        bm_version=bm,
+        libsophon=parse_libsophon(section("libsophon"), bm),
+        driver=_first_line(section("driver")),
+        python=parse_python(section("python")),
+        mem_total_mib=attempt(parse_meminfo, "meminfo"),
+        disk_free_mib=attempt(parse_df, "df") or {},
+        kit_path=_first_line(section("kit")),
+        heaps_now=heaps_now,
+        heaps_max=me.max if me else None,
+        heaps_source="debugfs" if root.heaps_now else ("memory_edit" if heaps_now else None),
+        memory_edit=me,
+        runtime=parse_runtime(section("runtime")),
+        assets=parse_assets(section("assets")),
+        problems=tuple(problems),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+
+
+def _first_line(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+def _layout(sizes: Mapping[str, int]) -> Layout | None:
+    if all(key in sizes for key in HEAPS):
+        return Layout(*(sizes[key] for key in HEAPS))
+    return None
+
+
+def parse_cpuinfo(text: str) -> str | None:
+    """`model name\\t: bm1684x` → "bm1684x"."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "model name":
+            return value.strip() or None
+    return None
+
+
+_SDK = re.compile(r"^SophonSDK(?:\((?P<chip>[^)]*)\))?(?: version)?\s*:?\s*(?P<version>\S.*)?$")
+_PACKAGE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]+)\s*:\s*(?P<version>\S+)$")
+
+
+def parse_bm_version(text: str) -> BmVersion:
+    """`bm_version` output (FACTS.md §3; also the BM1688-style first line `SophonSDK(BM1688) 2.1`)."""
+    sdk = sdk_line = chip = kernel = hw = mcu = None
+    bm1688 = False
+    packages: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if match := _SDK.match(line):
+            sdk_line, sdk = line, (match.group("version") or "").strip() or None
+            bm1688 = bool(match.group("chip"))
+        elif line.startswith("U-Boot"):
+            found = re.search(r"Sophon\s+(\S+)\s*$", line)
+            chip = found.group(1) if found else None
+        elif line.startswith("KernelVersion"):
+            kernel = line.partition(":")[2].strip() or None
+        elif line.startswith("HWVersion"):
+            hw = line.partition(":")[2].strip() or None
+        elif line.startswith("MCUVersion"):
+            mcu = line.partition(":")[2].strip() or None
+        elif match := _PACKAGE.match(line):
+            packages[match.group("name")] = match.group("version")
+    if sdk_line is None and not packages:
+        raise FactError(f"not bm_version output: {_snippet(text)}")
+    return BmVersion(sdk, sdk_line, bm1688, packages, chip, kernel, hw, mcu)
+
+
+def parse_libsophon(readlink: str, bm: BmVersion | None) -> str | None:
+    """`/opt/sophon/libsophon-0.5.1` → "0.5.1" (as Sophgo's own tools read it), else bm_version's."""
+    target = _first_line(readlink)
+    if target:
+        name = target.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("libsophon-") and name != "libsophon-current":
+            return name[len("libsophon-") :]
+    if bm is not None:
+        return bm.packages.get("sophon-soc-libsophon") or bm.packages.get("sophon-libsophon")
+    return None
+
+
+_ME_SIZE = re.compile(r"^Info: (max|now) ([a-z+]+) size: 0x([0-9a-fA-F]+) \[(\d+) MiB\]\s*$")
+_ME_DDR = re.compile(r"^Info: (ddr\w*)_size (\d+) Byte")
+
+
+def parse_memory_edit_p(text: str) -> MemoryEditReport:
+    """`memory_edit.sh -p` (v1.6 … v2.12; BM1684/X and BM1688 lines). Error lines or no `max` block raise."""
+    version = dts = None
+    ddr: dict[str, int] = {}
+    sizes: dict[str, dict[str, int]] = {"max": {}, "now": {}}
+    warnings = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.lower().startswith("error"):
+            raise FactError(f"memory_edit.sh -p failed: {line}")
+        if line.startswith("Warning"):
+            warnings.append(line)
+        elif line.upper().startswith("INFO: VERSION:"):
+            version = line.split(":", 2)[2].strip()
+        elif line.startswith("Info: use dts file "):
+            dts = line[len("Info: use dts file ") :].rsplit("/", 1)[-1]
+        elif match := _ME_DDR.match(line):
+            ddr[match.group(1)] = int(match.group(2)) // MIB
+        elif match := _ME_SIZE.match(line):
+            kind, key, hex_bytes, _ = match.groups()
+            sizes[kind][key] = int(hex_bytes, 16) // MIB
+    if not sizes["max"]:
+        raise FactError(f"memory_edit.sh -p printed no max sizes: {_snippet(text)}")
+    if "npu" not in sizes["max"] or ("vpu" not in sizes["max"] and "npu+vpp" not in sizes["max"]):
+        raise FactError("memory_edit.sh -p output is truncated (max sizes incomplete)")
+    return MemoryEditReport(version, dts, ddr, sizes["max"], sizes["now"], tuple(warnings))
+
+
+def parse_total_mem(text: str) -> Layout:
+    """Root part of the probe: `npu <bytes>` lines from debugfs total_mem (`?` when unreadable)."""
+    sizes: dict[str, int] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] in HEAPS:
+            if not words[1].isdigit():
+                raise FactError(f"cannot read /sys/kernel/debug/ion/bm_{words[0]}_heap_dump/total_mem")
+            sizes[words[0]] = int(words[1]) // MIB
+    layout = _layout(sizes)
+    if layout is None:
+        raise FactError(f"heap sizes incomplete: {_snippet(text)}")
+    return layout
+
+
+def parse_root(text: str) -> RootFacts:
+    """The probe's root part: heaps from debugfs, optionally `memory_edit.sh -p`, and `exit=N`."""
+    head, _, kit = text.partition(f"{MARK}memory_edit_p")
+    exit_line = re.search(r"^exit=(\d+)\s*$", text, re.MULTILINE)
+    if exit_line is None:
+        raise FactError("the root part of the probe is truncated")
+    body = head if kit else head[: head.rfind("exit=")]
+    heaps: Layout | None = None
+    error = None
+    try:
+        heaps = parse_total_mem(body)
+    except FactError as exc:
+        error = _sudo_problem(body) or exc.message
+    report = None
+    if kit:
+        try:
+            report = parse_memory_edit_p(kit[: kit.rfind("exit=")])
+        except FactError as exc:
+            error = error or exc.message
+    return RootFacts(heaps, report, error)
+
+
+def _sudo_problem(text: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith("sudo:"):
+            return f"sudo refused ({line[5:].strip()}): give become_password_env/_file or -K"
+    return None
+
+
+def parse_python(text: str) -> PythonFacts:
+    """`python 3.8.18` and `sail ok` / `sail error ImportError: ...` lines."""
+    version = None
+    sail_ok = False
+    sail_error: str | None = "python3 did not run"
+    for line in text.splitlines():
+        if line.startswith("python ") and re.fullmatch(r"\d+\.\d+\.\d+", line[7:].strip()):
+            version, sail_error = line[7:].strip(), "no answer from `import sophon.sail`"
+        elif line.startswith("sail ok"):
+            sail_ok, sail_error = True, None
+        elif line.startswith("sail error "):
+            sail_error = line[len("sail error ") :].strip()
+    return PythonFacts(version, sail_ok, sail_error)
+
+
+def parse_meminfo(text: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            words = line.split()
+            if len(words) < 2 or not words[1].isdigit():
+                raise FactError(f"bad MemTotal line: {line!r}")
+            return int(words[1]) // 1024
+    return None
+
+
+def parse_df(text: str) -> dict[str, int | None]:
+    """`<path> <df -Pk line>` per path → free MiB (None when the path does not exist)."""
+    free: dict[str, int | None] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if len(words) == 1:
+            free[words[0]] = None
+        elif len(words) >= 7 and words[4].isdigit():
+            free[words[0]] = int(words[4]) // 1024
+        else:
+            raise FactError(f"bad df line: {line!r}")
+    return free
+
+
+def parse_runtime(text: str) -> str | None:
+    """`readlink .../runtime/current` → the version directory's name."""
+    target = _first_line(text)
+    return target.rstrip("/").rsplit("/", 1)[-1] if target else None
+
+
+def parse_assets(text: str) -> tuple[Asset, ...]:
+    assets = []
+    for line in text.splitlines():
+        state, _, path = line.partition(" ")
+        parts = path.rstrip("/").split("/")
+        if state in ("verified", "present") and len(parts) >= 2:
+            assets.append(Asset(parts[-2], parts[-1], state == "verified"))
+    return tuple(assets)
+
+
+def _snippet(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= limit else flat[:limit] + "…")
+
+
+# ---------------------------------------------------------------------------------------------- versions
+
+
+def version_tuple(text: str | None) -> tuple[int, ...] | None:
+    """ "0.5.1-LTS" → (0, 5, 1); "V24.04.01" → (24, 4, 1); "v23.09 LTS-SP5" → (23, 9); None if no digits."""
+    if not text:
+        return None
+    match = re.match(r"^[vV]?(\d+(?:\.\d+)*)", text.strip())
+    return tuple(int(part) for part in match.group(1).split(".")) if match else None
+
+
+# fixture name → parser, for tests/facts/<fact>/<case>.json
+PARSERS = {
+    "bm_version": parse_bm_version,
+    "memory_edit_p": parse_memory_edit_p,
+    "total_mem": parse_total_mem,
+    "cpuinfo": parse_cpuinfo,
+    "python": parse_python,
+    "df": parse_df,
+    "root": parse_root,
+    "probe": parse_probe,
+}
