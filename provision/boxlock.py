@@ -80,9 +80,7 @@ def release(transport: Transport, name: str) -> None:
 
 
 @contextmanager
-def box_lock(
-    transport: Transport, name: str, operation: str, *, break_lock: bool = False
-) -> Iterator[None]:
+def box_lock(transport: Transport, name: str, operation: str, *, break_lock: bool = False) -> Iterator[None]:
     """Hold the lock for the duration of the block; released however the block ends (best effort when
     the box cannot be reached: the lock then says who left it)."""
     acquire(transport, name, owner_info(operation), break_lock=break_lock)

@@ -11,7 +11,9 @@ Pure functions from facts to a plan; nothing here connects. A plan per box is on
 
 Default target (no explicit sizes): the manifest's recommended layout clipped to the box's own maxima
 (7615/3072/3072 becomes 7615/3071/3071 with memory_edit v2.10+ on a 16 GB BM1684X: heaps the manifest sets
-equal are kept equal, like sophon-demo's newer samples), never below the variant's threshold. Explicit sizes are taken as they are, and refused when over a maximum.
+equal are kept equal, like sophon-demo's newer samples), never below the variant's threshold. Explicit
+sizes are taken as they are, and refused when over a maximum. A box without a kit (maxima unknown) that
+already has the target a 16 GB BM1684X would get is left alone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from enum import Enum
 
 from provision.facts import Facts
 from provision.manifest import Manifest
-from provision.memory import HEAPS, Layout
+from provision.memory import ASSUMED_MAX_16GB_BM1684X, HEAPS, Layout, plan_layout
 
 SUPPORTED_CHIPS = ("bm1684x",)
 
@@ -77,16 +79,17 @@ class BoxPlan:
         return self.action in (Action.APPLY, Action.CHECK)
 
 
-def request_for(
-    manifest: Manifest, *, variant: str | None = None, layout: Layout | None = None
-) -> Request:
+def request_for(manifest: Manifest, *, variant: str | None = None, layout: Layout | None = None) -> Request:
     """The request from `--variant` (default: the largest threshold) or explicit `--npu/--vpu/--vpp`."""
     if layout is not None:
         threshold = manifest.variant(variant).min_heap_mib if variant else None
         return Request(layout, explicit=True, min_total=threshold, variant=variant)
     name = variant or max(manifest.variants, key=lambda v: manifest.variants[v].min_heap_mib)
     return Request(
-        manifest.recommended_layout, explicit=False, min_total=manifest.variant(name).min_heap_mib, variant=name
+        manifest.recommended_layout,
+        explicit=False,
+        min_total=manifest.variant(name).min_heap_mib,
+        variant=name,
     )
 
 
@@ -105,16 +108,6 @@ def box_memory(host: str, facts: Facts) -> BoxMemory:
         boot_id=facts.boot_id,
         problem=problem,
     )
-
-
-def clip(layout: Layout, maximum: Layout) -> Layout:
-    """Each heap at most the box's maximum; heaps the request sets equal stay equal (the README's
-    3072/3072 becomes 3071/3071, as sophon-demo's newer samples write it, not 3071/3072)."""
-    sizes = {k: min(getattr(layout, k), getattr(maximum, k)) for k in HEAPS}
-    for k in HEAPS:
-        peers = [p for p in HEAPS if getattr(layout, p) == getattr(layout, k)]
-        sizes[k] = min(sizes[p] for p in peers)
-    return Layout(**sizes)
 
 
 def over_max(layout: Layout, maximum: Layout) -> list[str]:
@@ -139,6 +132,13 @@ def plan_box(box: BoxMemory, request: Request) -> BoxPlan:
     if box.max is None:
         if box.now == request.layout:
             return plan(Action.NOTHING, request.layout, "already at the requested layout")
+        assumed = _target(request, ASSUMED_MAX_16GB_BM1684X)
+        if not request.explicit and box.now == assumed:
+            return plan(
+                Action.NOTHING,
+                assumed,
+                "already at target (assuming a 16 GB BM1684X's max; no kit on the box to confirm it)",
+            )
         return plan(
             Action.CHECK,
             request.layout,
@@ -151,7 +151,7 @@ def plan_box(box: BoxMemory, request: Request) -> BoxPlan:
             return plan(Action.REFUSED, request.layout, "over the box's maximum: " + ", ".join(too_big))
         target = request.layout
     else:
-        target = clip(request.layout, box.max)
+        target = _target(request, box.max)
     if request.min_total is not None and target.total < request.min_total:
         return plan(
             Action.REFUSED,
@@ -163,6 +163,11 @@ def plan_box(box: BoxMemory, request: Request) -> BoxPlan:
         return plan(Action.NOTHING, target, "already at target")
     clipped = "" if target == request.layout else f" (clipped to the box's max {box.max})"
     return plan(Action.APPLY, target, f"{box.now} -> {target}{clipped}; reboot")
+
+
+def _target(request: Request, maximum: Layout) -> Layout:
+    """The default target on a box with this max (the shared rule of `memory.plan_layout`)."""
+    return plan_layout(request.layout, maximum, 0) or request.layout
 
 
 def plan_fleet(boxes: Iterable[BoxMemory], request: Request) -> list[BoxPlan]:

@@ -130,7 +130,9 @@ def _wait(cancel: threading.Event | None, seconds: float) -> bool:
     return cancel.wait(seconds)
 
 
-def _timeout(transport: Transport, policy: RebootPolicy, waited: float, last_error: str | None) -> RebootTimeout:
+def _timeout(
+    transport: Transport, policy: RebootPolicy, waited: float, last_error: str | None
+) -> RebootTimeout:
     name = transport.host.name
     return RebootTimeout(
         f"{name} did not come back within {policy.timeout:g} s after the reboot"

@@ -67,7 +67,7 @@ def test_default_variant_is_the_one_with_the_largest_threshold(manifest):
 
 
 def test_unknown_max_means_check_on_the_box(manifest):
-    plan = plan_box(box(now=READY, maximum=None), request_for(manifest))
+    plan = plan_box(box(now=FACTORY, maximum=None), request_for(manifest))
     assert plan.action is Action.CHECK
     assert plan.reboots
 
@@ -83,3 +83,8 @@ def test_unreadable_heaps_and_wrong_chip_are_refused(manifest):
     assert plan_box(unreadable, request).reason == "current heaps unknown: heaps: sudo refused"
     wrong = plan_box(box(chip="bm1684"), request)
     assert wrong.action is Action.REFUSED and "bm1684" in wrong.reason
+
+
+def test_unknown_max_at_the_assumed_16gb_target_is_nothing(manifest):
+    plan = plan_box(box(now=READY, maximum=None), request_for(manifest))
+    assert plan.action is Action.NOTHING and "assuming" in plan.reason

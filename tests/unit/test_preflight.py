@@ -1,0 +1,177 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from provision.errors import ConnectError, FactError
+from provision.facts import PythonFacts, parse_probe
+from provision.inventory import Host
+from provision.manifest import load_manifest
+from provision.memory import Layout
+from provision.preflight import SCHEMA, PreflightReport, Status, failed_verdict, judge, report_json
+
+MANIFEST = load_manifest("glm4-9b")
+HOST = Host(name="se7-1", address="10.0.0.1")
+GiB = 1024**3
+
+
+def base_facts():
+    case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
+    return dataclasses.replace(parse_probe(case["output"]), assets=())
+
+
+def facts(**changes):
+    return dataclasses.replace(base_facts(), **changes)
+
+
+def codes(reasons):
+    return [r.code for r in reasons]
+
+
+def test_factory_box_is_ready_for_int8_by_the_readme_threshold():
+    verdict = judge(HOST, facts(), MANIFEST)
+    assert verdict.status == Status.READY_INT8 and verdict.variant == "int8"
+    assert verdict.reasons == () and verdict.suggestion is None
+    assert codes(verdict.warnings) == ["max-unknown"]
+
+
+def test_int4_only_box():
+    verdict = judge(HOST, facts(heaps_now=Layout(2560, 1024, 1536)), MANIFEST)
+    assert verdict.status == Status.READY_INT4
+    explicit = judge(HOST, facts(heaps_now=Layout(2560, 1024, 1536)), MANIFEST, variant="int8")
+    assert explicit.status == Status.NEEDS_LAYOUT and explicit.variant == "int8"
+    assert explicit.suggestion.layout == Layout(7615, 3071, 3071)
+
+
+def test_small_box_needs_a_layout_from_its_own_max():
+    verdict = judge(
+        HOST, facts(heaps_now=Layout(1024, 1024, 1536), heaps_max=Layout(7615, 3071, 4096)), MANIFEST
+    )
+    assert verdict.status == Status.NEEDS_LAYOUT
+    assert codes(verdict.reasons) == ["heaps-too-small"]
+    assert "3584 MiB, below the 7168 MiB int8 needs" in verdict.reasons[0].message
+    assert verdict.suggestion.layout == Layout(7615, 3071, 3071)
+    assert verdict.suggestion.max_source == "memory_edit"
+    assert "max-unknown" not in codes(verdict.warnings)
+
+
+def test_v2_9_max_allows_the_readme_layout():
+    verdict = judge(
+        HOST, facts(heaps_now=Layout(1024, 1024, 1536), heaps_max=Layout(7615, 3072, 4096)), MANIFEST
+    )
+    assert verdict.suggestion.layout == Layout(7615, 3072, 3072)
+
+
+def test_without_a_kit_the_max_is_a_labelled_assumption():
+    verdict = judge(HOST, facts(heaps_now=Layout(1024, 1024, 1536)), MANIFEST)
+    assert verdict.suggestion.max_source == "assumed"
+    assert verdict.suggestion.layout == Layout(7615, 3071, 3071)
+    assert "memory_edit.sh -p" in verdict.warnings[0].message
+
+
+def test_wrong_chip_blocks():
+    verdict = judge(HOST, facts(cpu_model="bm1684", dts="bm1684_se5_v1.dtb"), MANIFEST)
+    assert verdict.status == Status.BLOCKED
+    assert verdict.reasons[0].message == "chip is bm1684; glm4-9b needs bm1684x"
+
+
+def test_old_sdk_blocks():
+    old = base_facts()
+    bm = dataclasses.replace(old.bm_version, sdk="V23.07.01")
+    verdict = judge(HOST, facts(libsophon="0.4.9", bm_version=bm), MANIFEST)
+    assert verdict.status == Status.BLOCKED
+    assert verdict.reasons[0].code == "old-sdk"
+    assert "libsophon 0.4.9 (SDK V23.07.01) is older than 0.5.1 (SDK V24.04.01)" in verdict.reasons[0].message
+
+
+def test_lts_line_with_new_libsophon_only_warns():
+    old = base_facts()
+    bm = dataclasses.replace(old.bm_version, sdk="v23.09 LTS-SP5")
+    verdict = judge(HOST, facts(bm_version=bm, libsophon="0.5.1"), MANIFEST)
+    assert verdict.status == Status.READY_INT8 and "sdk-line" in codes(verdict.warnings)
+
+
+@pytest.mark.parametrize(
+    "python, code",
+    [
+        (PythonFacts(None, False, "python3 did not run"), "no-python"),
+        (PythonFacts("3.6.9", False, "x"), "old-python"),
+    ],
+)
+def test_python_blocks(python, code):
+    verdict = judge(HOST, facts(python=python), MANIFEST)
+    assert verdict.status == Status.BLOCKED and code in codes(verdict.reasons)
+
+
+def test_no_sail_only_warns():
+    verdict = judge(
+        HOST,
+        facts(python=PythonFacts("3.8.2", False, "ModuleNotFoundError: No module named 'sophon'")),
+        MANIFEST,
+    )
+    assert verdict.status == Status.READY_INT8 and "no-sail" in codes(verdict.warnings)
+
+
+def test_full_data_blocks():
+    verdict = judge(HOST, facts(disk_free_mib={"/": 100, "/data": 0, "/boot": 80}), MANIFEST)
+    assert verdict.status == Status.BLOCKED
+    assert verdict.reasons[0].message == "/data has 0 MiB free; at least 256 MiB is needed"
+
+
+def test_known_sizes_decide_data_and_warn_about_heaps():
+    sizes = {"bmodel-int8": 10 * GiB, "token-config": 5 * 1024**2, "sail-wheel": 30 * 1024**2}
+    verdict = judge(HOST, facts(disk_free_mib={"/data": 9000}), MANIFEST, file_sizes=sizes)
+    assert verdict.status == Status.BLOCKED
+    assert verdict.reasons[0].message == "/data has 9000 MiB free; the int8 files need 10275 MiB"
+    assert "heaps-below-bmodel" in codes(verdict.warnings)
+    assert "needs 10260 MiB, more than the 9070 MiB of heaps" in verdict.warnings[-1].message
+
+
+def test_unknown_sizes_warn_from_the_estimate():
+    verdict = judge(HOST, facts(disk_free_mib={"/data": 2048}), MANIFEST)
+    assert verdict.status == Status.READY_INT8 and "data-maybe-small" in codes(verdict.warnings)
+
+
+def test_unreadable_heaps_block_with_the_reason():
+    broken = facts(heaps_now=None, problems=("heaps: sudo refused (a password is required): give ...",))
+    verdict = judge(HOST, broken, MANIFEST)
+    assert verdict.status == Status.BLOCKED
+    assert verdict.reasons[-1].message.startswith("cannot read the ion heap sizes (sudo refused")
+
+
+def test_max_too_small_blocks():
+    tiny = facts(heaps_now=Layout(1000, 500, 500), heaps_max=Layout(2000, 1000, 1000))
+    verdict = judge(HOST, tiny, MANIFEST)
+    assert verdict.status == Status.BLOCKED and codes(verdict.reasons) == ["max-too-small"]
+
+
+def test_failed_hosts_and_json_schema():
+    down = failed_verdict(HOST, ConnectError("se7-1: connection refused", hint="is sshd running"))
+    broken = failed_verdict(Host(name="b", address="b"), FactError("truncated"))
+    ready = judge(Host(name="c", address="c"), facts(), MANIFEST)
+    report = PreflightReport("glm4-9b", "auto", (down, broken, ready), 1.23456)
+    doc = report_json(report)
+    assert doc["schema"] == SCHEMA and doc["result"] == "unreachable"
+    assert (
+        doc["summary"]["unreachable"] == 1
+        and doc["summary"]["error"] == 1
+        and doc["summary"]["ready-int8"] == 1
+    )
+    assert [h["status"] for h in doc["hosts"]] == ["unreachable", "error", "ready-int8"]
+    assert doc["hosts"][0]["reasons"] == [{"code": "unreachable", "message": "se7-1: connection refused"}]
+    assert set(doc["hosts"][2]) == {
+        "host",
+        "address",
+        "port",
+        "status",
+        "ready",
+        "variant",
+        "reasons",
+        "warnings",
+        "hint",
+        "suggested_layout",
+        "facts",
+    }
+    assert doc["hosts"][2]["facts"]["heaps"]["now"] == {"npu": 3950, "vpu": 2048, "vpp": 3072, "total": 9070}
+    json.dumps(doc)
