@@ -202,6 +202,7 @@ def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | 
       wrong-chip     a BM1684 instead of a BM1684X
       memedit-fails  memory_edit.sh -c fails (`Error: en_emmcfile`)
       itb-corrupt    memory_edit.sh -c writes an image the box cannot boot
+      itb-wrong-layout  memory_edit.sh -c reports the requested sizes but writes half of them
       heal           clear every fault (a box with an unbootable image gets a factory image back)
 
     \b

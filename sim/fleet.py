@@ -42,6 +42,7 @@ FAULTS = (
     "wrong-chip",
     "memedit-fails",
     "itb-corrupt",
+    "itb-wrong-layout",
     "heal",
 )
 

@@ -183,7 +183,10 @@ def configure(log, d, image, sizes, name, active):
     print_configuration(log, image, sizes)
     if "memedit-fails" in active:
         raise Fail("Error: en_emmcfile")
-    new = image._replace(heaps=tuple(size // MIB for size in sizes))
+    heaps = tuple(size // MIB for size in sizes)
+    if "itb-wrong-layout" in active:  # the image boots, but not with what was asked (and checked)
+        heaps = tuple(max(1, mib // 2) for mib in heaps)
+    new = image._replace(heaps=heaps)
     raw = simfit.encode(new)
     if "itb-corrupt" in active:
         raw = raw[:-32] + bytes(b ^ 0xFF for b in raw[-32:])
