@@ -26,7 +26,7 @@ KIT_PATHS = (
     "/data/sophon-fleet/memory_edit/memory_edit.sh",
 )
 RUNTIME_LINK = "/data/sophon-fleet/runtime/current"
-MODELS_DIR = "/data/sophon-fleet/models"
+MODELS_DIR = "/data/sophon-fleet/models"  # <model>/<variant>/<file>, each verified file has <file>.verified
 VERIFIED_MARKER = ".verified"
 DISKS = ("/", "/data", "/boot")
 
@@ -79,7 +79,8 @@ def probe_script(*, with_password: bool) -> str:
         (
             "assets",
             f'for d in {MODELS_DIR}/*/*/; do [ -d "$d" ] || continue; '
-            f'if [ -e "$d{VERIFIED_MARKER}" ]; then echo "verified $d"; else echo "present $d"; fi; done',
+            f'set -- "$d"*.bmodel{VERIFIED_MARKER}; '
+            f'if [ -e "$1" ]; then echo "verified $d"; else echo "present $d"; fi; done',
         ),
         (
             "root",

@@ -154,9 +154,9 @@ def judge(
         )
         return _verdict(host, facts, blockers, warnings, [], None, None)
     maximum, max_source = _max_of(facts)
-    if max_source == "assumed":
-        warnings.append(Reason("max-unknown", _MAX_UNKNOWN))
     chosen, memory_reasons, suggestion = _memory(facts.heaps_now, maximum, max_source, manifest, variant)
+    if max_source == "assumed" and memory_reasons:
+        warnings.append(Reason("max-unknown", _MAX_UNKNOWN))
     if memory_reasons and suggestion is None:  # no layout within this box's max holds the variant
         blockers, memory_reasons = blockers + memory_reasons, []
     blockers += _data_blockers(facts, manifest, chosen, sizes)

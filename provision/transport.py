@@ -432,6 +432,17 @@ class Exec:
     def close_stdin(self) -> None:
         self.channel.shutdown_write()
 
+    # the byte-stream interface of `assets push` and `remote_chat` (send / recv_line / exit_status / close)
+    def send(self, data: bytes) -> None:
+        self.channel.sendall(data)
+
+    def recv_line(self) -> bytes:
+        """One line from stdout (b"" at end of stream)."""
+        return self.stdout.readline()
+
+    def exit_status(self) -> int:
+        return self.channel.recv_exit_status()
+
     def wait(self, timeout: float | None = None) -> int:
         """Exit status (-1 if the connection dropped). Raises RemoteError on timeout."""
         if not self.channel.status_event.wait(timeout):

@@ -12,6 +12,9 @@ from provision.cli.output import Output
 # command name -> "module:attribute"; loaded on first use so `--help` and small commands stay fast.
 COMMANDS: dict[str, str] = {
     "sim": "sim.cli:sim",
+    "inventory": "provision.cli.inventory:inventory",
+    "preflight": "provision.cli.preflight:preflight",
+    "doctor": "provision.cli.preflight:doctor",
 }
 
 EPILOG = """\b

@@ -33,7 +33,7 @@ def test_factory_box_is_ready_for_int8_by_the_readme_threshold():
     verdict = judge(HOST, facts(), MANIFEST)
     assert verdict.status == Status.READY_INT8 and verdict.variant == "int8"
     assert verdict.reasons == () and verdict.suggestion is None
-    assert codes(verdict.warnings) == ["max-unknown"]
+    assert "max-unknown" not in codes(verdict.warnings)
 
 
 def test_int4_only_box():
@@ -67,7 +67,7 @@ def test_without_a_kit_the_max_is_a_labelled_assumption():
     verdict = judge(HOST, facts(heaps_now=Layout(1024, 1024, 1536)), MANIFEST)
     assert verdict.suggestion.max_source == "assumed"
     assert verdict.suggestion.layout == Layout(7615, 3071, 3071)
-    assert "memory_edit.sh -p" in verdict.warnings[0].message
+    assert "memory_edit.sh -p" in next(w.message for w in verdict.warnings if w.code == "max-unknown")
 
 
 def test_wrong_chip_blocks():

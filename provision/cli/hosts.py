@@ -1,0 +1,126 @@
+"""Options every fleet command shares: which hosts (-i, -H, --limit) and how to reach them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from provision.errors import ConfigError
+from provision.fleet import DEFAULT_FORKS
+from provision.inventory import Inventory, load_inventory
+from provision.settings import Settings, load_settings
+from provision.transport import Connector, Timeouts, Trust
+
+
+@dataclass(frozen=True)
+class Reach:
+    """The parsed host options of one command."""
+
+    inventories: tuple[str, ...]
+    adhoc: tuple[str, ...]
+    limit: str | None
+    accept_new: bool
+    ask_become_pass: bool
+    forks: int
+    connect_timeout: float
+
+
+def host_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """-i/-H/--limit/--accept-new/-K/--forks/--connect-timeout, collected into one `reach` argument."""
+
+    options = [
+        click.option(
+            "-i",
+            "--inventory",
+            "inventories",
+            multiple=True,
+            metavar="FILE",
+            help="Inventory file: our YAML, Ansible INI or YAML (repeatable).",
+        ),
+        click.option(
+            "-H",
+            "--hosts",
+            "adhoc",
+            multiple=True,
+            metavar="SPEC",
+            help="Ad-hoc hosts: [user@]host[:port],... (ssh config aliases work).",
+        ),
+        click.option(
+            "-l", "--limit", metavar="PATTERN", help="Only these hosts: names, groups, globs; !x, &g."
+        ),
+        click.option(
+            "--accept-new",
+            is_flag=True,
+            help="Pin unknown host keys to sophon-fleet's known_hosts (changed keys are always refused).",
+        ),
+        click.option("-K", "--ask-become-pass", is_flag=True, help="Ask once for the sudo password."),
+        click.option(
+            "-f",
+            "--forks",
+            type=click.IntRange(min=1),
+            default=DEFAULT_FORKS,
+            show_default=True,
+            help="Boxes worked on at once.",
+        ),
+        click.option(
+            "--connect-timeout",
+            type=click.FloatRange(min=0.1),
+            default=10.0,
+            show_default=True,
+            help="Seconds to wait for a box to answer.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def reach_from(kwargs: dict[str, Any]) -> Reach:
+    """Pop the host options out of a command's kwargs."""
+    return Reach(
+        inventories=tuple(kwargs.pop("inventories")),
+        adhoc=tuple(kwargs.pop("adhoc")),
+        limit=kwargs.pop("limit"),
+        accept_new=kwargs.pop("accept_new"),
+        ask_become_pass=kwargs.pop("ask_become_pass"),
+        forks=kwargs.pop("forks"),
+        connect_timeout=kwargs.pop("connect_timeout"),
+    )
+
+
+def resolve_inventory(
+    reach: Reach, settings: Settings | None = None, *, extra_adhoc: tuple[str, ...] = ()
+) -> Inventory:
+    """The hosts a command works on. Raises ConfigError (exit 2) before anything connects."""
+    settings = settings or load_settings()
+    adhoc = reach.adhoc + extra_adhoc
+    if not reach.inventories and not adhoc:
+        raise ConfigError(
+            "no hosts given", key="-i", hint="give -i INVENTORY (e.g. the one `sim up` prints) or -H HOST"
+        )
+    return load_inventory(reach.inventories, adhoc, ssh_config=settings.ssh_config, limit=reach.limit)
+
+
+def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None = None) -> Connector:
+    """A Connector for this run; asks once for the sudo password (-K, or on a terminal if needed)."""
+    settings = settings or load_settings()
+    password = None
+    needs = any(h.become_password is None for h in inventory.hosts)
+    if reach.ask_become_pass or (needs and sys.stdin.isatty()):
+        password = click.prompt(
+            "sudo password for the boxes", hide_input=True, err=True, default="", show_default=False
+        )
+        password = password or None
+    names = {h.name: h for h in inventory.hosts}
+    return Connector(
+        Trust(settings.known_hosts, settings.user_known_hosts, accept_new=reach.accept_new),
+        timeouts=Timeouts(
+            connect=reach.connect_timeout, banner=reach.connect_timeout, auth=reach.connect_timeout
+        ),
+        become_password=password,
+        lookup=names.get,
+    )

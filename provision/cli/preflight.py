@@ -1,0 +1,166 @@
+"""`sophon-fleet preflight` and `sophon-fleet doctor HOST`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from provision.cli.errors import Exit, reports_errors
+from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.options import json_option
+from provision.cli.output import Output
+from provision.doctor import doctor_json, support_block
+from provision.errors import ConfigError
+from provision.facts import gather
+from provision.manifest import Manifest, load_manifest
+from provision.preflight import PreflightReport, Status, judge, report_json, run_preflight
+
+EXIT_BY_RESULT = {"ready": Exit.OK, "not-ready": Exit.NOT_READY, "unreachable": Exit.UNREACHABLE}
+STYLE = {
+    Status.READY_INT8: "green",
+    Status.READY_INT4: "green",
+    Status.NEEDS_LAYOUT: "yellow",
+    Status.BLOCKED: "red",
+    Status.ERROR: "red",
+    Status.UNREACHABLE: "magenta",
+}
+
+
+@click.command("preflight")
+@host_options
+@click.option(
+    "--variant",
+    type=click.Choice(["auto", "int8", "int4"]),
+    default="auto",
+    show_default=True,
+    help="Judge for this variant (auto: int8 if the heaps allow, else int4).",
+)
+@click.option(
+    "--model", default="glm4-9b", show_default=True, help="Model manifest (models/<name>.yaml or a path)."
+)
+@json_option
+@click.pass_obj
+@reports_errors
+def preflight(out: Output, variant: str, model: str, **kwargs: Any) -> None:
+    """Is every box ready for the model? One SSH round trip per box, all boxes in parallel.
+
+    Exit 0 when every box is ready, 3 when some are not (needs a memory layout, blocked, probe failed),
+    4 when some are unreachable.
+
+    \b
+    Examples:
+      sophon-fleet preflight -i /run/sophon-fleet-sim/inventory.yml
+      sophon-fleet preflight -i hosts.ini --variant int8 --json
+      sophon-fleet preflight -H linaro@192.168.150.1 -K --accept-new
+    """
+    reach = reach_from(kwargs)
+    manifest = load_manifest(model)
+    inv = resolve_inventory(reach)
+    with connector_for(reach, inv) as connector:
+        report = run_preflight(
+            inv.hosts,
+            connector,
+            manifest,
+            variant=variant,
+            file_sizes=lock_sizes(manifest),
+            forks=reach.forks,
+        )
+    if out.json:
+        out.emit_json(report_json(report))
+    else:
+        render(out, report)
+    raise SystemExit(int(EXIT_BY_RESULT[report.worst]))
+
+
+def render(out: Output, report: PreflightReport) -> None:
+    rows = []
+    for v in report.verdicts:
+        facts = v.facts
+        now = facts.heaps_now if facts else None
+        layout = (
+            f"{v.suggestion.layout}{' (assumed max)' if v.suggestion.max_source == 'assumed' else ''}"
+            if v.suggestion
+            else "-"
+        )
+        reasons = "; ".join(r.message for r in v.reasons) or "-"
+        rows.append(
+            (
+                v.host.name,
+                f"[{STYLE[v.status]}]{v.status.value}[/]",
+                f"{now} = {now.total}" if now else "-",
+                layout,
+                reasons + (f" (hint: {v.hint})" if v.hint else ""),
+            )
+        )
+    out.table(f"preflight: {report.model}", ["host", "verdict", "heaps MiB", "suggested layout", "why"], rows)
+    for message, hosts in grouped_warnings(report).items():
+        out.text(f"warning ({', '.join(hosts)}): {message}")
+    summary = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
+    out.info(f"{len(report.verdicts)} boxes in {report.seconds:.2f} s: {summary}")
+
+
+def grouped_warnings(report: PreflightReport) -> dict[str, list[str]]:
+    """Each distinct warning once, with the boxes it applies to."""
+    grouped: dict[str, list[str]] = {}
+    for verdict in report.verdicts:
+        for warning in verdict.warnings:
+            grouped.setdefault(warning.message, []).append(verdict.host.name)
+    return grouped
+
+
+def lock_sizes(manifest: Manifest) -> dict[str, int]:
+    """Sizes pinned in `models/<model>.lock.yaml` (files.<id>.size), when that lock exists."""
+    path = Path(manifest.source).with_name(f"{manifest.model}.lock.yaml")
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=str(path)) from exc
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {
+        fid: item["size"]
+        for fid, item in files.items()
+        if isinstance(item, dict) and isinstance(item.get("size"), int)
+    }
+
+
+@click.command("doctor")
+@click.argument("host")
+@host_options
+@click.option(
+    "--model", default="glm4-9b", show_default=True, help="Model manifest to judge the box against."
+)
+@json_option
+@click.pass_obj
+@reports_errors
+def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
+    """Support block for one box: SoC/PCIe, bm_version, libsophon, driver, kernel, Python, sail, heaps, disk.
+
+    HOST is a name from -i INVENTORY, or an ad-hoc [user@]host[:port].
+
+    \b
+    Examples:
+      sophon-fleet doctor se7-1 -i /run/sophon-fleet-sim/inventory.yml
+      sophon-fleet doctor linaro@192.168.150.1 -K --json
+    """
+    reach = reach_from(kwargs)
+    manifest = load_manifest(model)
+    inv = resolve_inventory(reach) if reach.inventories or reach.adhoc else None
+    if inv is None or host not in inv.names():
+        inv = resolve_inventory(
+            Reach(**{**reach.__dict__, "inventories": (), "adhoc": (), "limit": None}), extra_adhoc=(host,)
+        )
+    target = inv.get(host) if host in inv.names() else inv.hosts[0]
+    with connector_for(reach, inv) as connector:
+        facts = gather(connector.transport(target))
+    verdict = judge(target, facts, manifest, file_sizes=lock_sizes(manifest))
+    if out.json:
+        out.emit_json(doctor_json(target, facts, verdict))
+    else:
+        out.text(support_block(target, facts, verdict))
