@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "inventory": "provision.cli.inventory:inventory",
     "preflight": "provision.cli.preflight:preflight",
     "doctor": "provision.cli.preflight:doctor",
+    "memory": "provision.cli.memory:memory",
 }
 
 EPILOG = """\b
