@@ -209,6 +209,10 @@ def apply_box(
             return _apply_locked(run, box, request, options)
     except ApplyFailed:
         raise
+    except boxlock.LockedError as exc:
+        raise ApplyFailed(
+            exc.message, host=run.name, stage=Stage.LOCK, image="old", hint=exc.hint, refused=True
+        ) from exc
     except FleetError as exc:
         image = run.image_state() if run.old_sha else "old"
         raise ApplyFailed(

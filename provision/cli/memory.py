@@ -366,6 +366,7 @@ def results_json(
                 stage=e.stage.value,
                 image=e.image,
                 error=e.message,
+                hint=e.hint,
                 backup=e.backup.to_json() if e.backup else None,
                 recovery=list(e.recovery),
             )
@@ -394,12 +395,14 @@ def render_results(
             _text(h.get("before")),
             _text(h.get("after")),
             h.get("image") or ("new" if h["result"] in ("applied", "restored") else "-"),
-            h.get("error") or h.get("note") or "",
+            h.get("stage", "") if "error" in h else h.get("note", ""),
         )
         for h in doc["hosts"]
     ]
-    out.table(command, ["host", "result", "before", "after", "boot image", "detail"], rows)
+    out.table(command, ["host", "result", "before", "after", "boot image", "stage / note"], rows)
     for h in doc["hosts"]:
+        if h.get("error"):
+            out.text(f"{h['host']}: {h['result']}: {h['error']}")
         if h.get("recovery"):
             out.text(f"{h['host']}: to recover:")
             for step in h["recovery"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +38,9 @@ def assert_nothing_left(fleet: Fleet) -> None:
     """No namespace, route, mount or process of the fleet survives `down`."""
     k = fleet.state.k
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not [line for line in namespaces.splitlines() if line.startswith(f"sf{k}")]
+    # exact names: fleet 10's check must not see fleet 100's namespaces (other test runs on this machine)
+    mine = re.compile(rf"^sf{k}(hub|b\d+)(\s|$)")
+    assert not [line for line in namespaces.splitlines() if mine.match(line)]
     routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
     assert f"10.213.{k}." not in routes
     assert subprocess.run(["ip", "link", "show", f"sf{k}host"], capture_output=True).returncode != 0
