@@ -49,7 +49,7 @@ _ROOT = (
 def probe_script(*, with_password: bool) -> str:
     """The shell script gathering every fact; root parts via `sudo -S` (password on stdin) or `sudo -n`."""
     sudo = "sudo -S -p ''" if with_password else "sudo -n"
-    sections = [
+    sections: list[tuple[str, str]] = [
         ("hostname", "hostname"),
         ("boot_id", "cat /proc/sys/kernel/random/boot_id"),
         ("uname", "uname -m; uname -r; uname -v"),
@@ -66,7 +66,6 @@ def probe_script(*, with_password: bool) -> str:
         ),
         ("libsophon", "readlink /opt/sophon/libsophon-current"),
         ("driver", "cat /sys/module/bmtpu/version /proc/bmsophon/driver_version 2>/dev/null"),
-        ("python", f"python3 -c {quote_command([_PYTHON])} 2>&1 || echo 'python missing'"),
         ("meminfo", "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo"),
         (
             "df",
@@ -82,15 +81,27 @@ def probe_script(*, with_password: bool) -> str:
             f'set -- "$d"*.bmodel{VERIFIED_MARKER}; '
             f'if [ -e "$1" ]; then echo "verified $d"; else echo "present $d"; fi; done',
         ),
+    ]
+    # the two slow parts (python3 start + `import sophon.sail`; sudo) run in the background meanwhile
+    slow = [
+        ("python", f"python3 -c {quote_command([_PYTHON])} 2>&1 || echo 'python missing'"),
         (
             "root",
             f'kit=$(for k in {" ".join(KIT_PATHS)}; do [ -f "$k" ] && echo "$k" && break; done); '
             f'{sudo} -- sh -c {quote_command([_ROOT])} sh "$kit" <&3 2>&1; echo "exit=$?"',
         ),
     ]
+    start = "".join(f"slow_{name}() {{ {command}; }}\n" for name, command in slow)
+    start += 't=$(mktemp -d 2>/dev/null) || t=""\n'
+    start += "".join(f'[ -n "$t" ] && slow_{name} > "$t/{name}" 2>&1 &\n' for name, _ in slow)
     body = "".join(f"echo; echo '{MARK}{name}'; {{ {command}; }}\n" for name, command in sections)
+    body += "wait\n" + "".join(
+        f'echo; echo \'{MARK}{name}\'; if [ -n "$t" ]; then cat "$t/{name}"; else slow_{name}; fi\n'
+        for name, _ in slow
+    )
+    body += '[ -n "$t" ] && rm -rf "$t"\n'
     # stdin (the sudo password) is kept on fd 3 for sudo alone; nothing else can read it
-    return f"exec 3<&0 </dev/null\n{body}echo; echo '{MARK}end'\n"
+    return f"exec 3<&0 </dev/null\n{start}{body}echo; echo '{MARK}end'\n"
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -311,11 +311,11 @@ class Transport:
         channel = self._session(limit)
         try:
             channel.exec_command(wire)
-            if payload:
-                channel.sendall(payload)
-            channel.shutdown_write()
+            _send_stdin(channel, payload)
             out, err = _drain(channel, started + limit)
             code = channel.recv_exit_status()
+            if code == -1 and not self._active():
+                raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`")
         except TimeoutError as exc:
             raise RemoteError(
                 f"{self.host.name}: `{_short(text)}` timed out after {limit:g} s",
@@ -650,6 +650,17 @@ def command_failed(host: Host, result: Result, *, sudo: bool = False) -> RemoteE
 def _short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _send_stdin(channel: paramiko.Channel, payload: bytes) -> None:
+    """Send stdin and EOF; a command that exited without reading it (e.g. `true`) is not an error."""
+    try:
+        if payload:
+            channel.sendall(payload)
+        channel.shutdown_write()
+    except OSError:
+        if not (channel.closed or channel.exit_status_ready()):
+            raise
 
 
 def _wait_readable(channel: paramiko.Channel, deadline: float) -> None:

@@ -198,17 +198,30 @@ def test_silent_server_hits_the_banner_timeout(trust):
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     accepted = []
-    threading.Thread(
-        target=lambda: [accepted.append(listener.accept()) for _ in range(3)], daemon=True
-    ).start()
+
+    def accept_and_stay_silent():
+        try:
+            while True:
+                accepted.append(listener.accept()[0])
+        except OSError:
+            pass  # the listener was closed: the test is over
+
+    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    thread.start()
     host = Host(name="mute", address="127.0.0.1", port=listener.getsockname()[1], user="root")
     started = time.monotonic()
-    with pytest.raises(ConnectError, match="mute"):
-        Transport(
-            host, trust=trust, timeouts=Timeouts(connect=1, banner=0.3), retry=Retry(attempts=2)
-        ).connect()
-    assert time.monotonic() - started < 3
-    listener.close()
+    try:
+        with pytest.raises(ConnectError, match="mute"):
+            Transport(
+                host, trust=trust, timeouts=Timeouts(connect=1, banner=0.3), retry=Retry(attempts=2)
+            ).connect()
+        assert time.monotonic() - started < 3
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(2)
+        for sock in accepted:
+            sock.close()
 
 
 def test_wrong_key_is_an_authentication_error(sshd, trust, tmp_path):
@@ -228,3 +241,8 @@ def test_proxy_jump_through_another_box(sshd, trust):
         assert box.run(["echo", "via"]).stdout == "via\n"
         assert box._jump is not None and box._jump.host.name == "bastion"
         assert connector.transport(target) is box
+
+
+def test_stdin_for_a_command_that_does_not_read_it(box):
+    for _ in range(5):
+        assert box.run(["true"], stdin=b"x" * 200000).ok
