@@ -7,7 +7,7 @@ APT_NEEDS := /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/
              /usr/bin/sudo:sudo /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/xz:xz-utils \
              /usr/bin/openssl:openssl
 
-.PHONY: setup test lint compat pytest demo clean-sim
+.PHONY: setup test lint compat pytest test-reference demo clean-sim
 
 setup: $(VENV)/.installed
 	@missing=""; for pair in $(APT_NEEDS); do [ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
@@ -27,12 +27,17 @@ lint: setup
 	$(BIN)/ruff format --check provision sim tests benchmarks
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/itb.py sim/kit
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/assets/receiver.py
 
 pytest: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not reference"
 
 test: lint compat pytest
+
+# The emulator's GLM-4 against transformers' GlmForCausalLM (CPU torch from the local wheel + transformers).
+test-reference: setup
+	$(BIN)/python -m pip install -q -e '.[reference]'
+	$(BIN)/python -m pytest -q -m reference
 
 demo: setup
 	$(BIN)/sophon-fleet sim up --boxes 3 --profile se7-small:1,se7-ready-int8:1,se7-int4-only:1

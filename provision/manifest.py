@@ -41,9 +41,12 @@ class AssetFile:
 
 @dataclass(frozen=True)
 class DfssServer:
+    """A dfss-style SFTP server. Sophgo's public ones share the published login open/open."""
+
     host: str
     port: int
     user: str
+    password: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,23 @@ class Manifest:
     recommended_layout: Layout
     kit: AssetFile | None
     dfss_servers: tuple[DfssServer, ...]
+    mirrors: tuple[str, ...]  # base URLs holding files at their dfss path, tried before the dfss servers
     files: dict[str, AssetFile]
     variants: dict[str, Variant]
     source: str
+    tokenizer: str = "tiktoken"  # the format of token_config/tokenizer.model: tiktoken | sentencepiece
+
+    @property
+    def lock_path(self) -> Path:
+        """`<model>.lock.yaml` beside the manifest: sizes and sha256 pinned after a verified download."""
+        path = Path(self.source)
+        stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+        return path.with_name(f"{stem}.lock.yaml")
+
+    def files_for(self, variant_names: list[str] | tuple[str, ...]) -> list[AssetFile]:
+        """The distinct files the named variants need, in manifest order."""
+        wanted = {f.id for name in variant_names for f in self.variant(name).files}
+        return [f for fid, f in self.files.items() if fid in wanted]
 
     def variant(self, name: str) -> Variant:
         try:
@@ -137,9 +154,12 @@ TOP_KEYS = {
     "recommended_layout",
     "memory_edit_kit",
     "dfss_servers",
+    "mirrors",
     "files",
     "variants",
+    "tokenizer",
 }
+TOKENIZERS = ("tiktoken", "sentencepiece")
 FILE_KEYS = {"path", "dfss", "sources", "size", "sha256", "unpack", "contains"}
 
 
@@ -164,10 +184,19 @@ def parse_manifest(doc: Located) -> Manifest:
         dfss_servers=tuple(
             _server(r, i) for i in range(len(r.get(("dfss_servers",), list, required=False) or []))
         ),
+        mirrors=tuple(_mirror(r, i) for i in range(len(r.get(("mirrors",), list, required=False) or []))),
         files=files,
         variants={name: _variant(r, name, files) for name in r.get(("variants",), dict)},
         source=doc.file,
+        tokenizer=_tokenizer(r),
     )
+
+
+def _tokenizer(r: _Reader) -> str:
+    kind = r.get(("tokenizer",), str, required=False) or "tiktoken"
+    if kind not in TOKENIZERS:
+        raise r.doc.error(("tokenizer",), f"must be one of: {', '.join(TOKENIZERS)}")
+    return kind
 
 
 def _layout(r: _Reader, path: KeyPath) -> Layout:
@@ -180,7 +209,25 @@ def _server(r: _Reader, index: int) -> DfssServer:
     item = r.doc.data["dfss_servers"][index]
     if not isinstance(item, dict):
         raise r.doc.error(path, "must be a mapping with host, port, user")
-    return DfssServer(r.get((*path, "host"), str), r.get((*path, "port"), int), r.get((*path, "user"), str))
+    r.known_keys(path, item, {"host", "port", "user", "password"})
+    return DfssServer(
+        r.get((*path, "host"), str),
+        r.get((*path, "port"), int),
+        r.get((*path, "user"), str),
+        r.get((*path, "password"), str, required=False),
+    )
+
+
+MIRROR_SCHEMES = ("http://", "https://", "file://")
+
+
+def _mirror(r: _Reader, index: int) -> str:
+    path: KeyPath = ("mirrors", index)
+    item = r.doc.data["mirrors"][index]
+    url = item.get("url") if isinstance(item, dict) else item
+    if not isinstance(url, str) or not url.startswith(MIRROR_SCHEMES):
+        raise r.doc.error(path, "must be a URL (http://, https:// or file://) or a mapping with url")
+    return url.rstrip("/")
 
 
 def _pinned(r: _Reader, path: KeyPath) -> Pinned:

@@ -20,6 +20,7 @@ class Settings:
     sim_dir: Path
     ssh_config: Path  # ~/.ssh/config, for Host aliases (SOPHON_FLEET_SSH_CONFIG; tests point it elsewhere)
     user_known_hosts: Path  # ~/.ssh/known_hosts, trusted besides our own (SOPHON_FLEET_USER_KNOWN_HOSTS)
+    mirrors: tuple[str, ...] = ()  # asset mirrors tried before the manifest's (SOPHON_FLEET_MIRRORS)
 
     @property
     def known_hosts(self) -> Path:
@@ -28,16 +29,18 @@ class Settings:
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR, _SSH_CONFIG,
-    _USER_KNOWN_HOSTS)."""
+    _USER_KNOWN_HOSTS, _MIRRORS)."""
     env = os.environ if env is None else env
     home = Path(env.get("SOPHON_FLEET_HOME") or _xdg("XDG_CONFIG_HOME", ".config") / "sophon-fleet")
     cache = Path(env.get("SOPHON_FLEET_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "sophon-fleet")
     sim_dir = Path(env.get("SOPHON_FLEET_SIM_DIR") or "/run/sophon-fleet-sim")
     ssh_dir = Path.home() / ".ssh"
+    mirrors = tuple((env.get("SOPHON_FLEET_MIRRORS") or "").replace(",", " ").split())
     return Settings(
         home=home,
         cache_dir=cache,
         sim_dir=sim_dir,
         ssh_config=Path(env.get("SOPHON_FLEET_SSH_CONFIG") or ssh_dir / "config"),
         user_known_hosts=Path(env.get("SOPHON_FLEET_USER_KNOWN_HOSTS") or ssh_dir / "known_hosts"),
+        mirrors=mirrors,
     )

@@ -207,6 +207,29 @@ def _python(up: Path) -> None:
     (site / "sophon-sim.pth").write_text("/opt/sophon/sophon-sail/python3\n/opt/sophon-sim-site\n")
 
 
+SFTP_MATCH = """
+Match User {user}
+    ChrootDirectory /srv/dfss
+    ForceCommand internal-sftp -d / -R
+    AllowTcpForwarding no
+    PasswordAuthentication yes
+"""
+
+
+def add_sftp_user(paths: BoxPaths, user: str, password_hash: str, uid: int = 1001) -> None:
+    """A dfss-style read-only SFTP account (chrooted to /srv/dfss, which the box gets from B/fs/srv)."""
+    etc = paths.upper / "etc"
+    with open(etc / "passwd", "a") as handle:
+        handle.write(f"{user}:x:{uid}:{uid}::/:/usr/sbin/nologin\n")
+    with open(etc / "shadow", "a") as handle:
+        handle.write(f"{user}:{password_hash}:20000:0:99999:7:::\n")
+    with open(etc / "group", "a") as handle:
+        handle.write(f"{user}:x:{uid}:\n")
+    with open(paths.dir / "etc" / "sshd_config", "a") as handle:
+        handle.write(SFTP_MATCH.format(user=user))
+    (paths.dir / "fs" / "srv").mkdir(parents=True, exist_ok=True)
+
+
 def install_libsophon(opt_sophon: Path, version: str) -> None:
     """`/opt/sophon/libsophon-<version>` and the `libsophon-current` link to it."""
     for sub in ("bin", "lib", "include"):

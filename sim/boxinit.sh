@@ -20,6 +20,7 @@ mount --bind "$B/hw/cpuinfo" "$R/proc/cpuinfo"
 mount --bind "$B/hw/boot_id" "$R/proc/sys/kernel/random/boot_id"
 mount --bind "$B/hw/firmware" "$R/sys/firmware"
 mount --bind "$B/hw/debug" "$R/sys/kernel/debug"
+if [ -d "$B/fs/srv" ]; then mkdir -p "$R/srv/dfss"; mount --bind -o ro "$B/fs/srv" "$R/srv/dfss"; fi
 if [ -n "${SIM_SITE:-}" ]; then mount --bind -o ro "$SIM_SITE" "$R/opt/sophon-sim-site"; fi
 # never rename the host: only inside a UTS namespace of our own
 if [ "$(readlink /proc/self/ns/uts)" != "$HOST_UTS" ]; then hostname "$name"; fi

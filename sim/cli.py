@@ -57,11 +57,22 @@ def sim() -> None:
     show_default=True,
     help=f"Profile, or a mix NAME:COUNT,... Profiles: {', '.join(PROFILES)}.",
 )
+@click.option(
+    "--mirror/--no-mirror",
+    default=True,
+    show_default=True,
+    help="Also run the mirror node (HTTP + SFTP with the stand-in assets and the memory_edit kit).",
+)
+@click.option(
+    "--bmodel-size", type=int, default=0, help="Pad the mirror's stand-in bmodels to this many bytes."
+)
 @state_dir_option
 @json_option
 @click.pass_obj
 @reports_errors
-def up(out: Output, boxes: int | None, profile: str, state_dir: Path | None) -> None:
+def up(
+    out: Output, boxes: int | None, profile: str, mirror: bool, bmodel_size: int, state_dir: Path | None
+) -> None:
     """Bring a simulated fleet up and print its inventory.
 
     \b
@@ -73,11 +84,13 @@ def up(out: Output, boxes: int | None, profile: str, state_dir: Path | None) -> 
     profiles = parse_profile_spec(profile, boxes if boxes is not None or ":" in profile else 3)
     started = time.monotonic()
     out.info(f"bringing up {len(profiles)} simulated boxes ...")
-    fleet = Fleet.up(_state_dir(state_dir), profiles)
+    fleet = Fleet.up(_state_dir(state_dir), profiles, mirror=mirror, bmodel_size=bmodel_size)
     elapsed = time.monotonic() - started
+    extra = {"mirror": fleet.mirror_url, "manifest": str(fleet.manifest_path)} if fleet.mirror else {}
     if out.json:
         out.emit_json(
             {
+                **extra,
                 "state_dir": str(fleet.state.dir),
                 "inventory": str(fleet.inventory_path),
                 "seconds": round(elapsed, 3),
@@ -86,6 +99,11 @@ def up(out: Output, boxes: int | None, profile: str, state_dir: Path | None) -> 
         )
         return
     out.info(f"{len(profiles)} boxes answering SSH after {elapsed:.2f} s; inventory: {fleet.inventory_path}")
+    if fleet.mirror:
+        out.info(
+            f"mirror: {fleet.mirror_url} (and sftp://open@{fleet.mirror.address}); "
+            f"manifest pinned to its stand-ins: {fleet.manifest_path}"
+        )
     out.text(fleet.inventory_path.read_text())
 
 

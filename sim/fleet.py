@@ -7,12 +7,14 @@ even after the simulator itself crashed.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import yaml
 from provision.errors import SimError
 from sim import box as boxmod
 from sim import hw as hwmod
-from sim import itb, net
+from sim import itb, mirrornode, net
 from sim.hw import BoxHardware
 from sim.profiles import Profile, get_profile
 from sim.state import BoxRecord, FleetState, hw_lock, read_status
@@ -72,9 +74,16 @@ class Fleet:
 
     @classmethod
     def up(
-        cls, state_dir: Path | str, profiles: list[Profile | str], *, ready_timeout: float = 30.0
+        cls,
+        state_dir: Path | str,
+        profiles: list[Profile | str],
+        *,
+        mirror: bool = False,
+        bmodel_size: int = 0,
+        ready_timeout: float = 30.0,
     ) -> Fleet:
-        """Create and boot one box per profile; returns when every box's sshd answers."""
+        """Create and boot one box per profile (and the mirror node when asked); returns when every sshd
+        (and the mirror's HTTP server) answers. `bmodel_size` pads the mirror's stand-in bmodels."""
         require_root()
         state_dir = Path(state_dir)
         if (state_dir / "fleet.json").exists():
@@ -82,11 +91,15 @@ class Fleet:
                 f"a simulated fleet is already up in {state_dir}", hint="run `sophon-fleet sim down` first"
             )
         state_dir.mkdir(parents=True, exist_ok=True)
-        state = FleetState(dir=state_dir, k=net.free_fleet_index())
-        state.save()
-        fleet = cls(state)
+        with net.allocation_lock():
+            state = FleetState(dir=state_dir, k=net.free_fleet_index())
+            state.save()
+            fleet = cls(state)
+            fleet._claim_network()
         try:
-            fleet._create([get_profile(p) if isinstance(p, str) else p for p in profiles])
+            fleet._create(
+                [get_profile(p) if isinstance(p, str) else p for p in profiles], mirror, bmodel_size
+            )
             fleet.wait_ready(timeout=ready_timeout)
         except BaseException:
             fleet.down()
@@ -97,7 +110,7 @@ class Fleet:
     def load(cls, state_dir: Path | str) -> Fleet:
         return cls(FleetState.load(Path(state_dir)))
 
-    def _create(self, profiles: list[Profile]) -> None:
+    def _create(self, profiles: list[Profile], mirror: bool, bmodel_size: int) -> None:
         st = self.state
         key = st.dir / "operator_key"
         boxmod.write_ed25519_key(key, comment="sophon-fleet-sim operator")
@@ -109,9 +122,6 @@ class Fleet:
         ).stdout.strip()
         self._mount_tmpfs(st.overlay_dir, size="4g")
         fleet_net = net.FleetNet(st.k)
-        st.namespaces.append(fleet_net.hub)
-        st.save()
-        net.create_hub(fleet_net)
         if any(p for p in profiles) and boxmod.SAIL_EMULATOR.is_dir():
             st.site = str(ensure_site())
         pub = key.with_suffix(".pub").read_text()
@@ -126,9 +136,56 @@ class Fleet:
             boxmod.prepare(paths, record.name, profile, operator_pub=pub, password_hash=password_hash)
             os.chown(paths.data, boxmod.LINARO_UID, boxmod.LINARO_UID)  # like bmrt_setup.sh at every boot
             net.attach(fleet_net, record.netns, record.address)
+        if mirror:
+            self._create_mirror(fleet_net, pub, password_hash, bmodel_size)
         self._write_known_hosts()
         self._write_inventory()
         self._start_daemon()
+        if mirror:
+            self._start_mirror_http()
+
+    def _create_mirror(self, fleet_net: net.FleetNet, pub: str, password_hash: str, bmodel_size: int) -> None:
+        """The mirror node: a box-like namespace with the SFTP account `open`, then the asset tree."""
+        st = self.state
+        record = BoxRecord(
+            "mirror", 0, fleet_net.mirror_address, fleet_net.service_ns("mirror"), "mirror", "mirror"
+        )
+        st.boxes.append(record)
+        st.namespaces.append(record.netns)
+        st.save()
+        paths = st.box_paths(record.name)
+        boxmod.prepare(
+            paths, record.name, get_profile("se7-factory"), operator_pub=pub, password_hash=password_hash
+        )
+        sftp_hash = subprocess.run(
+            ["openssl", "passwd", "-6", mirrornode.SFTP_PASSWORD], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        boxmod.add_sftp_user(paths, mirrornode.SFTP_USER, sftp_hash)
+        tree = mirrornode.build_tree(paths.dir / "fs" / "srv", bmodel_size=bmodel_size)
+        (st.dir / "models").mkdir(exist_ok=True)
+        self.manifest_path.write_text(mirrornode.manifest_text(tree, self.mirror_url, record.address))
+        net.attach(fleet_net, record.netns, record.address)
+
+    def _start_mirror_http(self) -> None:
+        record = self.mirror
+        assert record is not None
+        root = self.state.box_paths(record.name).dir / "fs" / "srv"
+        pid = mirrornode.spawn(
+            mirrornode.http_command(record.netns, root, record.address), self.state.dir / "mirror.log"
+        )
+        self.state.helper_pids.append(pid)
+        self.state.save()
+
+    def _claim_network(self) -> None:
+        """The hub (and the subnet's safety route) — made under the allocation lock, recorded first."""
+        fleet_net = net.FleetNet(self.state.k)
+        self.state.namespaces.append(fleet_net.hub)
+        self.state.save()
+        try:
+            net.create_hub(fleet_net)
+        except BaseException:
+            self.down()
+            raise
 
     def _mount_tmpfs(self, where: Path, *, size: str, mode: str = "700") -> None:
         where.mkdir(parents=True, exist_ok=True)
@@ -164,7 +221,7 @@ class Fleet:
         deadline = time.monotonic() + timeout
         pending = [b for b in self.state.boxes if names is None or b.name in names]
         while pending:
-            pending = [b for b in pending if not ssh_banner(b.address)]
+            pending = [b for b in pending if not (ssh_banner(b.address) and self._service_ready(b))]
             if pending and time.monotonic() > deadline:
                 raise SimError(
                     f"boxes not answering SSH after {timeout:.0f} s: {', '.join(b.name for b in pending)}",
@@ -173,10 +230,21 @@ class Fleet:
             if pending:
                 time.sleep(0.02)
 
+    def _service_ready(self, record: BoxRecord) -> bool:
+        if record.role != "mirror" or not self.state.helper_pids:
+            return True
+        try:
+            with socket.create_connection((record.address, mirrornode.HTTP_PORT), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
     def down(self) -> list[str]:
         """Remove everything the fleet made; returns what could not be removed (empty when clean)."""
         st = self.state
         self._stop_daemon()
+        for pid in st.helper_pids:
+            stop_process(pid)
         for ns in st.namespaces:
             kill_namespace_processes(ns)
         left = net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
@@ -210,7 +278,21 @@ class Fleet:
 
     @property
     def boxes(self) -> list[BoxRecord]:
-        return list(self.state.boxes)
+        """The simulated SE7 boxes (not the mirror node)."""
+        return [b for b in self.state.boxes if b.role == "box"]
+
+    @property
+    def mirror(self) -> BoxRecord | None:
+        return next((b for b in self.state.boxes if b.role == "mirror"), None)
+
+    @property
+    def mirror_url(self) -> str:
+        return f"http://{net.FleetNet(self.state.k).mirror_address}/"
+
+    @property
+    def manifest_path(self) -> Path:
+        """The glm4-9b manifest pinned to the mirror's stand-ins (written when the fleet has a mirror)."""
+        return self.state.dir / "models" / "glm4-9b.yaml"
 
     def hardware(self, name: str) -> BoxHardware:
         return BoxHardware.load(self.state.box_paths(self.state.box(name).name).dir)
@@ -370,8 +452,8 @@ class Fleet:
                 "known_hosts": str(st.dir / "known_hosts"),
                 "become_password_file": str(st.dir / "become_password"),
             },
-            "groups": {"sim": {"hosts": [b.name for b in st.boxes]}},
-            "hosts": {b.name: {"address": b.address} for b in st.boxes},
+            "groups": {"sim": {"hosts": [b.name for b in self.boxes]}},
+            "hosts": {b.name: {"address": b.address} for b in self.boxes},
         }
         header = f"# Simulated fleet (sophon-fleet sim up), state in {st.dir}\n"
         self.inventory_path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
@@ -406,24 +488,27 @@ def ensure_site() -> Path:
     site = SITE_CACHE / "py38-site"
     if python is None or (site / ".complete").exists():
         return site
-    tmp = SITE_CACHE / "py38-site.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "--target",
-            str(tmp),
-            *SITE_PACKAGES,
-        ]
-    )
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(site, ignore_errors=True)
-    os.replace(tmp, site)
+    SITE_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(SITE_CACHE / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several fleets may come up at once
+        if not (site / ".complete").exists():
+            tmp = Path(tempfile.mkdtemp(dir=SITE_CACHE, prefix="py38-site."))
+            run(
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "--target",
+                    str(tmp),
+                    *SITE_PACKAGES,
+                ]
+            )
+            (tmp / ".complete").write_text("ok\n")
+            shutil.rmtree(site, ignore_errors=True)
+            os.replace(tmp, site)
     return site
 
 
@@ -443,6 +528,19 @@ def kill_namespace_processes(ns: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
         except (ProcessLookupError, ValueError):
             pass
+
+
+def stop_process(pid: int) -> None:
+    """SIGKILL a helper we spawned and reap it if it is our child."""
+    if pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def pid_alive(pid: int) -> bool:

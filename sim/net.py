@@ -9,7 +9,11 @@ Addresses exist only inside namespaces the sim creates, plus the root-ns end of 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import random
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from provision.errors import SimError
@@ -39,6 +43,10 @@ class FleetNet:
     def host_address(self) -> str:
         return f"{SUBNET_PREFIX}.{self.k}.1"
 
+    @property
+    def mirror_address(self) -> str:
+        return f"{SUBNET_PREFIX}.{self.k}.2"
+
     def box_ns(self, i: int) -> str:
         return f"sf{self.k}b{i}"
 
@@ -61,15 +69,29 @@ def existing_namespaces() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
+ALLOCATION_LOCK = "/run/sophon-fleet-sim.lock"
+
+
+@contextlib.contextmanager
+def allocation_lock() -> Iterator[None]:
+    """Fleets coming up at the same time (parallel test runs) must not pick the same subnet."""
+    with open(ALLOCATION_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def free_fleet_index() -> int:
-    """The lowest k whose hub namespace and subnet route are unused on this machine."""
+    """A random k whose hub namespace and subnet route are unused (random: a fleet just removed is not
+    immediately reused, so checks that it left nothing behind cannot see its successor). Call it under
+    `allocation_lock()` and create the hub before releasing the lock."""
     names = existing_namespaces()
     routes = ip("route", "show", "table", "all", check=False).stdout
-    for k in range(1, 250):
-        net = FleetNet(k)
-        if net.hub not in names and net.subnet.split("/")[0] not in routes:
-            return k
-    raise SimError("no free simulated subnet left (10.213.1-249.0/24 all in use): run `sim down`")
+    free = [
+        k for k in range(1, 250) if FleetNet(k).hub not in names and f"{SUBNET_PREFIX}.{k}.0/" not in routes
+    ]
+    if not free:
+        raise SimError("no free simulated subnet left (10.213.1-249.0/24 all in use): run `sim down`")
+    return random.choice(free)
 
 
 def create_hub(net: FleetNet) -> None:

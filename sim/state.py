@@ -30,6 +30,7 @@ class BoxRecord:
     address: str
     netns: str
     profile: str
+    role: str = "box"  # or "mirror"
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FleetState:
     mounts: list[str] = field(default_factory=list)  # in creation order
     namespaces: list[str] = field(default_factory=list)
     daemon_pid: int | None = None
+    helper_pids: list[int] = field(default_factory=list)  # e.g. the mirror's HTTP server
     site: str | None = None
 
     @property

@@ -11,6 +11,7 @@ from provision.cli.output import Output
 
 # command name -> "module:attribute"; loaded on first use so `--help` and small commands stay fast.
 COMMANDS: dict[str, str] = {
+    "assets": "provision.cli.assets:assets",
     "sim": "sim.cli:sim",
     "inventory": "provision.cli.inventory:inventory",
     "preflight": "provision.cli.preflight:preflight",
@@ -23,6 +24,7 @@ Examples:
   sophon-fleet sim up --boxes 3            # a simulated fleet to try everything on
   sophon-fleet sim status
   sophon-fleet sim down
+  sophon-fleet assets pull --variant int4  # verified, resumable download into the cache
 """
 
 

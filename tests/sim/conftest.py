@@ -38,11 +38,10 @@ def assert_nothing_left(fleet: Fleet) -> None:
     """No namespace, route, mount or process of the fleet survives `down`."""
     k = fleet.state.k
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    # exact names: fleet 10's check must not see fleet 100's namespaces (other test runs on this machine)
-    mine = re.compile(rf"^sf{k}(hub|b\d+)(\s|$)")
-    assert not [line for line in namespaces.splitlines() if mine.match(line)]
+    ours = re.compile(rf"^sf{k}(hub|b\d+|mirror)(\s|$)")
+    assert not [line for line in namespaces.splitlines() if ours.match(line)]
     routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    assert f"10.213.{k}." not in routes
+    assert f"10.213.{k}.0/" not in routes
     assert subprocess.run(["ip", "link", "show", f"sf{k}host"], capture_output=True).returncode != 0
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(fleet.state.dir) not in mounts

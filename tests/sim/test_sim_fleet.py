@@ -217,9 +217,13 @@ def test_software_and_chip_faults(sim_fleet):
     fleet.fault("se7-1", "wrong-chip")
     _, out = run(client, "grep -m1 'model name' /proc/cpuinfo; /usr/sbin/bm_version | grep U-Boot")
     assert "model name\t: bm1684\n" in out and out.rstrip().endswith("Sophon BM1684")
+    import_sail = "python3 -c 'import sophon.sail'"
+    assert run(client, import_sail)[0] == 0  # the SAIL emulator, with numpy, on the box's Python 3.8
     fleet.fault("se7-1", "no-sail")
-    assert run(client, "test -e /opt/sophon/sophon-sail")[0] != 0
+    status, out = run(client, import_sail)
+    assert status != 0 and "No module named 'sophon'" in out
     fleet.fault("se7-1", "heal")
+    assert run(client, import_sail)[0] == 0
     _, out = run(client, "grep -m1 'model name' /proc/cpuinfo; readlink /opt/sophon/libsophon-current")
     assert out.split("\n")[:2] == ["model name\t: bm1684x", "/opt/sophon/libsophon-0.5.1"]
 

@@ -1,0 +1,156 @@
+"""Command line of the runtime (`python3 -m chat ...`), argparse only.
+
+    python3 -m chat --bmodel B --token T [--dev-id N]      interactive, like the seed: Question:/Answer:,
+                                                          `exit` quits, `/reset` forgets the history
+    python3 -m chat serve --stdio [--bmodel B --token T]   JSON-lines server (chat/protocol.py)
+    python3 -m chat selftest [--bmodel B --token T]        load, generate a few tokens, print one JSON line
+    python3 -m chat info --bmodel B [--json]               graph summary of a bmodel
+
+Defaults for --bmodel/--token: $SOPHON_CHAT_BMODEL / $SOPHON_CHAT_TOKEN, else the seed's paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional, TextIO
+
+from .errors import ChatError, PromptTooLongError
+from .generate import ChatSession, Done
+from .model import GlmModel
+from .server import StdioServer
+from .tokenizer import load_tokenizer
+
+SUBCOMMANDS = ("serve", "selftest", "info")
+SELFTEST_PROMPT = "你好"
+
+
+def _add_model_options(parser: argparse.ArgumentParser, token: bool = True) -> None:
+    parser.add_argument(
+        "--bmodel", default=os.environ.get("SOPHON_CHAT_BMODEL", "./models/BM1684X/glm4-9b_int4_1dev.bmodel")
+    )
+    if token:
+        parser.add_argument("--token", default=os.environ.get("SOPHON_CHAT_TOKEN", "./python/token_config/"))
+    parser.add_argument("--dev-id", "--dev_id", dest="dev_id", type=int, default=0)
+
+
+def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python3 -m chat" + (" " + command if command else ""))
+    _add_model_options(parser, token=command != "info")
+    if command == "serve":
+        parser.add_argument(
+            "--stdio", action="store_true", required=True, help="serve JSON lines on stdin/stdout"
+        )
+    elif command == "selftest":
+        parser.add_argument("--tokens", type=int, default=8, help="how many tokens to generate")
+    elif command == "info":
+        parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def load_session(args: argparse.Namespace):
+    """(session, load seconds): tokenizer first (cheap, fails fast on a bad token config), then the bmodel."""
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(args.token)
+    model = GlmModel(args.bmodel, args.dev_id)
+    return ChatSession(model, tokenizer), time.perf_counter() - started
+
+
+def run_repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
+    """The seed's loop: `Question: ` prompt, streamed `Answer: `, FTL/TPS after each answer."""
+    while True:
+        stdout.write("\nQuestion: ")
+        stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        question = line.rstrip("\n")
+        if question.strip() == "exit":
+            break
+        if question.strip() == "/reset":
+            session.reset()
+            stdout.write("(history cleared)\n")
+            continue
+        stdout.write("\nAnswer: \n")
+        try:
+            for event in session.chat(question):
+                if isinstance(event, Done):
+                    stdout.write("\n\n\nFTL: %.3f s\nTPS: %.3f token/s\n" % (event.ftl_s, event.tps))
+                else:
+                    stdout.write(event.text)
+                stdout.flush()
+        except PromptTooLongError as error:
+            stdout.write("input length is too long: %s\n" % error)
+    stdout.write("all done\n")
+
+
+def selftest(args: argparse.Namespace) -> dict:
+    """Load, answer SELFTEST_PROMPT greedily with at most `args.tokens` tokens, report one JSON object."""
+    session, load_s = load_session(args)
+    done = None
+    for event in session.chat(SELFTEST_PROMPT, max_new_tokens=args.tokens):
+        if isinstance(event, Done):
+            done = event
+    return {
+        "ok": done is not None and done.tokens > 0,
+        "model": os.path.basename(args.bmodel),
+        "tokens": done.tokens if done else 0,
+        "stop": done.stop if done else None,
+        "ftl_s": round(done.ftl_s, 4) if done else None,
+        "tps": round(done.tps, 3) if done else None,
+        "load_s": round(load_s, 3),
+        "seqlen": session.model.seqlen,
+    }
+
+
+def info(args: argparse.Namespace, stdout: TextIO) -> None:
+    model = GlmModel(args.bmodel, args.dev_id)
+    summary = model.summary()
+    if args.json:
+        stdout.write(json.dumps(summary) + "\n")
+        return
+    for key, value in summary.items():
+        stdout.write("%-9s %s\n" % (key + ":", value))
+    engine = model.engine
+    for graph in model.graph_names:
+        inputs = ["%s%s" % (n, engine.get_input_shape(graph, n)) for n in engine.get_input_names(graph)]
+        outputs = ["%s%s" % (n, engine.get_output_shape(graph, n)) for n in engine.get_output_names(graph)]
+        stdout.write("  %-20s %s -> %s\n" % (graph, " ".join(inputs), " ".join(outputs)))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else None
+    args = build_parser(command).parse_args(argv)
+    try:
+        if command == "selftest":
+            report = selftest(args)
+            sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
+            return 0 if report["ok"] else 1
+        if command == "info":
+            info(args, sys.stdout)
+            return 0
+        session, load_s = load_session(args)
+        if command == "serve":
+            StdioServer(
+                session, os.path.basename(args.bmodel), load_s, sys.stdin.buffer, sys.stdout.buffer
+            ).serve()
+        else:
+            run_repl(session, sys.stdin, sys.stdout)
+        return 0
+    except ChatError as error:
+        if command == "selftest":
+            sys.stdout.write(json.dumps({"ok": False, "error": error.code, "message": str(error)}) + "\n")
+        else:
+            sys.stderr.write("error: %s\n" % error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # selftest must always answer with its one JSON line
+        if command != "selftest":
+            raise
+        sys.stdout.write(json.dumps({"ok": False, "error": "internal", "message": repr(error)}) + "\n")
+        return 1

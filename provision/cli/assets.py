@@ -1,0 +1,205 @@
+"""`sophon-fleet assets ...`: model manifests, the cache, the lock, downloads (and pushes to boxes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from provision.assets.cache import Cache
+from provision.assets.download import ProgressEvent, pin, pull, verify
+from provision.assets.lock import load_lock
+from provision.cli.errors import Exit, reports_errors
+from provision.cli.options import json_option
+from provision.cli.output import Output
+from provision.cli.progress import progress_bars
+from provision.manifest import Manifest, load_manifest
+from provision.settings import load_settings
+
+EPILOG = """\b
+Examples:
+  sophon-fleet assets pull --variant int4              # into the cache, verified, pinned in the lock
+  sophon-fleet assets pull --mirror http://10.0.0.5:8080 --variant all
+  sophon-fleet assets verify                           # re-hash the cache against the lock
+  sophon-fleet assets ls
+  sophon-fleet assets pin --variant all                # write sizes + sha256 into models/<model>.lock.yaml
+"""
+
+
+@click.group(epilog=EPILOG)
+def assets() -> None:
+    """Model files: download into a verified cache, pin them in a lock, distribute them to boxes."""
+
+
+def model_options(func):
+    func = click.option(
+        "-m", "--model", default="glm4-9b", show_default=True, help="Manifest name in models/, or a path."
+    )(func)
+    func = click.option(
+        "--cache-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Cache directory (default: SOPHON_FLEET_CACHE or $XDG_CACHE_HOME/sophon-fleet).",
+    )(func)
+    return func
+
+
+def variant_option(default: str):
+    return click.option(
+        "--variant",
+        default=default,
+        show_default=True,
+        help="A variant of the manifest (int4, int8, ...) or `all`.",
+    )
+
+
+def _variants(manifest: Manifest, name: str) -> list[str]:
+    if name == "all":
+        return list(manifest.variants)
+    manifest.variant(name)  # ConfigError listing the known ones
+    return [name]
+
+
+def _setup(model: str, cache_dir: Path | None):
+    settings = load_settings()
+    manifest = load_manifest(model)
+    return settings, manifest, load_lock(manifest), Cache(cache_dir or settings.cache_dir)
+
+
+@assets.command("pull", epilog=EPILOG)
+@model_options
+@variant_option("int4")
+@click.option("--mirror", "mirrors", multiple=True, help="Mirror base URL (repeatable), tried first.")
+@click.option("--no-dfss", is_flag=True, help="Do not fall back to the vendor's dfss SFTP servers.")
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 32), help="Files at once.")
+@click.option(
+    "--keep-corrupt", is_flag=True, help="Keep downloads that fail verification in <cache>/corrupt/."
+)
+@click.option(
+    "--sftp-identity",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    hidden=True,
+    help="Private key for a private dfss-style SFTP mirror (the public servers use a password).",
+)
+@json_option
+@click.pass_obj
+@reports_errors
+def pull_cmd(out: Output, model, cache_dir, variant, mirrors, no_dfss, parallel, keep_corrupt, sftp_identity):
+    """Download the files of a variant into the cache: resumable, verified, in parallel."""
+    settings, manifest, lock, cache = _setup(model, cache_dir)
+    with progress_bars(out) as bar:
+
+        def on_progress(event: ProgressEvent) -> None:
+            bar(manifest.files[event.file_id].path, event.phase, event.done, event.total)
+
+        report = pull(
+            manifest,
+            _variants(manifest, variant),
+            cache=cache,
+            lock=lock,
+            mirrors=(*mirrors, *settings.mirrors),
+            known_hosts=settings.home / "dfss_known_hosts",
+            sftp_identity=sftp_identity,
+            use_dfss=not no_dfss,
+            parallel=parallel,
+            keep_corrupt=keep_corrupt,
+            progress=on_progress,
+        )
+    rows = [
+        {
+            "file": f.path,
+            "status": f.status,
+            "size": f.size,
+            "sha256": f.sha256,
+            "source": f.source,
+            "transferred": f.transferred,
+            "resumed_from": f.resumed_from,
+            "set_aside": list(f.set_aside),
+        }
+        for f in report.files
+    ]
+    if out.json:
+        out.emit_json(
+            {"model": manifest.model, "cache": str(cache.root), "lock": str(lock.path), "files": rows}
+        )
+        return
+    out.table(
+        f"{manifest.model} in {cache.root}",
+        ["file", "status", "size", "sha256", "source"],
+        [[r["file"], r["status"], _mib(r["size"]), r["sha256"][:16], r["source"] or "-"] for r in rows],
+    )
+    if report.lock_updated:
+        out.info(f"pinned new files in {lock.path}")
+
+
+@assets.command("verify")
+@model_options
+@variant_option("all")
+@json_option
+@click.pass_obj
+@reports_errors
+def verify_cmd(out: Output, model, cache_dir, variant):
+    """Re-hash the cached files and compare them with their names and the lock (exit 5 on a mismatch)."""
+    _settings, manifest, lock, cache = _setup(model, cache_dir)
+    with progress_bars(out) as bar:
+        results = verify(
+            manifest,
+            _variants(manifest, variant),
+            cache=cache,
+            lock=lock,
+            progress=lambda e: bar(manifest.files[e.file_id].path, e.phase, e.done, e.total),
+        )
+    if out.json:
+        out.emit_json([r.__dict__ for r in results])
+    else:
+        out.table(
+            f"{manifest.model} in {cache.root}",
+            ["file", "status", "size", "sha256", "detail"],
+            [[r.path, r.status, _mib(r.size), (r.sha256 or "-")[:16], r.detail] for r in results],
+        )
+    if any(r.status == "corrupt" for r in results):
+        raise SystemExit(int(Exit.INTEGRITY))
+    if any(r.status == "missing" for r in results):
+        raise SystemExit(int(Exit.FAILED))
+
+
+@assets.command("ls")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False), help="Cache directory.")
+@json_option
+@click.pass_obj
+@reports_errors
+def ls_cmd(out: Output, cache_dir):
+    """What the cache holds: blobs by sha256, the model files naming them, partial downloads."""
+    cache = Cache(cache_dir or load_settings().cache_dir)
+    entries, partials = cache.entries(), cache.partials()
+    if out.json:
+        out.emit_json(
+            {
+                "cache": str(cache.root),
+                "blobs": [{"sha256": e.sha256, "size": e.size, "names": list(e.names)} for e in entries],
+                "partial": [{"name": n, "size": s} for n, s in partials],
+            }
+        )
+        return
+    rows = [[", ".join(e.names) or "(unreferenced)", _mib(e.size), e.sha256[:16]] for e in entries]
+    rows += [[f"{name} (partial)", _mib(size), "-"] for name, size in partials]
+    out.table(f"cache {cache.root}", ["files", "size", "sha256"], rows)
+
+
+@assets.command("pin")
+@model_options
+@variant_option("all")
+@json_option
+@click.pass_obj
+@reports_errors
+def pin_cmd(out: Output, model, cache_dir, variant):
+    """Write size and sha256 of the cached files into the lock (models/<model>.lock.yaml)."""
+    _settings, manifest, lock, cache = _setup(model, cache_dir)
+    changed = pin(manifest, _variants(manifest, variant), cache=cache, lock=lock)
+    if out.json:
+        out.emit_json({"lock": str(lock.path), "pinned": changed})
+    else:
+        out.text(f"{lock.path}: " + (f"pinned {', '.join(changed)}" if changed else "already up to date"))
+
+
+def _mib(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.1f} MiB"

@@ -1,0 +1,63 @@
+"""Rich progress bars fed by core progress events (bytes, speed, ETA; also while hashing)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from provision.cli.output import Output
+
+PHASES = {
+    "hashing": "hashing",
+    "downloading": "download",
+    "sending": "sending",
+    "fetching": "fetching",
+    "retry": "retrying",
+    "done": "verified",
+    "cached": "cached",
+    "present": "present",
+}
+
+
+@contextmanager
+def progress_bars(out: Output) -> Iterator[Any]:
+    """Yield a callback `(key, phase, done, total)` that draws one bar per key on stderr."""
+    disabled = out.json or out.verbosity < 0
+    bars = Progress(
+        TextColumn("{task.fields[phase]:>9}"),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=out.err,
+        disable=disabled,
+    )
+    tasks: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def update(key: str, phase: str, done: int, total: int | None) -> None:
+        with lock:
+            if key not in tasks:
+                tasks[key] = bars.add_task(key, total=total, phase="")
+            fields: dict[str, Any] = {"phase": PHASES.get(phase, phase)}
+            if phase == "retry":
+                bars.update(tasks[key], **fields)
+                return
+            if phase == "hashing" and done <= (bars.tasks[tasks[key]].completed or 0):
+                bars.reset(tasks[key], total=total)
+            bars.update(tasks[key], completed=done, total=total, **fields)
+
+    with bars:
+        yield update

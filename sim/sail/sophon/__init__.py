@@ -1,0 +1,1 @@
+"""Emulated `sophon` package: only `sophon.sail` exists (see `sail.py`)."""

@@ -1,0 +1,230 @@
+"""Push to "boxes" that are local directories, the receiver running in a subprocess (no SSH)."""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from provision.assets.cache import Cache
+from provision.assets.download import pull
+from provision.assets.push import (
+    BoxPusher,
+    BoxTarget,
+    ChannelBroken,
+    LocalChannel,
+    plan_push,
+    push_fleet,
+    receiver_command,
+)
+from provision.errors import DiskFullError, IntegrityError
+from sim.mirror import BMODELS, Faults
+from sim.sftpd import is_root
+from tests.assets.conftest import BMODEL_SIZE, write_manifest
+
+PY38 = shutil.which("python3.8") and "/root/.pyenv/versions/3.8.18/bin/python3.8"
+PYTHON = PY38 if PY38 and os.path.exists(PY38) else sys.executable
+
+
+@pytest.fixture
+def pulled(tmp_path, tree, mirror):
+    """A manifest whose files are pulled into a cache and pinned in the lock."""
+    manifest, lock = write_manifest(tmp_path, tree, mirrors=[mirror.url])
+    cache = Cache(tmp_path / "cache")
+    pull(manifest, ["int4", "int8"], cache=cache, lock=lock, use_dfss=False, backoff=0)
+    return manifest, lock, cache
+
+
+class CutLink:
+    """Opens local channels; the first `recv` dies (SIGKILL, like a dropped link) after `cut` bytes."""
+
+    def __init__(self, cut=None):
+        self.cut = cut
+        self.commands = []
+
+    def __call__(self, command):
+        self.commands.append(command)
+        channel = LocalChannel(command)
+        if self.cut is None or shlex.split(command)[3] != "recv":
+            return channel
+        cut, self.cut = self.cut, None
+        sent = [0]
+        original = channel.send
+
+        def send(data):
+            if sent[0] + len(data) > cut:
+                channel.proc.kill()
+                raise ChannelBroken("link cut")
+            sent[0] += len(data)
+            original(data)
+
+        channel.send = send
+        return channel
+
+
+def targets(tmp_path, n, variant="int4"):
+    return [BoxTarget(f"box{i}", CutLink(), variant) for i in range(n)]
+
+
+def test_receiver_is_python38_and_reports_usage():
+    out = subprocess.run(
+        [PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+    )
+    assert out.stdout.strip() in ("(3, 8)", f"({sys.version_info[0]}, {sys.version_info[1]})")
+    command = receiver_command("nonsense", {}, python=PYTHON)
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    assert done.returncode == 2 and json.loads(done.stdout)["code"] == "usage"
+
+
+def test_push_three_boxes_one_link_cut_then_second_push_skipped(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    root = tmp_path / "boxes"
+    cut = CutLink(cut=(3 << 20) + 777)
+    boxes = [
+        BoxTarget("box0", CutLink(), "int4"),
+        BoxTarget("box1", cut, "int4"),
+        BoxTarget("box2", CutLink(), "int8"),
+    ]
+    roots = {b.host: root / b.host for b in boxes}
+    results = {}
+    for box in boxes:  # one root per box: push_fleet takes one root, so run per box here
+        results |= push_fleet(
+            manifest,
+            [box],
+            cache=cache,
+            lock=lock,
+            root=str(roots[box.host]),
+            backoff=0,
+            progress=lambda e: None,
+        )
+    for host, result in results.items():
+        assert not isinstance(result, Exception), result
+        vdir = roots[host] / "glm4-9b" / result.variant
+        bmodel = BMODELS[result.variant].rsplit("/", 1)[1]
+        assert (vdir / bmodel).read_bytes() == (tree.root / BMODELS[result.variant]).read_bytes()
+        marker = json.loads((vdir / f"{bmodel}.verified").read_text())
+        assert marker["sha256"] == tree.files[BMODELS[result.variant]][1]
+        assert (vdir / "token_config" / "tokenizer.model").is_file()
+        assert not list(vdir.glob("*.part"))
+    cut_box = next(f for f in results["box1"].files if f.name.endswith(".bmodel"))
+    assert cut_box.attempts == 2
+    # re-sent bytes after the cut: at most what was in flight (pipe buffer), far below one 8 MiB chunk
+    assert BMODEL_SIZE <= cut_box.transferred <= BMODEL_SIZE + (1 << 20)
+    assert cut_box.resumed_from == 0
+
+    again = push_fleet(manifest, [boxes[0]], cache=cache, lock=lock, root=str(roots["box0"]), backoff=0)
+    assert again["box0"].skipped and again["box0"].transferred == 0
+
+
+def test_push_resumes_a_part_left_on_the_box(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    data = (tree.root / BMODELS["int4"]).read_bytes()
+    (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes(data[: 5 << 20])
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    result = BoxPusher(
+        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), python=PYTHON
+    ).run()
+    bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
+    assert bmodel.resumed_from == 5 << 20 and bmodel.transferred == BMODEL_SIZE - (5 << 20)
+
+
+def test_corrupt_prefix_on_the_box_is_aborted_and_resent(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes(b"\x00" * (2 << 20))
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    result = BoxPusher(
+        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), backoff=0
+    ).run()
+    bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
+    assert bmodel.attempts == 2 and bmodel.transferred == BMODEL_SIZE + BMODEL_SIZE - (2 << 20)
+    assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
+
+
+def test_reverify_finds_a_file_changed_on_the_box(tmp_path, pulled):
+    manifest, lock, cache = pulled
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    root = str(tmp_path / "box")
+    BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    target = tmp_path / "box" / "glm4-9b" / "int4" / "glm4-9b_int4_1dev.bmodel"
+    data = bytearray(target.read_bytes())
+    data[12345] ^= 0xFF
+    target.write_bytes(bytes(data))
+    trusting = BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    assert trusting.skipped  # the marker is trusted without --reverify
+    checked = BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root, reverify=True).run()
+    bmodel = next(f for f in checked.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "sent" and bmodel.transferred == BMODEL_SIZE
+
+
+def test_lock_mismatch_is_refused_before_sending(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    sha = tree.files[BMODELS["int4"]][1]
+    lock.path.write_text(lock.path.read_text().replace(sha, "b" * 64))
+    from provision.assets.lock import load_lock
+
+    opened = CutLink()
+    with pytest.raises(IntegrityError, match="does not match the pinned"):
+        push_fleet(
+            manifest, [BoxTarget("b", opened, "int4")], cache=cache, lock=load_lock(manifest), backoff=0
+        )
+    assert opened.commands == []
+
+
+def test_push_from_mirror_fetches_on_the_box_and_resumes(tmp_path, pulled, tree, mirror):
+    manifest, lock, cache = pulled
+    mirror.log.clear()
+    mirror.faults = Faults(drop_after=(1 << 20) + 5, path=BMODELS["int8"])
+    box = BoxTarget("b", CutLink(), "int8")
+    result = push_fleet(
+        manifest,
+        [box],
+        cache=Cache(tmp_path / "empty"),
+        lock=lock,
+        root=str(tmp_path / "box"),
+        mirror=mirror.url,
+        backoff=0,
+    )["b"]
+    assert not isinstance(result, Exception), result
+    bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "fetched" and bmodel.attempts == 2
+    assert mirror.bytes_served(BMODELS["int8"]) == BMODEL_SIZE + 123
+    vdir = tmp_path / "box" / "glm4-9b" / "int8"
+    assert (vdir / "token_config" / "tokenizer.model").is_file()
+
+
+def test_box_disk_full_is_reported_before_sending(tmp_path, pulled):
+    if not is_root():
+        pytest.skip("mounting a tmpfs needs root")
+    manifest, lock, cache = pulled
+    mount = tmp_path / "boxdata"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], check=True)
+    try:
+        opened = CutLink()
+        result = push_fleet(
+            manifest, [BoxTarget("b", opened, "int4")], cache=cache, lock=lock, root=str(mount)
+        )
+        assert isinstance(result["b"], DiskFullError) and "needs" in result["b"].message
+        assert len(opened.commands) == 1  # only the probe ran
+        assert not any(mount.rglob("*.bmodel"))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_unsafe_zip_is_refused_by_the_receiver(tmp_path):
+    import zipfile
+
+    zpath = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zpath, "w") as archive:
+        archive.writestr("../escape.txt", b"x")
+    command = receiver_command("unpack", {"zip": str(zpath), "into": "out", "contains": {}}, python=PYTHON)
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    assert done.returncode == 2 and json.loads(done.stdout)["code"] == "unsafe_zip"
+    assert not (tmp_path.parent / "escape.txt").exists()

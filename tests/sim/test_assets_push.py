@@ -1,0 +1,134 @@
+"""`assets push` against the simulated fleet: real sshd, the box's Python 3.8, its own /data (tmpfs)."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from provision.assets.cache import Cache
+from provision.assets.download import pull
+from provision.assets.lock import load_lock
+from provision.assets.push import BoxTarget, ChannelBroken, ExecChannel, push_fleet
+from provision.errors import DiskFullError
+from provision.manifest import load_manifest
+from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree
+from tests.sim.conftest import connect, needs_root, run
+
+pytestmark = [pytest.mark.sim, needs_root]
+
+SIZE = 24 << 20
+ROOT = "/data/sophon-fleet/models"
+
+
+class BoxLink:
+    """Opens SSH exec channels to one simulated box; `cut_after` drops the whole connection mid-`recv`."""
+
+    def __init__(self, fleet, name, cut_after=None):
+        self.fleet, self.name, self.cut_after = fleet, name, cut_after
+        self.client = None
+        self.opened = 0
+
+    def __call__(self, command):
+        transport = self.client.get_transport() if self.client else None
+        if transport is None or not transport.is_active():
+            self.client = connect(self.fleet, self.name)
+        chan = self.client.get_transport().open_session()
+        chan.exec_command(command)
+        self.opened += 1
+        channel = ExecChannel(chan)
+        if self.cut_after is not None and shlex.split(command)[3] == "recv":
+            cut, self.cut_after = self.cut_after, None
+            sent = [0]
+            send = channel.send
+
+            def cutting(data):
+                if sent[0] + len(data) > cut:
+                    self.client.close()  # the link drops: the box's sshd ends the session
+                    raise ChannelBroken("link cut")
+                sent[0] += len(data)
+                send(data)
+
+            channel.send = cutting
+        return channel
+
+    def close(self):
+        if self.client:
+            self.client.close()
+
+
+@pytest.fixture
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mirror")
+    tree = build_asset_tree(root, bmodel_size=SIZE)
+    work = tmp_path_factory.mktemp("controller")
+    (work / "glm4-9b.yaml").write_text(tree.manifest_yaml())
+    manifest = load_manifest(work / "glm4-9b.yaml")
+    lock = load_lock(manifest)
+    cache = Cache(work / "cache")
+    pull(manifest, ["int4", "int8"], cache=cache, lock=lock, mirrors=[f"file://{root}"], use_dfss=False)
+    return tree, manifest, lock, cache
+
+
+def test_push_three_boxes_one_link_cut_resumes_then_skips(sim_fleet, assets):
+    tree, manifest, lock, cache = assets
+    fleet = sim_fleet(["se7-factory", "se7-ready-int8", "se7-int4-only"])
+    names = [b.name for b in fleet.boxes]
+    links = {n: BoxLink(fleet, n, cut_after=(7 << 20) + 3 if n == names[1] else None) for n in names}
+    variants = {names[0]: "int4", names[1]: "int8", names[2]: "int4"}
+    try:
+        targets = [BoxTarget(n, links[n], variants[n]) for n in names]
+        results = push_fleet(manifest, targets, cache=cache, lock=lock, max_parallel=3, backoff=0.1)
+        for name, result in results.items():
+            assert not isinstance(result, Exception), (name, result)
+            client = connect(fleet, name)
+            vdir = f"{ROOT}/glm4-9b/{variants[name]}"
+            bmodel = BMODELS[variants[name]].rsplit("/", 1)[1]
+            status, out = run(client, f"sha256sum {vdir}/{bmodel}; cat {vdir}/{bmodel}.verified; ls {vdir}")
+            assert status == 0, out
+            assert tree.files[BMODELS[variants[name]]][1] in out
+            assert "token_config\n" in out and ".part" not in out
+            status, out = run(client, "python3 -c 'import sys; print(sys.version_info[:2])'")
+            client.close()
+        cut = next(f for f in results[names[1]].files if f.name.endswith(".bmodel"))
+        assert cut.attempts == 2
+        assert SIZE <= cut.transferred <= SIZE + (8 << 20)  # at most one chunk sent twice
+        again = push_fleet(manifest, targets, cache=cache, lock=lock, max_parallel=3)
+        assert all(r.skipped and r.transferred == 0 for r in again.values())
+    finally:
+        for link in links.values():
+            link.close()
+
+
+def test_from_mirror_and_a_full_box(sim_fleet, assets):
+    tree, manifest, lock, cache = assets
+    fleet = sim_fleet(["se7-factory", "se7-factory"])
+    full, fetching = (b.name for b in fleet.boxes)
+    fleet.fault(full, "disk-full")
+    host = f"10.213.{fleet.state.k}.1"
+    links = {n: BoxLink(fleet, n) for n in (full, fetching)}
+    try:
+        with Mirror(tree.root, host=host) as mirror:
+            mirror.faults = Faults(drop_after=(5 << 20) + 1, path=BMODELS["int4"])
+            targets = [BoxTarget(n, links[n], "int4") for n in (full, fetching)]
+            results = push_fleet(
+                manifest,
+                targets,
+                cache=Cache(cache.root.parent / "none"),
+                lock=lock,
+                mirror=mirror.url,
+                backoff=0.1,
+            )
+            assert isinstance(results[full], DiskFullError), results[full]
+            ok = results[fetching]
+            assert not isinstance(ok, Exception), ok
+            bmodel = next(f for f in ok.files if f.name.endswith(".bmodel"))
+            assert bmodel.status == "fetched" and bmodel.attempts == 2
+            assert mirror.bytes_served(BMODELS["int4"]) == SIZE  # the resume re-fetched nothing
+        client = connect(fleet, full)
+        status, out = run(client, f"ls -R {ROOT} 2>&1 || true")
+        client.close()
+        assert ".bmodel" not in out.replace(".bmodel.part", "")  # nothing partial taken as complete
+    finally:
+        for link in links.values():
+            link.close()
