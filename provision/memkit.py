@@ -4,9 +4,10 @@ Accepted archives: Sophgo's `memory_edit_v<ver>.tar.xz` (`memory_edit/memory_edi
 `memory_edit/bintools/`) or the vendor bundle `DeviceMemoryModificationKit.tgz`, whose inner
 `memory_edit_v<ver>.tar.xz` is used.
 
-Pinning: a sha256 from the manifest wins; otherwise the first verified download of a URL pins it in
-`<cache>/memedit/pins.json` (trust on first use) and later downloads must match. The lock file of the
-assets work (branch `assets`) is the place this moves to: `resolve_kit` is the seam.
+Downloads use the assets machinery (provision/assets): the content-addressed cache, resumable verified
+downloads, and the model's lock — a sha256 from the manifest or the lock must match; otherwise the first
+verified download pins it there (trust on first use). A local `--kit FILE` is the operator's explicit choice
+and is used as it is.
 
 On the box the kit lives in /data/sophon-fleet/memory_edit (where `facts` looks for it), unpacked as root
 (memory_edit runs as root and leaves root-owned files there), with the tarball's sha256 in `.kit-sha256`
@@ -17,16 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shlex
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
+from provision.assets.cache import Cache
+from provision.assets.download import FileDownload
+from provision.assets.lock import load_lock
+from provision.assets.sources import source_for_url, sources_for
 from provision.errors import ConfigError, IntegrityError, RemoteError
-from provision.manifest import Manifest
+from provision.manifest import AssetFile, Manifest, Pinned
+from provision.settings import Settings
 from provision.transport import Transport, quote_command
 
 WORK_DIR = "/data/sophon-fleet"
@@ -51,67 +56,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_kit(spec: str | None, manifest: Manifest, cache_dir: Path) -> LocalKit:
-    """The kit to upload: `spec` (a file or URL) or the manifest's memory_edit_kit source.
+def resolve_kit(spec: str | None, manifest: Manifest, settings: Settings) -> LocalKit:
+    """The kit to upload: `spec` (a local file, used as it is; or a URL) or the manifest's
+    `memory_edit_kit` from its mirrors/sources. Downloads go through the assets cache and lock: verified
+    against the manifest's or the lock's sha256, pinned on first download, fetched once.
     Raises ConfigError (missing / not a kit), IntegrityError (sha256 differs from its pin)."""
-    pinned = manifest.kit.pinned.sha256 if manifest.kit else None
-    if spec is None:
-        if manifest.kit is None or not manifest.kit.urls:
-            raise ConfigError("the manifest names no memory_edit kit", hint="give one with --kit FILE|URL")
-        spec = manifest.kit.urls[0]
-    parsed = urlparse(spec)
-    if parsed.scheme in ("http", "https"):
-        path = _download(spec, cache_dir / "memedit")
-        source = spec
-    else:
-        path = Path(parsed.path if parsed.scheme == "file" else spec)
+    if spec is not None and not spec.startswith(("http://", "https://", "file://")):
+        path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"kit {spec} does not exist", key="--kit")
-        source, pinned = str(path), None  # a local file is the operator's explicit choice
-    tarball = _inner_tarball(path, cache_dir / "memedit")
-    digest = sha256_file(tarball)
-    if pinned and digest != pinned and sha256_file(path) != pinned:
-        raise IntegrityError(f"kit {source}: sha256 {digest} differs from the pinned {pinned}")
-    if source.startswith(("http://", "https://")):
-        _pin(cache_dir / "memedit", source, digest)
-    return LocalKit(tarball, digest, source)
-
-
-def _download(url: str, cache: Path) -> Path:
-    """Download once into the cache (`.part`, then rename); reuse the cached file afterwards."""
-    import requests  # only when a URL is actually used
-
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / (Path(urlparse(url).path).name or "memory_edit.tar.xz")
-    if target.is_file():
-        return target
-    part = target.with_name(target.name + ".part")
-    try:
-        with requests.get(url, stream=True, timeout=30) as response:
-            response.raise_for_status()
-            with open(part, "wb") as handle:
-                for chunk in response.iter_content(1 << 20):
-                    handle.write(chunk)
-    except requests.RequestException as exc:
-        part.unlink(missing_ok=True)
-        raise ConfigError(
-            f"cannot download the kit from {url}: {exc}", hint="give a local copy with --kit FILE"
-        )
-    os.replace(part, target)
-    return target
-
-
-def _pin(cache: Path, source: str, digest: str) -> None:
-    pins_file = cache / "pins.json"
-    pins = json.loads(pins_file.read_text()) if pins_file.is_file() else {}
-    known = pins.get(source)
-    if known and known != digest:
-        raise IntegrityError(
-            f"kit {source}: sha256 {digest} differs from the one pinned at first download ({known})",
-            hint=f"if the new kit is intended, remove its entry from {pins_file}",
-        )
-    pins[source] = digest
-    pins_file.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
+        tarball = _inner_tarball(path, settings.cache_dir / "memedit")
+        return LocalKit(tarball, sha256_file(tarball), str(path))
+    if manifest.kit is None:
+        if spec is None:
+            raise ConfigError("the manifest names no memory_edit kit", hint="give one with --kit FILE|URL")
+        name = Path(urlparse(spec).path).name or "memory_edit.tar.xz"
+        kit_file = AssetFile("memory-edit-kit", name, None, (spec,), Pinned(None, None), None, {})
+    else:
+        kit_file = manifest.kit if spec is None else replace(manifest.kit, urls=(spec,))
+    sources = (
+        [source_for_url(spec)]
+        if spec
+        else sources_for(manifest, kit_file, mirrors=settings.mirrors, use_dfss=False)
+    )
+    if not sources:
+        raise ConfigError("the manifest's memory_edit kit has no source", hint="give one with --kit FILE|URL")
+    lock = load_lock(manifest)
+    got = FileDownload(manifest.model, kit_file, lock, Cache(settings.cache_dir), sources).run()
+    if lock.record(kit_file, got.size, got.sha256):
+        lock.save()  # pinned on first download; later downloads must match
+    tarball = _inner_tarball(got.blob, settings.cache_dir / "memedit")
+    return LocalKit(tarball, sha256_file(tarball), got.source or str(got.blob))
 
 
 def _inner_tarball(path: Path, cache: Path) -> Path:

@@ -25,7 +25,7 @@ from provision.memkit import LocalKit, resolve_kit
 from provision.memory import Layout
 from provision.memplan import Action, BoxMemory, BoxPlan, Request, box_memory, plan_box, request_for
 from provision.reboot import RebootPolicy
-from provision.settings import load_settings
+from provision.settings import Settings, load_settings
 from provision.transport import Connector
 
 ACTION_STYLE = {
@@ -230,7 +230,7 @@ def apply_command(
     request = request_from(kwargs)
     inv = resolve_inventory(reach)
     settings = load_settings()
-    local_kit = resolve_kit(kit, load_manifest(manifest_name), settings.cache_dir) if kit else None
+    local_kit = resolve_kit(kit, load_manifest(manifest_name), settings) if kit else None
     with connector_for(reach, inv) as connector:
         planned = plan_hosts(inv, connector, request, reach.forks)
         if dry_run or not out.json:
@@ -240,7 +240,7 @@ def apply_command(
         confirm_reboots(out, planned, yes)
         options = ApplyOptions(
             kit=local_kit,
-            kit_resolver=_lazy_kit(manifest_name, settings.cache_dir),
+            kit_resolver=_lazy_kit(manifest_name, settings),
             auto_rollback=auto_rollback,
             reboot=RebootPolicy(timeout=reboot_timeout),
             break_lock=break_lock,
@@ -271,14 +271,14 @@ def apply_command(
     raise SystemExit(int(results_exit(result)))
 
 
-def _lazy_kit(model: str, cache_dir: Any) -> Callable[[], LocalKit]:
+def _lazy_kit(model: str, settings: Settings) -> Callable[[], LocalKit]:
     lock = threading.Lock()
     found: list[LocalKit] = []
 
     def resolve() -> LocalKit:
         with lock:  # one download for the whole fleet
             if not found:
-                found.append(resolve_kit(None, load_manifest(model), cache_dir))
+                found.append(resolve_kit(None, load_manifest(model), settings))
             return found[0]
 
     return resolve

@@ -23,8 +23,8 @@ def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
     """`sim_fleet(["se7-factory", ...])` brings a fleet up; every fleet is torn down after the test."""
     fleets: list[Fleet] = []
 
-    def make(profiles: list[str]) -> Fleet:
-        fleet = Fleet.up(tmp_path_factory.mktemp("fleet"), profiles)
+    def make(profiles: list[str], **options: object) -> Fleet:
+        fleet = Fleet.up(tmp_path_factory.mktemp("fleet"), profiles, **options)  # type: ignore[arg-type]
         fleets.append(fleet)
         return fleet
 

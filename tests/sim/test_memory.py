@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from provision.cli.main import cli
+from provision.manifest import load_manifest
 from sim import itb, memedit_kit
 from tests.sim.conftest import connect, needs_root, run
 
@@ -260,3 +261,26 @@ def test_interrupt_at_the_swap_leaves_a_bootable_image(sim_fleet, kit, how):
         assert code == 3 and "--break-lock" in doc["hosts"][0]["hint"]
         code, doc = apply_json(fleet, kit, "--break-lock")
         assert code == 0 and fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
+def test_kit_from_the_mirror_pinned_and_the_airbox_preinstalled_kit(sim_fleet):
+    fleet = sim_fleet(["se7-factory", "airbox"], mirror=True)
+    code, output = invoke(
+        "memory",
+        "apply",
+        "--json",
+        "-i",
+        str(fleet.inventory_path),
+        "--model",
+        str(fleet.manifest_path),
+        "--yes",
+        *FAST,
+    )
+    assert code == 0, output
+    assert [h["result"] for h in json.loads(output)["hosts"]] == ["applied", "applied"]
+    assert fleet.hardware("se7-1").heaps == fleet.hardware("se7-2").heaps == [7615, 3071, 3071]
+    se7, airbox = connect(fleet, "se7-1"), connect(fleet, "se7-2")
+    kit_sha = run(se7, "cat /data/sophon-fleet/memory_edit/.kit-sha256")[1].strip()
+    assert kit_sha == load_manifest(fleet.manifest_path).kit.pinned.sha256
+    assert run(airbox, "ls /data/sophon-fleet")[1].split() == ["backups", "locks"]  # no upload: its own kit
+    assert run(airbox, "ls /opt/sophon/memory_edit/emmcboot.itb")[0] == 0  # written by its own kit
