@@ -114,9 +114,9 @@ def main() -> None:
             for size in sizes:
                 hosts = list(every[:size])
                 limit = ",".join(h.name for h in hosts)
-                bare = median_of(args.runs, lambda: floor(hosts, known_hosts, "true", None))
-                bare_probe = median_of(args.runs, lambda: floor(hosts, known_hosts, probe, password))
-                ours = median_of(args.runs, lambda: preflight(inventory, limit, home))
+                bare = median_of(args.runs, lambda h=hosts: floor(h, known_hosts, "true", None))
+                bare_probe = median_of(args.runs, lambda h=hosts: floor(h, known_hosts, probe, password))
+                ours = median_of(args.runs, lambda lim=limit: preflight(inventory, lim, home))
                 print(
                     f"{size:>5} {bare:>11.3f}s {bare_probe:>12.3f}s {ours:>9.3f}s "
                     f"{ours / bare:>7.2f}x {ours / bare_probe:>8.2f}x"

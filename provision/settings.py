@@ -28,14 +28,14 @@ class Settings:
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR, _SSH_CONFIG,
-    _USER_KNOWN_HOSTS, _MIRRORS)."""
+    """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR, _MIRRORS, _SSH_CONFIG,
+    _USER_KNOWN_HOSTS)."""
     env = os.environ if env is None else env
     home = Path(env.get("SOPHON_FLEET_HOME") or _xdg("XDG_CONFIG_HOME", ".config") / "sophon-fleet")
     cache = Path(env.get("SOPHON_FLEET_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "sophon-fleet")
     sim_dir = Path(env.get("SOPHON_FLEET_SIM_DIR") or "/run/sophon-fleet-sim")
-    ssh_dir = Path.home() / ".ssh"
     mirrors = tuple((env.get("SOPHON_FLEET_MIRRORS") or "").replace(",", " ").split())
+    ssh_dir = Path.home() / ".ssh"
     return Settings(
         home=home,
         cache_dir=cache,

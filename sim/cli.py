@@ -94,7 +94,7 @@ def up(
                 "state_dir": str(fleet.state.dir),
                 "inventory": str(fleet.inventory_path),
                 "seconds": round(elapsed, 3),
-                "boxes": [describe(v) for v in fleet.status()],
+                "boxes": [describe(v) for v in fleet.status() if v.role == "box"],
             }
         )
         return
@@ -127,7 +127,8 @@ def status(out: Output, state_dir: Path | None) -> None:
             {
                 "state_dir": str(fleet.state.dir),
                 "inventory": str(fleet.inventory_path),
-                "boxes": [describe(v) for v in views],
+                "boxes": [describe(v) for v in views if v.role == "box"],
+                "mirror": next((describe(v) for v in views if v.role == "mirror"), None),
             }
         )
         return

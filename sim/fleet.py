@@ -62,6 +62,7 @@ class BoxView:
     boot_id: str
     boot_count: int
     faults: list[str]
+    role: str = "box"
 
 
 class Fleet:
@@ -313,6 +314,7 @@ class Fleet:
                     hw.boot_id,
                     hw.boot_count,
                     hw.faults,
+                    record.role,
                 )
             )
         return views
