@@ -28,13 +28,12 @@ class Settings:
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR, _MIRRORS, _SSH_CONFIG,
-    _USER_KNOWN_HOSTS)."""
+    """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR, _SSH_CONFIG,
+    _USER_KNOWN_HOSTS, _MIRRORS)."""
     env = os.environ if env is None else env
     home = Path(env.get("SOPHON_FLEET_HOME") or _xdg("XDG_CONFIG_HOME", ".config") / "sophon-fleet")
     cache = Path(env.get("SOPHON_FLEET_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "sophon-fleet")
     sim_dir = Path(env.get("SOPHON_FLEET_SIM_DIR") or "/run/sophon-fleet-sim")
-    mirrors = tuple((env.get("SOPHON_FLEET_MIRRORS") or "").replace(",", " ").split())
     ssh_dir = Path.home() / ".ssh"
     return Settings(
         home=home,
@@ -42,5 +41,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         sim_dir=sim_dir,
         ssh_config=Path(env.get("SOPHON_FLEET_SSH_CONFIG") or ssh_dir / "config"),
         user_known_hosts=Path(env.get("SOPHON_FLEET_USER_KNOWN_HOSTS") or ssh_dir / "known_hosts"),
-        mirrors=mirrors,
+        mirrors=tuple((env.get("SOPHON_FLEET_MIRRORS") or "").replace(",", " ").split()),
     )
