@@ -45,6 +45,7 @@ SWAP_TMP = "/boot/.emmcboot.itb.sophon-fleet.tmp"
 MEMEDIT_BAK = "/boot/emmcboot.itb.memeditBak"
 BACKUP_DIR = f"{memkit.WORK_DIR}/backups"
 LOCK_NAME = "memory"
+KEEP_BACKUPS = 3  # the first one (factory image) and the two newest
 EDIT_TIMEOUT = 300.0  # memory_edit unpacks and repacks a ~40 MB image
 
 
@@ -352,7 +353,10 @@ def make_backup(run: _Box, layout: Layout) -> Backup:
         'got=$(sha256sum "$1.part" | cut -d" " -f1); '
         'if [ "$got" != "$2" ]; then rm -f "$1.part"; echo "mismatch $got"; exit 3; fi; '
         'mv -- "$1.part" "$1"; printf "%s  %s\\n" "$2" "$(basename "$1")" > "$1.sha256"; '
-        'printf "%s\\n" "$3" > "$1.json"; sync; echo ok'
+        'printf "%s\\n" "$3" > "$1.json"; sync; '
+        # keep the first backup ever (the factory image) and the newest ones (~40 MB each on a real box)
+        f'ls -1 "$(dirname "$1")"/emmcboot.itb.*.json | sort | sed 1d | head -n -{KEEP_BACKUPS - 1} | '
+        'while read -r meta; do base=${meta%.json}; rm -f -- "$base" "$base.sha256" "$meta"; done; echo ok'
     )
     out = run.t.run(quote_command(["sh", "-c", script, "sh", path, backup.sha256, meta]), check=False)
     if out.stdout.strip() != "ok":

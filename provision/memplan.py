@@ -137,13 +137,13 @@ def plan_box(box: BoxMemory, request: Request) -> BoxPlan:
             return plan(
                 Action.NOTHING,
                 assumed,
-                "already at target (assuming a 16 GB BM1684X's max; no kit on the box to confirm it)",
+                "at target (max of a 16 GB BM1684X assumed: no kit on the box)",
             )
         return plan(
             Action.CHECK,
             request.layout,
-            "maxima unknown (no memory_edit kit on the box): apply uploads the kit, reads them and plans "
-            "again; no reboot if already at target",
+            "max unknown (no kit on the box yet): apply reads it there, then changes and reboots only "
+            "if needed",
         )
     if request.explicit:
         too_big = over_max(request.layout, box.max)

@@ -171,7 +171,10 @@ def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> Non
             )
         )
     out.table(
-        f"memory plan: {request.describe()}", ["host", "action", "now MiB", "target", "max", "why"], rows
+        f"memory plan: {request.describe()}",
+        ["host", "action", "now MiB", "target", "max", "why"],
+        rows,
+        keep_whole=("host", "action", "now MiB", "target", "max"),
     )
 
 
@@ -392,14 +395,19 @@ def render_results(
         (
             h["host"],
             h["result"],
-            _text(h.get("before")),
+            _text(h.get("before") or h.get("plan", {}).get("current")),
             _text(h.get("after")),
             h.get("image") or ("new" if h["result"] in ("applied", "restored") else "-"),
             h.get("stage", "") if "error" in h else h.get("note", ""),
         )
         for h in doc["hosts"]
     ]
-    out.table(command, ["host", "result", "before", "after", "boot image", "stage / note"], rows)
+    out.table(
+        command,
+        ["host", "result", "before", "after", "boot image", "stage / note"],
+        rows,
+        keep_whole=("host", "result", "before", "after", "boot image"),
+    )
     for h in doc["hosts"]:
         if h.get("error"):
             out.text(f"{h['host']}: {h['result']}: {h['error']}")

@@ -87,4 +87,4 @@ def test_unreadable_heaps_and_wrong_chip_are_refused(manifest):
 
 def test_unknown_max_at_the_assumed_16gb_target_is_nothing(manifest):
     plan = plan_box(box(now=READY, maximum=None), request_for(manifest))
-    assert plan.action is Action.NOTHING and "assuming" in plan.reason
+    assert plan.action is Action.NOTHING and "assumed" in plan.reason
