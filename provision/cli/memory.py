@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -292,7 +293,7 @@ def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
     if not rebooting or yes:
         return
     names = ", ".join(rebooting)
-    if not click.get_text_stream("stdin").isatty():
+    if not sys.stdin.isatty():
         raise ConfigError(
             f"{len(rebooting)} boxes would be rebooted ({names})", key="--yes", hint="confirm with --yes"
         )

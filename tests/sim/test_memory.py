@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from provision.cli.main import cli
 from provision.manifest import load_manifest
 from sim import itb, memedit_kit
+from sim.fleet import ssh_banner
 from tests.sim.conftest import connect, needs_root, run
 
 pytestmark = [pytest.mark.sim, needs_root]
@@ -284,3 +286,19 @@ def test_kit_from_the_mirror_pinned_and_the_airbox_preinstalled_kit(sim_fleet):
     assert kit_sha == load_manifest(fleet.manifest_path).kit.pinned.sha256
     assert run(airbox, "ls /data/sophon-fleet")[1].split() == ["backups", "locks"]  # no upload: its own kit
     assert run(airbox, "ls /opt/sophon/memory_edit/emmcboot.itb")[0] == 0  # written by its own kit
+
+
+def test_confirmation_is_required_and_an_unreachable_box_does_not_stop_the_others(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory", "se7-factory"])
+    fleet.power_off("se7-2")
+    deadline = time.monotonic() + 10
+    while ssh_banner(fleet.state.box("se7-2").address) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inv = str(fleet.inventory_path)
+    code, output = invoke("memory", "apply", "-i", inv, "--kit", kit, *FAST)
+    assert code == 2 and "boxes would be rebooted (se7-1)" in output and "--yes" in output
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+    code, doc = apply_json(fleet, kit)
+    assert code == 4, doc
+    assert [h["result"] for h in doc["hosts"]] == ["applied", "unreachable"]
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
