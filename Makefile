@@ -24,10 +24,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 lint: setup
 	$(BIN)/ruff check provision sim tests benchmarks chat
-	$(BIN)/ruff format --check provision sim tests benchmarks
+	$(BIN)/ruff format --check provision sim tests benchmarks chat
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/assets/receiver.py
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/assets/receiver.py provision/box_install.py
 
 pytest: setup
 	$(BIN)/python -m pytest -q -m "not reference"

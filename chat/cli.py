@@ -19,9 +19,10 @@ import time
 from typing import List, Optional, TextIO
 
 from .errors import ChatError, PromptTooLongError
-from .generate import ChatSession, Done
+from .generate import ChatSession, Done, generate
 from .model import GlmModel
 from .server import StdioServer
+from .template import apply_chat_template
 from .tokenizer import load_tokenizer
 
 SUBCOMMANDS = ("serve", "selftest", "info")
@@ -29,16 +30,22 @@ SELFTEST_PROMPT = "你好"
 
 
 def _add_model_options(parser: argparse.ArgumentParser, token: bool = True) -> None:
-    parser.add_argument(
-        "--bmodel", default=os.environ.get("SOPHON_CHAT_BMODEL", "./models/BM1684X/glm4-9b_int4_1dev.bmodel")
-    )
+    bmodel = os.environ.get("SOPHON_CHAT_BMODEL", "./models/BM1684X/glm4-9b_int4_1dev.bmodel")
+    parser.add_argument("--bmodel", default=bmodel, help="ChatGLM4 bmodel (default: %(default)s)")
     if token:
-        parser.add_argument("--token", default=os.environ.get("SOPHON_CHAT_TOKEN", "./python/token_config/"))
-    parser.add_argument("--dev-id", "--dev_id", dest="dev_id", type=int, default=0)
+        token_dir = os.environ.get("SOPHON_CHAT_TOKEN", "./python/token_config/")
+        parser.add_argument(
+            "--token", default=token_dir, help="token config directory (default: %(default)s)"
+        )
+    parser.add_argument("--dev-id", "--dev_id", dest="dev_id", type=int, default=0, help="TPU device id")
 
 
 def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m chat" + (" " + command if command else ""))
+    parser = argparse.ArgumentParser(
+        prog="python3 -m chat" + (" " + command if command else ""),
+        description=__doc__.split("\n\n")[1] if command is None else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_model_options(parser, token=command != "info")
     if command == "serve":
         parser.add_argument(
@@ -88,10 +95,12 @@ def run_repl(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
 
 
 def selftest(args: argparse.Namespace) -> dict:
-    """Load, answer SELFTEST_PROMPT greedily with at most `args.tokens` tokens, report one JSON object."""
+    """Load, generate `args.tokens` tokens greedily for SELFTEST_PROMPT (EOS does not stop it, so FTL/TPS
+    always cover the same work), report one JSON object."""
     session, load_s = load_session(args)
+    prompt = apply_chat_template(session.tokenizer, [{"role": "user", "content": SELFTEST_PROMPT}])
     done = None
-    for event in session.chat(SELFTEST_PROMPT, max_new_tokens=args.tokens):
+    for event in generate(session.model, session.tokenizer, prompt, args.tokens, stop_at_eos=False):
         if isinstance(event, Done):
             done = event
     return {

@@ -66,10 +66,12 @@ def generate(
     sampling: Optional[Sampling] = None,
     cancelled: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.perf_counter,
+    stop_at_eos: bool = True,
 ) -> Iterator[Event]:
     """Prefill `prompt_ids`, then decode until EOS, `max_new_tokens`, a full KV cache, or `cancelled()`
-    (checked between tokens). Greedy unless `sampling` is given."""
-    eos = frozenset(tokenizer.eos_ids())
+    (checked between tokens). Greedy unless `sampling` is given. `stop_at_eos=False` (selftest) generates
+    exactly `max_new_tokens` unless the cache fills, so the measurement covers a fixed number of tokens."""
+    eos = frozenset(tokenizer.eos_ids()) if stop_at_eos else frozenset()
     rng = random.Random(sampling.seed if sampling else None)
     history = list(prompt_ids)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -108,17 +109,23 @@ class GlmModel:
         self._allocate()
         self.masks = MaskBuffers(self.seqlen, self._prefill_mask.np_dtype, self._prefill_pid.np_dtype)
         self._ids = np.zeros(self.seqlen, dtype=np.int32)
+        self._token = np.zeros((1, 1), dtype=np.int32)
         self.filled = 0
 
     def _check_graphs(self) -> None:
+        """The 5 fixed graphs plus block_i and block_cache_i for every layer index that appears, and nothing
+        else, so that the seed's NUM_LAYERS = (graphs - 5) // 2 is right."""
+        indices = [int(n.rsplit("_", 1)[1]) for n in self.graph_names if re.match(r"^block_(cache_)?\d+$", n)]
+        layers = max(indices) + 1 if indices else 0
         wanted = list(FIXED_GRAPHS)
-        for layer in range(self.num_layers):
+        for layer in range(layers):
             wanted += ["block_%d" % layer, "block_cache_%d" % layer]
         missing = [name for name in wanted if name not in self.graph_names]
-        if self.num_layers < 1 or missing or len(wanted) != len(self.graph_names):
+        unexpected = [name for name in self.graph_names if name not in wanted]
+        if layers < 1 or missing or unexpected or layers != self.num_layers:
             raise ModelError(
-                "%s: not a ChatGLM4 bmodel (graphs %s; missing %s)"
-                % (self.path, self.graph_names[:8], missing[:8])
+                "%s: not a ChatGLM4 bmodel (%d graphs; missing %s; unexpected %s)"
+                % (self.path, len(self.graph_names), missing[:8], unexpected[:8])
             )
 
     def _slot(self, graph: str, index: int, is_input: bool = True, shape=None) -> _Slot:
@@ -191,7 +198,8 @@ class GlmModel:
         if self.filled >= self.seqlen:
             raise ModelError("KV cache full (SEQLEN %d)" % self.seqlen)
         position = self.filled
-        self._next_ids.upload(np.array([[token]], dtype=np.int32))
+        self._token[0, 0] = token
+        self._next_ids.upload(self._token)
         self._process("embedding_cache", [self._next_ids], [self._next_hidden])
         self._next_pid.upload(self.masks.decode_position(position).reshape(1, 1))
         self._next_mask.upload(self.decode_mask())

@@ -59,7 +59,8 @@ _RANK_LINE = re.compile(rb"^[A-Za-z0-9+/]+={0,2} \d+$")
 class Tokenizer:
     """What the runtime needs from a tokenizer: text <-> ids, each id's bytes, and the special ids."""
 
-    special_ids: Dict[str, int]
+    special_ids = {}  # type: Dict[str, int]
+    vocab_size = 0  # ids the tokenizer can produce: pieces/ranks + special tokens
 
     def encode(self, text: str) -> List[int]:
         """Ids of `text`; special-token spellings inside `text` are ordinary text, never control tokens."""
@@ -160,24 +161,49 @@ def is_tiktoken_file(path: str) -> bool:
 
 
 def read_ranks(path: str) -> Dict[bytes, int]:
-    """Parse a tiktoken rank file; errors name the file and line."""
-    ranks = {}
+    """Parse a tiktoken rank file; errors name the file and line.
+
+    The fast path splits the whole file at once (151,329 lines load in a fraction of the per-line time,
+    which matters on the boxes' A53 cores); any irregularity falls back to the strict per-line parser so
+    that the error can name the line.
+    """
     with open(path, "rb") as src:
-        for number, line in enumerate(src, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-            except (ValueError, binascii.Error):
-                raise TokenizerError(
-                    "%s:%d: expected '<base64 token> <rank>', got %r" % (path, number, line[:60])
-                )
+        data = src.read()
+    fields = data.split()
+    lines = [line for line in data.splitlines() if line.strip()]
+    ranks = None
+    if len(fields) == 2 * len(lines) and _RANK_LINE.match(lines[-1] if lines else b""):
+        try:
+            ranks = {
+                base64.b64decode(token, validate=True): int(rank)
+                for token, rank in zip(fields[::2], fields[1::2])
+            }
+        except (ValueError, binascii.Error):
+            ranks = None
+    if ranks is None or len(ranks) != len(lines):
+        ranks = _read_ranks_strictly(path, data)
     if not ranks:
         raise TokenizerError("%s: empty tokenizer model" % path)
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError("%s: ranks are not 0..%d without gaps or duplicates" % (path, len(ranks) - 1))
+    return ranks
+
+
+def _read_ranks_strictly(path: str, data: bytes) -> Dict[bytes, int]:
+    ranks = {}
+    for number, line in enumerate(data.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not _RANK_LINE.match(line):
+            raise TokenizerError(
+                "%s:%d: expected '<base64 token> <rank>', got %r" % (path, number, line[:60])
+            )
+        token, rank = line.split()
+        try:
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise TokenizerError("%s:%d: invalid base64 token %r" % (path, number, token[:60]))
     return ranks
 
 
@@ -194,6 +220,11 @@ def read_special_ids(config_path: str, n_ranks: int) -> Dict[str, int]:
         listed = {entry["content"]: int(token_id) for token_id, entry in added.items()}
     except (ValueError, AttributeError, KeyError, TypeError) as error:
         raise TokenizerError("%s: not a valid tokenizer config: %s" % (config_path, error))
+    if "<|endoftext|>" in listed and listed["<|endoftext|>"] != n_ranks:
+        raise TokenizerError(
+            "%s puts <|endoftext|> at %d but tokenizer.model has %d ranks (GLM-4's specials follow the"
+            " ranks): truncated or mismatched token config" % (config_path, listed["<|endoftext|>"], n_ranks)
+        )
     special_ids.update(listed)
     clashing = sorted(name for name, token_id in special_ids.items() if token_id < n_ranks)
     if clashing:

@@ -12,6 +12,7 @@ from typing import Any
 
 from provision.errors import ConfigError
 from provision.memory import Layout
+from provision.settings import load_settings
 from provision.yamlfile import KeyPath, Located, load_yaml, type_name
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -100,10 +101,15 @@ class Manifest:
 
 
 def load_manifest(name_or_path: str | Path) -> Manifest:
-    """Load `models/<name>.yaml` (or a path) and validate it completely."""
+    """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS (e.g. the simulated fleet's, which
+    `sim up` writes) and then the built-in `models/`; validated completely."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = MODELS_DIR / f"{name_or_path}.yaml"
+        search = (*load_settings().models_path, MODELS_DIR)
+        path = next(
+            (d / f"{name_or_path}.yaml" for d in search if (d / f"{name_or_path}.yaml").exists()),
+            MODELS_DIR / f"{name_or_path}.yaml",
+        )
     return parse_manifest(load_yaml(path))
 
 

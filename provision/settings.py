@@ -21,6 +21,9 @@ class Settings:
     ssh_config: Path  # ~/.ssh/config, for Host aliases (SOPHON_FLEET_SSH_CONFIG; tests point it elsewhere)
     user_known_hosts: Path  # ~/.ssh/known_hosts, trusted besides our own (SOPHON_FLEET_USER_KNOWN_HOSTS)
     mirrors: tuple[str, ...] = ()  # asset mirrors tried before the manifest's (SOPHON_FLEET_MIRRORS)
+    models_path: tuple[
+        Path, ...
+    ] = ()  # directories searched for models/<name>.yaml first (SOPHON_FLEET_MODELS)
 
     @property
     def known_hosts(self) -> Path:
@@ -29,7 +32,7 @@ class Settings:
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Resolve settings from the environment (SOPHON_FLEET_HOME, _CACHE, _SIM_DIR, _SSH_CONFIG,
-    _USER_KNOWN_HOSTS, _MIRRORS)."""
+    _USER_KNOWN_HOSTS, _MIRRORS, _MODELS)."""
     env = os.environ if env is None else env
     home = Path(env.get("SOPHON_FLEET_HOME") or _xdg("XDG_CONFIG_HOME", ".config") / "sophon-fleet")
     cache = Path(env.get("SOPHON_FLEET_CACHE") or _xdg("XDG_CACHE_HOME", ".cache") / "sophon-fleet")
@@ -42,4 +45,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ssh_config=Path(env.get("SOPHON_FLEET_SSH_CONFIG") or ssh_dir / "config"),
         user_known_hosts=Path(env.get("SOPHON_FLEET_USER_KNOWN_HOSTS") or ssh_dir / "known_hosts"),
         mirrors=tuple((env.get("SOPHON_FLEET_MIRRORS") or "").replace(",", " ").split()),
+        models_path=tuple(Path(p) for p in (env.get("SOPHON_FLEET_MODELS") or "").split(":") if p),
     )

@@ -14,15 +14,21 @@ The model: GLM-4 architecture scaled down (default 2 layers, hidden 64, 4 heads,
 SwiGLU ffn 192, SEQLEN 128, rope_ratio 500, RMSNorm eps 1.5625e-7), random weights from the seed. The
 variants differ like the real ones: linear weights quantised to int4 (groups of 64) or int8 (per output
 channel) and stored dequantised as fp16; embeddings and norms are fp16. Same seed → same tokenizer and same
-float weights for both variants, so int4 and int8 differ only by quantisation.
+float weights for both variants, so int4 and int8 differ only by quantisation. The output layer is shaped
+so that the random model writes readable text and ends answers with EOS (see `float_weights`).
+
+For the mirror: `build_mirror_assets(root)` lays both variants and token_config.zip out at sophon-demo's
+dfss paths (`MIRROR_PATHS`). From the shell: `python -m sim.tinyglm OUT --variant int8 --pad-to BYTES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import random
+import shutil
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -134,8 +140,19 @@ def train_bpe_ranks(text: str, n_ranks: int) -> dict[bytes, int]:
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         merged = best[0] + best[1]
         ranks.setdefault(merged, len(ranks))
-        words = Counter({_merge(word, best, merged): count for word, count in words.items()})
+        words = Counter(
+            {
+                (_merge(word, best, merged) if best[0] in word else word): count
+                for word, count in words.items()
+            }
+        )
     return ranks
+
+
+@functools.lru_cache(maxsize=8)
+def _seed_ranks(seed: int, n_ranks: int) -> dict[bytes, int]:
+    """The stand-in vocabulary of `seed` (cached: training is the slowest part of building a stand-in)."""
+    return train_bpe_ranks(_corpus(random.Random(seed)), n_ranks)
 
 
 def _merge(word: tuple, pair: tuple, merged: bytes) -> tuple:
@@ -212,8 +229,31 @@ def _zip_dir(token_dir: Path, zip_path: Path) -> None:
             archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
 
 
-def float_weights(config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
-    """Random float32 GLM-4 weights, named as the emulator's graphs read them."""
+EOS_GAIN = 1.2  # EOS output rows scaled so answers end by EOS after tens of tokens, like a chat model's
+
+
+def text_token_ids(ranks: dict[bytes, int]) -> list[int]:
+    """Ranks whose bytes are printable text on their own (not a partial UTF-8 sequence or a control byte)."""
+    ids = []
+    for token, rank in ranks.items():
+        try:
+            text = token.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if all(c.isprintable() or c in "\n " for c in text):
+            ids.append(rank)
+    return sorted(ids)
+
+
+def float_weights(
+    config: dict[str, Any], seed: int, ranks: dict[bytes, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Random float32 GLM-4 weights, named as the emulator's graphs read them.
+
+    With `ranks`, the output layer is shaped so that the random model writes readable text: rows of tokens
+    that are not text on their own, of special tokens other than the EOS set and of the padding ids are
+    zero (their logit is 0, far below the winners), and the EOS rows are scaled by EOS_GAIN. The GLM math
+    is unchanged; only the weight values are chosen."""
     rng = np.random.default_rng(seed)
     hidden, ffn = config["hidden"], config["ffn"]
     qkv_out = (config["heads"] + 2 * config["kv_heads"]) * config["head_dim"]
@@ -236,6 +276,16 @@ def float_weights(config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
         weights[prefix + "4h_to_h.weight"] = linear(hidden, ffn)
     weights["final_norm"] = norm()
     weights["output_layer.weight"] = linear(config["padded_vocab"], hidden, gain=4.0)
+    if ranks is not None:
+        output = weights["output_layer.weight"]
+        eos = [
+            len(ranks) + GLM4_SPECIAL_TOKENS.index(name)
+            for name in ("<|endoftext|>", "<|user|>", "<|observation|>")
+        ]
+        keep = np.zeros(config["padded_vocab"], dtype=bool)
+        keep[text_token_ids(ranks) + eos] = True
+        output[~keep] = 0.0
+        output[eos] *= EOS_GAIN
     return weights
 
 
@@ -254,10 +304,12 @@ def quantise(weight: np.ndarray, variant: str) -> np.ndarray:
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
-def variant_weights(config: dict[str, Any], seed: int, variant: str) -> dict[str, np.ndarray]:
+def variant_weights(
+    config: dict[str, Any], seed: int, variant: str, ranks: dict[bytes, int] | None = None
+) -> dict[str, np.ndarray]:
     """The fp16 weights a `variant` stand-in holds: linear layers quantised, the rest cast to fp16."""
     weights = {}
-    for name, value in float_weights(config, seed).items():
+    for name, value in float_weights(config, seed, ranks).items():
         is_linear = name.endswith(".weight") and value.ndim == 2
         weights[name] = quantise(value, variant) if is_linear else value.astype(np.float16)
     return weights
@@ -302,7 +354,7 @@ def build_standin(
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ranks = train_bpe_ranks(_corpus(random.Random(seed)), vocab_ranks)
+    ranks = _seed_ranks(seed, vocab_ranks)
     token_dir = out_dir / "token_config"
     write_token_config(token_dir, ranks)
     token_zip = out_dir / "token_config.zip"
@@ -316,10 +368,44 @@ def build_standin(
         "graphs": _glm.graph_specs(config),
     }
     bmodel = out_dir / (bmodel_name or f"glm4-9b_{variant}_1dev.bmodel")
-    _bmodel.write_bmodel(str(bmodel), header, variant_weights(config, seed, variant), pad_to=pad_to)
+    _bmodel.write_bmodel(str(bmodel), header, variant_weights(config, seed, variant, ranks), pad_to=pad_to)
     return StandIn(
         bmodel=bmodel, token_dir=token_dir, token_zip=token_zip, variant=variant, seed=seed, config=config
     )
+
+
+# Where sophon-demo's download.sh finds the ChatGLM4 assets on the dfss server (FACTS.md §4).
+MIRROR_PATHS = {
+    "int4": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int4_1dev.bmodel",
+    "int8": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int8_1dev.bmodel",
+    "token_config": "sophon-demo/ChatGLM4/token_config.zip",
+}
+
+
+def build_mirror_assets(
+    root: Path, *, seed: int = 0, pad_to: dict[str, int] | None = None
+) -> dict[str, Path]:
+    """Both stand-in variants and the shared token_config.zip at their dfss-style paths under `root`, for
+    the simulator's mirror. `pad_to` maps a variant to a bmodel size in bytes. Returns {MIRROR_PATHS key:
+    file}.
+    """
+    root = Path(root)
+    work = root / ".standins"
+    files = {}
+    for variant in VARIANTS:
+        standin = build_standin(
+            work / variant, seed=seed, variant=variant, pad_to=(pad_to or {}).get(variant, 0)
+        )
+        files[variant] = _place(standin.bmodel, root / MIRROR_PATHS[variant])
+    files["token_config"] = _place(standin.token_zip, root / MIRROR_PATHS["token_config"])
+    shutil.rmtree(work)
+    return files
+
+
+def _place(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source.replace(target)
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,6 +95,9 @@ class ExecChannel:
     or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
 
     def __init__(self, channel: Any) -> None:
+        # keep the owner alive: a transport.Exec that is garbage-collected closes its stdin file,
+        # which shuts down the channel's write side
+        self._owner = channel
         self.channel = getattr(channel, "channel", channel)
         self._stdout = self.channel.makefile("rb")
 

@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "inventory": "provision.cli.inventory:inventory",
     "preflight": "provision.cli.preflight:preflight",
     "doctor": "provision.cli.preflight:doctor",
+    "deploy": "provision.cli.deploy:deploy",
     "memory": "provision.cli.memory:memory",
 }
 

@@ -118,9 +118,13 @@ def test_the_runtime_and_emulator_run_on_python_3_8(py38_venv, standin):
     assert version.startswith("Python 3.8")
     report = json.loads(run_chat("selftest", *model_args(standin), python=py38_venv, timeout=120).stdout)
     assert report["ok"] is True and report["tokens"] == 8
-    request = json.dumps({"op": "chat", "id": 1, "prompt": "你好 😀", "max_new_tokens": 6})
-    served = run_chat(
-        "serve", "--stdio", *model_args(standin), stdin=request + "\n", python=py38_venv, timeout=120
-    )
+    requests = [
+        {"op": "chat", "id": 1, "prompt": "你好 😀", "max_new_tokens": 6},
+        {"op": "chat", "id": 2, "prompt": "box", "max_new_tokens": 6, "sampling": {"seed": 1, "top_p": 0.9}},
+    ]
+    stdin = "".join(json.dumps(r) + "\n" for r in requests)
+    served = run_chat("serve", "--stdio", *model_args(standin), stdin=stdin, python=py38_venv, timeout=120)
     events = [json.loads(line) for line in served.stdout.splitlines()]
-    assert events[-1]["event"] == "done" and events[-1]["tokens"] == 6, served.stderr
+    done = [e for e in events if e["event"] == "done"]
+    assert [d["id"] for d in done] == [1, 2], served.stderr
+    assert all(d["stop"] in ("eos", "length") and d["tokens"] <= 6 for d in done)

@@ -67,9 +67,10 @@ def test_special_ids_default_to_glm4_when_the_config_lists_none(glm4_shaped_dir,
 def test_special_ids_are_read_from_tokenizer_config(standin, tmp_path):
     (tmp_path / "tokenizer.model").write_bytes((standin.token_dir / "tokenizer.model").read_bytes())
     config = json.loads((standin.token_dir / "tokenizer_config.json").read_text())
-    moved = {str(700 + i): entry for i, entry in enumerate(config["added_tokens_decoder"].values())}
+    moved = {str(700 + i): entry for i, entry in enumerate(config["added_tokens_decoder"].values()) if i}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": moved}))
-    assert load_tokenizer(str(tmp_path)).special_id("<|user|>") == 707
+    tok = load_tokenizer(str(tmp_path))
+    assert tok.special_id("<|user|>") == 707 and tok.special_id("<|endoftext|>") == 600  # listed / default
 
 
 def _token_dir(tmp_path, model_text=None, config_text=None):
@@ -99,6 +100,18 @@ def _ranks_text(n=256):
 def test_broken_token_config_errors_name_the_file(tmp_path, model_text, config_text, message):
     with pytest.raises(TokenizerError, match=message):
         load_tokenizer(_token_dir(tmp_path, model_text, config_text))
+
+
+def test_a_truncated_tokenizer_model_is_caught_by_the_config(standin, tmp_path):
+    lines = (standin.token_dir / "tokenizer.model").read_text().splitlines()
+    (tmp_path / "tokenizer.model").write_text("\n".join(lines[:-50]) + "\n")
+    (tmp_path / "tokenizer_config.json").write_bytes(
+        (standin.token_dir / "tokenizer_config.json").read_bytes()
+    )
+    with pytest.raises(
+        TokenizerError, match=r"tokenizer_config\.json puts <\|endoftext\|> at 600 but .* 550 ranks"
+    ):
+        load_tokenizer(str(tmp_path))
 
 
 def test_missing_token_directory_is_named(tmp_path):

@@ -196,3 +196,15 @@ def test_penalty_sample_head_follows_the_export(standin):
     assert tokens[0] == vocab - 2 and vocab - 1 not in tokens[:5]  # penalised out of the top
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert (probs[:5] > 0).all() and probs[-1] == pytest.approx(0.0, abs=1e-6)  # top-p cut the tail
+
+
+def test_mirror_assets_sit_at_the_dfss_paths_and_load(tmp_path):
+    from sim.tinyglm import MIRROR_PATHS, build_mirror_assets
+
+    files = build_mirror_assets(tmp_path, seed=0, pad_to={"int8": 2_000_000})
+    assert {key: path.relative_to(tmp_path).as_posix() for key, path in files.items()} == MIRROR_PATHS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sophon-demo"]  # nothing else left in the mirror
+    assert files["int8"].stat().st_size == 2_000_000
+    assert _engine(type("S", (), {"bmodel": files["int4"]})).get_graph_names()[0] == "block_0"
+    with zipfile.ZipFile(files["token_config"]) as archive:
+        assert "token_config/tokenizer.model" in archive.namelist()

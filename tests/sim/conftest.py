@@ -20,11 +20,12 @@ needs_root = pytest.mark.skipif(
 
 @pytest.fixture
 def sim_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Fleet]]:
-    """`sim_fleet(["se7-factory", ...])` brings a fleet up; every fleet is torn down after the test."""
+    """`sim_fleet(["se7-factory", ...], mirror=True)` brings a fleet up; every fleet is torn down after
+    the test, with a check that nothing of it is left."""
     fleets: list[Fleet] = []
 
     def make(profiles: list[str], **options: object) -> Fleet:
-        fleet = Fleet.up(tmp_path_factory.mktemp("fleet"), profiles, **options)  # type: ignore[arg-type]
+        fleet = Fleet.up(tmp_path_factory.mktemp("fleet"), profiles, **options)
         fleets.append(fleet)
         return fleet
 

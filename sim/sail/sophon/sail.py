@@ -272,10 +272,33 @@ class Engine:
                     )
                 )
 
+    def graph_is_dynamic(self, graph_name: str) -> bool:
+        self._graph(graph_name)
+        return False
+
+    def get_max_input_shapes(self, graph_name: str) -> Dict[str, List[int]]:
+        return {spec["name"]: list(spec["shape"]) for spec in self._graph(graph_name)["inputs"]}
+
+    def get_max_output_shapes(self, graph_name: str) -> Dict[str, List[int]]:
+        return {spec["name"]: list(spec["shape"]) for spec in self._graph(graph_name)["outputs"]}
+
+    def get_input_scale(self, graph_name: str, tensor_name: str) -> float:
+        self._tensor_spec(graph_name, tensor_name, "inputs")
+        return 1.0
+
+    def get_output_scale(self, graph_name: str, tensor_name: str) -> float:
+        self._tensor_spec(graph_name, tensor_name, "outputs")
+        return 1.0
+
     def process(
-        self, graph_name: str, input_tensors: Dict[str, Tensor], output_tensors: Dict[str, Tensor]
+        self,
+        graph_name: str,
+        input_tensors: Dict[str, Tensor],
+        output_tensors: Dict[str, Tensor],
+        core_list: Sequence[int] = (),
     ) -> None:
-        """Run `graph_name`: read every input (copies, so an output may alias an input), write outputs."""
+        """Run `graph_name`: read every input (copies, so an output may alias an input), write outputs.
+        `core_list` (multi-core processors) is accepted and ignored, as on the single-core BM1684X."""
         self._check(graph_name, "inputs", input_tensors)
         self._check(graph_name, "outputs", output_tensors)
         arrays = {name: tensor._array().copy() for name, tensor in input_tensors.items()}

@@ -1,0 +1,100 @@
+"""`sophon-fleet deploy`: the chat runtime on every box, tested, switched atomically."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from provision.assets.cache import Cache
+from provision.assets.lock import load_lock
+from provision.cli.errors import exit_code_for, reports_errors
+from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.options import json_option
+from provision.cli.output import Output
+from provision.deploy import Deployer, DeployResult, deploy_box, rollback_box
+from provision.facts import gather
+from provision.fleet import FleetResult, run_fleet
+from provision.manifest import load_manifest
+from provision.settings import load_settings
+
+
+@click.command("deploy")
+@host_options
+@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Runtime versions kept on each box (for --rollback).",
+)
+@click.option("--rollback", is_flag=True, help="Switch each box back to the runtime deployed before.")
+@json_option
+@click.pass_obj
+@reports_errors
+def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) -> None:
+    """Install the chat runtime on each box and prove it with a selftest.
+
+    Each box gets /data/sophon-fleet/runtime/<version>/ (the runtime's code and the wheels for its
+    platform from an offline wheelhouse, plus the SAIL wheel when `import sophon.sail` fails), a venv,
+    then `python -m chat selftest` against its verified model; only then `current` is switched
+    (atomically). A box already at this version is skipped. Needs `assets push` first.
+
+    \b
+    Examples:
+      sophon-fleet deploy -i /run/sophon-fleet-sim/inventory.yml
+      sophon-fleet deploy -i hosts.yml --limit se7-02 --json
+      sophon-fleet deploy -i hosts.yml --rollback
+    """
+    reach = reach_from(kwargs)
+    manifest = load_manifest(model)
+    settings = load_settings()
+    cache, lock = Cache(settings.cache_dir), load_lock(manifest)
+    inv = resolve_inventory(reach, settings)
+
+    def progress(host: str, stage: str) -> None:
+        out.info(f"{host}: {stage}")
+
+    with connector_for(reach, inv, settings) as connector:
+
+        def one(host: Any) -> DeployResult:
+            deployer = Deployer(connector.transport(host), host.name, progress=progress)
+            if rollback:
+                return rollback_box(deployer)
+            return deploy_box(
+                deployer, gather(deployer.transport), manifest, cache=cache, lock=lock, keep=keep
+            )
+
+        result = run_fleet(inv.hosts, one, forks=reach.forks)
+    render(out, result)
+    failures = [o.error for o in result if o.error is not None]
+    if failures:
+        raise SystemExit(int(max(exit_code_for(e) for e in failures)))
+
+
+def render(out: Output, result: FleetResult[DeployResult]) -> None:
+    if out.json:
+        out.emit_json(
+            {
+                "hosts": [
+                    {
+                        "host": o.host.name,
+                        "ok": o.ok,
+                        **(o.value.as_dict() if o.value else {}),
+                        **({"error": o.error.message, "hint": o.error.hint} if o.error else {}),
+                    }
+                    for o in result
+                ]
+            }
+        )
+        return
+    rows = []
+    for o in result:
+        if o.value is None:
+            rows.append((o.host.name, "[red]failed[/]", "-", str(o.error.message if o.error else "")))
+            continue
+        test = o.value.selftest or {}
+        detail = f"selftest {test.get('tokens')} tokens, {test.get('tps')} tok/s" if test else ""
+        rows.append((o.host.name, o.value.status, o.value.version, detail))
+    out.table("deploy", ["host", "result", "runtime version", "detail"], rows)

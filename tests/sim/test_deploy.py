@@ -1,0 +1,119 @@
+"""`deploy` through the CLI on a simulated fleet: fresh, up to date, SAIL wheel when missing, rollback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import pytest
+from click.testing import CliRunner
+
+from provision import deploy as deploymod
+from provision.assets.cache import Cache
+from provision.assets.lock import load_lock
+from provision.assets.push import BoxTarget, ExecChannel, push_fleet
+from provision.cli.main import cli
+from provision.inventory import load_inventory
+from provision.manifest import load_manifest
+from provision.settings import load_settings
+from provision.transport import Connector, Trust
+from tests.sim.conftest import connect, needs_root, run
+
+pytestmark = [pytest.mark.sim, needs_root]
+
+RUNTIME = "/data/sophon-fleet/runtime"
+
+
+@pytest.fixture
+def fleet(sim_fleet, tmp_path, monkeypatch):
+    """Two int8-ready boxes with the int8 stand-in pulled, pushed and verified; se7-2 lacks SAIL."""
+    fleet = sim_fleet(["se7-ready-int8", "se7-ready-int8"], mirror=True)
+    monkeypatch.setenv("SOPHON_FLEET_MODELS", str(fleet.manifest_path.parent))
+    monkeypatch.setenv("SOPHON_FLEET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SOPHON_FLEET_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SOPHON_FLEET_SSH_CONFIG", str(tmp_path / "no-ssh-config"))
+    fleet.fault("se7-2", "no-sail")
+    code, out = invoke("assets", "pull", "--variant", "int8", "--no-dfss")
+    assert code == 0, out
+    push_variant(fleet, "int8")
+    return fleet
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout
+
+
+def push_variant(fleet, variant):
+    settings = load_settings()
+    manifest = load_manifest("glm4-9b")
+    inventory = load_inventory([str(fleet.inventory_path)], (), ssh_config=settings.ssh_config)
+    with Connector(Trust(settings.known_hosts, settings.user_known_hosts)) as connector:
+        targets = [
+            BoxTarget(h.name, lambda cmd, h=h: ExecChannel(connector.transport(h).open_exec(cmd)), variant)
+            for h in inventory.hosts
+        ]
+        results = push_fleet(manifest, targets, cache=Cache(settings.cache_dir), lock=load_lock(manifest))
+    assert all(not isinstance(r, Exception) for r in results.values()), results
+
+
+def deploy_json(fleet, *args):
+    code, out = invoke("deploy", "-i", str(fleet.inventory_path), "--json", *args)
+    return code, {h["host"]: h for h in json.loads(out)["hosts"]}
+
+
+def test_fresh_then_up_to_date_then_rollback(fleet, monkeypatch):
+    code, hosts = deploy_json(fleet)
+    assert code == 0, hosts
+    first = hosts["se7-1"]["version"]
+    assert {h["status"] for h in hosts.values()} == {"deployed"}
+    assert all(h["selftest"]["ok"] and h["selftest"]["tokens"] > 0 for h in hosts.values())
+    assert hosts["se7-2"]["version"].endswith("-sail")  # `import sophon.sail` failed: the wheel came along
+    client = connect(fleet, "se7-1")
+    _, out = run(client, f"readlink {RUNTIME}/current; ls {RUNTIME}/{first}/app/chat/__main__.py")
+    assert out.split() == [first, f"{RUNTIME}/{first}/app/chat/__main__.py"]
+    _, out = run(
+        client,
+        f"cd {RUNTIME}/current/app && ../venv/bin/python -c 'import numpy, tiktoken; print(numpy.__file__)'",
+    )
+    assert f"{RUNTIME}/{first}/venv/" in out  # the wheelhouse's numpy, not the box's
+
+    code, hosts = deploy_json(fleet)
+    assert code == 0 and {h["status"] for h in hosts.values()} == {"up-to-date"}
+    assert hosts["se7-1"]["transferred"] == 0
+
+    real_archive = deploymod.app_archive
+    monkeypatch.setattr(deploymod, "app_archive", lambda cache_dir: with_extra_file(*real_archive(cache_dir)))
+    code, hosts = deploy_json(fleet, "--limit", "se7-1")  # a new runtime release: one more file in the app
+    assert code == 0 and hosts["se7-1"]["status"] == "deployed"
+    second = hosts["se7-1"]["version"]
+    assert second != first
+    code, hosts = deploy_json(fleet, "--limit", "se7-1", "--rollback")
+    assert code == 0 and hosts["se7-1"] == {**hosts["se7-1"], "status": "rolled-back", "version": first}
+    _, out = run(client, f"readlink {RUNTIME}/current")
+    assert out.strip() == first
+
+
+def with_extra_file(path, contains):
+    extra = b"# release notes\n"
+    target = path.with_name("app-next.zip")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("app/chat/_release.py", extra)
+    return target, {
+        **contains,
+        "app/chat/_release.py": {"size": len(extra), "sha256": hashlib.sha256(extra).hexdigest()},
+    }
+
+
+def test_no_model_on_the_box_says_what_to_run(sim_fleet, tmp_path, monkeypatch):
+    fleet = sim_fleet(["se7-ready-int8"], mirror=True)
+    monkeypatch.setenv("SOPHON_FLEET_MODELS", str(fleet.manifest_path.parent))
+    monkeypatch.setenv("SOPHON_FLEET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SOPHON_FLEET_HOME", str(tmp_path / "home"))
+    code, hosts = deploy_json(fleet)
+    assert code == 3
+    assert "no verified glm4-9b model" in hosts["se7-1"]["error"]
+    assert "assets push" in hosts["se7-1"]["hint"]
