@@ -159,9 +159,6 @@ class _Box:
         self.stage = stage
         self.progress(self.name, stage, detail)
 
-    def root(self, command: str, *, timeout: float | None = None, check: bool = True) -> str:
-        return self.t.run(command, sudo=True, timeout=timeout, check=check).stdout
-
     def sha256(self, path: str) -> str | None:
         result = self.t.run(["sha256sum", "--", path], sudo=True, check=False)
         return result.stdout.split()[0] if result.ok and result.stdout.split() else None
@@ -243,6 +240,8 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
     assert plan.target is not None and now is not None
     target = plan.target
     run.old_sha = run.sha256(BOOT_IMAGE)
+    if run.old_sha is None:
+        raise RemoteError(f"{run.name}: cannot read {BOOT_IMAGE}", hint="is this a BM1684X SoC box?")
     boot_id = read_boot_id(run.t)
     run.enter(Stage.EDIT, f"memory_edit -c {target}")
     new_image = edit(run, folder, target)
@@ -493,27 +492,35 @@ def rollback_box(
     """`memory rollback`: restore the newest backup (its sha256 verified), reboot, verify its layout."""
     run = _Box(transport, progress, cancel)
     run.enter(Stage.LOCK)
-    with boxlock.box_lock(transport, LOCK_NAME, "memory rollback", break_lock=options.break_lock):
-        backup = latest_backup(transport)
-        run.backup = backup
-        run.old_sha = run.sha256(BOOT_IMAGE)
-        run.new_sha = backup.sha256
-        if run.sha256(backup.path) != backup.sha256:
-            raise IntegrityError(
-                f"{run.name}: backup {backup.path} does not match its sha256 {backup.sha256}"
-            )
-        before = read_heaps(transport)
-        if run.old_sha == backup.sha256 and before == backup.layout:
-            run.enter(Stage.UNCHANGED, f"{backup.path} is already in place and booted")
-            return BoxResult(run.name, Status.UNCHANGED, before, before, backup=backup)
-        run.enter(Stage.ROLLBACK, f"restore {backup.path}")
-        if run.old_sha != backup.sha256:
-            swap_in(run, backup.path, backup.sha256)
-        after = _reboot_and_read(run, read_boot_id(transport), options, backup.layout, image="new")
-        if backup.layout is not None and after != backup.layout:
-            raise RemoteError(f"{run.name}: after the rollback the box has {after}, not {backup.layout}")
-        run.progress(run.name, Stage.VERIFIED, str(after))
-        return BoxResult(run.name, Status.RESTORED, before, after, backup=backup)
+    try:
+        with boxlock.box_lock(transport, LOCK_NAME, "memory rollback", break_lock=options.break_lock):
+            return _rollback_locked(run, options)
+    except boxlock.LockedError as exc:
+        raise ApplyFailed(
+            exc.message, host=run.name, stage=Stage.LOCK, image="unknown", hint=exc.hint, refused=True
+        ) from exc
+
+
+def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
+    transport = run.t
+    backup = latest_backup(transport)
+    run.backup = backup
+    run.old_sha = run.sha256(BOOT_IMAGE)
+    run.new_sha = backup.sha256
+    if run.sha256(backup.path) != backup.sha256:
+        raise IntegrityError(f"{run.name}: backup {backup.path} does not match its sha256 {backup.sha256}")
+    before = read_heaps(transport)
+    if run.old_sha == backup.sha256 and before == backup.layout:
+        run.enter(Stage.UNCHANGED, f"{backup.path} is already in place and booted")
+        return BoxResult(run.name, Status.UNCHANGED, before, before, backup=backup)
+    run.enter(Stage.ROLLBACK, f"restore {backup.path}")
+    if run.old_sha != backup.sha256:
+        swap_in(run, backup.path, backup.sha256)
+    after = _reboot_and_read(run, read_boot_id(transport), options, backup.layout, image="new")
+    if backup.layout is not None and after != backup.layout:
+        raise RemoteError(f"{run.name}: after the rollback the box has {after}, not {backup.layout}")
+    run.progress(run.name, Stage.VERIFIED, str(after))
+    return BoxResult(run.name, Status.RESTORED, before, after, backup=backup)
 
 
 # ---------------------------------------------------------------------------------------------- texts
@@ -540,8 +547,9 @@ def recovery_steps(host: str, image: str, backup: Backup | None, *, rebooted: bo
     steps = [saved]
     if rebooted:
         steps += [
-            f"power-cycle {host}; once it answers, `sophon-fleet memory rollback {host}` restores the "
-            "previous image and verifies it",
+            f"power-cycle {host}; once it answers, `sophon-fleet memory rollback {host} --break-lock` "
+            "restores the previous image and verifies it (--break-lock: this run could not remove its lock "
+            "while the box was down)",
             "if it stays dark: on its serial console (115200 8N1) or a rescue boot, mount /boot "
             "(mmcblk0p1) and /data (mmcblk0p7), check `sha256sum` of the backup against its .sha256 file, "
             f"then `cp <data>{backup.path.removeprefix('/data') if backup else '/…'} <boot>/emmcboot.itb "

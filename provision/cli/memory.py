@@ -313,16 +313,18 @@ def progress_printer(out: Output) -> Callable[[str, Stage, str], None]:
 
 @contextmanager
 def interruptible(out: Output) -> Iterator[threading.Event]:
-    """Ctrl-C sets the event (each box stops at its next stage boundary and says which image it has);
-    a second Ctrl-C interrupts at once."""
+    """Ctrl-C sets the event: each box stops at its next stage boundary (never inside a stage) and says
+    which boot image it has. Stages are bounded by their timeouts, so the run ends soon after."""
     cancel = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        if cancel.is_set():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
+        first = not cancel.is_set()
         cancel.set()
-        out.info("interrupt: stopping each box at a safe point (Ctrl-C again to abort at once) ...")
+        out.info(
+            "interrupt: stopping each box at its next safe point ..."
+            if first
+            else "still stopping: boxes are finishing their current stage (a kill -9 leaves whole images too)"
+        )
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

@@ -145,13 +145,24 @@ def test_box_that_does_not_come_back_is_reported_with_recovery_and_others_finish
     backup = bad["backup"]["path"]
     assert backup.startswith("/data/sophon-fleet/backups/emmcboot.itb.")
     recovery = "\n".join(bad["recovery"])
-    assert backup in recovery and "memory rollback se7-1" in recovery and "memeditBak" in recovery
+    assert (
+        backup in recovery and "memory rollback se7-1 --break-lock" in recovery and "memeditBak" in recovery
+    )
     status = {v.name: v.state for v in fleet.status()}
     assert status["se7-1"] == "dark"
     # the backup really is the old image: put it back by hand as the recovery text says, and it boots
     data = fleet.state.box_paths("se7-1").data
     saved = (data / backup.removeprefix("/data/")).read_bytes()
     assert itb.decode(saved).heaps == (3950, 2048, 3072)
+    if fault == "dark":  # power comes back: the box boots the new image; rollback as the recovery text says
+        fleet.fault("se7-1", "heal")
+        fleet.wait_ready(timeout=15, names=["se7-1"])
+        inv = str(fleet.inventory_path)
+        code, output = invoke("memory", "rollback", "se7-1", "-i", inv, "--yes", *FAST)
+        assert code == 3 and "se7-1 is locked" in output
+        code, output = invoke("memory", "rollback", "se7-1", "-i", inv, "--yes", "--break-lock", *FAST)
+        assert code == 0, output
+        assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
 
 
 def test_wrong_layout_after_boot_is_rolled_back(sim_fleet, kit):
