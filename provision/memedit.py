@@ -7,9 +7,7 @@
     (heaps now == target) → verified; a wrong layout after boot → rollback (restore the backup, reboot,
     verify the old heaps).
 
-Why the backup lives on /data and not beside `.memeditBak` in /boot: /boot is a small FAT partition that
-already holds the image, the vendor script's `.memeditBak` and, during the swap, our temporary copy; /data is
-the large ext4 partition that survives reboots. The vendor's `.memeditBak` stays in /boot as a second copy.
+The boot image operations themselves (backup, swap, read-back) are in `provision/bootimage.py`.
 
 The box's boot image is always either the old or the new one: the new image reaches /boot/emmcboot.itb only
 by `rename(2)` from a verified, synced temporary file. Cancelling (Ctrl-C) is checked between stages, never
@@ -18,16 +16,24 @@ inside one, so each box reports exactly which image it was left with.
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from provision import boxlock, memkit
-from provision.errors import DiskFullError, FactError, FleetError, IntegrityError, RemoteError
-from provision.facts import MemoryEditReport, parse_memory_edit_p, parse_total_mem
+from provision.bootimage import (
+    BOOT_IMAGE,
+    MEMEDIT_BAK,
+    Backup,
+    latest_backup,
+    make_backup,
+    read_heaps,
+    sha256_on_box,
+    swap_in,
+)
+from provision.errors import FactError, FleetError, IntegrityError, RemoteError
+from provision.facts import MemoryEditReport, parse_memory_edit_p
 from provision.memory import Layout, parse_memory_edit_c
 from provision.memplan import Action, BoxMemory, BoxPlan, Request, plan_box
 from provision.reboot import (
@@ -38,14 +44,9 @@ from provision.reboot import (
     request_reboot,
     wait_for_new_boot,
 )
-from provision.transport import Transport, quote_command
+from provision.transport import Transport
 
-BOOT_IMAGE = "/boot/emmcboot.itb"
-SWAP_TMP = "/boot/.emmcboot.itb.sophon-fleet.tmp"
-MEMEDIT_BAK = "/boot/emmcboot.itb.memeditBak"
-BACKUP_DIR = f"{memkit.WORK_DIR}/backups"
 LOCK_NAME = "memory"
-KEEP_BACKUPS = 3  # the first one (factory image) and the two newest
 EDIT_TIMEOUT = 300.0  # memory_edit unpacks and repacks a ~40 MB image
 
 
@@ -71,20 +72,6 @@ class Status(str, Enum):
     UNCHANGED = "unchanged"
     APPLIED = "applied"
     RESTORED = "restored"  # memory rollback
-
-
-@dataclass(frozen=True)
-class Backup:
-    """A saved boot image on the box: `path`, `path.sha256` (sha256sum format) and `path.json`."""
-
-    path: str
-    sha256: str
-    layout: Layout | None
-    created: str
-
-    def to_json(self) -> dict[str, object]:
-        layout = [self.layout.npu, self.layout.vpu, self.layout.vpp] if self.layout else None
-        return {"path": self.path, "sha256": self.sha256, "layout": layout, "created": self.created}
 
 
 @dataclass(frozen=True)
@@ -160,8 +147,7 @@ class _Box:
         self.progress(self.name, stage, detail)
 
     def sha256(self, path: str) -> str | None:
-        result = self.t.run(["sha256sum", "--", path], sudo=True, check=False)
-        return result.stdout.split()[0] if result.ok and result.stdout.split() else None
+        return sha256_on_box(self.t, path)
 
     def image_state(self) -> str:
         """ "old" / "new" / "other" / "unknown": which image /boot/emmcboot.itb holds right now."""
@@ -246,9 +232,9 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
     run.enter(Stage.EDIT, f"memory_edit -c {target}")
     new_image = edit(run, folder, target)
     run.enter(Stage.BACKUP)
-    run.backup = make_backup(run, now)
+    run.backup = make_backup(run.t, run.old_sha, now)
     run.enter(Stage.SWAP, f"{new_image} -> {BOOT_IMAGE}")
-    swap_in(run, new_image, run.new_sha or "")
+    swap_in(run.t, new_image, run.new_sha or "")
     after = _reboot_and_read(run, boot_id, options, target)
     if after == target:
         run.progress(run.name, Stage.VERIFIED, f"{after}")
@@ -341,66 +327,6 @@ def edit(run: _Box, folder: str, target: Layout) -> str:
     return new_image
 
 
-def make_backup(run: _Box, layout: Layout) -> Backup:
-    """Copy the current boot image to /data/sophon-fleet/backups with its sha256 and layout; verified."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = f"{BACKUP_DIR}/emmcboot.itb.{stamp}"
-    backup = Backup(path, run.old_sha or "", layout, stamp)
-    meta = json.dumps({**backup.to_json(), "host": run.name}, sort_keys=True)
-    script = (
-        'set -e; mkdir -p "$(dirname "$1")"; cp -- /boot/emmcboot.itb "$1.part"; sync; '
-        'got=$(sha256sum "$1.part" | cut -d" " -f1); '
-        'if [ "$got" != "$2" ]; then rm -f "$1.part"; echo "mismatch $got"; exit 3; fi; '
-        'mv -- "$1.part" "$1"; printf "%s  %s\\n" "$2" "$(basename "$1")" > "$1.sha256"; '
-        'printf "%s\\n" "$3" > "$1.json"; sync; '
-        # keep the first backup ever (the factory image) and the newest ones (~40 MB each on a real box)
-        f'ls -1 "$(dirname "$1")"/emmcboot.itb.*.json | sort | sed 1d | head -n -{KEEP_BACKUPS - 1} | '
-        'while read -r meta; do base=${meta%.json}; rm -f -- "$base" "$base.sha256" "$meta"; done; echo ok'
-    )
-    out = run.t.run(quote_command(["sh", "-c", script, "sh", path, backup.sha256, meta]), check=False)
-    if out.stdout.strip() != "ok":
-        raise IntegrityError(
-            f"{run.name}: the backup of {BOOT_IMAGE} could not be written and verified: "
-            f"{(out.stdout + out.stderr).strip()}",
-            hint="check free space on /data",
-        )
-    return backup
-
-
-SWAP_SCRIPT = """set -e
-src=$1; want=$2; tmp=$3; dst=$4
-need=$(( $(stat -c %s "$src") / 1024 + 1024 ))
-avail=$(df -Pk "$(dirname "$dst")" | awk 'NR==2 {print $4}')
-if [ "$avail" -lt "$need" ]; then echo "nospace $avail $need"; exit 4; fi
-cp -- "$src" "$tmp"; sync
-got=$(sha256sum "$tmp" | cut -d' ' -f1)
-if [ "$got" != "$want" ]; then rm -f "$tmp"; echo "copy-mismatch $got"; exit 3; fi
-mv -f -- "$tmp" "$dst"; sync
-echo "swapped $(sha256sum "$dst" | cut -d' ' -f1)"
-"""
-
-
-def swap_in(run: _Box, source: str, sha256: str) -> None:
-    """Replace /boot/emmcboot.itb by `source` atomically (temp copy, sync, verify, rename, sync, read back).
-    Raises DiskFullError / IntegrityError; /boot/emmcboot.itb is then the old image, or — only when the
-    read-back differs — whatever the rename put there (reported)."""
-    result = run.t.run(
-        quote_command(["sh", "-c", SWAP_SCRIPT, "sh", source, sha256, SWAP_TMP, BOOT_IMAGE]),
-        sudo=True,
-        timeout=EDIT_TIMEOUT,
-        check=False,
-    )
-    words = result.stdout.split()
-    if words[:1] == ["nospace"]:
-        raise DiskFullError(f"{run.name}: /boot has {words[1]} KiB free, the new image needs {words[2]} KiB")
-    if words[:1] == ["copy-mismatch"]:
-        raise IntegrityError(f"{run.name}: the copy in /boot has sha256 {words[1]}, not {sha256}; removed")
-    if words[:1] != ["swapped"] or not result.ok:
-        raise RemoteError(f"{run.name}: the swap failed: {(result.stdout + result.stderr).strip()}")
-    if words[1] != sha256:
-        raise IntegrityError(f"{run.name}: {BOOT_IMAGE} reads back as {words[1]}, not {sha256}")
-
-
 def _reboot_and_read(
     run: _Box, boot_id: str, options: ApplyOptions, target: Layout | None, *, image: str = "new"
 ) -> Layout:
@@ -435,21 +361,12 @@ def _reboot_and_read(
     return read_heaps(run.t)
 
 
-def read_heaps(transport: Transport) -> Layout:
-    """Heap sizes now, from debugfs as root."""
-    script = (
-        'for k in npu vpu vpp; do printf "%s " "$k"; '
-        'cat "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem" 2>/dev/null || echo "?"; done'
-    )
-    return parse_total_mem(transport.run(script, sudo=True).stdout)
-
-
 def _rollback(run: _Box, options: ApplyOptions, *, expected: Layout) -> Layout:
     """Put the backup back, reboot, and require the old heaps."""
     backup = run.backup
     assert backup is not None
     run.enter(Stage.ROLLBACK, f"restore {backup.path}")
-    swap_in(run, backup.path, backup.sha256)
+    swap_in(run.t, backup.path, backup.sha256)
     boot_id = read_boot_id(run.t)
     after = _reboot_and_read(run, boot_id, options, expected, image="old")
     if after != expected:
@@ -464,22 +381,6 @@ def _rollback(run: _Box, options: ApplyOptions, *, expected: Layout) -> Layout:
 
 
 # ---------------------------------------------------------------------------------------------- rollback
-
-
-def latest_backup(transport: Transport) -> Backup:
-    """The newest backup sophon-fleet made on this box. Raises RemoteError when there is none."""
-    listing = transport.run(
-        f"ls -1 {BACKUP_DIR}/emmcboot.itb.*.json 2>/dev/null | sort | tail -n 1", check=False
-    )
-    path = listing.stdout.strip()
-    if not path:
-        raise RemoteError(
-            f"{transport.host.name}: no backup in {BACKUP_DIR}",
-            hint=f"the vendor script's copy may be at {MEMEDIT_BAK}",
-        )
-    meta = json.loads(transport.run(["cat", path]).stdout)
-    layout = Layout(*meta["layout"]) if meta.get("layout") else None
-    return Backup(str(meta["path"]), str(meta["sha256"]), layout, str(meta.get("created", "")))
 
 
 def rollback_box(
@@ -515,7 +416,7 @@ def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
         return BoxResult(run.name, Status.UNCHANGED, before, before, backup=backup)
     run.enter(Stage.ROLLBACK, f"restore {backup.path}")
     if run.old_sha != backup.sha256:
-        swap_in(run, backup.path, backup.sha256)
+        swap_in(run.t, backup.path, backup.sha256)
     after = _reboot_and_read(run, read_boot_id(transport), options, backup.layout, image="new")
     if backup.layout is not None and after != backup.layout:
         raise RemoteError(f"{run.name}: after the rollback the box has {after}, not {backup.layout}")
