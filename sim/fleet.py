@@ -45,6 +45,7 @@ FAULTS = (
     "memedit-fails",
     "itb-corrupt",
     "itb-wrong-layout",
+    "memedit-slow",
     "heal",
 )
 

@@ -219,15 +219,21 @@ def read_until(proc, word, seen):
     raise AssertionError(f"no {word} stage in: {''.join(seen)}")
 
 
-def test_two_concurrent_applies_on_one_box_one_is_refused(sim_fleet, kit):
+def test_a_second_concurrent_apply_on_the_same_box_is_refused(sim_fleet, kit):
     fleet = sim_fleet(["se7-factory"])
-    runs = [start_apply(fleet, kit, "--json"), start_apply(fleet, kit, "--json")]
-    results = [(*p.communicate(timeout=90), p.returncode) for p in runs]
-    results = [(code, out, err) for out, err, code in results]
-    assert sorted(code for code, _, _ in results) == [0, 3], results
-    refused = next(json.loads(out)["hosts"][0] for code, out, _ in results if code == 3)
-    assert refused["result"] == "refused" and refused["stage"] == "lock"
-    assert "se7-1 is locked: memory apply by" in refused["error"]
+    fleet.fault("se7-1", "memedit-slow")  # the first run sits in its edit stage for 3 s, holding the lock
+    first = start_apply(fleet, kit)
+    seen = []
+    try:
+        read_until(first, "edit", seen)
+        code, doc = apply_json(fleet, kit, "--npu", "2048", "--vpu", "2048", "--vpp", "2048")
+        assert code == 3, doc
+        (host,) = doc["hosts"]
+        assert host["result"] == "refused" and host["stage"] == "lock" and host["image"] == "old"
+        assert "se7-1 is locked: memory apply by" in host["error"]
+    finally:
+        out, err = first.communicate(timeout=90)
+    assert first.returncode == 0, "".join(seen) + err + out
     assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
     assert fleet.hardware("se7-1").boot_count == 2  # one reboot, by the run that held the lock
 
