@@ -160,6 +160,14 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     assert code == 4
     assert hosts["se7-1"]["status"] == "blocked" and codes(hosts["se7-1"]) == ["data-too-small"]
     assert hosts["se7-2"]["status"] == "ready-int8" and "no-sail" in codes(hosts["se7-2"], "warnings")
+    # the box keeps a successful `import sophon.sail`; removing sail invalidates it, healing brings it back
+    fleet.fault("se7-2", "heal")
+    assert by_host(preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1])["se7-2"]["facts"][
+        "sail"
+    ]["ok"]
+    fleet.fault("se7-2", "no-sail")
+    entry = preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1]["hosts"][0]
+    assert entry["facts"]["sail"]["ok"] is False and "no-sail" in codes(entry, "warnings")
     assert (
         hosts["se7-3"]["status"] == "unreachable"
         and "no answer within 2 s" in hosts["se7-3"]["reasons"][0]["message"]
