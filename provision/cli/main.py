@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "preflight": "provision.cli.preflight:preflight",
     "doctor": "provision.cli.preflight:doctor",
     "deploy": "provision.cli.deploy:deploy",
+    "chat": "provision.cli.chat:chat",
+    "bench": "provision.cli.bench:bench",
     "memory": "provision.cli.memory:memory",
 }
 
