@@ -70,7 +70,7 @@ class Host:
     proxy_jump: str | None = None
     variant: str | None = None
     groups: tuple[str, ...] = ()
-    vars: Mapping[str, Any] = field(default_factory=dict)
+    vars: Mapping[str, Any] = field(default_factory=dict, hash=False)
     source: str = ""
 
     @property

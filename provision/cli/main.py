@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "chat": "provision.cli.chat:chat",
     "bench": "provision.cli.bench:bench",
     "play": "provision.cli.play:play",
+    "memory": "provision.cli.memory:memory",
 }
 
 EPILOG = """\b
