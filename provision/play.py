@@ -245,7 +245,7 @@ class Play:
             {self._asset_variant(options, b) for b in boxes if b.variant or options["variant"] != "auto"}
         )
         if variants and not options["from_mirror"]:
-            self.say(f"  pulling {', '.join(variants)} into the cache (verified, resumable)")
+            self.say(f"  cache: {', '.join(variants)} (downloaded once, verified, resumable)")
             pull(self.manifest, variants, cache=self.cache, lock=self.lock, mirrors=self.settings.mirrors)
 
     def _assets(self, options: dict[str, Any], state: BoxState) -> tuple:
