@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from provision.errors import FactError
-from provision.memory import Layout
+from provision.memory import Layout, parse_memory_edit_c
 from provision.transport import Transport, quote_command
 
 MIB = 1024 * 1024
@@ -560,6 +560,7 @@ def version_tuple(text: str | None) -> tuple[int, ...] | None:
 PARSERS = {
     "bm_version": parse_bm_version,
     "memory_edit_p": parse_memory_edit_p,
+    "memory_edit_c": parse_memory_edit_c,
     "total_mem": parse_total_mem,
     "cpuinfo": parse_cpuinfo,
     "python": parse_python,

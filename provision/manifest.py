@@ -216,12 +216,10 @@ def _server(r: _Reader, index: int) -> DfssServer:
     if not isinstance(item, dict):
         raise r.doc.error(path, "must be a mapping with host, port, user")
     r.known_keys(path, item, {"host", "port", "user", "password"})
-    return DfssServer(
-        r.get((*path, "host"), str),
-        r.get((*path, "port"), int),
-        r.get((*path, "user"), str),
-        r.get((*path, "password"), str, required=False),
-    )
+    user = r.get((*path, "user"), str)
+    # Every entry of dfss-config.json has password == user (open/open, oponIn/oponIn): the default.
+    password = r.get((*path, "password"), str, required=False) or user
+    return DfssServer(r.get((*path, "host"), str), r.get((*path, "port"), int), user, password)
 
 
 MIRROR_SCHEMES = ("http://", "https://", "file://")

@@ -10,12 +10,16 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import shlex
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from provision.errors import ConnectError, RemoteError
+from provision.deploy import RUNTIME_ROOT, model_paths
+from provision.errors import ConnectError, NotReadyError, RemoteError
+from provision.facts import Facts
+from provision.manifest import Manifest
 
 _EOF = object()
 
@@ -108,8 +112,9 @@ class ChatClient:
 
     def chat(
         self, prompt: str, *, max_new_tokens: int | None = None, sampling: dict[str, Any] | None = None
-    ) -> Iterator[Token | Done]:
-        """Ask; yields `Token`s as they stream, then one `Done`. RemoteError on a runtime error."""
+    ) -> AnswerStream:
+        """Ask; iterate the result for `Token`s as they stream, then one `Done`. RemoteError on a runtime
+        error. A KeyboardInterrupt while waiting leaves the stream usable: `cancel()`, then keep iterating."""
         request_id = next(self._ids)
         request: dict[str, Any] = {"op": "chat", "id": request_id, "prompt": prompt}
         if max_new_tokens is not None:
@@ -118,23 +123,7 @@ class ChatClient:
             request["sampling"] = sampling
         self.active_id = request_id
         self._send(request)
-        try:
-            while True:
-                event = self._next()
-                if event.get("id") != request_id:
-                    continue  # late events of an earlier, cancelled answer
-                kind = event.get("event")
-                if kind == "token":
-                    yield Token(str(event["text"]))
-                elif kind == "done":
-                    yield Done(
-                        int(event["tokens"]), float(event["ftl_s"]), float(event["tps"]), str(event["stop"])
-                    )
-                    return
-                elif kind == "error":
-                    raise RemoteError(f"{self.name}: {event.get('code')}: {event.get('message')}")
-        finally:
-            self.active_id = None
+        return AnswerStream(self, request_id)
 
     def cancel(self) -> None:
         """Stop the answer that is streaming (between two tokens); its `Done` says `stop: cancel`."""
@@ -159,6 +148,39 @@ class ChatClient:
             pass
 
 
+class AnswerStream:
+    """The events of one answer. An iterator object (not a generator), so an interrupt while it waits does
+    not end it: the caller may cancel and go on reading up to the `Done`."""
+
+    def __init__(self, client: ChatClient, request_id: int) -> None:
+        self.client, self.request_id, self.finished = client, request_id, False
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> Token | Done:
+        while not self.finished:
+            event = self.client._next()
+            if event.get("id") != self.request_id:
+                continue  # late events of an earlier, cancelled answer
+            kind = event.get("event")
+            if kind == "token":
+                return Token(str(event["text"]))
+            if kind == "done":
+                self._finish()
+                return Done(
+                    int(event["tokens"]), float(event["ftl_s"]), float(event["tps"]), str(event["stop"])
+                )
+            if kind == "error":
+                self._finish()
+                raise RemoteError(f"{self.client.name}: {event.get('code')}: {event.get('message')}")
+        raise StopIteration
+
+    def _finish(self) -> None:
+        self.finished = True
+        self.client.active_id = None
+
+
 def answer_text(events: Iterator[Token | Done]) -> tuple[str, Done]:
     """Collect a whole answer: its text and its `Done`."""
     parts: list[str] = []
@@ -168,3 +190,43 @@ def answer_text(events: Iterator[Token | Done]) -> tuple[str, Done]:
         else:
             return "".join(parts), event
     raise RemoteError("the answer ended without a `done` event")
+
+
+def choose_variant(facts: Facts, manifest: Manifest, variant: str, host: str) -> str:
+    """The variant to chat with on this box, or NotReadyError saying what is missing and the fix.
+
+    Checks, in order: the runtime is deployed, the variant's files are verified on the box, and the heaps
+    (npu+vpu+vpp now) reach the variant's threshold. `auto` picks int8 before int4 among verified variants.
+    """
+    if not facts.runtime:
+        raise NotReadyError(
+            f"{host}: the chat runtime is not deployed",
+            hint=f"run `sophon-fleet deploy -i INVENTORY --limit {host}`",
+        )
+    verified = [a.variant for a in facts.assets if a.model == manifest.model and a.verified]
+    if variant == "auto":
+        variant = next((v for v in ("int8", "int4") if v in verified), "")
+        if not variant:
+            raise NotReadyError(
+                f"{host}: no verified {manifest.model} model on the box",
+                hint=f"run `sophon-fleet assets push -i INVENTORY --limit {host}`",
+            )
+    elif variant not in verified:
+        raise NotReadyError(
+            f"{host}: the {variant} files are not verified on the box",
+            hint=f"run `sophon-fleet assets push -i INVENTORY --limit {host} --variant {variant}`",
+        )
+    need = manifest.variant(variant).min_heap_mib
+    if facts.heaps_now is not None and facts.heaps_now.total < need:
+        raise NotReadyError(
+            f"{host}: npu+vpu+vpp is {facts.heaps_now.total} MiB, {variant} needs {need} MiB",
+            hint=f"run `sophon-fleet memory apply -i INVENTORY --limit {host} --variant {variant}`",
+        )
+    return variant
+
+
+def serve_command(manifest: Manifest, variant: str) -> str:
+    """The command that starts the deployed runtime's JSON-lines server for `variant` on a box."""
+    bmodel, token = model_paths(manifest, variant)
+    args = ["../venv/bin/python", "-m", "chat", "serve", "--stdio", "--bmodel", bmodel, "--token", token]
+    return f"cd {RUNTIME_ROOT}/current/app && exec " + " ".join(shlex.quote(a) for a in args)

@@ -54,7 +54,8 @@ Subsystem sftp internal-sftp
 LogLevel ERROR
 MaxStartups 100:30:200
 MaxSessions 50
-ClientAliveInterval 0
+ClientAliveInterval 2
+ClientAliveCountMax 3
 """
 
 REBOOT = """\

@@ -102,7 +102,8 @@ def up(
     if fleet.mirror:
         out.info(
             f"mirror: {fleet.mirror_url} (and sftp://open@{fleet.mirror.address}); "
-            f"manifest pinned to its stand-ins: {fleet.manifest_path}"
+            f"manifest pinned to its stand-ins: {fleet.manifest_path}\n"
+            f"use it with: export SOPHON_FLEET_MODELS={fleet.manifest_path.parent}"
         )
     out.text(fleet.inventory_path.read_text())
 
@@ -219,8 +220,11 @@ def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | 
       old-sdk        libsophon 0.4.9 / SDK V23.07.01
       no-sail        `import sophon.sail` fails
       wrong-chip     a BM1684 instead of a BM1684X
+      slow-tpu MS    every SAIL graph run on the box takes MS milliseconds more (0 removes it)
       memedit-fails  memory_edit.sh -c fails (`Error: en_emmcfile`)
       itb-corrupt    memory_edit.sh -c writes an image the box cannot boot
+      itb-wrong-layout  memory_edit.sh -c reports the requested sizes but writes half of them
+      memedit-slow   memory_edit.sh -c takes 3 s more (holds a run in its edit stage)
       heal           clear every fault (a box with an unbootable image gets a factory image back)
 
     \b

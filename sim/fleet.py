@@ -42,8 +42,11 @@ FAULTS = (
     "old-sdk",
     "no-sail",
     "wrong-chip",
+    "slow-tpu",
     "memedit-fails",
     "itb-corrupt",
+    "itb-wrong-layout",
+    "memedit-slow",
     "heal",
 )
 
@@ -393,6 +396,10 @@ class Fleet:
             return (
                 f"{record.name}: link limited to {mbit} Mbit/s" if mbit else f"{record.name}: link unlimited"
             )
+        if fault == "slow-tpu":
+            hw.tpu_delay_ms = _int_arg(fault, arg)
+            _toggle(hw, "slow-tpu", bool(hw.tpu_delay_ms))
+            return f"{record.name}: every TPU graph run takes {hw.tpu_delay_ms} ms"
         if fault == "slow-boot":
             hw.boot_delay_s = float(_int_arg(fault, arg))
             _toggle(hw, "slow-boot", True)
@@ -423,6 +430,7 @@ class Fleet:
         (paths.data / ".sim-disk-full").unlink(missing_ok=True)
         hw.sdk, hw.libsophon, hw.chip = profile.sdk, profile.libsophon, profile.chip
         hw.boot_delay_s = profile.boot_delay_s
+        hw.tpu_delay_ms = 0
         boxmod.install_libsophon(paths.opt_sophon, hw.libsophon)
         boxmod.install_sail(paths.opt_sophon)
         try:

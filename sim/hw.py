@@ -32,6 +32,7 @@ class BoxHardware:
     dts: str
     boot_delay_s: float
     faults: list[str] = field(default_factory=list)
+    tpu_delay_ms: int = 0
     boot_count: int = 0
     boot_id: str = ""
 
@@ -109,6 +110,7 @@ def render(hw: BoxHardware, box_dir: Path) -> None:
     write_in_place(info / "file-name", hw.dts.encode() + b"\0", 0o444)
     write_in_place(views / "boot_id", hw.boot_id + "\n", 0o444)
     (views / "firmware" / "sophon-sim").mkdir(exist_ok=True)
+    write_in_place(views / "firmware" / "sophon-sim" / "tpu_delay_ms", f"{hw.tpu_delay_ms}\n", 0o444)
     write_in_place(views / "firmware" / "sophon-sim" / "faults", "".join(f + "\n" for f in hw.faults), 0o444)
     debug = views / "debug"
     debug.mkdir(mode=0o700, exist_ok=True)

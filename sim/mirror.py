@@ -161,17 +161,50 @@ def build_asset_tree(
     int8_size: int | None = None,
     seed: int = 0,
     bmodel_maker: BmodelMaker = default_bmodel_maker,
+    loadable: bool = False,
 ) -> AssetTree:
-    """Write the ChatGLM4 stand-in assets under `root` at their dfss paths (deterministic from `seed`)."""
+    """Write the ChatGLM4 stand-in assets under `root` at their dfss paths (deterministic from `seed`).
+
+    `loadable=True` makes the bmodels tiny real GLM-4s (`sim.tinyglm`, padded to the sizes) that the SAIL
+    emulator runs, with the matching `token_config.zip`; otherwise they are opaque bytes (fast, any size).
+    """
     root = Path(root)
     for rel in (*BMODELS.values(), TOKEN_ZIP, SAIL_WHEEL):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    bmodel_maker(root / BMODELS["int4"], "int4", bmodel_size, seed)
-    bmodel_maker(root / BMODELS["int8"], "int8", int8_size or bmodel_size, seed)
-    members = token_config_zip(root / TOKEN_ZIP, seed)
+    if loadable:
+        members = _tinyglm_assets(root, seed, bmodel_size, int8_size or bmodel_size)
+    else:
+        bmodel_maker(root / BMODELS["int4"], "int4", bmodel_size, seed)
+        bmodel_maker(root / BMODELS["int8"], "int8", int8_size or bmodel_size, seed)
+        members = token_config_zip(root / TOKEN_ZIP, seed)
     sail_wheel(root / SAIL_WHEEL)
     files = {rel: _size_sha(root / rel) for rel in (*BMODELS.values(), TOKEN_ZIP, SAIL_WHEEL)}
     return AssetTree(root=root, files=files, token_members=members)
+
+
+def _tinyglm_assets(root: Path, seed: int, int4_size: int, int8_size: int) -> dict[str, tuple[int, str]]:
+    """Loadable stand-ins from `sim.tinyglm`: same seed, so both variants share one tokenizer."""
+    import shutil
+    import tempfile
+
+    from sim.tinyglm import build_standin
+
+    with tempfile.TemporaryDirectory(prefix="tinyglm-") as tmp:
+        for variant, size in (("int4", int4_size), ("int8", int8_size)):
+            standin = build_standin(Path(tmp) / variant, seed=seed, variant=variant)
+            if size:
+                from sim.tinyglm import pad_bmodel
+
+                pad_bmodel(standin.bmodel, max(size, standin.bmodel.stat().st_size))
+            shutil.copyfile(standin.bmodel, root / BMODELS[variant])
+        shutil.copyfile(standin.token_zip, root / TOKEN_ZIP)
+    with zipfile.ZipFile(root / TOKEN_ZIP) as archive:
+        return {
+            name: (len(data), hashlib.sha256(data).hexdigest())
+            for name in archive.namelist()
+            if not name.endswith("/")
+            for data in [archive.read(name)]
+        }
 
 
 def _size_sha(path: Path) -> tuple[int, str]:

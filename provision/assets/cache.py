@@ -89,10 +89,12 @@ class Cache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def _inside(self, *parts: str) -> Path:
-        path = self.root.joinpath(*parts)
-        if not os.path.normpath(path).startswith(os.path.normpath(self.root) + os.sep):
-            raise ConfigError(f"{'/'.join(parts)!r} escapes the cache {self.root}")
+    def _inside(self, area: str, *parts: str) -> Path:
+        """`<root>/<area>/<parts...>`, refusing anything that would leave `<root>/<area>`."""
+        base = self.root / area
+        path = base.joinpath(*parts)
+        if not os.path.normpath(path).startswith(os.path.normpath(base) + os.sep):
+            raise ConfigError(f"{'/'.join(parts)!r} escapes the cache area {base}")
         return path
 
     def blob_path(self, sha256: str) -> Path:

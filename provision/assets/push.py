@@ -7,16 +7,15 @@ mirror itself), hashes as it writes and reports size + sha256; only when those m
 controller say commit, and the receiver renames into place and writes `<file>.verified`. A dropped
 channel is reopened and the file resumes; a box's failure never stops the others.
 
-The channel is anything with `send`, `recv_line`, `exit_status`, `close` (see `Channel`): a local
+The channel is anything with `send`, `recv_line`, `exit_status`, `close` (`channels.py`): a local
 subprocess in unit tests (`LocalChannel`), an SSH exec channel from `provision/transport.py` in the CLI
-(`ExecChannel` wraps a paramiko-style channel without importing paramiko).
+(`ExecChannel`, `transport_opener`).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import threading
 import time
 import zipfile
@@ -24,100 +23,44 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any
 
 from provision.assets import receiver
 from provision.assets.cache import Cache
+from provision.assets.channels import (  # re-exported: deploy and tests take them from here
+    Channel,
+    ChannelBroken,
+    ExecChannel,
+    LocalChannel,
+    Opener,
+    transport_opener,
+)
 from provision.assets.lock import Lock
-from provision.errors import DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
 from provision.manifest import AssetFile, Manifest
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "BoxPush",
+    "BoxPusher",
+    "BoxTarget",
+    "Channel",
+    "ChannelBroken",
+    "ExecChannel",
+    "FilePush",
+    "LocalChannel",
+    "Opener",
+    "PushEvent",
+    "PushItem",
+    "plan_push",
+    "push_fleet",
+    "receiver_command",
+    "transport_opener",
+]
 
 DEFAULT_ROOT = "/data/sophon-fleet/models"
 CHUNK = 1 << 20
 RECEIVER_SOURCE = Path(receiver.__file__).read_text(encoding="utf-8")
-
-
-class ChannelBroken(Exception):
-    """The channel closed or failed mid-conversation: reopen and resume."""
-
-
-class Channel(Protocol):
-    """A command running on a box with its stdin/stdout; what push needs from a transport."""
-
-    def send(self, data: bytes) -> None: ...
-
-    def recv_line(self) -> bytes:
-        """One line from stdout (b"" at end of stream)."""
-        ...
-
-    def exit_status(self) -> int: ...
-
-    def close(self) -> None: ...
-
-
-Opener = Callable[[str], Channel]  # shell command -> running channel
-
-
-class LocalChannel:
-    """A local subprocess as a channel (`bash -c CMD`): the receiver without SSH, for tests."""
-
-    def __init__(self, command: str) -> None:
-        self.proc = subprocess.Popen(
-            ["bash", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, ValueError) as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def recv_line(self) -> bytes:
-        return self.proc.stdout.readline()
-
-    def exit_status(self) -> int:
-        return self.proc.wait()
-
-    def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-class ExecChannel:
-    """Adapts an SSH exec channel: a paramiko-style channel (sendall, makefile, recv_exit_status, close)
-    or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
-
-    def __init__(self, channel: Any) -> None:
-        # keep the owner alive: a transport.Exec that is garbage-collected closes its stdin file,
-        # which shuts down the channel's write side
-        self._owner = channel
-        self.channel = getattr(channel, "channel", channel)
-        self._stdout = self.channel.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.channel.sendall(data)
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def recv_line(self) -> bytes:
-        try:
-            return self._stdout.readline()
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def exit_status(self) -> int:
-        return self.channel.recv_exit_status()
-
-    def close(self) -> None:
-        self.channel.close()
 
 
 def receiver_command(mode: str, args: Mapping[str, Any], python: str = "python3") -> str:
@@ -248,6 +191,13 @@ class BoxPusher:
                 result.files.append(self._transfer(item))
         return result
 
+    def run_safely(self) -> BoxPush | FleetError:
+        """`run`, with a failure returned instead of raised (what `push_fleet` records per box)."""
+        try:
+            return self.run()
+        except FleetError as exc:
+            return exc
+
     # -- the conversation --------------------------------------------------------------------------
 
     def _probe(self) -> dict[str, Any]:
@@ -279,7 +229,9 @@ class BoxPusher:
             args["url"] = item.url
         transferred, resumed_from, mismatches = [0], None, 0
         for attempt in range(1, self.retries + 1):
-            channel = self.open_exec(receiver_command(mode, args, self.python))
+            channel = self._open(receiver_command(mode, args, self.python), attempt)
+            if channel is None:
+                continue
             try:
                 ready = self._expect(channel, "ready")
                 offset = int(ready["offset"])
@@ -316,14 +268,26 @@ class BoxPusher:
         raise RemoteError(f"{self.host}: {item.name}: the transfer kept failing ({self.retries} attempts)")
 
     def _send(self, channel: Channel, item: PushItem, offset: int, counter: list[int]) -> None:
-        """Send the blob from `offset`; `counter[0]` counts every byte handed to the channel."""
+        """Send the blob from `offset`; `counter[0]` counts every byte handed to the channel.
+
+        Channels with `send_file` (local pipes, OpenSSH client processes) get the bytes by sendfile;
+        others (paramiko channels) by 1 MiB reads.
+        """
         assert item.blob is not None
+        fast = getattr(channel, "send_file", None)
         with open(item.blob, "rb") as f:
             f.seek(offset)
-            while block := f.read(CHUNK):
-                channel.send(block)
-                counter[0] += len(block)
-                offset += len(block)
+            while offset < item.size:
+                if fast is not None:
+                    n = fast(f, offset, min(8 * CHUNK, item.size - offset))
+                else:
+                    block = f.read(CHUNK)
+                    channel.send(block)
+                    n = len(block)
+                if not n:
+                    raise ChannelBroken(f"{item.blob} ended at byte {offset}")
+                counter[0] += n
+                offset += n
                 self._emit(item.name, "sending", offset, item.size)
 
     def _await_fetch(self, channel: Channel, item: PushItem, offset: int) -> dict[str, Any]:
@@ -338,9 +302,22 @@ class BoxPusher:
     def _contains(item: PushItem) -> dict[str, dict[str, Any]]:
         return {m: {"size": p.size, "sha256": p.sha256} for m, p in item.file.contains.items()}
 
+    def _open(self, command: str, attempt: int) -> Channel | None:
+        """A new channel; None after a connection failure that another attempt may overcome."""
+        try:
+            return self.open_exec(command)
+        except ConnectError as exc:
+            if attempt >= self.retries:
+                raise
+            self._emit("", "retry", note=exc.message)
+            time.sleep(self.backoff * attempt)
+            return None
+
     def _once(self, mode: str, args: Mapping[str, Any], expect: str) -> dict[str, Any]:
         for attempt in range(1, self.retries + 1):
-            channel = self.open_exec(receiver_command(mode, args, self.python))
+            channel = self._open(receiver_command(mode, args, self.python), attempt)
+            if channel is None:
+                continue
             try:
                 return self._expect(channel, expect)
             except ChannelBroken:
@@ -430,10 +407,7 @@ def push_fleet(
             retries=retries,
             backoff=backoff,
         )
-        try:
-            outcome: BoxPush | FleetError = pusher.run()
-        except FleetError as exc:
-            outcome = exc
+        outcome = pusher.run_safely()
         with guard:
             results[target.host] = outcome
 

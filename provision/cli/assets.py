@@ -7,12 +7,16 @@ from pathlib import Path
 import click
 
 from provision.assets.cache import Cache
+from provision.assets.distribute import push_to_hosts
 from provision.assets.download import ProgressEvent, pin, pull, verify
 from provision.assets.lock import load_lock
-from provision.cli.errors import Exit, reports_errors
+from provision.assets.push import DEFAULT_ROOT, BoxPush, PushEvent
+from provision.cli.errors import Exit, exit_code_for, reports_errors
+from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output
 from provision.cli.progress import progress_bars
+from provision.errors import FleetError
 from provision.manifest import Manifest, load_manifest
 from provision.settings import load_settings
 
@@ -23,6 +27,8 @@ Examples:
   sophon-fleet assets verify                           # re-hash the cache against the lock
   sophon-fleet assets ls
   sophon-fleet assets pin --variant all                # write sizes + sha256 into models/<model>.lock.yaml
+  sophon-fleet assets push -i inventory.yml            # each box its variant (from preflight), verified
+  sophon-fleet assets push -i inventory.yml --from-mirror http://10.0.0.5:8080/   # boxes fetch themselves
 """
 
 
@@ -203,3 +209,89 @@ def pin_cmd(out: Output, model, cache_dir, variant):
 
 def _mib(size: int | None) -> str:
     return "-" if size is None else f"{size / 2**20:.1f} MiB"
+
+
+@assets.command("push", epilog=EPILOG)
+@host_options
+@model_options
+@click.option(
+    "--variant",
+    default="auto",
+    show_default=True,
+    help="auto (what each box's preflight verdict allows, or its inventory `variant`), or int4 / int8.",
+)
+@click.option("--from-mirror", "mirror", metavar="URL", help="Boxes fetch from this mirror themselves.")
+@click.option(
+    "--max-parallel", type=click.IntRange(min=1), help="Boxes pushed to at once (default: --forks)."
+)
+@click.option("--reverify", is_flag=True, help="Hash files already verified on a box again.")
+@click.option("--dest-root", default=DEFAULT_ROOT, show_default=True, help="Where models live on a box.")
+@json_option
+@click.pass_obj
+@reports_errors
+def push_cmd(out: Output, model, cache_dir, variant, mirror, max_parallel, reverify, dest_root, **kwargs):
+    """Distribute the model to boxes: resumable, verified on the box against the lock, skips what is there.
+
+    Exit 0 when every box holds its verified variant; otherwise the worst per-box outcome (3 not ready,
+    4 unreachable, 5 a sha256 mismatch, 6 a box's disk is full, 1 other failures).
+    """
+    reach = reach_from(kwargs)
+    settings, manifest, lock, cache = _setup(model, cache_dir)
+    inventory = resolve_inventory(reach, settings)
+    with connector_for(reach, inventory, settings) as connector, progress_bars(out) as bar:
+
+        def on_progress(e: PushEvent) -> None:
+            bar(e.host, e.phase, e.done, e.total, label=f"{e.host} {e.file}".strip())
+
+        chosen, results = push_to_hosts(
+            inventory.hosts,
+            connector,
+            manifest,
+            variant=variant,
+            cache=cache,
+            lock=lock,
+            mirror=mirror,
+            reverify=reverify,
+            max_parallel=max_parallel or reach.forks,
+            root=dest_root,
+            progress=on_progress,
+        )
+    rows = [_push_row(host, chosen.get(host), result) for host, result in results.items()]
+    if out.json:
+        out.emit_json({"model": manifest.model, "mirror": mirror, "boxes": rows})
+    else:
+        out.table(
+            f"push {manifest.model}" + (f" from {mirror}" if mirror else ""),
+            ["host", "variant", "result", "sent", "files", "error"],
+            [
+                [r["host"], r["variant"] or "-", r["result"], _mib(r["transferred"]), r["files"], r["error"]]
+                for r in rows
+            ],
+        )
+    errors = [r for r in results.values() if isinstance(r, FleetError)]
+    if errors:
+        raise SystemExit(int(max(exit_code_for(e) for e in errors)))
+
+
+def _push_row(host: str, variant: str | None, result: BoxPush | FleetError) -> dict:
+    if isinstance(result, FleetError):
+        return {
+            "host": host,
+            "variant": variant,
+            "result": "failed",
+            "transferred": 0,
+            "files": "",
+            "error": result.message,
+            "hint": result.hint,
+        }
+    files = ", ".join(f"{f.name}: {f.status}" for f in result.files)
+    return {
+        "host": host,
+        "variant": variant,
+        "result": "skipped" if result.skipped else "pushed",
+        "transferred": result.transferred,
+        "files": files,
+        "error": "",
+        "dest": result.dest,
+        "detail": [f.__dict__ for f in result.files],
+    }

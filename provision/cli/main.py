@@ -17,6 +17,10 @@ COMMANDS: dict[str, str] = {
     "preflight": "provision.cli.preflight:preflight",
     "doctor": "provision.cli.preflight:doctor",
     "deploy": "provision.cli.deploy:deploy",
+    "chat": "provision.cli.chat:chat",
+    "bench": "provision.cli.bench:bench",
+    "play": "provision.cli.play:play",
+    "memory": "provision.cli.memory:memory",
 }
 
 EPILOG = """\b

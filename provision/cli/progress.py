@@ -27,12 +27,15 @@ PHASES = {
     "done": "verified",
     "cached": "cached",
     "present": "present",
+    "probing": "probing",
+    "committed": "verified",
+    "unpacked": "unpacked",
 }
 
 
 @contextmanager
 def progress_bars(out: Output) -> Iterator[Any]:
-    """Yield a callback `(key, phase, done, total)` that draws one bar per key on stderr."""
+    """Yield a callback `(key, phase, done, total, label=None)` drawing one bar per key on stderr."""
     disabled = out.json or out.verbosity < 0
     bars = Progress(
         TextColumn("{task.fields[phase]:>9}"),
@@ -47,11 +50,13 @@ def progress_bars(out: Output) -> Iterator[Any]:
     tasks: dict[str, Any] = {}
     lock = threading.Lock()
 
-    def update(key: str, phase: str, done: int, total: int | None) -> None:
+    def update(key: str, phase: str, done: int, total: int | None, label: str | None = None) -> None:
         with lock:
             if key not in tasks:
-                tasks[key] = bars.add_task(key, total=total, phase="")
+                tasks[key] = bars.add_task(label or key, total=total, phase="")
             fields: dict[str, Any] = {"phase": PHASES.get(phase, phase)}
+            if label:
+                fields["description"] = label
             if phase == "retry":
                 bars.update(tasks[key], **fields)
                 return

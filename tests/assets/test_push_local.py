@@ -10,16 +10,9 @@ import sys
 import pytest
 
 from provision.assets.cache import Cache
+from provision.assets.channels import ChannelBroken, LocalChannel
 from provision.assets.download import pull
-from provision.assets.push import (
-    BoxPusher,
-    BoxTarget,
-    ChannelBroken,
-    LocalChannel,
-    plan_push,
-    push_fleet,
-    receiver_command,
-)
+from provision.assets.push import BoxPusher, BoxTarget, plan_push, push_fleet, receiver_command
 from provision.errors import DiskFullError, IntegrityError
 from sim.mirror import BMODELS, Faults
 from sim.sftpd import is_root
@@ -61,7 +54,13 @@ class CutLink:
             sent[0] += len(data)
             original(data)
 
+        def send_file(f, offset, count):
+            f.seek(offset)
+            send(f.read(count))
+            return count
+
         channel.send = send
+        channel.send_file = send_file
         return channel
 
 
@@ -228,3 +227,39 @@ def test_unsafe_zip_is_refused_by_the_receiver(tmp_path):
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
     assert done.returncode == 2 and json.loads(done.stdout)["code"] == "unsafe_zip"
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_loadable_standins_pulled_and_pushed_run_the_chat_runtime(tmp_path):
+    """The mirror's loadable assets survive pull + push and the runtime loads them on the 'box'."""
+    from provision.assets.lock import load_lock
+    from provision.manifest import load_manifest
+    from sim.mirror import build_asset_tree
+
+    tree = build_asset_tree(tmp_path / "mirror", bmodel_size=0, loadable=True)
+    (tmp_path / "glm4-9b.yaml").write_text(tree.manifest_yaml(pin=True))
+    manifest = load_manifest(tmp_path / "glm4-9b.yaml")
+    lock, cache = load_lock(manifest), Cache(tmp_path / "cache")
+    pull(manifest, ["int4"], cache=cache, lock=lock, mirrors=[f"file://{tree.root}"], use_dfss=False)
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box")).run()
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(repo, "sim", "sail"), repo]))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chat",
+            "selftest",
+            "--bmodel",
+            str(vdir / "glm4-9b_int4_1dev.bmodel"),
+            "--token",
+            str(vdir / "token_config"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] is True

@@ -7,9 +7,10 @@ import shlex
 import pytest
 
 from provision.assets.cache import Cache
+from provision.assets.channels import ChannelBroken, ExecChannel
 from provision.assets.download import pull
 from provision.assets.lock import load_lock
-from provision.assets.push import BoxTarget, ChannelBroken, ExecChannel, push_fleet
+from provision.assets.push import BoxTarget, push_fleet
 from provision.errors import DiskFullError
 from provision.manifest import load_manifest
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree
@@ -129,6 +130,75 @@ def test_from_mirror_and_a_full_box(sim_fleet, assets):
         status, out = run(client, f"ls -R {ROOT} 2>&1 || true")
         client.close()
         assert ".bmodel" not in out.replace(".bmodel.part", "")  # nothing partial taken as complete
+    finally:
+        for link in links.values():
+            link.close()
+
+
+class ReconnectingLink(BoxLink):
+    """Like transport.open_exec: a short probe of the old connection, else a new one."""
+
+    def __call__(self, command):
+        if self.client is not None:
+            try:
+                self.client.get_transport().open_session(timeout=2).close()
+            except Exception:
+                self.client.close()
+                self.client = None
+        if self.client is None:
+            self.client = connect(self.fleet, self.name, timeout=10)
+        chan = self.client.get_transport().open_session(timeout=5)
+        chan.exec_command(command)
+        self.opened += 1
+        return ExecChannel(chan, timeout=3)
+
+
+def test_link_down_mid_push_completes_after_link_up(sim_fleet, assets):
+    import threading
+    import time
+
+    tree, manifest, lock, cache = assets
+    fleet = sim_fleet(["se7-factory", "se7-factory", "se7-factory"])
+    names = [b.name for b in fleet.boxes]
+    victim = names[1]
+    fleet.fault(victim, "rate", "100")  # ~12 MB/s: the 24 MiB bmodel takes ~2 s, time to cut it
+    part = (
+        fleet.state.box_paths(victim).data / "sophon-fleet/models/glm4-9b/int4/glm4-9b_int4_1dev.bmodel.part"
+    )
+    cut = threading.Event()
+
+    def cut_the_link():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if part.exists() and part.stat().st_size >= 6 << 20:
+                fleet.fault(victim, "link-down")
+                cut.set()
+                time.sleep(4)
+                fleet.fault(victim, "link-up")
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=cut_the_link)
+    watcher.start()
+    links = {n: ReconnectingLink(fleet, n) for n in names}
+    try:
+        targets = [BoxTarget(n, links[n], "int4") for n in names]
+        results = push_fleet(
+            manifest, targets, cache=cache, lock=lock, max_parallel=3, backoff=1.0, retries=4
+        )
+        watcher.join()
+        assert cut.is_set()
+        for name, result in results.items():
+            assert not isinstance(result, Exception), (name, result)
+        bmodel = next(f for f in results[victim].files if f.name.endswith(".bmodel"))
+        # A 4 s outage: TCP may ride it out (1 attempt) or the channel breaks and the push resumes from
+        # the box's .part (2+ attempts); either way nothing but what was in flight is sent twice.
+        assert bmodel.resumed_from == 0
+        assert SIZE <= bmodel.transferred <= SIZE + (8 << 20)
+        client = connect(fleet, victim)
+        status, out = run(client, f"sha256sum {ROOT}/glm4-9b/int4/glm4-9b_int4_1dev.bmodel")
+        client.close()
+        assert tree.files[BMODELS["int4"]][1] in out
     finally:
         for link in links.values():
             link.close()

@@ -7,18 +7,10 @@ import json
 import zipfile
 
 import pytest
-from click.testing import CliRunner
 
 from provision import deploy as deploymod
-from provision.assets.cache import Cache
-from provision.assets.lock import load_lock
-from provision.assets.push import BoxTarget, ExecChannel, push_fleet
-from provision.cli.main import cli
-from provision.inventory import load_inventory
-from provision.manifest import load_manifest
-from provision.settings import load_settings
-from provision.transport import Connector, Trust
 from tests.sim.conftest import connect, needs_root, run
+from tests.sim.flows import invoke, pull_and_push, use_fleet
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -29,37 +21,14 @@ RUNTIME = "/data/sophon-fleet/runtime"
 def fleet(sim_fleet, tmp_path, monkeypatch):
     """Two int8-ready boxes with the int8 stand-in pulled, pushed and verified; se7-2 lacks SAIL."""
     fleet = sim_fleet(["se7-ready-int8", "se7-ready-int8"], mirror=True)
-    monkeypatch.setenv("SOPHON_FLEET_MODELS", str(fleet.manifest_path.parent))
-    monkeypatch.setenv("SOPHON_FLEET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SOPHON_FLEET_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SOPHON_FLEET_SSH_CONFIG", str(tmp_path / "no-ssh-config"))
+    use_fleet(fleet, tmp_path, monkeypatch)
     fleet.fault("se7-2", "no-sail")
-    code, out = invoke("assets", "pull", "--variant", "int8", "--no-dfss")
-    assert code == 0, out
-    push_variant(fleet, "int8")
+    pull_and_push(fleet, "int8")
     return fleet
 
 
-def invoke(*args):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    return result.exit_code, result.stdout
-
-
-def push_variant(fleet, variant):
-    settings = load_settings()
-    manifest = load_manifest("glm4-9b")
-    inventory = load_inventory([str(fleet.inventory_path)], (), ssh_config=settings.ssh_config)
-    with Connector(Trust(settings.known_hosts, settings.user_known_hosts)) as connector:
-        targets = [
-            BoxTarget(h.name, lambda cmd, h=h: ExecChannel(connector.transport(h).open_exec(cmd)), variant)
-            for h in inventory.hosts
-        ]
-        results = push_fleet(manifest, targets, cache=Cache(settings.cache_dir), lock=load_lock(manifest))
-    assert all(not isinstance(r, Exception) for r in results.values()), results
-
-
 def deploy_json(fleet, *args):
-    code, out = invoke("deploy", "-i", str(fleet.inventory_path), "--json", *args)
+    code, out, _ = invoke("deploy", "-i", str(fleet.inventory_path), "--json", *args)
     return code, {h["host"]: h for h in json.loads(out)["hosts"]}
 
 
@@ -110,9 +79,7 @@ def with_extra_file(path, contains):
 
 def test_no_model_on_the_box_says_what_to_run(sim_fleet, tmp_path, monkeypatch):
     fleet = sim_fleet(["se7-ready-int8"], mirror=True)
-    monkeypatch.setenv("SOPHON_FLEET_MODELS", str(fleet.manifest_path.parent))
-    monkeypatch.setenv("SOPHON_FLEET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SOPHON_FLEET_HOME", str(tmp_path / "home"))
+    use_fleet(fleet, tmp_path, monkeypatch)
     code, hosts = deploy_json(fleet)
     assert code == 3
     assert "no verified glm4-9b model" in hosts["se7-1"]["error"]

@@ -22,10 +22,11 @@ def standin(tmp_path_factory):
 
 
 @pytest.fixture
-def server(standin):
+def server(standin, request):
     command = [sys.executable, "-m", "chat", "serve", "--stdio"]
     command += ["--bmodel", str(standin.bmodel), "--token", str(standin.token_dir)]
     env = {**os.environ, "PYTHONPATH": str(SAIL_EMULATOR)}  # `import sophon.sail` as on a box
+    env["SOPHON_SIM_TPU_DELAY_MS"] = str(getattr(request, "param", 0))
     proc = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
     )
@@ -61,15 +62,14 @@ def test_same_prompt_after_reset_gives_the_same_greedy_answer(server):
     assert client.stats()["answers"] == 2
 
 
+@pytest.mark.parametrize("server", [30], indirect=True)  # 30 ms per graph: time to cancel mid-answer
 def test_cancel_stops_the_running_answer(server):
     client = client_of(server)
     client.wait_ready()
     events = client.chat("tell me everything", max_new_tokens=10_000)
-    first = next(events)
-    assert isinstance(first, Token)
-    client.cancel()
+    client.cancel()  # arrives while the prompt is being processed: the answer stops at the next token
     done = [e for e in events if isinstance(e, Done)][0]
-    assert done.stop == "cancel"
+    assert done.stop == "cancel" and done.tokens <= 1
 
 
 def test_runtime_errors_are_typed(server, standin):

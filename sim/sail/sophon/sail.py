@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from typing import Dict, List, Sequence, Union
 
 import numpy as np
@@ -301,7 +302,24 @@ class Engine:
         `core_list` (multi-core processors) is accepted and ignored, as on the single-core BM1684X."""
         self._check(graph_name, "inputs", input_tensors)
         self._check(graph_name, "outputs", output_tensors)
+        _simulated_tpu_time()
         arrays = {name: tensor._array().copy() for name, tensor in input_tensors.items()}
         results = self._model.run(graph_name, arrays)
         for name, tensor in output_tensors.items():
             tensor._data[:] = results[name].astype(tensor._data.dtype).reshape(-1)
+
+
+TPU_DELAY_FILE = "/sys/firmware/sophon-sim/tpu_delay_ms"  # the simulator's `slow-tpu MS` fault
+
+
+def _simulated_tpu_time():
+    """With the simulator's `slow-tpu` fault (or SOPHON_SIM_TPU_DELAY_MS), each graph run takes that long."""
+    try:
+        delay_ms = float(os.environ.get("SOPHON_SIM_TPU_DELAY_MS") or 0)
+        if not delay_ms:
+            with open(TPU_DELAY_FILE) as handle:
+                delay_ms = float(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return
+    if delay_ms > 0:
+        time.sleep(delay_ms / 1000.0)

@@ -1,0 +1,336 @@
+"""Asset transfer numbers, measured side by side in one run (issue 5).
+
+    .venv/bin/python benchmarks/assets_transfer.py [--size-mib 1024] [--runs 3] [--no-sim]
+
+1. hashing: the cache's sha256 (1 MiB readinto) vs a plain hashlib loop, same page-cached file (>= 0.95x)
+2. interrupted download (HTTP mirror drop; controller killed) and interrupted push (receiver killed):
+   bytes transferred twice (<= one 8 MiB chunk)
+3. push to a simulated box (root): receiver over a paramiko exec channel vs OpenSSH `scp` to the same box
+4. push to a box whose link is limited to 1 Gbit (tbf): fraction of the link rate (>= 0.95)
+5. boxes pulling from the mirror themselves (--from-mirror), each over its own 200 Mbit link:
+   8 boxes vs 1 box (<= 1.3x the time)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from provision.assets.cache import Cache, sha256_file  # noqa: E402
+from provision.assets.channels import ExecChannel, LocalChannel  # noqa: E402
+from provision.assets.download import pull  # noqa: E402
+from provision.assets.lock import load_lock  # noqa: E402
+from provision.assets.push import BoxPusher, plan_push  # noqa: E402
+from provision.manifest import load_manifest  # noqa: E402
+from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree  # noqa: E402
+
+MB = 1_000_000
+MIB = 1 << 20
+
+
+def timed(func, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def interleaved(rows, runs: int) -> dict[str, float]:
+    """Median seconds per row, running the rows round-robin so load from elsewhere hits them alike."""
+    samples: dict[str, list[float]] = {label: [] for label, _fn in rows}
+    for _ in range(runs):
+        for label, fn in rows:
+            started = time.perf_counter()
+            fn()
+            samples[label].append(time.perf_counter() - started)
+    return {label: statistics.median(values) for label, values in samples.items()}
+
+
+def plain_hashlib(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bench_hashing(path: Path, runs: int) -> None:
+    size = path.stat().st_size
+    plain_hashlib(path)  # warm the page cache
+    plain = timed(lambda: plain_hashlib(path), runs)
+    ours = timed(lambda: sha256_file(path), runs)
+    print("1. hashing a page-cached file")
+    print(f"   plain hashlib loop (1 MiB reads)   {size / plain / MB:7.0f} MB/s")
+    print(f"   cache.sha256_file                  {size / ours / MB:7.0f} MB/s   ratio {plain / ours:.2f}x")
+
+
+def setup_controller(work: Path, tree) -> tuple:
+    (work / "glm4-9b.yaml").write_text(tree.manifest_yaml(pin=True))
+    manifest = load_manifest(work / "glm4-9b.yaml")
+    return manifest, load_lock(manifest)
+
+
+def bench_interrupted(work: Path, tree, size: int) -> None:
+    print("2. interrupted transfers (bytes transferred twice; target <= 8 MiB)")
+    manifest, lock = setup_controller(work, tree)
+    rel = BMODELS["int4"]
+    with Mirror(tree.root) as mirror:
+        # a) the mirror drops the connection in the middle
+        cache = Cache(work / "cache-a")
+        mirror.faults = Faults(drop_after=size // 2 + 12345, path=rel)
+        started = time.perf_counter()
+        pull(manifest, ["int4"], cache=cache, lock=lock, mirrors=[mirror.url], use_dfss=False, backoff=0)
+        took = time.perf_counter() - started
+        extra = mirror.bytes_served(rel) - size
+        print(
+            f"   download, connection dropped at 50%  re-fetched {extra} bytes ({size / took / MB:.0f} MB/s)"
+        )
+        # b) the controller process is killed in the middle, then pull runs again
+        mirror.log.clear()
+        mirror.faults = Faults()
+        cache = Cache(work / "cache-b")
+        part = cache.part_path("glm4-9b", rel.rsplit("/", 1)[1])
+        child = subprocess.Popen(
+            [sys.executable, "-c", PULL_CHILD, str(work / "glm4-9b.yaml"), str(cache.root), mirror.url],
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        while not part.exists() or part.stat().st_size < size // 2:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        on_disk = part.stat().st_size
+        pull(manifest, ["int4"], cache=cache, lock=lock, mirrors=[mirror.url], use_dfss=False, backoff=0)
+        extra = mirror.bytes_served(rel) - size
+        print(f"   download, controller killed at {on_disk / size:.0%}   re-fetched {extra} bytes")
+    # c) push: the receiver is killed in the middle (a dropped link), then push runs again
+    cache = Cache(work / "cache-a")
+    items = [i for i in plan_push(manifest, "int4", cache=cache, lock=lock) if i.name.endswith(".bmodel")]
+    sent = [0]
+
+    class Killing(LocalChannel):
+        def send(self, data: bytes) -> None:
+            if sent[0] >= size // 2:
+                self.proc.kill()
+            sent[0] += len(data)
+            super().send(data)
+
+        def send_file(self, f, offset: int, count: int) -> int:
+            if sent[0] >= size // 2:
+                self.proc.kill()
+            n = super().send_file(f, offset, count)
+            sent[0] += n
+            return n
+
+    root = str(work / "box")
+    BoxPusher("box", Killing, "glm4-9b", "int4", items, root=root, retries=1, backoff=0).run_safely()
+    result = BoxPusher("box", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    resent = sent[0] + result.transferred - size
+    print(f"   push, receiver killed at 50%          re-sent {max(resent, 0)} bytes")
+
+
+PULL_CHILD = """
+import sys
+from provision.assets.cache import Cache
+from provision.assets.download import pull
+from provision.assets.lock import load_lock
+from provision.manifest import load_manifest
+m = load_manifest(sys.argv[1])
+pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_lock(m), mirrors=[sys.argv[3]], use_dfss=False)
+"""
+
+
+def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0) -> None:
+    import paramiko
+
+    from sim.fleet import Fleet
+
+    if not link_mbit:
+        print("3. push to a simulated box vs OpenSSH scp (same box, same file, page-cached source)")
+    manifest, lock = setup_controller(work, tree)
+    cache = Cache(work / "cache-a")
+    items = [i for i in plan_push(manifest, "int4", cache=cache, lock=lock) if i.name.endswith(".bmodel")]
+    mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={work}/mux-%C", "-o", "ControlPersist=60"]
+    fleet = Fleet.up(work / f"fleet{link_mbit}", ["se7-factory"])
+    try:
+        box = fleet.boxes[0]
+        key, known = fleet.state.dir / "operator_key", fleet.state.dir / "known_hosts"
+        ssh_opts = ["-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes"]
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(known))
+        gcm_first = {
+            "ciphers": ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc"]
+        }
+        client.connect(
+            box.address,
+            username="linaro",
+            key_filename=str(key),
+            look_for_keys=False,
+            allow_agent=False,
+            disabled_algorithms=gcm_first,
+        )
+        client.get_transport().window_size = 2**27
+
+        def opener(command: str):
+            chan = client.get_transport().open_session(window_size=2**27, max_packet_size=2**15)
+            chan.exec_command(command)
+            return ExecChannel(chan)
+
+        def clean() -> None:
+            subprocess.run(
+                ["ssh", *ssh_opts, f"linaro@{box.address}", "rm -rf /data/sophon-fleet /data/scp.bin"],
+                check=True,
+            )
+
+        def push() -> None:
+            clean()
+            BoxPusher(box.name, opener, "glm4-9b", "int4", items).run()
+
+        def openssh(command: str) -> LocalChannel:
+            ssh = ["ssh", *ssh_opts, *mux, "-c", "aes128-gcm@openssh.com", f"linaro@{box.address}", command]
+            return LocalChannel(" ".join(shlex.quote(a) for a in ssh))
+
+        def push_openssh() -> None:
+            clean()
+            BoxPusher(box.name, openssh, "glm4-9b", "int4", items).run()
+
+        def scp(*extra: str) -> None:
+            clean()
+            subprocess.run(
+                ["scp", "-q", *ssh_opts, *extra, str(items[0].blob), f"linaro@{box.address}:/data/scp.bin"],
+                check=True,
+            )
+
+        if link_mbit:
+            fleet.fault(box.name, "rate", str(link_mbit))
+            link = link_mbit * 1e6 / 8
+            print(f"4. the same box behind a {link_mbit} Mbit link (tbf), {runs} runs (median)")
+            rows4 = [
+                ("assets push (paramiko exec)", push),
+                ("assets push (OpenSSH client)", push_openssh),
+                ("scp (reference: same link, nothing hashed on the box)", scp),
+            ]
+            for label, took in interleaved(rows4, runs).items():
+                print(f"   {label:64} {size / took / MB:6.0f} MB/s  {size / took / link:.2f} of the link")
+            fleet.fault(box.name, "rate", "0")
+            return
+        rows = [
+            ("assets push (paramiko exec, aes128-gcm, receiver hashes+fsyncs)", push),
+            ("assets push (OpenSSH client exec + ControlMaster, aes128-gcm)", push_openssh),
+            ("scp (OpenSSH default cipher)", scp),
+            ("scp -c aes128-gcm@openssh.com", lambda: scp("-c", "aes128-gcm@openssh.com")),
+        ]
+        times = interleaved(rows, runs)
+        base = times[rows[2][0]]
+        for label, took in times.items():
+            print(f"   {label:64} {size / took / MB:6.0f} MB/s  {base / took:.2f}x scp")
+        client.close()
+    finally:
+        subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{fleet.boxes[0].address}"], capture_output=True)
+        fleet.down()
+
+
+def paramiko_opener(address: str, key: Path, known: Path, clients: list):
+    """An exec-channel opener over one paramiko connection (what provision/transport.py provides)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known))
+    client.connect(address, username="linaro", key_filename=str(key), look_for_keys=False, allow_agent=False)
+    clients.append(client)
+
+    def opener(command: str):
+        chan = client.get_transport().open_session()
+        chan.exec_command(command)
+        return ExecChannel(chan)
+
+    return opener
+
+
+def bench_fleet_pull(work: Path, boxes: int, size: int, mbit: int) -> None:
+    from provision.assets.push import BoxTarget, push_fleet
+    from sim.fleet import Fleet
+
+    print(
+        f"5. boxes fetching {size / MIB:.0f} MiB from the mirror themselves, each behind a {mbit} Mbit link"
+    )
+    tree = build_asset_tree(work / "mirror-small", bmodel_size=size, int8_size=MIB)
+    (work / "small").mkdir()
+    manifest, lock = setup_controller(work / "small", tree)
+    times = {}
+    for count in (1, boxes):
+        fleet = Fleet.up(work / f"pullfleet{count}", ["se7-factory"] * count)
+        clients = []
+        try:
+            for record in fleet.boxes:
+                fleet.fault(record.name, "rate", str(mbit))
+            key, known = fleet.state.dir / "operator_key", fleet.state.dir / "known_hosts"
+
+            targets = [
+                BoxTarget(r.name, paramiko_opener(r.address, key, known, clients), "int4")
+                for r in fleet.boxes
+            ]
+            with Mirror(tree.root, host=f"10.213.{fleet.state.k}.1") as mirror:
+                started = time.perf_counter()
+                results = push_fleet(
+                    manifest,
+                    targets,
+                    cache=Cache(work / "no-cache"),
+                    lock=lock,
+                    mirror=mirror.url,
+                    max_parallel=count,
+                )
+                times[count] = time.perf_counter() - started
+            assert all(not isinstance(r, Exception) for r in results.values()), results
+        finally:
+            for client in clients:
+                client.close()
+            fleet.down()
+    link = mbit * 1e6 / 8
+    for count, took in times.items():
+        print(f"   {count} box(es): {took:5.2f} s  ({size / took / link:.2f} of each link)")
+    print(f"   {boxes} boxes / 1 box: {times[boxes] / times[1]:.2f}x the time (target <= 1.3x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-sim", action="store_true", help="skip the simulated box (needs root)")
+    parser.add_argument("--only", default="1,2,3,4,5", help="which parts to run, e.g. 3,4")
+    parser.add_argument("--boxes", type=int, default=8, help="boxes pulling from the mirror at once")
+    parser.add_argument("--fleet-mib", type=int, default=128, help="file size for the fleet pull")
+    args = parser.parse_args()
+    size = args.size_mib * MIB
+    with tempfile.TemporaryDirectory(prefix="assets-bench-") as tmp:
+        work = Path(tmp)
+        tree = build_asset_tree(work / "mirror", bmodel_size=size, int8_size=MIB)
+        print(f"file: {size / MIB:.0f} MiB, {args.runs} runs each (median), {os.cpu_count()} cores\n")
+        parts = set(args.only.split(","))
+        if "1" in parts:
+            bench_hashing(tree.root / BMODELS["int4"], args.runs)
+        if parts & {"2", "3", "4"}:  # the cache the push parts read is filled by part 2's pull
+            bench_interrupted(work, tree, size)
+        sim = not args.no_sim and os.geteuid() == 0
+        if sim and "3" in parts:
+            bench_push_vs_scp(work, tree, size, args.runs)
+        if sim and "4" in parts:
+            bench_push_vs_scp(work, tree, size, args.runs, link_mbit=1000)
+        if sim and "5" in parts:
+            bench_fleet_pull(work, args.boxes, args.fleet_mib * MIB, 200)
+
+
+if __name__ == "__main__":
+    main()

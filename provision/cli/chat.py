@@ -1,0 +1,148 @@
+"""`sophon-fleet chat HOST`: chat with ChatGLM4 on a box, streaming, from this terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from typing import Any
+
+import click
+
+from provision.cli.errors import reports_errors
+from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.options import json_option
+from provision.cli.output import Output
+from provision.errors import ConfigError
+from provision.facts import gather
+from provision.manifest import load_manifest
+from provision.remote_chat import ChatClient, Done, Token, choose_variant, serve_command
+
+HELP_LINE = (
+    "/reset forgets the conversation, /stats shows counters, /exit (or Ctrl-D) quits; Ctrl-C stops an answer"
+)
+
+
+@click.command("chat")
+@click.argument("host")
+@host_options
+@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@click.option(
+    "--variant",
+    type=click.Choice(["auto", "int8", "int4"]),
+    default="auto",
+    show_default=True,
+    help="Which deployed variant (auto: int8 when verified on the box, else int4).",
+)
+@click.option("--prompt", "-p", help="Ask once, stream the answer to stdout and exit.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Cap each answer.")
+@json_option
+@click.pass_obj
+@reports_errors
+def chat(
+    out: Output,
+    host: str,
+    model: str,
+    variant: str,
+    prompt: str | None,
+    max_new_tokens: int | None,
+    **kwargs: Any,
+) -> None:
+    """Chat with the model on HOST (checks the box is ready first; says what is missing and the fix).
+
+    \b
+    Examples:
+      sophon-fleet chat se7-1 -i /run/sophon-fleet-sim/inventory.yml
+      sophon-fleet chat se7-1 -i hosts.yml --prompt '你好' --variant int4
+      sophon-fleet chat linaro@192.168.150.1 -K --prompt 'hello' --json
+    """
+    reach = reach_from(kwargs)
+    if reach.inventories:
+        reach = dataclasses.replace(reach, limit=host)
+        inv = resolve_inventory(reach)
+    else:
+        inv = resolve_inventory(reach, extra_adhoc=(host,))
+    if len(inv.hosts) != 1:
+        raise ConfigError(f"{host!r} matches {len(inv.hosts)} hosts; chat talks to exactly one", key="HOST")
+    manifest = load_manifest(model)
+    with connector_for(reach, inv) as connector:
+        transport = connector.transport(inv.hosts[0])
+        chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)
+        session = transport.open_exec(serve_command(manifest, chosen))
+        client = ChatClient(session.stdin, session.stdout, name=inv.hosts[0].name)
+        try:
+            with out.err.status(f"loading {manifest.title} {chosen} on {inv.hosts[0].name} ..."):
+                ready = client.wait_ready()
+            out.info(
+                f"{inv.hosts[0].name}: {manifest.title} {chosen} loaded in {ready.load_s:.2f} s "
+                f"(SEQLEN {ready.seqlen})"
+            )
+            if out.json:
+                out.text(json.dumps({"event": "ready", **dataclasses.asdict(ready)}))
+            if prompt is not None:
+                answer(out, client, prompt, max_new_tokens)
+            else:
+                repl(out, client, max_new_tokens)
+        finally:
+            client.quit()
+            session.close()
+
+
+def answer(out: Output, client: ChatClient, prompt: str, max_new_tokens: int | None) -> Done | None:
+    """Stream one answer; Ctrl-C cancels it (a second Ctrl-C leaves)."""
+    events = client.chat(prompt, max_new_tokens=max_new_tokens)
+    done: Done | None = None
+    cancelled = False
+    while done is None:
+        try:
+            event = next(events)
+        except KeyboardInterrupt:
+            if cancelled:
+                raise
+            cancelled = True
+            client.cancel()
+            continue
+        if isinstance(event, Token):
+            emit_token(out, event)
+        else:
+            done = event
+    if out.json:
+        out.text(json.dumps({"event": "done", **dataclasses.asdict(done)}, ensure_ascii=False))
+    else:
+        click.echo()
+        out.info(f"FTL: {done.ftl_s:.3f} s  TPS: {done.tps:.3f} token/s  ({done.tokens} tokens, {done.stop})")
+    return done
+
+
+def emit_token(out: Output, event: Token) -> None:
+    if out.json:
+        out.text(json.dumps({"event": "token", "text": event.text}, ensure_ascii=False))
+    else:
+        click.echo(event.text, nl=False)
+
+
+def repl(out: Output, client: ChatClient, max_new_tokens: int | None) -> None:
+    out.info(HELP_LINE)
+    stdin = sys.stdin
+    while True:
+        click.echo("\nQuestion: ", nl=False)
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            return
+        if not line:
+            return  # EOF
+        text = line.strip()
+        if text in ("/exit", "exit"):
+            return
+        if text == "/reset":
+            client.reset()
+            out.info("history cleared")
+        elif text == "/stats":
+            out.text(json.dumps(client.stats(), indent=2))
+        elif text:
+            click.echo("Answer: ", nl=False)
+            try:
+                answer(out, client, text, max_new_tokens)
+            except KeyboardInterrupt:
+                return

@@ -1,0 +1,196 @@
+"""`sophon-fleet chat HOST` on a simulated box: one-shot, JSON, a scripted REPL, cancel, exit, no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sim.conftest import assert_nothing_left, connect, needs_root, run
+from tests.sim.flows import invoke, pull_and_push, use_fleet
+
+pytestmark = [pytest.mark.sim, needs_root]
+
+SOPHON_FLEET = str(Path(sys.executable).with_name("sophon-fleet"))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """One fleet for the module (deploying is the slow part): an int8-ready box with the int4 stand-in
+    pushed and the runtime deployed, and a bare box."""
+    from sim.fleet import Fleet
+
+    fleet = Fleet.up(tmp_path_factory.mktemp("fleet"), ["se7-ready-int8", "se7-int4-only"], mirror=True)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        try:
+            use_fleet(fleet, tmp_path_factory.mktemp("user"), monkeypatch)
+            pull_and_push(fleet, "int4", names=["se7-1"])
+            code, out, err = invoke("deploy", "-i", str(fleet.inventory_path), "--limit", "se7-1")
+            assert code == 0, out + err
+            yield fleet
+        finally:
+            assert fleet.down() == []
+            assert_nothing_left(fleet)
+
+
+@pytest.fixture
+def slow_tpu(fleet):
+    """Answers that take long enough to interrupt (100 ms per graph run), for one test."""
+    fleet.fault("se7-1", "slow-tpu", "100")
+    yield
+    fleet.fault("se7-1", "slow-tpu", "0")
+
+
+def chat_processes(fleet, name="se7-1"):
+    _, out = run(connect(fleet, name), "pgrep -f '[c]hat serve --stdio' || true")
+    return out.split()
+
+
+def wait_no_chat_process(fleet, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while chat_processes(fleet) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return chat_processes(fleet)
+
+
+def test_one_shot_prompt_streams_an_answer(fleet):
+    code, out, err = invoke(
+        "chat", "se7-1", "-i", str(fleet.inventory_path), "--prompt", "你好", "--max-new-tokens", "12"
+    )
+    assert code == 0, err
+    assert out.strip()
+    assert "int4 loaded in" in err and "FTL:" in err and "TPS:" in err
+    assert wait_no_chat_process(fleet) == []
+
+
+def test_json_emits_the_protocol_events(fleet):
+    code, out, _ = invoke(
+        "chat",
+        "se7-1",
+        "-i",
+        str(fleet.inventory_path),
+        "--prompt",
+        "hello",
+        "--json",
+        "--max-new-tokens",
+        "5",
+    )
+    assert code == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[0]["event"] == "ready" and events[-1]["event"] == "done"
+    assert {e["event"] for e in events[1:-1]} == {"token"}
+    assert events[-1]["tokens"] == len(events) - 2 or events[-1]["tokens"] >= 1
+
+
+def test_scripted_repl_with_reset_stats_and_exit(fleet):
+    script = "hello box\n/stats\n/reset\nhello box\n/exit\n"
+    code, out, err = invoke(
+        "chat", "se7-1", "-i", str(fleet.inventory_path), "--max-new-tokens", "8", input=script
+    )
+    assert code == 0, err
+    assert out.count("Answer: ") == 2
+    stats = json.loads(out[out.index("{") : out.index("}") + 1])
+    assert stats["answers"] == 1 and stats["turns"] == 1
+    first, second = (part.split("\n")[0] for part in out.split("Answer: ")[1:])
+    assert first == second  # greedy after /reset: the same answer to the same question
+    assert wait_no_chat_process(fleet) == []
+
+
+def test_not_ready_box_says_what_is_missing(fleet):
+    code, _, err = invoke("chat", "se7-2", "-i", str(fleet.inventory_path), "--prompt", "hi")
+    assert code == 3
+    assert "the chat runtime is not deployed" in err and "sophon-fleet deploy" in err
+
+
+def spawn_chat(fleet, *args):
+    return subprocess.Popen(
+        [SOPHON_FLEET, "chat", "se7-1", "-i", str(fleet.inventory_path), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
+
+
+def read_until(stream, marker: bytes, timeout=30.0) -> bytes:
+    os.set_blocking(stream.fileno(), False)
+    seen, deadline = b"", time.monotonic() + timeout
+    while marker not in seen:
+        assert time.monotonic() < deadline, f"never saw {marker!r} in {seen[-300:]!r}"
+        chunk = stream.read()
+        seen += chunk or b""
+        time.sleep(0.02)
+    return seen
+
+
+def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet, slow_tpu):
+    proc = spawn_chat(fleet)
+    try:
+        read_until(proc.stdout, b"Question: ")
+        proc.stdin.write(b"tell me a very long story about boxes\n")
+        proc.stdin.flush()
+        read_until(proc.stdout, b"Answer: ")
+        proc.send_signal(signal.SIGINT)
+        err = read_until(proc.stderr, b"cancel)")
+        assert b"tokens, cancel)" in err
+        read_until(proc.stdout, b"Question: ")  # the session goes on
+        proc.stdin.close()  # EOF
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+    assert wait_no_chat_process(fleet) == []
+
+
+def test_losing_the_connection_mid_answer_leaves_nothing_on_the_box(fleet, slow_tpu):
+    proc = spawn_chat(fleet)
+    try:
+        read_until(proc.stdout, b"Question: ")
+        proc.stdin.write(b"tell me everything\n")
+        proc.stdin.flush()
+        read_until(proc.stdout, b"Answer: ")
+        assert chat_processes(fleet)
+        proc.kill()  # the controller dies: its TCP connection goes with it
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+    assert wait_no_chat_process(fleet) == []
+
+
+def test_bench_json_table_and_chart(fleet, tmp_path):
+    chart = tmp_path / "bench.png"
+    code, out, err = invoke(
+        "bench",
+        "-i",
+        str(fleet.inventory_path),
+        "--runs",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--chart",
+        str(chart),
+    )
+    assert code == 3  # se7-2 has no runtime: reported, the other box is benchmarked
+    hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
+    one = hosts["se7-1"]
+    assert one["ok"] and one["variant"] == "int4" and len(one["runs"]) == 2
+    assert one["published"] == {"ftl_s": 1.114, "tps": 7.489}
+    assert one["ftl_s"]["min"] <= one["ftl_s"]["median"] <= one["ftl_s"]["max"]
+    assert not hosts["se7-2"]["ok"] and "sophon-fleet deploy" in hosts["se7-2"]["hint"]
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    code, out, _ = invoke(
+        "bench", "-i", str(fleet.inventory_path), "--limit", "se7-1", "--runs", "1", "--max-new-tokens", "4"
+    )
+    assert code == 0 and "published" in out and "1.114" in out and "7.489" in out
+    assert wait_no_chat_process(fleet) == []
