@@ -239,7 +239,9 @@ def _platform_warnings(facts: Facts, manifest: Manifest) -> list[Reason]:
                 f"python3 is {facts.python.version}; the SAIL wheel is built for {manifest.min_python}",
             )
         )
-    if facts.python.version and not facts.python.sail_ok:
+    # a runtime deployed with its own SAIL wheel is named `<version>-<id>-sail` (provision/deploy.py)
+    runtime_has_sail = bool(facts.runtime and facts.runtime.endswith("-sail"))
+    if facts.python.version and not facts.python.sail_ok and not runtime_has_sail:
         warnings.append(
             Reason(
                 "no-sail",

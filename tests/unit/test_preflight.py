@@ -215,3 +215,9 @@ def test_lock_sizes_come_from_the_models_lock(tmp_path):
         "model: glm4-9b\nfiles:\n  bmodel-int8:\n    size: 10737418240\n    sha256: " + "a" * 64 + "\n"
     )
     assert lock_sizes(load_manifest(str(manifest_path))) == {"bmodel-int8": 10 * GiB}
+
+
+def test_no_sail_warning_is_dropped_when_the_runtime_carries_its_own():
+    no_sail = PythonFacts("3.8.2", False, "ModuleNotFoundError: No module named 'sophon'")
+    verdict = judge(HOST, facts(python=no_sail, runtime="0.1.0-ab12cd-sail"), MANIFEST)
+    assert "no-sail" not in codes(verdict.warnings)
