@@ -18,6 +18,7 @@ from provision.assets.push import DEFAULT_ROOT, BoxPush, BoxTarget, PushEvent, p
 from provision.errors import ConnectError, FleetError, NotReadyError
 from provision.inventory import Host
 from provision.manifest import Manifest
+from provision.preflight import run_preflight
 from provision.transport import Connector
 
 PUSHABLE = ("ready-int8", "ready-int4", "needs-memory-layout")
@@ -30,8 +31,6 @@ def choose_variants(
     if variant != "auto":
         manifest.variant(variant)  # a ConfigError naming the known variants
         return {h.name: h.variant or variant for h in hosts}, {}
-    from provision.preflight import run_preflight
-
     sizes = {fid: entry.size for fid, entry in lock.entries.items()}
     report = run_preflight(hosts, connector, manifest, variant="auto", file_sizes=sizes, forks=forks)
     chosen: dict[str, str] = {}
