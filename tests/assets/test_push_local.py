@@ -263,3 +263,20 @@ def test_loadable_standins_pulled_and_pushed_run_the_chat_runtime(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] is True
+
+
+def test_box_holding_a_file_the_lock_no_longer_pins_gets_the_new_one(tmp_path, pulled, tree):
+    """Boxes are checked against the lock: a verified marker for other content does not count."""
+    manifest, lock, cache = pulled
+    root = str(tmp_path / "box")
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    old = b"an older vendor build"
+    (vdir / "glm4-9b_int4_1dev.bmodel").write_bytes(old)
+    marker = {"size": len(old), "sha256": "c" * 64}
+    (vdir / "glm4-9b_int4_1dev.bmodel.verified").write_text(json.dumps(marker))
+    result = BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "sent"
+    assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
