@@ -19,7 +19,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,10 +82,6 @@ def preflight(inventory: Path, limit: str, home: Path) -> float:
     return elapsed
 
 
-def median_of(runs: int, measure: Callable[[], float]) -> float:
-    return statistics.median(measure() for _ in range(runs))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,13 +109,17 @@ def main() -> None:
             for size in sizes:
                 hosts = list(every[:size])
                 limit = ",".join(h.name for h in hosts)
-                bare = median_of(args.runs, lambda h=hosts: floor(h, known_hosts, "true", None))
-                bare_probe = median_of(args.runs, lambda h=hosts: floor(h, known_hosts, probe, password))
-                ours = median_of(args.runs, lambda lim=limit: preflight(inventory, lim, home))
+                times: dict[str, list[float]] = {"true": [], "probe": [], "ours": []}
+                for _ in range(args.runs):  # interleaved, so all three see the same machine load
+                    times["true"].append(floor(hosts, known_hosts, "true", None))
+                    times["probe"].append(floor(hosts, known_hosts, probe, password))
+                    times["ours"].append(preflight(inventory, limit, home))
+                bare, bare_probe, ours = (statistics.median(times[k]) for k in ("true", "probe", "ours"))
                 print(
                     f"{size:>5} {bare:>11.3f}s {bare_probe:>12.3f}s {ours:>9.3f}s "
                     f"{ours / bare:>7.2f}x {ours / bare_probe:>8.2f}x"
                 )
+            print(f"load average after the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         finally:
             fleet.down()
 

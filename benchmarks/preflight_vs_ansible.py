@@ -123,6 +123,7 @@ def main() -> None:
     print(f"  ansible ad-hoc shell (paramiko, forks {args.boxes}): {a:6.2f} s   runs {_fmt(ansible)}")
     print(f"  sophon-fleet preflight --json:                {p:6.2f} s   runs {_fmt(ours)}")
     print(f"  preflight is {a / p:.1f}x faster (target >= 3x)")
+    print(f"  load average after the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def _fmt(values: list[float]) -> str:

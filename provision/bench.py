@@ -11,7 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.remote_chat import ChatClient, answer_text
+from provision.facts import gather
+from provision.manifest import Manifest
+from provision.remote_chat import ChatClient, answer_text, choose_variant, serve_command
+from provision.transport import Transport
 
 SEED_PROMPT = "请使用C++写一段冒泡排序算法。"
 PUBLISHED: dict[str, tuple[float, float]] = {"int8": (1.181, 4.471), "int4": (1.114, 7.489)}  # FTL s, tok/s
@@ -87,6 +90,24 @@ def bench_client(
         if on_run:
             on_run(index, run)
     return BoxBench(host, variant, tuple(results))
+
+
+def bench_box(
+    transport: Transport, host: str, manifest: Manifest, *, runs: int, prompt: str, max_new_tokens: int | None
+) -> BoxBench:
+    """Start the box's runtime once, ask `runs` times from a fresh history, stop it (no orphan)."""
+    variant = choose_variant(gather(transport), manifest, "auto", host)
+    session = transport.open_exec(serve_command(manifest, variant))
+    client = ChatClient(session.stdin, session.stdout, name=host)
+    try:
+        ready = client.wait_ready()
+        result = bench_client(
+            client, host=host, variant=variant, runs=runs, prompt=prompt, max_new_tokens=max_new_tokens
+        )
+        return BoxBench(result.host, result.variant, result.runs, ready.load_s)
+    finally:
+        client.quit()
+        session.close()
 
 
 def write_chart(results: Sequence[BoxBench], path: Path) -> Path:

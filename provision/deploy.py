@@ -25,7 +25,7 @@ from typing import Any
 from provision import __version__, box_install
 from provision.assets.cache import Cache
 from provision.assets.lock import Lock
-from provision.assets.push import BoxPusher, ExecChannel, PushEvent, PushItem
+from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
 from provision.errors import FleetError, NotReadyError, RemoteError
 from provision.facts import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
@@ -154,7 +154,7 @@ class Deployer:
             return None
 
     def push(self, bundle: Bundle, on_event: Callable[[PushEvent], None]) -> int:
-        opener = lambda command: ExecChannel(self.transport.open_exec(command))  # noqa: E731
+        opener = transport_opener(self.transport)
         pusher = BoxPusher(
             self.host, opener, "runtime", bundle.version, bundle.items, root=BASE, progress=on_event
         )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from provision.errors import FactError
-from provision.memory import Layout
+from provision.memory import Layout, parse_memory_edit_c
 from provision.transport import Transport, quote_command
 
 MIB = 1024 * 1024
@@ -33,11 +33,37 @@ DISKS = ("/", "/data", "/boot")
 _PYTHON = """import sys
 print("python %d.%d.%d" % sys.version_info[:3])
 try:
-    import sophon.sail
+    import sophon.sail as sail
     print("sail ok")
+    print("path %s" % getattr(sail, "__file__", "-"))
 except BaseException as e:
     print("sail error %s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
 """
+# A successful `import sophon.sail` costs 0.1-0.5 s of box CPU (it loads libsophon, or numpy on the sim), so
+# its result is kept on the box and reused while python3, libsophon-current and the sail module file are the
+# same (stat size/mtime); failures are never cached. `fresh=True` (doctor) always imports.
+PYTHON_CACHE = "$HOME/.cache/sophon-fleet/python-facts"
+_PYTHON_KEY = (
+    "pykey() { readlink /opt/sophon/libsophon-current; "
+    'stat -Lc "%n:%s:%Y" "$(command -v python3)" /opt/sophon/libsophon-current "$1" 2>/dev/null; }'
+)
+
+
+def _python_section(*, fresh: bool) -> str:
+    run = f'out=$(python3 -c {quote_command([_PYTHON])} 2>&1) || out="$out\npython missing"'
+    if fresh:
+        return f'{run}; printf "%s\\n" "$out"'
+    cache = PYTHON_CACHE
+    return (
+        f"{_PYTHON_KEY}; c={cache}; "
+        f'if [ -r "$c" ] && p=$(sed -n "s/^path //p" "$c") && [ -n "$p" ] '
+        f'&& [ "$(sed -n "/^key$/,/^end$/p" "$c")" = "$(echo key; pykey "$p"; echo end)" ]; '
+        f'then grep -E "^(python|sail|path) " "$c"; else {run}; printf "%s\\n" "$out"; '
+        f'case "$out" in *"sail ok"*) p=$(printf "%s\\n" "$out" | sed -n "s/^path //p"); '
+        f'mkdir -p "${{c%/*}}" 2>/dev/null && {{ echo key; pykey "$p"; echo end; printf "%s\\n" "$out"; }} '
+        f'> "$c.$$" 2>/dev/null && mv -f "$c.$$" "$c" 2>/dev/null || rm -f "$c.$$"; esac; fi'
+    )
+
 
 _ROOT = (
     'for k in npu vpu vpp; do printf "%s " "$k"; '
@@ -46,8 +72,11 @@ _ROOT = (
 )
 
 
-def probe_script(*, with_password: bool) -> str:
-    """The shell script gathering every fact; root parts via `sudo -S` (password on stdin) or `sudo -n`."""
+def probe_script(*, with_password: bool, fresh: bool = False) -> str:
+    """The shell script gathering every fact; root parts via `sudo -S` (password on stdin) or `sudo -n`.
+
+    `fresh` re-imports sophon.sail even when the box's cached result is still valid.
+    """
     sudo = "sudo -S -p ''" if with_password else "sudo -n"
     sections: list[tuple[str, str]] = [
         ("hostname", "hostname"),
@@ -84,7 +113,7 @@ def probe_script(*, with_password: bool) -> str:
     ]
     # the two slow parts (python3 start + `import sophon.sail`; sudo) run in the background meanwhile
     slow = [
-        ("python", f"python3 -c {quote_command([_PYTHON])} 2>&1 || echo 'python missing'"),
+        ("python", _python_section(fresh=fresh)),
         (
             "root",
             f'kit=$(for k in {" ".join(KIT_PATHS)}; do [ -f "$k" ] && echo "$k" && break; done); '
@@ -215,10 +244,13 @@ class Facts:
 # ---------------------------------------------------------------------------------------------- gather
 
 
-def gather(transport: Transport, *, timeout: float | None = None) -> Facts:
-    """Run the probe on one box (one round trip) and parse it. Raises ConnectError, RemoteError, FactError."""
+def gather(transport: Transport, *, timeout: float | None = None, fresh: bool = False) -> Facts:
+    """Run the probe on one box (one round trip) and parse it. Raises ConnectError, RemoteError, FactError.
+
+    `fresh`: import sophon.sail again even if the box's cached result is still valid (doctor does).
+    """
     password = transport.become_password
-    script = probe_script(with_password=password is not None)
+    script = probe_script(with_password=password is not None, fresh=fresh)
     result = transport.run(
         quote_command(["sh", "-c", script]),
         stdin=(password + "\n") if password is not None else None,
@@ -510,6 +542,7 @@ def version_tuple(text: str | None) -> tuple[int, ...] | None:
 PARSERS = {
     "bm_version": parse_bm_version,
     "memory_edit_p": parse_memory_edit_p,
+    "memory_edit_c": parse_memory_edit_c,
     "total_mem": parse_total_mem,
     "cpuinfo": parse_cpuinfo,
     "python": parse_python,

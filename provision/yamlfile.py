@@ -12,6 +12,8 @@ import yaml
 from provision.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
+# libyaml's parser when PyYAML has it (about 10x faster; same nodes and marks), else the pure-Python one
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def load_yaml(path: Path | str) -> Located:
 
 def parse_yaml(text: str, file: str) -> Located:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=FAST_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None

@@ -45,6 +45,8 @@ FAULTS = (
     "slow-tpu",
     "memedit-fails",
     "itb-corrupt",
+    "itb-wrong-layout",
+    "memedit-slow",
     "heal",
 )
 

@@ -130,10 +130,11 @@ def load_lock(manifest: Manifest, path: Path | None = None) -> Lock:
     if not isinstance(files, dict):
         raise doc.error(("files",), "must be a mapping of file id to path, size, sha256")
     lock = Lock(model=manifest.model, path=path)
+    known = {**manifest.files, **({manifest.kit.id: manifest.kit} if manifest.kit else {})}  # + memedit kit
     for fid, item in files.items():
         where = ("files", fid)
-        if fid not in manifest.files:
-            raise doc.error(where, f"unknown file id (the manifest has: {', '.join(manifest.files)})")
+        if fid not in known:
+            raise doc.error(where, f"unknown file id (the manifest has: {', '.join(known)})")
         if not isinstance(item, dict):
             raise doc.error(where, "must be a mapping with path, size, sha256")
         size, sha = item.get("size"), item.get("sha256")
@@ -141,7 +142,5 @@ def load_lock(manifest: Manifest, path: Path | None = None) -> Lock:
             raise doc.error((*where, "size"), "must be a number of bytes")
         if not isinstance(sha, str) or not SHA256.match(sha):
             raise doc.error((*where, "sha256"), "must be 64 lowercase hex digits")
-        lock.entries[fid] = LockEntry(
-            path=str(item.get("path") or manifest.files[fid].path), size=size, sha256=sha
-        )
+        lock.entries[fid] = LockEntry(path=str(item.get("path") or known[fid].path), size=size, sha256=sha)
     return lock

@@ -18,6 +18,9 @@ COMMANDS: dict[str, str] = {
     "doctor": "provision.cli.preflight:doctor",
     "deploy": "provision.cli.deploy:deploy",
     "chat": "provision.cli.chat:chat",
+    "bench": "provision.cli.bench:bench",
+    "play": "provision.cli.play:play",
+    "memory": "provision.cli.memory:memory",
 }
 
 EPILOG = """\b

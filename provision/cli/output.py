@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 @dataclass
@@ -33,12 +34,25 @@ class Output:
         if self.verbosity > 0:
             self.err.print(f"[dim]{text}[/dim]")
 
-    def table(self, title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    def table(
+        self,
+        title: str | None,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        keep_whole: Sequence[str] = (),
+    ) -> None:
+        """A table; columns named in `keep_whole` are never wrapped or cut (e.g. 7615/3071/3071)."""
+        cells = [[str(cell) for cell in row] for row in rows]
         table = Table(title=title, show_lines=False, header_style="bold")
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(str(cell) for cell in row))
+        for i, column in enumerate(columns):
+            if column in keep_whole:
+                width = max([len(column), *(len(Text.from_markup(r[i]).plain) for r in cells)])
+                table.add_column(column, no_wrap=True, min_width=width)
+            else:
+                table.add_column(column)
+        for row in cells:
+            table.add_row(*row)
         self.console.print(table)
 
     def text(self, text: str) -> None:

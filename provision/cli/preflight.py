@@ -158,7 +158,7 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
         )
     target = inv.get(host) if host in inv.names() else inv.hosts[0]
     with connector_for(reach, inv) as connector:
-        facts = gather(connector.transport(target))
+        facts = gather(connector.transport(target), fresh=True)
     verdict = judge(target, facts, manifest, file_sizes=lock_sizes(manifest))
     if out.json:
         out.emit_json(doctor_json(target, facts, verdict))

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import simfit  # noqa: E402
@@ -183,7 +184,12 @@ def configure(log, d, image, sizes, name, active):
     print_configuration(log, image, sizes)
     if "memedit-fails" in active:
         raise Fail("Error: en_emmcfile")
-    new = image._replace(heaps=tuple(size // MIB for size in sizes))
+    if "memedit-slow" in active:  # a real box takes tens of seconds here; tests use it to hold a run
+        time.sleep(3)
+    heaps = tuple(size // MIB for size in sizes)
+    if "itb-wrong-layout" in active:  # the image boots, but not with what was asked (and checked)
+        heaps = tuple(max(1, mib // 2) for mib in heaps)
+    new = image._replace(heaps=heaps)
     raw = simfit.encode(new)
     if "itb-corrupt" in active:
         raw = raw[:-32] + bytes(b ^ 0xFF for b in raw[-32:])

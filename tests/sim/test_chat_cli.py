@@ -165,3 +165,32 @@ def test_losing_the_connection_mid_answer_leaves_nothing_on_the_box(fleet, slow_
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
     assert wait_no_chat_process(fleet) == []
+
+
+def test_bench_json_table_and_chart(fleet, tmp_path):
+    chart = tmp_path / "bench.png"
+    code, out, err = invoke(
+        "bench",
+        "-i",
+        str(fleet.inventory_path),
+        "--runs",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--chart",
+        str(chart),
+    )
+    assert code == 3  # se7-2 has no runtime: reported, the other box is benchmarked
+    hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
+    one = hosts["se7-1"]
+    assert one["ok"] and one["variant"] == "int4" and len(one["runs"]) == 2
+    assert one["published"] == {"ftl_s": 1.114, "tps": 7.489}
+    assert one["ftl_s"]["min"] <= one["ftl_s"]["median"] <= one["ftl_s"]["max"]
+    assert not hosts["se7-2"]["ok"] and "sophon-fleet deploy" in hosts["se7-2"]["hint"]
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    code, out, _ = invoke(
+        "bench", "-i", str(fleet.inventory_path), "--limit", "se7-1", "--runs", "1", "--max-new-tokens", "4"
+    )
+    assert code == 0 and "published" in out and "1.114" in out and "7.489" in out
+    assert wait_no_chat_process(fleet) == []

@@ -141,6 +141,12 @@ def test_faults_make_it_fail_or_produce_an_unbootable_image(box):
     new = (fleet.state.box_paths("se7-1").data / "memedit/memory_edit/emmcboot.itb").read_bytes()
     with pytest.raises(itb.InvalidImage):
         itb.decode(new)
+    fleet.fault("se7-1", "heal")
+    fleet.fault("se7-1", "itb-wrong-layout")
+    status, out = sudo(client, f"{KIT} -c -npu 7615 -vpu 3071 -vpp 3071")
+    assert status == 0 and "Info: check npu size: 0x1dbf00000 [7615 MiB]" in out  # it still says so
+    new = (fleet.state.box_paths("se7-1").data / "memedit/memory_edit/emmcboot.itb").read_bytes()
+    assert itb.decode(new).heaps == (3807, 1535, 1535)
 
 
 def test_the_folder_must_be_writable(sim_fleet):

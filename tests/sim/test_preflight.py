@@ -160,6 +160,14 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     assert code == 4
     assert hosts["se7-1"]["status"] == "blocked" and codes(hosts["se7-1"]) == ["data-too-small"]
     assert hosts["se7-2"]["status"] == "ready-int8" and "no-sail" in codes(hosts["se7-2"], "warnings")
+    # the box keeps a successful `import sophon.sail`; removing sail invalidates it, healing brings it back
+    fleet.fault("se7-2", "heal")
+    assert by_host(preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1])["se7-2"]["facts"][
+        "sail"
+    ]["ok"]
+    fleet.fault("se7-2", "no-sail")
+    entry = preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1]["hosts"][0]
+    assert entry["facts"]["sail"]["ok"] is False and "no-sail" in codes(entry, "warnings")
     assert (
         hosts["se7-3"]["status"] == "unreachable"
         and "no answer within 2 s" in hosts["se7-3"]["reasons"][0]["message"]
@@ -177,6 +185,26 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     assert code == 3 and entry["status"] == "blocked" and codes(entry) == ["heaps-unknown"]
     assert "sudo refused" in entry["reasons"][0]["message"]
     assert "not-the-password" not in json.dumps(doc)
+
+    # no sudo password at all: `sudo -n` fails fast; -K asks once and the heaps are read
+    del data["defaults"]["become_password_env"]
+    wrong.write_text(yaml.safe_dump(data))
+    code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
+    assert code == 3 and "a password is required" in doc["hosts"][0]["reasons"][0]["message"]
+    result = CliRunner().invoke(
+        cli, ["preflight", "--json", "-K", "-i", str(wrong), "--limit", "se7-2"], input="linaro\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert '"status": "ready-int8"' in result.output
+
+    # password login instead of a key, the password from an env var
+    data["defaults"].pop("key")
+    data["defaults"]["password_env"] = "SE7_SSH_PW"
+    data["defaults"]["become_password_env"] = "SE7_SSH_PW"
+    wrong.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("SE7_SSH_PW", "linaro")
+    code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
+    assert code == 0 and doc["hosts"][0]["status"] == "ready-int8"
 
 
 def test_host_keys_unknown_refused_accept_new_pins_changed_refused(sim_fleet):
@@ -230,3 +258,31 @@ def test_inventory_command_masks_secrets(sim_fleet, tmp_path):
     bad.write_text("hosts:\n  se7-1: {address: 10.0.0.1, port: seventy}\n")
     code, output = invoke("preflight", "-i", str(bad))
     assert code == 2 and f"{bad}:2: hosts.se7-1.port: must be a port number" in output
+
+
+def test_airbox_kit_gives_the_boxs_own_max(sim_fleet, tmp_path):
+    fleet = sim_fleet(["airbox"])
+    inv = str(fleet.inventory_path)
+    code, text = invoke("doctor", "se7-1", "-i", inv)
+    assert code == 0
+    assert "heaps max:    7615/3071/4096 MiB (npu/vpu/vpp), total 14782 MiB" in text
+    assert "memory_edit:  /opt/sophon/memory_edit/memory_edit.sh (v2.12)" in text
+    # a stricter manifest makes the factory heaps too small: the layout comes from the box's own max
+    from provision.manifest import MODELS_DIR
+
+    strict = tmp_path / "glm4-strict.yaml"
+    strict.write_text(
+        (MODELS_DIR / "glm4-9b.yaml").read_text().replace("min_heap_mib: 7168", "min_heap_mib: 12000")
+    )
+    code, doc = preflight_json("-i", inv, "--model", str(strict), "--variant", "int8")
+    entry = doc["hosts"][0]
+    assert code == 3 and entry["status"] == "needs-memory-layout"
+    assert entry["suggested_layout"]["max_source"] == "memory_edit"
+    assert entry["suggested_layout"]["max"] == {"npu": 7615, "vpu": 3071, "vpp": 4096, "total": 14782}
+    assert (
+        entry["suggested_layout"]["npu"],
+        entry["suggested_layout"]["vpu"],
+        entry["suggested_layout"]["vpp"],
+    ) == (7615, 3071, 3071)
+    assert entry["facts"]["heaps"]["memory_edit_version"] == "2.12"
+    assert "max-unknown" not in codes(entry, "warnings")

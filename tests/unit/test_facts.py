@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -139,3 +140,36 @@ def test_probe_script_keeps_the_password_off_argv():
 )
 def test_version_tuple(text, expected):
     assert version_tuple(text) == expected
+
+
+def test_gather_runs_one_probe_with_the_password_on_stdin():
+    from provision.facts import gather
+    from provision.inventory import Host
+    from tests.fakes import FakeTransport, Script
+
+    case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
+    fake = FakeTransport(
+        Host(name="se7-1", address="10.0.0.1"), [Script(r"^sh -c ", case["output"])], "s3cr3t-Pw"
+    )
+    facts = gather(fake)
+    assert facts.heaps_now == Layout(3950, 2048, 3072) and facts.libsophon == "0.5.1"
+    [(command, sudo, stdin)] = fake.calls
+    assert stdin == "s3cr3t-Pw\n" and not sudo and "s3cr3t" not in command
+    assert "sudo -S -p ''" in shlex.split(command)[2]
+
+
+def test_gather_without_a_password_uses_sudo_n():
+    from provision.facts import gather
+    from provision.inventory import Host
+    from tests.fakes import FakeTransport, Script
+
+    fake = FakeTransport(Host(name="b", address="b"), [Script(r"sudo -n", "garbage without end marker")])
+    with pytest.raises(FactError, match="truncated"):
+        gather(fake)
+    assert fake.calls[0][2] is None
+
+
+def test_python_section_caches_only_successes_and_doctor_can_bypass():
+    cached = probe_script(with_password=False)
+    assert "python-facts" in cached and '*"sail ok"*)' in cached
+    assert "python-facts" not in probe_script(with_password=False, fresh=True)

@@ -251,3 +251,8 @@ def test_limit(tmp_path, pattern, expected):
 
 def test_limit_matching_nothing_is_an_error(tmp_path):
     assert "--limit 'nope' matches no host" in error_of([write(tmp_path, "inv.yml", OWN)], limit="nope")
+
+
+def test_hosts_are_hashable_and_comparable(tmp_path):
+    inv = load_inventory([write(tmp_path, "inv.yml", OWN)])
+    assert len({*inv.hosts, *inv.hosts}) == 3

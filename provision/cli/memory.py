@@ -1,0 +1,472 @@
+"""`sophon-fleet memory plan | apply | rollback`: TPU memory layouts (npu/vpu/vpp ion heaps)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from provision.cli.errors import Exit, reports_errors
+from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.options import json_option
+from provision.cli.output import Output
+from provision.errors import ConfigError, ConnectError, FleetError
+from provision.facts import gather
+from provision.fleet import FleetResult, SkippedError, run_fleet
+from provision.inventory import Host, Inventory
+from provision.manifest import load_manifest
+from provision.memedit import ApplyFailed, ApplyOptions, BoxResult, Stage, apply_box, rollback_box
+from provision.memkit import LocalKit, resolve_kit
+from provision.memory import Layout
+from provision.memplan import Action, BoxMemory, BoxPlan, Request, box_memory, plan_box, request_for
+from provision.reboot import RebootPolicy
+from provision.settings import Settings, load_settings
+from provision.transport import Connector
+
+ACTION_STYLE = {
+    Action.NOTHING: "green",
+    Action.APPLY: "yellow",
+    Action.CHECK: "yellow",
+    Action.REFUSED: "red",
+}
+
+
+@click.group("memory")
+def memory() -> None:
+    """TPU memory layouts: plan, apply (memory_edit + verified boot image swap + reboot), roll back.
+
+    \b
+    Examples:
+      sophon-fleet memory plan -i /run/sophon-fleet-sim/inventory.yml
+      sophon-fleet memory apply -i hosts.yml --kit memory_edit_v2.12.tar.xz --serial 1 --max-fail-percent 0
+      sophon-fleet memory rollback se7-2 -i hosts.yml
+    """
+
+
+def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--variant",
+            type=click.Choice(["int8", "int4"]),
+            help="Target the manifest's recommended layout for this variant (default int8's threshold).",
+        ),
+        click.option("--npu", type=click.IntRange(min=0), help="Explicit npu heap, MiB (with --vpu, --vpp)."),
+        click.option("--vpu", type=click.IntRange(min=0), help="Explicit vpu heap, MiB."),
+        click.option("--vpp", type=click.IntRange(min=0), help="Explicit vpp heap, MiB."),
+        click.option("--model", default="glm4-9b", show_default=True, help="Model manifest."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def request_from(kwargs: dict[str, Any]) -> Request:
+    manifest = load_manifest(kwargs.pop("model"))
+    sizes = [kwargs.pop(k) for k in ("npu", "vpu", "vpp")]
+    variant = kwargs.pop("variant")
+    if any(s is not None for s in sizes) and not all(s is not None for s in sizes):
+        raise ConfigError("give all three of --npu, --vpu and --vpp (MiB), or none", key="--npu")
+    layout = Layout(*sizes) if all(s is not None for s in sizes) else None
+    return request_for(manifest, variant=variant, layout=layout)
+
+
+@dataclass(frozen=True)
+class PlannedBox:
+    host: Host
+    box: BoxMemory | None
+    plan: BoxPlan | None
+    error: FleetError | None
+
+
+def plan_hosts(inventory: Inventory, connector: Connector, request: Request, forks: int) -> list[PlannedBox]:
+    """Gather facts on every box in parallel (one round trip each) and plan each."""
+
+    def task(host: Host) -> BoxMemory:
+        return box_memory(host.name, gather(connector.transport(host)))
+
+    result = run_fleet(inventory.hosts, task, forks=forks)
+    planned = []
+    for outcome in result:
+        box = outcome.value
+        plan = plan_box(box, request) if box is not None else None
+        planned.append(PlannedBox(outcome.host, box, plan, outcome.error))
+    return planned
+
+
+@memory.command("plan")
+@host_options
+@layout_options
+@json_option
+@click.pass_obj
+@reports_errors
+def plan_command(out: Output, **kwargs: Any) -> None:
+    """Per box: current layout, target, and what `memory apply` would do (nothing / apply + reboot / check /
+    refused and why). Changes nothing.
+
+    Exit 0 when every box can reach its target, 3 when some are refused, 4 when some are unreachable.
+    """
+    reach = reach_from(kwargs)
+    request = request_from(kwargs)
+    inv = resolve_inventory(reach)
+    with connector_for(reach, inv) as connector:
+        planned = plan_hosts(inv, connector, request, reach.forks)
+    render_plan(out, request, planned)
+    raise SystemExit(int(plan_exit(planned)))
+
+
+def plan_exit(planned: list[PlannedBox]) -> Exit:
+    if any(p.error is not None for p in planned):
+        return Exit.UNREACHABLE if any(isinstance(p.error, ConnectError) for p in planned) else Exit.FAILED
+    if any(p.plan and p.plan.action is Action.REFUSED for p in planned):
+        return Exit.NOT_READY
+    return Exit.OK
+
+
+def plan_json(request: Request, planned: list[PlannedBox]) -> dict[str, Any]:
+    return {
+        "schema": "sophon-fleet/memory-plan/v1",
+        "request": {
+            "layout": _layout(request.layout),
+            "explicit": request.explicit,
+            "variant": request.variant,
+            "min_total": request.min_total,
+        },
+        "hosts": [
+            {
+                "host": p.host.name,
+                "action": p.plan.action.value if p.plan else "error",
+                "current": _layout(p.plan.current) if p.plan else None,
+                "target": _layout(p.plan.target) if p.plan else None,
+                "max": _layout(p.plan.max) if p.plan else None,
+                "reason": p.plan.reason if p.plan else (p.error.message if p.error else ""),
+            }
+            for p in planned
+        ],
+    }
+
+
+def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> None:
+    if out.json:
+        out.emit_json(plan_json(request, planned))
+        return
+    rows = []
+    for p in planned:
+        if p.plan is None:
+            rows.append((p.host.name, "[magenta]error[/]", "-", "-", "-", p.error.message if p.error else ""))
+            continue
+        plan = p.plan
+        rows.append(
+            (
+                plan.host,
+                f"[{ACTION_STYLE[plan.action]}]{plan.action.value}[/]",
+                plan.current or "-",
+                plan.target or "-",
+                plan.max or "unknown",
+                plan.reason,
+            )
+        )
+    out.table(
+        f"memory plan: {request.describe()}",
+        ["host", "action", "now MiB", "target", "max", "why"],
+        rows,
+        keep_whole=("host", "action", "now MiB", "target", "max"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- apply
+
+
+@memory.command("apply")
+@host_options
+@layout_options
+@click.option(
+    "--kit", metavar="FILE|URL", help="memory_edit kit (default: the box's own, else the manifest's)."
+)
+@click.option("--serial", metavar="N|N%", help="Rolling: change this many boxes at a time.")
+@click.option(
+    "--max-fail-percent", type=click.FloatRange(min=0, max=100), help="Stop starting batches past this."
+)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before rebooting boxes.")
+@click.option("--dry-run", is_flag=True, help="Only show the plan (same as `memory plan`).")
+@click.option(
+    "--auto-rollback/--no-auto-rollback",
+    default=True,
+    show_default=True,
+    help="Restore the old image when a box boots with the wrong layout.",
+)
+@click.option(
+    "--reboot-timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Seconds per reboot.",
+)
+@click.option("--break-lock", is_flag=True, help="Remove a lock left on the boxes by a killed run first.")
+@json_option
+@click.pass_obj
+@reports_errors
+def apply_command(
+    out: Output,
+    kit: str | None,
+    serial: str | None,
+    max_fail_percent: float | None,
+    yes: bool,
+    dry_run: bool,
+    auto_rollback: bool,
+    reboot_timeout: float,
+    break_lock: bool,
+    **kwargs: Any,
+) -> None:
+    """Bring every box to its planned layout: memory_edit -c, verified backup, atomic boot image swap,
+    reboot, verify; a box that boots with the wrong layout is rolled back.
+
+    Exit 0 when every box is at its target, 1 when a box failed or was rolled back (or skipped by
+    --max-fail-percent), 3 when some were refused, 4 when some are unreachable, 130 when interrupted.
+    """
+    reach = reach_from(kwargs)
+    manifest_name = kwargs["model"]
+    request = request_from(kwargs)
+    inv = resolve_inventory(reach)
+    settings = load_settings()
+    local_kit = resolve_kit(kit, load_manifest(manifest_name), settings) if kit else None
+    with connector_for(reach, inv) as connector:
+        planned = plan_hosts(inv, connector, request, reach.forks)
+        if dry_run or not out.json:
+            render_plan(out, request, planned)
+        if dry_run:
+            raise SystemExit(int(plan_exit(planned)))
+        confirm_reboots(out, planned, yes)
+        options = ApplyOptions(
+            kit=local_kit,
+            kit_resolver=_lazy_kit(manifest_name, settings),
+            auto_rollback=auto_rollback,
+            reboot=RebootPolicy(timeout=reboot_timeout),
+            break_lock=break_lock,
+        )
+        by_name = {p.host.name: p for p in planned}
+        progress = progress_printer(out)
+        with interruptible(out) as cancel:
+
+            def task(host: Host) -> BoxResult:
+                p = by_name[host.name]
+                if p.error is not None:
+                    raise p.error
+                assert p.plan is not None and p.box is not None
+                return apply_box(
+                    connector.transport(host),
+                    p.plan,
+                    request,
+                    p.box,
+                    options,
+                    progress=progress,
+                    cancel=cancel,
+                )
+
+            result = run_fleet(
+                inv.hosts, task, forks=reach.forks, serial=serial, max_fail_percent=max_fail_percent
+            )
+    render_results(out, "memory apply", result, plan=plan_json(request, planned))
+    raise SystemExit(int(results_exit(result)))
+
+
+def _lazy_kit(model: str, settings: Settings) -> Callable[[], LocalKit]:
+    lock = threading.Lock()
+    found: list[LocalKit] = []
+
+    def resolve() -> LocalKit:
+        with lock:  # one download for the whole fleet
+            if not found:
+                found.append(resolve_kit(None, load_manifest(model), settings))
+            return found[0]
+
+    return resolve
+
+
+def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
+    rebooting = [p.host.name for p in planned if p.plan is not None and p.plan.reboots]
+    if not rebooting or yes:
+        return
+    names = ", ".join(rebooting)
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{len(rebooting)} boxes would be rebooted ({names})", key="--yes", hint="confirm with --yes"
+        )
+    if not click.confirm(f"Change the layout of and reboot {len(rebooting)} boxes: {names}?", err=True):
+        raise SystemExit(int(Exit.FAILED))
+
+
+def progress_printer(out: Output) -> Callable[[str, Stage, str], None]:
+    lock = threading.Lock()
+
+    def show(host: str, stage: Stage, detail: str) -> None:
+        with lock:
+            out.info(f"{host:<12} {stage.value:<9} {detail}".rstrip())
+
+    return show
+
+
+@contextmanager
+def interruptible(out: Output) -> Iterator[threading.Event]:
+    """Ctrl-C sets the event: each box stops at its next stage boundary (never inside a stage) and says
+    which boot image it has. Stages are bounded by their timeouts, so the run ends soon after."""
+    cancel = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        first = not cancel.is_set()
+        cancel.set()
+        out.info(
+            "interrupt: stopping each box at its next safe point ..."
+            if first
+            else "still stopping: boxes are finishing their current stage (a kill -9 leaves whole images too)"
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def results_exit(result: FleetResult[BoxResult]) -> Exit:
+    """Worst outcome first: interrupted 130, failed/rolled back/skipped 1, unreachable 4, refused 3."""
+    errors = [o.error for o in result if o.error is not None]
+    refused = [e for e in errors if isinstance(e, ApplyFailed) and e.refused]
+    unreachable = [e for e in errors if isinstance(e, ConnectError)]
+    if any(isinstance(e, ApplyFailed) and e.cancelled for e in errors):
+        return Exit.INTERRUPTED
+    if len(errors) > len(refused) + len(unreachable):
+        return Exit.FAILED
+    if unreachable:
+        return Exit.UNREACHABLE
+    return Exit.NOT_READY if refused else Exit.OK
+
+
+def results_json(
+    command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    planned = {h["host"]: h for h in plan["hosts"]} if plan else {}
+    hosts = []
+    for o in result:
+        entry: dict[str, Any] = {"host": o.host.name, "seconds": round(o.seconds, 2)}
+        if o.host.name in planned:
+            entry["plan"] = {k: v for k, v in planned[o.host.name].items() if k != "host"}
+        if o.value is not None:
+            v = o.value
+            entry.update(
+                result=v.status.value,
+                before=_layout(v.before),
+                after=_layout(v.after),
+                backup=v.backup.to_json() if v.backup else None,
+                note=v.note,
+            )
+        elif isinstance(o.error, ApplyFailed):
+            e = o.error
+            entry.update(
+                result="refused" if e.refused else ("interrupted" if e.cancelled else "failed"),
+                stage=e.stage.value,
+                image=e.image,
+                error=e.message,
+                hint=e.hint,
+                backup=e.backup.to_json() if e.backup else None,
+                recovery=list(e.recovery),
+            )
+        elif o.error is not None:
+            kind = "skipped" if isinstance(o.error, SkippedError) else "unreachable"
+            entry.update(result=kind if isinstance(o.error, SkippedError | ConnectError) else "failed")
+            entry.update(error=o.error.message, hint=o.error.hint)
+        hosts.append(entry)
+    doc: dict[str, Any] = {"schema": f"sophon-fleet/{command.replace(' ', '-')}/v1", "hosts": hosts}
+    if plan:
+        doc["request"] = plan["request"]
+    return doc
+
+
+def render_results(
+    out: Output, command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
+) -> None:
+    doc = results_json(command, result, plan)
+    if out.json:
+        out.emit_json(doc)
+        return
+    rows = [
+        (
+            h["host"],
+            h["result"],
+            _text(h.get("before") or h.get("plan", {}).get("current")),
+            _text(h.get("after")),
+            h.get("image") or ("new" if h["result"] in ("applied", "restored") else "-"),
+            h.get("stage", "") if "error" in h else h.get("note", ""),
+        )
+        for h in doc["hosts"]
+    ]
+    out.table(
+        command,
+        ["host", "result", "before", "after", "boot image", "stage / note"],
+        rows,
+        keep_whole=("host", "result", "before", "after", "boot image"),
+    )
+    for h in doc["hosts"]:
+        if h.get("error"):
+            out.text(f"{h['host']}: {h['result']}: {h['error']}")
+        if h.get("recovery"):
+            out.text(f"{h['host']}: to recover:")
+            for step in h["recovery"]:
+                out.text(f"  - {step}")
+        if h.get("hint"):
+            out.text(f"{h['host']}: hint: {h['hint']}")
+
+
+def _text(layout: dict[str, int] | None) -> str:
+    return "/".join(str(layout[k]) for k in ("npu", "vpu", "vpp")) if layout else "-"
+
+
+def _layout(layout: Layout | None) -> dict[str, int] | None:
+    return {"npu": layout.npu, "vpu": layout.vpu, "vpp": layout.vpp} if layout else None
+
+
+# ---------------------------------------------------------------------------------------------- rollback
+
+
+@memory.command("rollback")
+@click.argument("host")
+@host_options
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before rebooting the box.")
+@click.option(
+    "--reboot-timeout",
+    type=click.FloatRange(min=1),
+    default=600,
+    show_default=True,
+    help="Seconds per reboot.",
+)
+@click.option("--break-lock", is_flag=True, help="Remove a lock left on the box by a killed run first.")
+@json_option
+@click.pass_obj
+@reports_errors
+def rollback_command(
+    out: Output, host: str, yes: bool, reboot_timeout: float, break_lock: bool, **kwargs: Any
+) -> None:
+    """Restore the newest boot image backup `memory apply` made on HOST (sha256 verified), reboot, verify.
+
+    Exit 0 when the box runs the restored layout, 1 otherwise, 4 when it cannot be reached.
+    """
+    reach = reach_from(kwargs)
+    inv = resolve_inventory(Reach(**{**reach.__dict__, "limit": host}))
+    target = inv.hosts[0]
+    if not yes:
+        planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
+        confirm_reboots(out, planned, yes)
+    options = ApplyOptions(reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock)
+    progress = progress_printer(out)
+    with connector_for(reach, inv) as connector, interruptible(out) as cancel:
+        result = run_fleet(
+            [target],
+            lambda h: rollback_box(connector.transport(h), options, progress=progress, cancel=cancel),
+        )
+    render_results(out, "memory rollback", result)
+    raise SystemExit(int(results_exit(result)))

@@ -1,0 +1,462 @@
+"""`memory apply` / `memory rollback` on one box: the chain that changes the boot image, safely.
+
+    lock → kit (upload or preinstalled) → check (`-p` as root: maxima, plan again) → edit (`-c` as root;
+    every `check … size` must equal the request, any `Error` aborts with /boot untouched) → backup (current
+    image + sha256 + layout to /data/sophon-fleet/backups) → swap (copy to a temporary name in /boot, sync,
+    verify, rename over emmcboot.itb, sync, sha256 read back) → reboot → waiting (new boot_id) → verify
+    (heaps now == target) → verified; a wrong layout after boot → rollback (restore the backup, reboot,
+    verify the old heaps).
+
+The boot image operations themselves (backup, swap, read-back) are in `provision/bootimage.py`.
+
+The box's boot image is always either the old or the new one: the new image reaches /boot/emmcboot.itb only
+by `rename(2)` from a verified, synced temporary file. Cancelling (Ctrl-C) is checked between stages, never
+inside one, so each box reports exactly which image it was left with.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from provision import boxlock, memkit
+from provision.bootimage import (
+    BOOT_IMAGE,
+    MEMEDIT_BAK,
+    Backup,
+    latest_backup,
+    make_backup,
+    read_heaps,
+    sha256_on_box,
+    swap_in,
+)
+from provision.errors import FactError, FleetError, IntegrityError, RemoteError
+from provision.facts import MemoryEditReport, parse_memory_edit_p
+from provision.memory import Layout, parse_memory_edit_c
+from provision.memplan import Action, BoxMemory, BoxPlan, Request, plan_box
+from provision.reboot import (
+    Cancelled,
+    RebootPolicy,
+    RebootTimeout,
+    read_boot_id,
+    request_reboot,
+    wait_for_new_boot,
+)
+from provision.transport import Transport
+
+LOCK_NAME = "memory"
+EDIT_TIMEOUT = 300.0  # memory_edit unpacks and repacks a ~40 MB image
+
+
+class Stage(str, Enum):
+    LOCK = "lock"
+    UPLOAD = "upload"
+    CHECK = "check"
+    EDIT = "edit"
+    BACKUP = "backup"
+    SWAP = "swap"
+    REBOOT = "reboot"
+    WAITING = "waiting"
+    VERIFY = "verify"
+    VERIFIED = "verified"
+    ROLLBACK = "rollback"
+    UNCHANGED = "unchanged"
+
+
+Progress = Callable[[str, Stage, str], None]  # (host, stage, detail)
+
+
+class Status(str, Enum):
+    UNCHANGED = "unchanged"
+    APPLIED = "applied"
+    RESTORED = "restored"  # memory rollback
+
+
+@dataclass(frozen=True)
+class BoxResult:
+    """A box that ended well: unchanged, applied and verified, or restored."""
+
+    host: str
+    status: Status
+    before: Layout | None
+    after: Layout | None
+    backup: Backup | None = None
+    boot_id: str | None = None
+    note: str = ""
+
+
+class ApplyFailed(FleetError):
+    """A box that did not end well; `image` says which boot image it was left with, `recovery` what to do."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str,
+        stage: Stage,
+        image: str,
+        backup: Backup | None = None,
+        recovery: tuple[str, ...] = (),
+        hint: str | None = None,
+        refused: bool = False,
+        cancelled: bool = False,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.host, self.stage, self.image, self.backup = host, stage, image, backup
+        self.recovery, self.refused, self.cancelled = recovery, refused, cancelled
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    kit: memkit.LocalKit | None = None  # None: the box's own kit (preinstalled or uploaded earlier)
+    kit_resolver: Callable[[], memkit.LocalKit] | None = None  # lazily finds one when a box has none
+    auto_rollback: bool = True
+    reboot: RebootPolicy = field(default_factory=RebootPolicy)
+    break_lock: bool = False
+
+
+class _Box:
+    """One box's run: its transport, progress reporting, cancellation and what is known so far."""
+
+    def __init__(self, transport: Transport, progress: Progress, cancel: threading.Event | None) -> None:
+        self.t = transport
+        self.name = transport.host.name
+        self.progress = progress
+        self.cancel = cancel or threading.Event()
+        self.old_sha: str | None = None
+        self.new_sha: str | None = None
+        self.backup: Backup | None = None
+        self.stage = Stage.LOCK
+
+    def enter(self, stage: Stage, detail: str = "") -> None:
+        """Start a stage, unless the operator cancelled (checked only here, between stages)."""
+        if self.cancel.is_set():
+            image = self.image_state()
+            raise ApplyFailed(
+                f"{self.name}: interrupted before {stage.value}; {describe_image(image)}",
+                host=self.name,
+                stage=stage,
+                image=image,
+                backup=self.backup,
+                recovery=recovery_steps(self.name, image, self.backup, rebooted=False),
+                cancelled=True,
+            )
+        self.stage = stage
+        self.progress(self.name, stage, detail)
+
+    def sha256(self, path: str) -> str | None:
+        return sha256_on_box(self.t, path)
+
+    def image_state(self) -> str:
+        """ "old" / "new" / "other" / "unknown": which image /boot/emmcboot.itb holds right now."""
+        if self.old_sha is None:
+            return "old"  # nothing was read yet, so nothing was changed yet
+        try:
+            current = self.sha256(BOOT_IMAGE)
+        except FleetError:
+            return "unknown"
+        if current is not None and current == self.old_sha:
+            return "old"
+        if current is not None and current == self.new_sha:
+            return "new"
+        return "unknown" if current is None else "other"
+
+
+# ---------------------------------------------------------------------------------------------- apply
+
+
+def apply_box(
+    transport: Transport,
+    plan: BoxPlan,
+    request: Request,
+    box: BoxMemory,
+    options: ApplyOptions,
+    *,
+    progress: Progress,
+    cancel: threading.Event | None = None,
+) -> BoxResult:
+    """Bring one box to its planned layout (see the module docstring). Raises ApplyFailed (refused,
+    failed, timed out, rolled back or cancelled, each with the image the box was left with)."""
+    run = _Box(transport, progress, cancel)
+    if plan.action is Action.REFUSED:
+        raise ApplyFailed(
+            f"{run.name}: refused: {plan.reason}", host=run.name, stage=Stage.CHECK, image="old", refused=True
+        )
+    if plan.action is Action.NOTHING:
+        run.enter(Stage.UNCHANGED, plan.reason)
+        return BoxResult(run.name, Status.UNCHANGED, plan.current, plan.current, note=plan.reason)
+    run.enter(Stage.LOCK)
+    try:
+        with boxlock.box_lock(transport, LOCK_NAME, "memory apply", break_lock=options.break_lock):
+            return _apply_locked(run, box, request, options)
+    except ApplyFailed:
+        raise
+    except boxlock.LockedError as exc:
+        raise ApplyFailed(
+            exc.message, host=run.name, stage=Stage.LOCK, image="old", hint=exc.hint, refused=True
+        ) from exc
+    except FleetError as exc:
+        image = run.image_state() if run.old_sha else "old"
+        raise ApplyFailed(
+            f"{exc.message}; {describe_image(image)}",
+            host=run.name,
+            stage=run.stage,
+            image=image,
+            backup=run.backup,
+            recovery=recovery_steps(run.name, image, run.backup, rebooted=False) if image != "old" else (),
+            hint=exc.hint,
+        ) from exc
+
+
+def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOptions) -> BoxResult:
+    folder = _kit_folder(run, box, options)
+    run.enter(Stage.CHECK, "memory_edit -p")
+    report = read_layout(run.t, folder)
+    now = report.now or box.now
+    plan = plan_box(replace(box, now=now, max=report.max), request)
+    if plan.action is Action.REFUSED:
+        raise ApplyFailed(
+            f"{run.name}: refused: {plan.reason}", host=run.name, stage=Stage.CHECK, image="old", refused=True
+        )
+    if plan.action is Action.NOTHING:
+        run.enter(Stage.UNCHANGED, plan.reason)
+        return BoxResult(run.name, Status.UNCHANGED, now, now, note=plan.reason)
+    assert plan.target is not None and now is not None
+    target = plan.target
+    run.old_sha = run.sha256(BOOT_IMAGE)
+    if run.old_sha is None:
+        raise RemoteError(f"{run.name}: cannot read {BOOT_IMAGE}", hint="is this a BM1684X SoC box?")
+    boot_id = read_boot_id(run.t)
+    run.enter(Stage.EDIT, f"memory_edit -c {target}")
+    new_image = edit(run, folder, target)
+    run.enter(Stage.BACKUP)
+    run.backup = make_backup(run.t, run.old_sha, now)
+    run.enter(Stage.SWAP, f"{new_image} -> {BOOT_IMAGE}")
+    swap_in(run.t, new_image, run.new_sha or "")
+    after = _reboot_and_read(run, boot_id, options, target)
+    if after == target:
+        run.progress(run.name, Stage.VERIFIED, f"{after}")
+        return BoxResult(run.name, Status.APPLIED, now, after, backup=run.backup)
+    message = f"{run.name} booted with {after}, not the requested {target}"
+    if not options.auto_rollback:
+        raise ApplyFailed(
+            f"{message}; the new image stays in place (--no-auto-rollback)",
+            host=run.name,
+            stage=Stage.VERIFY,
+            image="new",
+            backup=run.backup,
+            recovery=(f"sophon-fleet memory rollback {run.name}",),
+        )
+    restored = _rollback(run, options, expected=now)
+    raise ApplyFailed(
+        f"{message}; rolled back to {restored}",
+        host=run.name,
+        stage=Stage.ROLLBACK,
+        image="old",
+        backup=run.backup,
+    )
+
+
+def _kit_folder(run: _Box, box: BoxMemory, options: ApplyOptions) -> str:
+    """The folder of the memory_edit script to run (as a shell expression)."""
+    if options.kit is None and box.kit_path:
+        return memkit.script_dir(box.kit_path)
+    kit = options.kit
+    if kit is None:
+        if options.kit_resolver is None:
+            raise ApplyFailed(
+                f"{run.name}: no memory_edit kit on the box and none given",
+                host=run.name,
+                stage=Stage.UPLOAD,
+                image="old",
+                hint="give one with --kit FILE|URL",
+            )
+        kit = options.kit_resolver()
+    run.enter(Stage.UPLOAD, kit.source)
+    return memkit.upload_kit(run.t, kit)
+
+
+def read_layout(transport: Transport, folder: str) -> MemoryEditReport:
+    """`memory_edit.sh -p` as root (so `now` is real, not 0x0)."""
+    output = transport.run(
+        memkit.memory_edit_command(folder, ["-p"]), sudo=True, timeout=EDIT_TIMEOUT, check=False
+    ).stdout
+    return parse_memory_edit_p(output)
+
+
+def edit(run: _Box, folder: str, target: Layout) -> str:
+    """Run `-c`; returns the new image's path. Any Error line, a `check` size other than the request or a
+    missing `ok` line raises ApplyFailed with /boot verified untouched."""
+    args = ["-c", "-npu", str(target.npu), "-vpu", str(target.vpu), "-vpp", str(target.vpp)]
+    result = run.t.run(memkit.memory_edit_command(folder, args), sudo=True, timeout=EDIT_TIMEOUT, check=False)
+    try:
+        report = parse_memory_edit_c(result.stdout)
+        problem = None
+    except FactError as exc:
+        report, problem = None, exc.message
+    if report is not None:
+        if report.errors:
+            problem = "; ".join(report.errors)
+        elif report.check != target:
+            problem = f"memory_edit checked {report.check}, not the requested {target}"
+        elif not report.ok or result.exit_code != 0:
+            problem = f"memory_edit did not finish (exit {result.exit_code}, no `check edit size ok`)"
+    if problem is not None:
+        untouched = run.sha256(BOOT_IMAGE) == run.old_sha
+        raise ApplyFailed(
+            f"{run.name}: memory_edit failed: {problem}; "
+            + ("/boot is unchanged" if untouched else "/boot/emmcboot.itb CHANGED — check it"),
+            host=run.name,
+            stage=Stage.EDIT,
+            image="old" if untouched else "other",
+        )
+    assert report is not None
+    new_image = report.new_image  # v2.12 prints it; older versions write it into their folder
+    if not new_image:
+        new_image = run.t.run(f"cd {folder} && pwd", sudo=True).stdout.strip() + "/emmcboot.itb"
+    run.new_sha = run.sha256(new_image)
+    if run.new_sha is None or run.new_sha == run.old_sha:
+        raise ApplyFailed(
+            f"{run.name}: memory_edit wrote no new image at {new_image}; /boot is unchanged",
+            host=run.name,
+            stage=Stage.EDIT,
+            image="old",
+        )
+    return new_image
+
+
+def _reboot_and_read(
+    run: _Box, boot_id: str, options: ApplyOptions, target: Layout | None, *, image: str = "new"
+) -> Layout:
+    """Reboot into the image now in /boot (`image`: which one that is), wait for the new boot, read the
+    heaps."""
+    run.enter(Stage.REBOOT)
+    request_reboot(run.t, timeout=options.reboot.command_timeout)
+    run.progress(run.name, Stage.WAITING, f"up to {options.reboot.timeout:g} s")
+    try:
+        wait_for_new_boot(run.t, boot_id, options.reboot, cancel=run.cancel)
+    except RebootTimeout as exc:
+        raise ApplyFailed(
+            exc.message,
+            host=run.name,
+            stage=Stage.WAITING,
+            image=image,
+            backup=run.backup,
+            recovery=recovery_steps(run.name, image, run.backup, rebooted=True),
+        ) from exc
+    except Cancelled as exc:
+        raise ApplyFailed(
+            f"{run.name}: interrupted while waiting for the reboot; {describe_image(image)} and is "
+            "booting it (check it with `sophon-fleet memory plan`)",
+            host=run.name,
+            stage=Stage.WAITING,
+            image=image,
+            backup=run.backup,
+            recovery=recovery_steps(run.name, image, run.backup, rebooted=True),
+            cancelled=True,
+        ) from exc
+    run.enter(Stage.VERIFY, f"expect {target}" if target else "")
+    return read_heaps(run.t)
+
+
+def _rollback(run: _Box, options: ApplyOptions, *, expected: Layout) -> Layout:
+    """Put the backup back, reboot, and require the old heaps."""
+    backup = run.backup
+    assert backup is not None
+    run.enter(Stage.ROLLBACK, f"restore {backup.path}")
+    swap_in(run.t, backup.path, backup.sha256)
+    boot_id = read_boot_id(run.t)
+    after = _reboot_and_read(run, boot_id, options, expected, image="old")
+    if after != expected:
+        raise ApplyFailed(
+            f"{run.name}: after the rollback the box has {after}, not the old {expected}",
+            host=run.name,
+            stage=Stage.ROLLBACK,
+            image="old",
+            backup=backup,
+        )
+    return after
+
+
+# ---------------------------------------------------------------------------------------------- rollback
+
+
+def rollback_box(
+    transport: Transport,
+    options: ApplyOptions,
+    *,
+    progress: Progress,
+    cancel: threading.Event | None = None,
+) -> BoxResult:
+    """`memory rollback`: restore the newest backup (its sha256 verified), reboot, verify its layout."""
+    run = _Box(transport, progress, cancel)
+    run.enter(Stage.LOCK)
+    try:
+        with boxlock.box_lock(transport, LOCK_NAME, "memory rollback", break_lock=options.break_lock):
+            return _rollback_locked(run, options)
+    except boxlock.LockedError as exc:
+        raise ApplyFailed(
+            exc.message, host=run.name, stage=Stage.LOCK, image="unknown", hint=exc.hint, refused=True
+        ) from exc
+
+
+def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
+    transport = run.t
+    backup = latest_backup(transport)
+    run.backup = backup
+    run.old_sha = run.sha256(BOOT_IMAGE)
+    run.new_sha = backup.sha256
+    if run.sha256(backup.path) != backup.sha256:
+        raise IntegrityError(f"{run.name}: backup {backup.path} does not match its sha256 {backup.sha256}")
+    before = read_heaps(transport)
+    if run.old_sha == backup.sha256 and before == backup.layout:
+        run.enter(Stage.UNCHANGED, f"{backup.path} is already in place and booted")
+        return BoxResult(run.name, Status.UNCHANGED, before, before, backup=backup)
+    run.enter(Stage.ROLLBACK, f"restore {backup.path}")
+    if run.old_sha != backup.sha256:
+        swap_in(run.t, backup.path, backup.sha256)
+    after = _reboot_and_read(run, read_boot_id(transport), options, backup.layout, image="new")
+    if backup.layout is not None and after != backup.layout:
+        raise RemoteError(f"{run.name}: after the rollback the box has {after}, not {backup.layout}")
+    run.progress(run.name, Stage.VERIFIED, str(after))
+    return BoxResult(run.name, Status.RESTORED, before, after, backup=backup)
+
+
+# ---------------------------------------------------------------------------------------------- texts
+
+
+def describe_image(image: str) -> str:
+    return {
+        "old": "the box still has its old boot image",
+        "new": "the box has the NEW boot image in place (it takes effect at the next reboot)",
+        "other": "/boot/emmcboot.itb is neither the old nor the new image",
+    }.get(image, "which boot image the box has is unknown (it could not be read)")
+
+
+def recovery_steps(host: str, image: str, backup: Backup | None, *, rebooted: bool) -> tuple[str, ...]:
+    """What the operator can do by hand, with the backup's location."""
+    saved = (
+        f"the previous image is saved on the box at {backup.path} (sha256 {backup.sha256}, "
+        f"layout {backup.layout}); the vendor script's copy is {MEMEDIT_BAK}"
+        if backup
+        else f"the vendor script's copy of the previous image is {MEMEDIT_BAK}"
+    )
+    if image == "old" and not rebooted:
+        return ()
+    steps = [saved]
+    if rebooted:
+        steps += [
+            f"power-cycle {host}; once it answers, `sophon-fleet memory rollback {host} --break-lock` "
+            "restores the previous image and verifies it (--break-lock: this run could not remove its lock "
+            "while the box was down)",
+            "if it stays dark: on its serial console (115200 8N1) or a rescue boot, mount /boot "
+            "(mmcblk0p1) and /data (mmcblk0p7), check `sha256sum` of the backup against its .sha256 file, "
+            f"then `cp <data>{backup.path.removeprefix('/data') if backup else '/…'} <boot>/emmcboot.itb "
+            "&& sync` (or copy emmcboot.itb.memeditBak over it) and reboot",
+            "last resort: reflash the box with its SDK image (SD card), then run `memory apply` again",
+        ]
+    else:
+        steps.append(f"`sophon-fleet memory rollback {host}` puts the previous image back and reboots")
+    return tuple(steps)

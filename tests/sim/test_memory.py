@@ -1,0 +1,321 @@
+"""memory plan / apply / rollback through the CLI against simulated fleets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from provision.cli.main import cli
+from provision.manifest import load_manifest
+from sim import itb, memedit_kit
+from sim.fleet import ssh_banner
+from tests.sim.conftest import connect, needs_root, run
+
+pytestmark = [pytest.mark.sim, needs_root]
+
+FAST = ("--connect-timeout", "2", "--reboot-timeout", "15")
+
+
+@pytest.fixture
+def kit(tmp_path):
+    return str(memedit_kit.build_kit(tmp_path / "kit").tarball)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def apply_json(fleet, kit, *args):
+    code, output = invoke(
+        "memory", "apply", "--json", "-i", str(fleet.inventory_path), "--kit", kit, "--yes", *FAST, *args
+    )
+    return code, json.loads(output) if output.startswith("{") else output
+
+
+def boot_image(fleet, name):
+    return itb.decode(fleet.state.box_paths(name).boot_image.read_bytes())
+
+
+def test_factory_box_is_applied_rebooted_and_verified(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    before = fleet.hardware("se7-1")
+    code, doc = apply_json(fleet, kit)
+    assert code == 0, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "applied"
+    assert host["before"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    after = fleet.hardware("se7-1")
+    assert after.heaps == [7615, 3071, 3071]
+    assert after.boot_id != before.boot_id and after.boot_count == before.boot_count + 1
+    backup = host["backup"]
+    client = connect(fleet, "se7-1")
+    assert run(client, f"sha256sum {backup['path']}")[1].split()[0] == backup["sha256"]
+    assert run(client, f"cat {backup['path']}.sha256")[1].split()[0] == backup["sha256"]
+    assert run(client, "ls -a /boot")[1].split() == [
+        ".",
+        "..",
+        "emmcboot.itb",
+        "emmcboot.itb.memeditBak",
+        "multi.its",
+    ]
+
+
+def boot_sha(fleet, name):
+    import hashlib
+
+    return hashlib.sha256(fleet.state.box_paths(name).boot_image.read_bytes()).hexdigest()
+
+
+def test_plan_shows_what_apply_would_do_and_changes_nothing(sim_fleet):
+    fleet = sim_fleet(["se7-factory", "se7-ready-int8"])
+    code, output = invoke(
+        "memory", "plan", "--json", "-i", str(fleet.inventory_path), "--connect-timeout", "2"
+    )
+    assert code == 0
+    hosts = {h["host"]: h for h in json.loads(output)["hosts"]}
+    assert hosts["se7-1"]["action"] == "check"  # no kit on the box yet: max unknown
+    assert hosts["se7-2"]["action"] == "nothing"
+    assert hosts["se7-2"]["target"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    code, output = invoke("memory", "plan", "-i", str(fleet.inventory_path), "--npu", "7616", "--vpu", "1")
+    assert code == 2 and "give all three" in output
+
+
+def test_ready_box_is_left_alone_and_a_second_apply_changes_nothing(sim_fleet, kit):
+    fleet = sim_fleet(["se7-ready-int8", "se7-factory"])
+    ready_boot = fleet.hardware("se7-1").boot_id
+    code, doc = apply_json(fleet, kit)
+    assert code == 0, doc
+    assert [h["result"] for h in doc["hosts"]] == ["unchanged", "applied"]
+    assert fleet.hardware("se7-1").boot_id == ready_boot  # no reboot
+    client = connect(fleet, "se7-1")
+    assert run(client, "ls /data/sophon-fleet 2>&1")[0] != 0  # no upload either
+    factory_boot = fleet.hardware("se7-2").boot_id
+    code, doc = apply_json(fleet, kit)
+    assert code == 0
+    assert [h["result"] for h in doc["hosts"]] == ["unchanged", "unchanged"]
+    assert doc["hosts"][1]["plan"]["action"] == "nothing"  # the kit is there now: max known
+    assert fleet.hardware("se7-2").boot_id == factory_boot
+
+
+def test_over_max_request_is_refused_before_any_change(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
+    code, doc = apply_json(fleet, kit, "--npu", "7616", "--vpu", "3071", "--vpp", "3071")
+    assert code == 3, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "refused" and "npu 7616 > max 7615" in host["error"]
+    assert boot_sha(fleet, "se7-1") == before and fleet.hardware("se7-1").boot_id == boot
+    client = connect(fleet, "se7-1")
+    assert run(client, "ls /boot")[1].split() == ["emmcboot.itb", "multi.its"]
+
+
+def test_memedit_failure_leaves_boot_unchanged(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "memedit-fails")
+    before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
+    code, doc = apply_json(fleet, kit)
+    assert code == 1, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "failed" and host["stage"] == "edit" and host["image"] == "old"
+    assert "Error: en_emmcfile" in host["error"] and "/boot is unchanged" in host["error"]
+    assert boot_sha(fleet, "se7-1") == before and fleet.hardware("se7-1").boot_id == boot
+    client = connect(fleet, "se7-1")
+    assert run(client, "ls /data/sophon-fleet/locks")[1].split() == []  # the lock was released
+
+
+@pytest.mark.parametrize("fault", ["itb-corrupt", "dark"])
+def test_box_that_does_not_come_back_is_reported_with_recovery_and_others_finish(sim_fleet, kit, fault):
+    fleet = sim_fleet(["se7-factory", "se7-factory"])
+    fleet.fault("se7-1", fault)
+    code, doc = apply_json(fleet, kit, "--reboot-timeout", "4")
+    assert code == 1, doc
+    bad, good = doc["hosts"]
+    assert good["result"] == "applied" and fleet.hardware("se7-2").heaps == [7615, 3071, 3071]
+    assert bad["result"] == "failed" and bad["stage"] == "waiting" and bad["image"] == "new"
+    assert "did not come back within 4 s" in bad["error"]
+    backup = bad["backup"]["path"]
+    assert backup.startswith("/data/sophon-fleet/backups/emmcboot.itb.")
+    recovery = "\n".join(bad["recovery"])
+    assert (
+        backup in recovery and "memory rollback se7-1 --break-lock" in recovery and "memeditBak" in recovery
+    )
+    status = {v.name: v.state for v in fleet.status()}
+    assert status["se7-1"] == "dark"
+    # the backup really is the old image: put it back by hand as the recovery text says, and it boots
+    data = fleet.state.box_paths("se7-1").data
+    saved = (data / backup.removeprefix("/data/")).read_bytes()
+    assert itb.decode(saved).heaps == (3950, 2048, 3072)
+    if fault == "dark":  # power comes back: the box boots the new image; rollback as the recovery text says
+        fleet.fault("se7-1", "heal")
+        fleet.wait_ready(timeout=15, names=["se7-1"])
+        inv = str(fleet.inventory_path)
+        code, output = invoke("memory", "rollback", "se7-1", "-i", inv, "--yes", *FAST)
+        assert code == 3 and "se7-1 is locked" in output
+        code, output = invoke("memory", "rollback", "se7-1", "-i", inv, "--yes", "--break-lock", *FAST)
+        assert code == 0, output
+        assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+
+
+def test_wrong_layout_after_boot_is_rolled_back(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "itb-wrong-layout")
+    before = fleet.hardware("se7-1")
+    code, doc = apply_json(fleet, kit)
+    assert code == 1, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "failed" and host["stage"] == "rollback" and host["image"] == "old"
+    assert "booted with 3807/1535/1535" in host["error"] and "rolled back to 3950/2048/3072" in host["error"]
+    after = fleet.hardware("se7-1")
+    assert after.heaps == before.heaps == [3950, 2048, 3072]
+    assert after.boot_count == before.boot_count + 2
+
+
+def test_no_auto_rollback_then_memory_rollback(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "itb-wrong-layout")
+    code, doc = apply_json(fleet, kit, "--no-auto-rollback")
+    assert code == 1 and doc["hosts"][0]["image"] == "new"
+    assert fleet.hardware("se7-1").heaps == [3807, 1535, 1535]
+    code, output = invoke(
+        "memory", "rollback", "se7-1", "--json", "-i", str(fleet.inventory_path), "--yes", *FAST
+    )
+    assert code == 0, output
+    (host,) = json.loads(output)["hosts"]
+    assert host["result"] == "restored" and host["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+
+
+def test_rolling_serial_1_max_fail_0_stops_after_the_first_failure(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory", "se7-factory", "se7-factory"])
+    fleet.fault("se7-1", "memedit-fails")
+    code, doc = apply_json(fleet, kit, "--serial", "1", "--max-fail-percent", "0")
+    assert code == 1
+    assert [h["result"] for h in doc["hosts"]] == ["failed", "skipped", "skipped"]
+    assert fleet.hardware("se7-2").heaps == fleet.hardware("se7-3").heaps == [3950, 2048, 3072]
+
+
+def start_apply(fleet, kit, *args):
+    """The real CLI in its own process (so it can be interrupted); progress lines on stderr."""
+    exe = str(Path(sys.executable).with_name("sophon-fleet"))
+    command = [exe, "memory", "apply", "-i", str(fleet.inventory_path), "--kit", kit, "--yes", *FAST, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_until(proc, word, seen):
+    """Read progress lines until one shows `word` as its stage."""
+    for line in proc.stderr:
+        seen.append(line)
+        if line.split()[1:2] == [word]:
+            return line
+    raise AssertionError(f"no {word} stage in: {''.join(seen)}")
+
+
+def test_a_second_concurrent_apply_on_the_same_box_is_refused(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "memedit-slow")  # the first run sits in its edit stage for 3 s, holding the lock
+    first = start_apply(fleet, kit)
+    seen = []
+    try:
+        read_until(first, "edit", seen)
+        code, doc = apply_json(fleet, kit, "--npu", "2048", "--vpu", "2048", "--vpp", "2048")
+        assert code == 3, doc
+        (host,) = doc["hosts"]
+        assert host["result"] == "refused" and host["stage"] == "lock" and host["image"] == "old"
+        assert "se7-1 is locked: memory apply by" in host["error"]
+    finally:
+        out, err = first.communicate(timeout=90)
+    assert first.returncode == 0, "".join(seen) + err + out
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+    assert fleet.hardware("se7-1").boot_count == 2  # one reboot, by the run that held the lock
+
+
+def test_a_lock_held_by_another_run_is_named(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    client = connect(fleet, "se7-1")
+    owner = '{"controller": "laptop-2", "operation": "memory apply", "pid": 42, "since": "x", "user": "ops"}'
+    lock = "/data/sophon-fleet/locks/memory.lock"
+    run(client, f"mkdir -p {lock} && echo '{owner}' > {lock}/owner")
+    code, doc = apply_json(fleet, kit)
+    assert code == 3
+    assert doc["hosts"][0]["error"] == "se7-1 is locked: memory apply by ops@laptop-2 (pid 42) since x"
+    assert "--break-lock" in doc["hosts"][0]["hint"]
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupt_at_the_swap_leaves_a_bootable_image(sim_fleet, kit, how):
+    fleet = sim_fleet(["se7-factory"])
+    old = boot_sha(fleet, "se7-1")
+    proc = start_apply(fleet, kit)
+    seen = []
+    read_until(proc, "swap", seen)
+    proc.send_signal(how)
+    out, err = proc.communicate(timeout=60)
+    image = boot_image(fleet, "se7-1")  # decodes: a whole image, old or new, never a half-copied one
+    assert image.heaps in ((3950, 2048, 3072), (7615, 3071, 3071))
+    assert sorted(p.name for p in fleet.state.box_paths("se7-1").boot_image.parent.iterdir()) == [
+        "emmcboot.itb",
+        "emmcboot.itb.memeditBak",
+        "multi.its",
+    ]
+    if how == signal.SIGINT:
+        assert proc.returncode == 130, err
+        which = (
+            "NEW boot image in place" if boot_sha(fleet, "se7-1") != old else "still has its old boot image"
+        )
+        assert which in out, out
+    fleet.reboot("se7-1")
+    assert fleet.hardware("se7-1").heaps == list(image.heaps)
+    if how == signal.SIGKILL:  # the killed run left its lock: refused until --break-lock
+        code, doc = apply_json(fleet, kit)
+        assert code == 3 and "--break-lock" in doc["hosts"][0]["hint"]
+        code, doc = apply_json(fleet, kit, "--break-lock")
+        assert code == 0 and fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
+def test_kit_from_the_mirror_pinned_and_the_airbox_preinstalled_kit(sim_fleet):
+    fleet = sim_fleet(["se7-factory", "airbox"], mirror=True)
+    code, output = invoke(
+        "memory",
+        "apply",
+        "--json",
+        "-i",
+        str(fleet.inventory_path),
+        "--model",
+        str(fleet.manifest_path),
+        "--yes",
+        *FAST,
+    )
+    assert code == 0, output
+    assert [h["result"] for h in json.loads(output)["hosts"]] == ["applied", "applied"]
+    assert fleet.hardware("se7-1").heaps == fleet.hardware("se7-2").heaps == [7615, 3071, 3071]
+    se7, airbox = connect(fleet, "se7-1"), connect(fleet, "se7-2")
+    kit_sha = run(se7, "cat /data/sophon-fleet/memory_edit/.kit-sha256")[1].strip()
+    assert kit_sha == load_manifest(fleet.manifest_path).kit.pinned.sha256
+    assert run(airbox, "ls /data/sophon-fleet")[1].split() == ["backups", "locks"]  # no upload: its own kit
+    assert run(airbox, "ls /opt/sophon/memory_edit/emmcboot.itb")[0] == 0  # written by its own kit
+
+
+def test_confirmation_is_required_and_an_unreachable_box_does_not_stop_the_others(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory", "se7-factory"])
+    fleet.power_off("se7-2")
+    deadline = time.monotonic() + 10
+    while ssh_banner(fleet.state.box("se7-2").address) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    inv = str(fleet.inventory_path)
+    code, output = invoke("memory", "apply", "-i", inv, "--kit", kit, *FAST)
+    assert code == 2 and "boxes would be rebooted (se7-1)" in output and "--yes" in output
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+    code, doc = apply_json(fleet, kit)
+    assert code == 4, doc
+    assert [h["result"] for h in doc["hosts"]] == ["applied", "unreachable"]
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
