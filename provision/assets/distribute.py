@@ -60,6 +60,7 @@ def push_to_hosts(
     max_parallel: int = 8,
     root: str = DEFAULT_ROOT,
     progress: Callable[[PushEvent], None] = lambda _e: None,
+    dry_run: bool = False,
 ) -> tuple[dict[str, str], dict[str, BoxPush | FleetError]]:
     """Push every host its variant; returns (host -> variant, host -> result or error), in host order.
 
@@ -85,5 +86,6 @@ def push_to_hosts(
             reverify=reverify,
             max_parallel=max_parallel,
             progress=progress,
+            dry_run=dry_run,
         )
     return chosen, {h.name: results[h.name] for h in hosts}

@@ -280,3 +280,20 @@ def test_box_holding_a_file_the_lock_no_longer_pins_gets_the_new_one(tmp_path, p
     bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
     assert bmodel.status == "sent"
     assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
+
+
+def test_dry_run_plans_without_touching_the_box(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes((tree.root / BMODELS["int4"]).read_bytes()[:1000])
+    before = sorted(p.name for p in vdir.iterdir())
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    plan = BoxPusher(
+        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), dry_run=True
+    ).run()
+    assert plan.planned and not plan.skipped
+    bmodel = next(f for f in plan.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "would-send" and bmodel.resumed_from == 1000
+    assert bmodel.transferred == BMODEL_SIZE - 1000
+    assert sorted(p.name for p in vdir.iterdir()) == before
