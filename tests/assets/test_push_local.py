@@ -297,3 +297,25 @@ def test_dry_run_plans_without_touching_the_box(tmp_path, pulled, tree):
     assert bmodel.status == "would-send" and bmodel.resumed_from == 1000
     assert bmodel.transferred == BMODEL_SIZE - 1000
     assert sorted(p.name for p in vdir.iterdir()) == before
+
+
+def test_controller_gone_before_commit_keeps_the_complete_part(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    dest = tmp_path / "box" / "f.bin"
+    data = (tree.root / BMODELS["int4"]).read_bytes()
+    channel = LocalChannel(receiver_command("recv", {"dest": str(dest), "size": len(data)}, python=PYTHON))
+    assert json.loads(channel.recv_line())["offset"] == 0
+    channel.send(data)
+    assert json.loads(channel.recv_line())["event"] == "received"
+    channel.proc.stdin.close()  # the link drops before the controller could say commit
+    assert json.loads(channel.recv_line())["code"] == "no_command"
+    assert channel.exit_status() == 4
+    channel.close()
+    assert not dest.exists() and (tmp_path / "box" / "f.bin.part").stat().st_size == len(data)
+    again = LocalChannel(receiver_command("recv", {"dest": str(dest), "size": len(data)}, python=PYTHON))
+    assert json.loads(again.recv_line())["offset"] == len(data)  # nothing left to send
+    received = json.loads(again.recv_line())
+    again.send(json.dumps({"op": "commit", "sha256": received["sha256"]}).encode() + b"\n")
+    assert json.loads(again.recv_line())["event"] == "committed"
+    again.close()
+    assert dest.read_bytes() == data
