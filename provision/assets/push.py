@@ -356,7 +356,7 @@ class BoxPusher:
             code, message = event.get("code"), event.get("message", "")
             if code == "disk_full":
                 raise DiskFullError(f"{self.host}: {message}", hint="free space under /data on the box")
-            if code == "short":
+            if code in ("short", "idle", "no_command"):
                 raise ChannelBroken(message)
             if code == "integrity":
                 raise IntegrityError(f"{self.host}: {message}")
