@@ -319,3 +319,19 @@ def test_controller_gone_before_commit_keeps_the_complete_part(tmp_path, pulled,
     assert json.loads(again.recv_line())["event"] == "committed"
     again.close()
     assert dest.read_bytes() == data
+
+
+def test_fetch_mode_restarts_cleanly_when_the_mirror_ignores_range(tmp_path, pulled, tree, mirror):
+    manifest, lock, cache = pulled
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes(b"\xff" * (1 << 20))  # wrong bytes, if appended to
+    mirror.faults = Faults(ignore_range=True, times=0)
+    items = plan_push(manifest, "int4", cache=cache, lock=lock, mirror=mirror.url)
+    pusher = BoxPusher(
+        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), from_mirror=True
+    )
+    result = pusher.run()
+    bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "fetched" and bmodel.attempts == 1
+    assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
