@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from provision import memedit, memkit, memplan
 from provision.assets.cache import Cache
 from provision.assets.download import pull
 from provision.assets.lock import Lock, load_lock
 from provision.assets.push import BoxPusher, plan_push, transport_opener
-from provision.bench import BoxBench, bench_box
+from provision.bench import SEED_PROMPT, BoxBench, bench_box
 from provision.deploy import Deployer, deploy_box
-from provision.errors import ConnectError, FleetError
+from provision.errors import ConnectError, FleetError, NotReadyError
 from provision.facts import Facts, gather
 from provision.fleet import run_fleet
 from provision.inventory import Host
@@ -187,11 +188,9 @@ class Play:
                 "ok",
                 f"needs the memory layout {verdict.suggestion.layout} for {verdict.variant}: {reasons}",
             )
-        raise FleetError(f"{state.host.name}: {verdict.status.value}: {reasons}", hint=verdict.hint)
+        raise NotReadyError(f"{state.host.name}: {verdict.status.value}: {reasons}", hint=verdict.hint)
 
     def _memory(self, options: dict[str, Any], state: BoxState) -> tuple:
-        from provision import memedit, memkit, memplan
-
         if options["when"] == "nothing-fits" and (state.verdict is None or state.verdict.status.ready):
             return "ok", "a variant fits the current layout: left alone"
         variant = options["variant"] if options["variant"] != "auto" else None
@@ -204,11 +203,11 @@ class Play:
         if plan.action is memplan.Action.NOTHING:
             return "ok", plan.reason
         if plan.action is memplan.Action.REFUSED:
-            raise FleetError(f"{state.host.name}: memory layout refused: {plan.reason}")
+            raise NotReadyError(f"{state.host.name}: memory layout refused: {plan.reason}")
         if self.dry_run:
             return "changed", f"would apply {plan.target} and reboot ({plan.reason})"
         options_ = memedit.ApplyOptions(
-            kit_resolver=self._kit_resolver(memkit),
+            kit_resolver=self._kit_resolver(),
             auto_rollback=options["auto_rollback"],
             reboot=memedit.RebootPolicy(timeout=options["reboot_timeout"]),
         )
@@ -224,10 +223,10 @@ class Play:
         state.variant = request.variant or state.variant
         return "changed", f"{result.before} → {result.after}, rebooted and verified"
 
-    def _kit_resolver(self, memkit: Any) -> Callable[[], Any]:
-        found: list[Any] = []
+    def _kit_resolver(self) -> Callable[[], memkit.LocalKit]:
+        found: list[memkit.LocalKit] = []
 
-        def resolve() -> Any:
+        def resolve() -> memkit.LocalKit:
             with self._guard:  # one download for the whole play
                 if not found:
                     found.append(memkit.resolve_kit(None, self.manifest, self.settings))
@@ -246,7 +245,7 @@ class Play:
             {self._asset_variant(options, b) for b in boxes if b.variant or options["variant"] != "auto"}
         )
         if variants and not options["from_mirror"]:
-            self.say(f"  pulling {', '.join(variants)} into the cache (verified, resumable)")
+            self.say(f"  cache: {', '.join(variants)} (downloaded once, verified, resumable)")
             pull(self.manifest, variants, cache=self.cache, lock=self.lock, mirrors=self.settings.mirrors)
 
     def _assets(self, options: dict[str, Any], state: BoxState) -> tuple:
@@ -291,15 +290,13 @@ class Play:
     def _bench(self, options: dict[str, Any], state: BoxState) -> tuple:
         if self.dry_run:
             return "skipped", "no benchmark in a dry run"
-        prompt = options["prompt"]
-        kwargs = {"prompt": prompt} if prompt else {}
         result = bench_box(
             self._transport(state),
             state.host.name,
             self.manifest,
             runs=options["runs"],
+            prompt=options["prompt"] or SEED_PROMPT,
             max_new_tokens=options["max_new_tokens"],
-            **kwargs,
         )
         return (
             "ok",

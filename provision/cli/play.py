@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from provision.cli.errors import Exit, exit_code_for, reports_errors
+from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output
@@ -74,13 +74,7 @@ def play(
             say=out.info,
         ).run()
     render(out, report)
-    raise SystemExit(int(exit_for(report)))
-
-
-def exit_for(report: PlayReport) -> Exit:
-    if not report.errors:
-        return Exit.OK
-    return max(exit_code_for(e) for e in report.errors)
+    exit_with_worst(report.errors)
 
 
 def render(out: Output, report: PlayReport) -> None:
