@@ -208,7 +208,11 @@ def pin_cmd(out: Output, model, cache_dir, variant):
 
 
 def _mib(size: int | None) -> str:
-    return "-" if size is None else f"{size / 2**20:.1f} MiB"
+    if size is None:
+        return "-"
+    if size < 2**20:
+        return f"{size / 2**10:.1f} KiB"
+    return f"{size / 2**20:.1f} MiB" if size < 2**30 else f"{size / 2**30:.2f} GiB"
 
 
 @assets.command("push", epilog=EPILOG)
