@@ -319,3 +319,17 @@ def test_confirmation_is_required_and_an_unreachable_box_does_not_stop_the_other
     assert code == 4, doc
     assert [h["result"] for h in doc["hosts"]] == ["applied", "unreachable"]
     assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
+def test_a_full_data_partition_fails_before_any_change_and_leaves_no_lock(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "disk-full")
+    before = boot_sha(fleet, "se7-1")
+    code, doc = apply_json(fleet, kit)
+    assert code == 1, doc
+    (host,) = doc["hosts"]
+    assert host["image"] == "old" and "df -h /data" in host["hint"]
+    assert boot_sha(fleet, "se7-1") == before
+    fleet.fault("se7-1", "heal")
+    code, doc = apply_json(fleet, kit)
+    assert code == 0 and fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
