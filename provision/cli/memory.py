@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+from rich.live import Live
+from rich.table import Table
 
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
@@ -250,8 +252,7 @@ def apply_command(
             break_lock=break_lock,
         )
         by_name = {p.host.name: p for p in planned}
-        progress = progress_printer(out)
-        with interruptible(out) as cancel:
+        with interruptible(out) as cancel, stage_display(out, inv.names()) as progress:
 
             def task(host: Host) -> BoxResult:
                 p = by_name[host.name]
@@ -301,14 +302,35 @@ def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
         raise SystemExit(int(Exit.FAILED))
 
 
-def progress_printer(out: Output) -> Callable[[str, Stage, str], None]:
+@contextmanager
+def stage_display(out: Output, hosts: list[str]) -> Iterator[Callable[[str, Stage, str], None]]:
+    """Progress: on a terminal one live line per box with its current stage; otherwise (pipes, CI, tests)
+    one log line per box and stage on stderr. Silent with --json and -q."""
     lock = threading.Lock()
+    if not (out.err.is_terminal and not out.json and out.verbosity >= 0):
 
-    def show(host: str, stage: Stage, detail: str) -> None:
-        with lock:
-            out.info(f"{host:<12} {stage.value:<9} {detail}".rstrip())
+        def log(host: str, stage: Stage, detail: str) -> None:
+            with lock:
+                out.info(f"{host:<12} {stage.value:<9} {detail}".rstrip())
 
-    return show
+        yield log
+        return
+    state = {name: ("queued", "") for name in hosts}
+
+    def table() -> Table:
+        grid = Table.grid(padding=(0, 2))
+        for name, (stage, detail) in state.items():
+            grid.add_row(name, f"[bold]{stage}[/]", detail)
+        return grid
+
+    with Live(table(), console=out.err, refresh_per_second=8) as live:
+
+        def show(host: str, stage: Stage, detail: str) -> None:
+            with lock:
+                state[host] = (stage.value, detail)
+                live.update(table())
+
+        yield show
 
 
 @contextmanager
@@ -462,8 +484,11 @@ def rollback_command(
         planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
         confirm_reboots(out, planned, yes)
     options = ApplyOptions(reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock)
-    progress = progress_printer(out)
-    with connector_for(reach, inv) as connector, interruptible(out) as cancel:
+    with (
+        connector_for(reach, inv) as connector,
+        interruptible(out) as cancel,
+        stage_display(out, [target.name]) as progress,
+    ):
         result = run_fleet(
             [target],
             lambda h: rollback_box(connector.transport(h), options, progress=progress, cancel=cancel),
