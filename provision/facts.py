@@ -66,8 +66,9 @@ def _python_section(*, fresh: bool) -> str:
 
 
 _ROOT = (
-    'for k in npu vpu vpp; do printf "%s " "$k"; '
-    'cat "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem" 2>/dev/null || echo "?"; done; '
+    "for k in npu vpu vpp; do "
+    '{ read -r v < "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem"; } 2>/dev/null '
+    '&& echo "$k $v" || echo "$k ?"; done; '
     f'if [ -n "$1" ]; then echo "{MARK}memory_edit_p"; cd "$(dirname "$1")" && ./memory_edit.sh -p 2>&1; fi'
 )
 
@@ -79,10 +80,15 @@ def probe_script(*, with_password: bool, fresh: bool = False) -> str:
     """
     sudo = "sudo -S -p ''" if with_password else "sudo -n"
     sections: list[tuple[str, str]] = [
-        ("hostname", "hostname"),
-        ("boot_id", "cat /proc/sys/kernel/random/boot_id"),
-        ("uname", "uname -m; uname -r; uname -v"),
-        ("cpuinfo", "grep -m1 -i '^model name' /proc/cpuinfo"),
+        # shell builtins where they do (every fork costs the box ~1-3 ms; df is the dearest)
+        ("hostname", 'read -r h < /proc/sys/kernel/hostname && echo "$h" || hostname'),
+        ("boot_id", 'read -r b < /proc/sys/kernel/random/boot_id && echo "$b"'),
+        ("uname", "uname -rvm"),
+        (
+            "cpuinfo",
+            'while IFS= read -r l; do case "$l" in "model name"*) echo "$l"; break;; esac; '
+            "done < /proc/cpuinfo",
+        ),
         (
             "dts",
             "{ tr -d '\\0' < /proc/device-tree/info/file-name || "
@@ -94,13 +100,21 @@ def probe_script(*, with_password: bool, fresh: bool = False) -> str:
             "elif command -v bm_version >/dev/null; then bm_version 2>&1; fi",
         ),
         ("libsophon", "readlink /opt/sophon/libsophon-current"),
-        ("driver", "cat /sys/module/bmtpu/version /proc/bmsophon/driver_version 2>/dev/null"),
-        ("meminfo", "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo"),
+        (
+            "driver",
+            "for f in /sys/module/bmtpu/version /proc/bmsophon/driver_version; do "
+            '[ -r "$f" ] && cat "$f"; done',
+        ),
+        (
+            "meminfo",
+            'while read -r k v u; do case "$k" in MemTotal:) echo "$k $v $u"; break;; esac; '
+            "done < /proc/meminfo",
+        ),
         (
             "df",
-            "; ".join(
-                f'printf "%s " {p}; df -Pk {p} 2>/dev/null | tail -n 1 | grep . || echo' for p in DISKS
-            ),
+            f"set --; for p in {' '.join(DISKS)}; do "
+            '[ -e "$p" ] && set -- "$@" "$p" || echo "$p"; done; '
+            'df -Pk "$@" 2>/dev/null | { read -r _; for p in "$@"; do read -r l && echo "$p $l"; done; }',
         ),
         ("kit", "for k in " + " ".join(KIT_PATHS) + '; do [ -f "$k" ] && echo "$k"; done'),
         ("runtime", f"readlink {RUNTIME_LINK}"),
@@ -111,26 +125,19 @@ def probe_script(*, with_password: bool, fresh: bool = False) -> str:
             f'if [ -e "$1" ]; then echo "verified $d"; else echo "present $d"; fi; done',
         ),
     ]
-    # the two slow parts (python3 start + `import sophon.sail`; sudo) run in the background meanwhile
-    slow = [
+    # python3 (cheap once its sail result is cached) and the root part go last, in the same shell: measured
+    # faster than running them in the background (which costs mktemp/cat/rm forks) on a busy machine
+    sections += [
         ("python", _python_section(fresh=fresh)),
         (
             "root",
-            f'kit=$(for k in {" ".join(KIT_PATHS)}; do [ -f "$k" ] && echo "$k" && break; done); '
+            f'kit=; for k in {" ".join(KIT_PATHS)}; do [ -f "$k" ] && {{ kit=$k; break; }}; done; '
             f'{sudo} -- sh -c {quote_command([_ROOT])} sh "$kit" <&3 2>&1; echo "exit=$?"',
         ),
     ]
-    start = "".join(f"slow_{name}() {{ {command}; }}\n" for name, command in slow)
-    start += 't=$(mktemp -d 2>/dev/null) || t=""\n'
-    start += "".join(f'[ -n "$t" ] && slow_{name} > "$t/{name}" 2>&1 &\n' for name, _ in slow)
     body = "".join(f"echo; echo '{MARK}{name}'; {{ {command}; }}\n" for name, command in sections)
-    body += "wait\n" + "".join(
-        f'echo; echo \'{MARK}{name}\'; if [ -n "$t" ]; then cat "$t/{name}"; else slow_{name}; fi\n'
-        for name, _ in slow
-    )
-    body += '[ -n "$t" ] && rm -rf "$t"\n'
     # stdin (the sudo password) is kept on fd 3 for sudo alone; nothing else can read it
-    return f"exec 3<&0 </dev/null\n{start}{body}echo; echo '{MARK}end'\n"
+    return f"exec 3<&0 </dev/null\n{body}echo; echo '{MARK}end'\n"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -290,7 +297,7 @@ def parse_probe(output: str) -> Facts:
             problems.append(f"{name}: {exc.message}")
             return None
 
-    uname = section("uname").splitlines() + [None, None, None]  # type: ignore[list-item]
+    uname = parse_uname(section("uname"))
     bm = attempt(parse_bm_version, "bm_version") if section("bm_version").strip() else None
     root = attempt(parse_root, "root") or RootFacts(None, None, "root part did not run")
     if root.error:
@@ -336,6 +343,17 @@ def _layout(sizes: Mapping[str, int]) -> Layout | None:
     if all(key in sizes for key in HEAPS):
         return Layout(*(sizes[key] for key in HEAPS))
     return None
+
+
+def parse_uname(text: str) -> tuple[str | None, str | None, str | None]:
+    """(machine, release, version) from `uname -rvm` (one line) or `uname -m; -r; -v` (three lines)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) >= 3:
+        return lines[0], lines[1], lines[2]
+    words = lines[0].split() if lines else []
+    if len(words) < 2:
+        return None, None, None
+    return words[-1], words[0], " ".join(words[1:-1]) or None
 
 
 def parse_cpuinfo(text: str) -> str | None:

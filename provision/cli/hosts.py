@@ -112,7 +112,11 @@ def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None 
     needs = any(h.become_password is None for h in inventory.hosts)
     if reach.ask_become_pass or (needs and sys.stdin.isatty()):
         password = click.prompt(
-            "sudo password for the boxes", hide_input=True, err=True, default="", show_default=False
+            "sudo password for the boxes (empty: sudo -n)",
+            hide_input=True,
+            err=True,
+            default="",
+            show_default=False,
         )
         password = password or None
     names = {h.name: h for h in inventory.hosts}

@@ -42,3 +42,9 @@ def test_no_hosts_and_bad_files_exit_2_before_connecting(tmp_path):
     bad.write_text("[se7]\nse7-1 ansible_port=twenty\n")
     result = CliRunner().invoke(cli, ["doctor", "se7-1", "-i", str(bad)])
     assert result.exit_code == 2 and f"{bad}:2: port: must be a port number" in result.output
+
+
+def test_doctor_on_a_box_that_refuses_exits_4():
+    result = CliRunner().invoke(cli, ["doctor", "root@127.0.0.1:1", "--connect-timeout", "1"])
+    assert result.exit_code == 4
+    assert "connection refused" in result.output and "hint:" in result.output

@@ -173,3 +173,21 @@ def test_python_section_caches_only_successes_and_doctor_can_bypass():
     cached = probe_script(with_password=False)
     assert "python-facts" in cached and '*"sail ok"*)' in cached
     assert "python-facts" not in probe_script(with_password=False, fresh=True)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "5.4.217-bm1684 #1 SMP Tue Nov 25 06:55:45 UTC 2025 aarch64\n",
+            ("aarch64", "5.4.217-bm1684", "#1 SMP Tue Nov 25 06:55:45 UTC 2025"),
+        ),
+        ("aarch64\n5.4.217\n#1 SMP\n", ("aarch64", "5.4.217", "#1 SMP")),
+        ("", (None, None, None)),
+        ("garbage", (None, None, None)),
+    ],
+)
+def test_parse_uname(text, expected):
+    from provision.facts import parse_uname
+
+    assert parse_uname(text) == expected

@@ -175,3 +175,29 @@ def test_failed_hosts_and_json_schema():
     }
     assert doc["hosts"][2]["facts"]["heaps"]["now"] == {"npu": 3950, "vpu": 2048, "vpp": 3072, "total": 9070}
     json.dumps(doc)
+
+
+def test_run_preflight_never_stops_on_a_bad_box():
+    from provision.preflight import run_preflight
+    from tests.fakes import FakeTransport, Script
+
+    case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
+    hosts = [Host(name=n, address=n) for n in ("good", "down", "garbage", "good-int4")]
+
+    class FakeConnector:
+        def transport(self, host):
+            if host.name == "down":
+                raise ConnectError(f"{host.name}: connection refused", hint="is sshd running")
+            output = "no marker" if host.name == "garbage" else case["output"]
+            return FakeTransport(host, [Script(r"^sh -c ", output)])
+
+    hosts[3] = dataclasses.replace(hosts[3], variant="int4")
+    report = run_preflight(hosts, FakeConnector(), MANIFEST, forks=2)
+    assert [v.status for v in report.verdicts] == [
+        Status.READY_INT8,
+        Status.UNREACHABLE,
+        Status.ERROR,
+        Status.READY_INT4,
+    ]
+    assert report.worst == "unreachable"
+    assert report.verdicts[2].reasons[0].code == "probe-failed"
