@@ -40,9 +40,7 @@ test-reference: setup
 	$(BIN)/python -m pytest -q -m reference
 
 demo: setup
-	$(BIN)/sophon-fleet sim up --boxes 3 --profile se7-small:1,se7-ready-int8:1,se7-int4-only:1
-	$(BIN)/sophon-fleet sim status
-	$(BIN)/sophon-fleet sim down
+	$(BIN)/python -m sim.demo
 
 clean-sim: setup
 	$(BIN)/sophon-fleet sim down

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shlex
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from typing import Any
 from provision import __version__, box_install
 from provision.assets.cache import Cache
 from provision.assets.lock import Lock
-from provision.assets.push import BoxPusher, ExecChannel, PushEvent, PushItem
+from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
 from provision.errors import FleetError, NotReadyError, RemoteError
 from provision.facts import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
@@ -73,11 +75,12 @@ def app_archive(cache_dir: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
             archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
     data = buffer.getvalue()
     target = cache_dir / "runtime" / f"app-{hashlib.sha256(data).hexdigest()[:16]}.zip"
-    if not target.exists():
+    if not target.exists():  # boxes deploy in parallel: a private temporary name, an atomic rename
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".part-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
     contains = {
         name: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for name, d in members.items()
     }
@@ -154,7 +157,7 @@ class Deployer:
             return None
 
     def push(self, bundle: Bundle, on_event: Callable[[PushEvent], None]) -> int:
-        opener = lambda command: ExecChannel(self.transport.open_exec(command))  # noqa: E731
+        opener = transport_opener(self.transport)
         pusher = BoxPusher(
             self.host, opener, "runtime", bundle.version, bundle.items, root=BASE, progress=on_event
         )

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from provision.errors import FleetError
 
 # What `chat/` needs on the box (FACTS/DESIGN: checked for aarch64 + CPython 3.8).
 RUNTIME_REQUIREMENTS = ("numpy==1.24.4", "tiktoken==0.7.0", "sentencepiece==0.2.0")
+_BUILDING = threading.Lock()
 PLATFORMS = {"aarch64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
 
 
@@ -70,8 +72,9 @@ def ensure_wheelhouse(
     key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:8]
     target = cache_dir / "wheelhouse" / f"cp{tag}-{platform}-{key}"
     index = target / "wheelhouse.json"
-    if not index.exists():
-        _download(target, platform, tag, requirements)
+    with _BUILDING:  # boxes deploy in parallel threads: one download per wheelhouse
+        if not index.exists():
+            _download(target, platform, tag, requirements)
     data = json.loads(index.read_text())
     wheels = tuple(Wheel(**w) for w in data["wheels"])
     return Wheelhouse(target, platform, tag, wheels)
@@ -111,8 +114,9 @@ def _download(target: Path, platform: str, tag: str, requirements: tuple[str, ..
         (tmp / "wheelhouse.json").write_text(
             json.dumps({"platform": platform, "python": tag, "wheels": [vars(w) for w in wheels]}, indent=2)
         )
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        if not (target / "wheelhouse.json").exists():  # another process may have finished first
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -102,7 +102,8 @@ def up(
     if fleet.mirror:
         out.info(
             f"mirror: {fleet.mirror_url} (and sftp://open@{fleet.mirror.address}); "
-            f"manifest pinned to its stand-ins: {fleet.manifest_path}"
+            f"manifest pinned to its stand-ins: {fleet.manifest_path}\n"
+            f"use it with: export SOPHON_FLEET_MODELS={fleet.manifest_path.parent}"
         )
     out.text(fleet.inventory_path.read_text())
 

@@ -5,19 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from provision.errors import SimError
-
-
-@dataclass(frozen=True)
-class Heaps:
-    """Ion heap sizes in MiB."""
-
-    npu: int
-    vpu: int
-    vpp: int
-
-    @property
-    def total(self) -> int:
-        return self.npu + self.vpu + self.vpp
+from provision.memory import Layout
 
 
 @dataclass(frozen=True)
@@ -25,7 +13,7 @@ class Profile:
     """Hardware and software of a box as it leaves the factory."""
 
     name: str
-    heaps: Heaps
+    heaps: Layout  # npu, vpu, vpp MiB
     chip: str = "bm1684x"
     ddr_mib: tuple[int, int, int] = (8192, 4096, 4096)  # ddr12, ddr3, ddr4
     sdk: str = "V24.04.01"
@@ -40,12 +28,12 @@ PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         # heaps of a factory AIBOX-1684X (FACTS.md §1.5): 3950 + 2048 + 3072 = 9070 MiB
-        Profile("se7-factory", Heaps(3950, 2048, 3072)),
-        Profile("se7-ready-int8", Heaps(7615, 3071, 3071)),
-        Profile("se7-int4-only", Heaps(2560, 1024, 1536)),
-        Profile("se7-small", Heaps(1024, 1024, 1536)),
+        Profile("se7-factory", Layout(3950, 2048, 3072)),
+        Profile("se7-ready-int8", Layout(7615, 3071, 3071)),
+        Profile("se7-int4-only", Layout(2560, 1024, 1536)),
+        Profile("se7-small", Layout(1024, 1024, 1536)),
         # Radxa Airbox: memory_edit ships preinstalled ("系统出厂自带") in /opt/sophon/memory_edit
-        Profile("airbox", Heaps(3950, 2048, 3072), dts="bm1684x_sm7m_v1.0.dtb", preinstalled_kit=True),
+        Profile("airbox", Layout(3950, 2048, 3072), dts="bm1684x_sm7m_v1.0.dtb", preinstalled_kit=True),
     )
 }
 

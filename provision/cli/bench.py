@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from provision.bench import SEED_PROMPT, BoxBench, bench_box, write_chart
-from provision.cli.errors import exit_code_for, reports_errors
+from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, fleet_json
 from provision.fleet import FleetResult, run_fleet
 from provision.manifest import load_manifest
 
@@ -66,26 +66,12 @@ def bench(
         write_chart(benches, chart)
         out.info(f"chart: {chart}")
     render(out, result)
-    failures = [o.error for o in result if o.error is not None]
-    if failures:
-        raise SystemExit(int(max(exit_code_for(e) for e in failures)))
+    exit_with_worst(o.error for o in result)
 
 
 def render(out: Output, result: FleetResult[BoxBench]) -> None:
     if out.json:
-        out.emit_json(
-            {
-                "hosts": [
-                    {
-                        "host": o.host.name,
-                        "ok": o.ok,
-                        **(o.value.as_dict() if o.value else {}),
-                        **({"error": o.error.message, "hint": o.error.hint} if o.error else {}),
-                    }
-                    for o in result
-                ]
-            }
-        )
+        out.emit_json(fleet_json(result))
         return
     rows = []
     for o in result:

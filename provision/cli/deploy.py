@@ -8,10 +8,10 @@ import click
 
 from provision.assets.cache import Cache
 from provision.assets.lock import load_lock
-from provision.cli.errors import exit_code_for, reports_errors
+from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, fleet_json
 from provision.deploy import Deployer, DeployResult, deploy_box, rollback_box
 from provision.facts import gather
 from provision.fleet import FleetResult, run_fleet
@@ -68,26 +68,12 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
 
         result = run_fleet(inv.hosts, one, forks=reach.forks)
     render(out, result)
-    failures = [o.error for o in result if o.error is not None]
-    if failures:
-        raise SystemExit(int(max(exit_code_for(e) for e in failures)))
+    exit_with_worst(o.error for o in result)
 
 
 def render(out: Output, result: FleetResult[DeployResult]) -> None:
     if out.json:
-        out.emit_json(
-            {
-                "hosts": [
-                    {
-                        "host": o.host.name,
-                        "ok": o.ok,
-                        **(o.value.as_dict() if o.value else {}),
-                        **({"error": o.error.message, "hint": o.error.hint} if o.error else {}),
-                    }
-                    for o in result
-                ]
-            }
-        )
+        out.emit_json(fleet_json(result))
         return
     rows = []
     for o in result:

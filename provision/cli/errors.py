@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -61,3 +61,10 @@ def reports_errors(func: F) -> F:
             raise SystemExit(int(Exit.INTERRUPTED)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def exit_with_worst(errors: Iterable[errors.FleetError | None]) -> None:
+    """Exit with the most severe code among the hosts' errors; return when there are none."""
+    codes = [exit_code_for(e) for e in errors if e is not None]
+    if codes:
+        raise SystemExit(int(max(codes)))

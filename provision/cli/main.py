@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "deploy": "provision.cli.deploy:deploy",
     "chat": "provision.cli.chat:chat",
     "bench": "provision.cli.bench:bench",
+    "play": "provision.cli.play:play",
     "memory": "provision.cli.memory:memory",
 }
 

@@ -57,3 +57,18 @@ class Output:
 
     def text(self, text: str) -> None:
         self.console.print(text, markup=False)
+
+
+def fleet_json(result: Any) -> dict[str, Any]:
+    """One JSON document for a FleetResult whose values have `as_dict()`: per host, ok, value or error."""
+    return {
+        "hosts": [
+            {
+                "host": o.host.name,
+                "ok": o.ok,
+                **(o.value.as_dict() if o.value is not None else {}),
+                **({"error": o.error.message, "hint": o.error.hint} if o.error else {}),
+            }
+            for o in result
+        ]
+    }

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from provision.assets.cache import Cache
-from provision.assets.lock import load_lock
-from provision.assets.push import BoxTarget, ExecChannel, push_fleet
 from provision.cli.main import cli
-from provision.inventory import load_inventory
-from provision.manifest import load_manifest
-from provision.settings import load_settings
-from provision.transport import Connector, Trust
 
 
 def use_fleet(fleet, tmp_path, monkeypatch) -> None:
@@ -28,17 +21,9 @@ def invoke(*args: str, input: str | None = None) -> tuple[int, str, str]:
 
 
 def pull_and_push(fleet, variant: str, names: list[str] | None = None) -> None:
-    """`assets pull` through the CLI, then push the variant to the boxes (all, or `names`)."""
+    """`assets pull` then `assets push` through the CLI (to all boxes, or to `names`)."""
     code, out, err = invoke("assets", "pull", "--variant", variant, "--no-dfss")
     assert code == 0, out + err
-    settings = load_settings()
-    manifest = load_manifest("glm4-9b")
-    inventory = load_inventory([str(fleet.inventory_path)], (), ssh_config=settings.ssh_config)
-    hosts = [h for h in inventory.hosts if names is None or h.name in names]
-    with Connector(Trust(settings.known_hosts, settings.user_known_hosts)) as connector:
-        targets = [
-            BoxTarget(h.name, lambda cmd, h=h: ExecChannel(connector.transport(h).open_exec(cmd)), variant)
-            for h in hosts
-        ]
-        results = push_fleet(manifest, targets, cache=Cache(settings.cache_dir), lock=load_lock(manifest))
-    assert all(not isinstance(r, Exception) for r in results.values()), results
+    limit = ["--limit", ",".join(names)] if names else []
+    code, out, err = invoke("assets", "push", "-i", str(fleet.inventory_path), "--variant", variant, *limit)
+    assert code == 0, out + err

@@ -1,0 +1,330 @@
+"""Running a playbook (`provision/playbook.py` describes and validates one).
+
+Steps run one after the other over the boxes still in the play; each step runs on those boxes in parallel
+(`forks`; the memory step in rolling batches of `serial`, because it reboots). A box that fails a step
+leaves the play; when more than `max_fail_percent` of the boxes have failed, the remaining steps are not
+started. Every (step, box) ends with one outcome — ok, changed, skipped, failed, unreachable — and the
+recap counts them per box, like Ansible's. `dry_run` runs only what reads (preflight, plans).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from provision import memedit, memkit, memplan
+from provision.assets.cache import Cache
+from provision.assets.download import pull
+from provision.assets.lock import Lock, load_lock
+from provision.assets.push import BoxPusher, plan_push, transport_opener
+from provision.bench import SEED_PROMPT, BoxBench, bench_box
+from provision.deploy import Deployer, deploy_box
+from provision.errors import ConnectError, FleetError, NotReadyError
+from provision.facts import Facts, gather
+from provision.fleet import run_fleet
+from provision.inventory import Host
+from provision.manifest import Manifest
+from provision.memory import Layout
+from provision.playbook import Playbook, Step
+from provision.preflight import Status, Verdict, judge
+from provision.remote_chat import ChatClient, answer_text, choose_variant, serve_command
+from provision.settings import Settings
+from provision.transport import Connector
+
+OUTCOMES = ("ok", "changed", "skipped", "failed", "unreachable")
+
+
+@dataclass
+class BoxState:
+    """What the play knows about one box as it goes."""
+
+    host: Host
+    facts: Facts | None = None
+    verdict: Verdict | None = None
+    variant: str | None = None
+    out: bool = False  # failed a step: left the play
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: str
+    host: str
+    outcome: str  # one of OUTCOMES
+    message: str
+    error: FleetError | None = None
+    data: Any = None
+
+
+@dataclass
+class PlayReport:
+    playbook: Playbook
+    results: list[StepResult] = field(default_factory=list)
+    aborted: str | None = None
+
+    def recap(self) -> dict[str, Counter[str]]:
+        counts: dict[str, Counter[str]] = {}
+        for result in self.results:
+            counts.setdefault(result.host, Counter())[result.outcome] += 1
+        return counts
+
+    @property
+    def changed(self) -> bool:
+        return any(r.outcome == "changed" for r in self.results)
+
+    @property
+    def errors(self) -> list[FleetError]:
+        return [r.error for r in self.results if r.error is not None]
+
+    def benches(self) -> list[BoxBench]:
+        return [r.data for r in self.results if isinstance(r.data, BoxBench)]
+
+
+class Play:
+    def __init__(
+        self,
+        playbook: Playbook,
+        hosts: list[Host],
+        connector: Connector,
+        manifest: Manifest,
+        settings: Settings,
+        *,
+        dry_run: bool = False,
+        serial: int | str | None = None,
+        max_fail_percent: int | None = None,
+        forks: int | None = None,
+        say: Callable[[str], None] = lambda _line: None,
+    ) -> None:
+        self.playbook, self.connector, self.manifest, self.settings = playbook, connector, manifest, settings
+        self.states = {h.name: BoxState(h) for h in hosts}
+        self.dry_run, self.say = dry_run, say
+        self.serial = serial if serial is not None else playbook.serial
+        self.max_fail_percent = (
+            max_fail_percent if max_fail_percent is not None else playbook.max_fail_percent
+        )
+        self.forks = forks or playbook.forks
+        self.cache = Cache(settings.cache_dir)
+        self._lock: Lock | None = None
+        self._guard = threading.Lock()
+
+    @property
+    def lock(self) -> Lock:
+        if self._lock is None:
+            self._lock = load_lock(self.manifest)
+        return self._lock
+
+    def run(self) -> PlayReport:
+        report = PlayReport(self.playbook)
+        for step in self.playbook.steps:
+            boxes = [s for s in self.states.values() if not s.out]
+            if not boxes:
+                break
+            self.say(f"step {step.kind}: {len(boxes)} box{'es' if len(boxes) != 1 else ''}")
+            results = self._run_step(step, boxes)
+            report.results += results
+            for result in results:
+                if result.outcome in ("failed", "unreachable"):
+                    self.states[result.host].out = True
+            failed = sum(1 for s in self.states.values() if s.out)
+            if failed * 100 > self.max_fail_percent * len(self.states):
+                report.aborted = (
+                    f"stopped after step {step.kind}: {failed} of {len(self.states)} boxes failed "
+                    f"(max_fail_percent {self.max_fail_percent})"
+                )
+                break
+        return report
+
+    def _run_step(self, step: Step, boxes: list[BoxState]) -> list[StepResult]:
+        runner = getattr(self, "_" + step.kind.replace("-", "_"))
+        prepare = getattr(self, "_prepare_" + step.kind.replace("-", "_"), None)
+        if prepare is not None and not self.dry_run:
+            try:
+                prepare(step.options, boxes)
+            except FleetError as exc:  # nothing could start (e.g. a download failed): every box fails it
+                return [StepResult(step.kind, b.host.name, "failed", exc.message, exc) for b in boxes]
+        serial = self.serial if step.kind == "memory" else None
+        outcomes = run_fleet(
+            [b.host for b in boxes],
+            lambda h: runner(step.options, self.states[h.name]),
+            forks=self.forks,
+            serial=serial,
+        )
+        results = []
+        for o in outcomes:
+            if o.value is not None:
+                results.append(
+                    o.value
+                    if isinstance(o.value, StepResult)
+                    else StepResult(step.kind, o.host.name, *o.value)
+                )
+            else:
+                outcome = "unreachable" if isinstance(o.error, ConnectError) else "failed"
+                results.append(StepResult(step.kind, o.host.name, outcome, o.error.message, o.error))
+        for result in results:
+            self.say(f"  {result.host}: {result.outcome} — {result.message}")
+        return results
+
+    def _transport(self, state: BoxState):
+        return self.connector.transport(state.host)
+
+    def _refresh(self, state: BoxState) -> Facts:
+        state.facts = gather(self._transport(state))
+        return state.facts
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    # Each returns (outcome, message) or (outcome, message, error, data), or raises a FleetError.
+
+    def _preflight(self, options: dict[str, Any], state: BoxState) -> tuple:
+        facts = self._refresh(state)
+        verdict = judge(state.host, facts, self.manifest, variant=options["variant"])
+        state.verdict, state.variant = verdict, verdict.variant
+        reasons = "; ".join(r.message for r in verdict.reasons)
+        if verdict.status.ready:
+            return "ok", f"ready for {verdict.variant} ({facts.heaps_now} = {facts.heaps_now.total} MiB)"
+        if verdict.status is Status.NEEDS_LAYOUT and verdict.suggestion is not None:
+            return (
+                "ok",
+                f"needs the memory layout {verdict.suggestion.layout} for {verdict.variant}: {reasons}",
+            )
+        raise NotReadyError(f"{state.host.name}: {verdict.status.value}: {reasons}", hint=verdict.hint)
+
+    def _memory(self, options: dict[str, Any], state: BoxState) -> tuple:
+        if options["when"] == "nothing-fits" and (state.verdict is None or state.verdict.status.ready):
+            return "ok", "a variant fits the current layout: left alone"
+        variant = options["variant"] if options["variant"] != "auto" else None
+        layout = (
+            Layout(options["npu"], options["vpu"], options["vpp"]) if options["npu"] is not None else None
+        )
+        request = memplan.request_for(self.manifest, variant=variant, layout=layout)
+        box = memplan.box_memory(state.host.name, state.facts or self._refresh(state))
+        plan = memplan.plan_box(box, request)
+        if plan.action is memplan.Action.NOTHING:
+            return "ok", plan.reason
+        if plan.action is memplan.Action.REFUSED:
+            raise NotReadyError(f"{state.host.name}: memory layout refused: {plan.reason}")
+        if self.dry_run:
+            return "changed", f"would apply {plan.target} and reboot ({plan.reason})"
+        options_ = memedit.ApplyOptions(
+            kit_resolver=self._kit_resolver(),
+            auto_rollback=options["auto_rollback"],
+            reboot=memedit.RebootPolicy(timeout=options["reboot_timeout"]),
+        )
+        result = memedit.apply_box(
+            self._transport(state),
+            plan,
+            request,
+            box,
+            options_,
+            progress=lambda host, stage, detail: self.say(f"  {host}: {stage.value} {detail}"),
+        )
+        self._refresh(state)
+        state.variant = request.variant or state.variant
+        return "changed", f"{result.before} → {result.after}, rebooted and verified"
+
+    def _kit_resolver(self) -> Callable[[], memkit.LocalKit]:
+        found: list[memkit.LocalKit] = []
+
+        def resolve() -> memkit.LocalKit:
+            with self._guard:  # one download for the whole play
+                if not found:
+                    found.append(memkit.resolve_kit(None, self.manifest, self.settings))
+                return found[0]
+
+        return resolve
+
+    def _asset_variant(self, options: dict[str, Any], state: BoxState) -> str:
+        variant = options["variant"] if options["variant"] != "auto" else state.variant
+        if not variant:
+            raise FleetError(f"{state.host.name}: no variant chosen (run a preflight step first)")
+        return variant
+
+    def _prepare_assets(self, options: dict[str, Any], boxes: list[BoxState]) -> None:
+        variants = sorted(
+            {self._asset_variant(options, b) for b in boxes if b.variant or options["variant"] != "auto"}
+        )
+        if variants and not options["from_mirror"]:
+            self.say(f"  cache: {', '.join(variants)} (downloaded once, verified, resumable)")
+            pull(self.manifest, variants, cache=self.cache, lock=self.lock, mirrors=self.settings.mirrors)
+
+    def _assets(self, options: dict[str, Any], state: BoxState) -> tuple:
+        variant = self._asset_variant(options, state)
+        if self.dry_run:
+            return "skipped", f"would push {variant} (dry run)"
+        items = plan_push(
+            self.manifest, variant, cache=self.cache, lock=self.lock, mirror=options["from_mirror"]
+        )
+        pusher = BoxPusher(
+            state.host.name,
+            transport_opener(self._transport(state)),
+            self.manifest.model,
+            variant,
+            items,
+            reverify=options["reverify"],
+            from_mirror=options["from_mirror"] is not None,
+        )
+        result = pusher.run()
+        if result.skipped:
+            return "ok", f"{variant}: every file already verified on the box"
+        return "changed", f"{variant}: {result.transferred / 2**20:.1f} MiB sent, verified on the box"
+
+    def _deploy(self, options: dict[str, Any], state: BoxState) -> tuple:
+        if self.dry_run:
+            return "skipped", "would deploy the runtime (dry run)"
+        deployer = Deployer(self._transport(state), state.host.name)
+        result = deploy_box(
+            deployer,
+            self._refresh(state),
+            self.manifest,
+            cache=self.cache,
+            lock=self.lock,
+            keep=options["keep"],
+        )
+        test = result.selftest or {}
+        detail = f"selftest {test.get('tokens')} tokens at {test.get('tps')} tok/s"
+        if result.status == "up-to-date":
+            return "ok", f"runtime {result.version} up to date"
+        return "changed", f"runtime {result.version} deployed, {detail}"
+
+    def _bench(self, options: dict[str, Any], state: BoxState) -> tuple:
+        if self.dry_run:
+            return "skipped", "no benchmark in a dry run"
+        result = bench_box(
+            self._transport(state),
+            state.host.name,
+            self.manifest,
+            runs=options["runs"],
+            prompt=options["prompt"] or SEED_PROMPT,
+            max_new_tokens=options["max_new_tokens"],
+        )
+        return (
+            "ok",
+            f"{result.variant}: FTL {result.ftl.median:.3f} s, {result.tps.median:.2f} tok/s",
+            None,
+            result,
+        )
+
+    def _chat_check(self, options: dict[str, Any], state: BoxState) -> tuple:
+        if self.dry_run:
+            return "skipped", "no chat in a dry run"
+        transport = self._transport(state)
+        variant = choose_variant(self._refresh(state), self.manifest, "auto", state.host.name)
+        session = transport.open_exec(serve_command(self.manifest, variant))
+        client = ChatClient(session.stdin, session.stdout, name=state.host.name)
+        try:
+            client.wait_ready()
+            text, done = answer_text(client.chat(options["prompt"], max_new_tokens=options["max_new_tokens"]))
+        finally:
+            client.quit()
+            session.close()
+        if not text.strip():
+            raise FleetError(
+                f"{state.host.name}: the model answered nothing ({done.tokens} tokens, {done.stop})"
+            )
+        return (
+            "ok",
+            f"{options['prompt']!r} → {text.strip()[:60]!r}",
+            None,
+            {"prompt": options["prompt"], "answer": text},
+        )
