@@ -194,3 +194,22 @@ def test_bench_json_table_and_chart(fleet, tmp_path):
     )
     assert code == 0 and "published" in out and "1.114" in out and "7.489" in out
     assert wait_no_chat_process(fleet) == []
+
+
+def test_box_going_down_mid_answer_is_a_clear_error(fleet, slow_tpu):
+    proc = spawn_chat(fleet)
+    try:
+        read_until(proc.stdout, b"Question: ")
+        proc.stdin.write(b"tell me everything\n")
+        proc.stdin.flush()
+        read_until(proc.stdout, b"Answer: ")
+        fleet.request("se7-1", "reboot")  # the box loses power: every session drops
+        assert proc.wait(timeout=30) == 4
+        err = proc.stderr.read().decode()
+        assert "connection to the chat runtime lost" in err
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+    fleet.wait_ready(timeout=30)
