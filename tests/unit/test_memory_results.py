@@ -4,7 +4,7 @@ import pytest
 
 from provision.bootimage import Backup
 from provision.cli.errors import Exit
-from provision.cli.memory import results_exit, results_json
+from provision.cli.memory_view import results_exit, results_json
 from provision.errors import ConnectError, FleetError
 from provision.fleet import FleetResult, HostOutcome, SkippedError
 from provision.inventory import Host
