@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from provision.cli.main import cli
@@ -333,3 +334,15 @@ def test_a_full_data_partition_fails_before_any_change_and_leaves_no_lock(sim_fl
     fleet.fault("se7-1", "heal")
     code, doc = apply_json(fleet, kit)
     assert code == 0 and fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
+def test_without_the_sudo_password_the_heaps_are_unknown_and_the_box_is_refused(sim_fleet, tmp_path):
+    fleet = sim_fleet(["se7-factory"])
+    doc = yaml.safe_load(fleet.inventory_path.read_text())
+    del doc["defaults"]["become_password_file"]
+    inv = tmp_path / "no-sudo.yml"
+    inv.write_text(yaml.safe_dump(doc))
+    code, output = invoke("memory", "plan", "--json", "-i", str(inv), "--connect-timeout", "2")
+    assert code == 3, output
+    (host,) = json.loads(output)["hosts"]
+    assert host["action"] == "refused" and host["reason"].startswith("current heaps unknown")
