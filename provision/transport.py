@@ -352,7 +352,7 @@ class Transport:
         try:
             channel.exec_command(command)
             for chunk in iter(lambda: stream.read(CHUNK), b""):
-                channel.sendall(chunk)
+                send_all(channel, chunk)
                 sent += len(chunk)
             channel.shutdown_write()
             _, err = _drain(channel, time.monotonic() + limit)
@@ -434,7 +434,7 @@ class Exec:
 
     # the byte-stream interface of `assets push` and `remote_chat` (send / recv_line / exit_status / close)
     def send(self, data: bytes) -> None:
-        self.channel.sendall(data)
+        send_all(self.channel, data)
 
     def recv_line(self) -> bytes:
         """One line from stdout (b"" at end of stream)."""
@@ -650,6 +650,17 @@ def command_failed(host: Host, result: Result, *, sudo: bool = False) -> RemoteE
 def _short(text: str, limit: int = 80) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+PACKET = 32768
+
+
+def send_all(channel: paramiko.Channel, data: bytes) -> None:
+    """`sendall` in packet-sized pieces: paramiko's own re-copies the rest of the buffer after every
+    32 KiB packet, which made large writes quadratic (measured 0.6x -> 1.25x scp in `assets push`)."""
+    view = memoryview(data)
+    for start in range(0, len(view), PACKET):
+        channel.sendall(view[start : start + PACKET])
 
 
 def _send_stdin(channel: paramiko.Channel, payload: bytes) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
+from provision.assets.lock import load_lock
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output
 from provision.doctor import doctor_json, support_block
-from provision.errors import ConfigError
 from provision.facts import gather
 from provision.manifest import Manifest, load_manifest
 from provision.preflight import PreflightReport, Status, judge, report_json, run_preflight
@@ -112,22 +110,11 @@ def grouped_warnings(report: PreflightReport) -> dict[str, list[str]]:
 
 
 def lock_sizes(manifest: Manifest) -> dict[str, int]:
-    """Sizes pinned in `models/<model>.lock.yaml` (files.<id>.size), when that lock exists."""
-    path = Path(manifest.source).with_name(f"{manifest.model}.lock.yaml")
-    if not path.exists():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=str(path)) from exc
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
-        return {}
-    return {
-        fid: item["size"]
-        for fid, item in files.items()
-        if isinstance(item, dict) and isinstance(item.get("size"), int)
-    }
+    """Sizes pinned in the model's lock (`models/<model>.lock.yaml`), when there is one.
+
+    Raises ConfigError (file, line, key) when the lock is malformed.
+    """
+    return {fid: entry.size for fid, entry in load_lock(manifest).entries.items()}
 
 
 @click.command("doctor")

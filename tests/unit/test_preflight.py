@@ -201,3 +201,17 @@ def test_run_preflight_never_stops_on_a_bad_box():
     ]
     assert report.worst == "unreachable"
     assert report.verdicts[2].reasons[0].code == "probe-failed"
+
+
+def test_lock_sizes_come_from_the_models_lock(tmp_path):
+    from provision.cli.preflight import lock_sizes
+    from provision.manifest import MODELS_DIR
+
+    manifest_path = tmp_path / "glm4-9b.yaml"
+    manifest_path.write_text((MODELS_DIR / "glm4-9b.yaml").read_text())
+    manifest = load_manifest(str(manifest_path))
+    assert lock_sizes(manifest) == {}
+    (tmp_path / "glm4-9b.lock.yaml").write_text(
+        "model: glm4-9b\nfiles:\n  bmodel-int8:\n    size: 10737418240\n    sha256: " + "a" * 64 + "\n"
+    )
+    assert lock_sizes(load_manifest(str(manifest_path))) == {"bmodel-int8": 10 * GiB}

@@ -246,3 +246,13 @@ def test_proxy_jump_through_another_box(sshd, trust):
 def test_stdin_for_a_command_that_does_not_read_it(box):
     for _ in range(5):
         assert box.run(["true"], stdin=b"x" * 200000).ok
+
+
+def test_put_stream_of_a_large_file_round_trips(box, tmp_path):
+    import hashlib
+    import os
+
+    data = os.urandom(8 * 1024 * 1024 + 123)
+    target = tmp_path / "big.bin"
+    assert box.put_stream(io.BytesIO(data), str(target)) == len(data)
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
