@@ -222,6 +222,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
                 ("assets push (OpenSSH client)", push_openssh),
                 ("scp (reference: same link, nothing hashed on the box)", scp),
             ]
+            rows4.append(("raw TCP, no SSH (the ceiling of this link)", lambda: raw_tcp(box, size)))
             for label, took in interleaved(rows4, runs).items():
                 print(f"   {label:64} {size / took / MB:6.0f} MB/s  {size / took / link:.2f} of the link")
             fleet.fault(box.name, "rate", "0")
@@ -240,6 +241,48 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
     finally:
         subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{fleet.boxes[0].address}"], capture_output=True)
         fleet.down()
+
+
+RAW_SINK = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5001))
+s.listen(1)
+c, _ = s.accept()
+b = bytearray(1 << 20)
+while c.recv_into(b):
+    pass
+c.sendall(b"k")
+"""
+
+
+def raw_tcp(box, size: int) -> None:
+    """Plain TCP into the box's namespace: what the link carries without SSH."""
+    import socket
+
+    sink = subprocess.Popen(["ip", "netns", "exec", box.netns, sys.executable, "-c", RAW_SINK])
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                conn = socket.create_connection((box.address, 5001), timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        block = bytes(MIB)
+        with conn:
+            for _ in range(size // MIB):
+                conn.sendall(block)
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(1)
+        sink.wait(10)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
 
 
 def paramiko_opener(address: str, key: Path, known: Path, clients: list):

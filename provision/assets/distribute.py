@@ -18,6 +18,7 @@ from provision.assets.push import DEFAULT_ROOT, BoxPush, BoxTarget, PushEvent, p
 from provision.errors import ConnectError, FleetError, NotReadyError
 from provision.inventory import Host
 from provision.manifest import Manifest
+from provision.preflight import run_preflight
 from provision.transport import Connector
 
 PUSHABLE = ("ready-int8", "ready-int4", "needs-memory-layout")
@@ -30,8 +31,6 @@ def choose_variants(
     if variant != "auto":
         manifest.variant(variant)  # a ConfigError naming the known variants
         return {h.name: h.variant or variant for h in hosts}, {}
-    from provision.preflight import run_preflight
-
     sizes = {fid: entry.size for fid, entry in lock.entries.items()}
     report = run_preflight(hosts, connector, manifest, variant="auto", file_sizes=sizes, forks=forks)
     chosen: dict[str, str] = {}
@@ -61,6 +60,7 @@ def push_to_hosts(
     max_parallel: int = 8,
     root: str = DEFAULT_ROOT,
     progress: Callable[[PushEvent], None] = lambda _e: None,
+    dry_run: bool = False,
 ) -> tuple[dict[str, str], dict[str, BoxPush | FleetError]]:
     """Push every host its variant; returns (host -> variant, host -> result or error), in host order.
 
@@ -86,5 +86,6 @@ def push_to_hosts(
             reverify=reverify,
             max_parallel=max_parallel,
             progress=progress,
+            dry_run=dry_run,
         )
     return chosen, {h.name: results[h.name] for h in hosts}

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix
+from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix, sha256_file
 from provision.assets.lock import Lock
 from provision.assets.sources import Source, SourceUnavailable, TransferInterrupted, sources_for
 from provision.errors import DiskFullError, FleetError, IntegrityError
@@ -324,7 +324,6 @@ def verify(
     progress: ProgressFn = _no_progress,
 ) -> list[VerifyResult]:
     """Re-hash every cached file of `variants` and compare with its blob name and the lock."""
-    from provision.assets.cache import sha256_file
 
     results = []
     for file in manifest.files_for(list(variants)):
@@ -363,7 +362,6 @@ def pin(manifest: Manifest, variants: Sequence[str], *, cache: Cache, lock: Lock
         IntegrityError: a cached file differs from what is already pinned, or is corrupt.
         FleetError: a file is not in the cache (pull it first).
     """
-    from provision.assets.cache import sha256_file
 
     changed = []
     for file in manifest.files_for(list(variants)):

@@ -129,7 +129,7 @@ class PushEvent:
 @dataclass(frozen=True)
 class FilePush:
     name: str
-    status: str  # present | sent | fetched | unpacked
+    status: str  # present | sent | fetched | unpacked (dry run: would-send | would-unpack)
     transferred: int = 0  # bytes the controller sent (or the box fetched) for this file
     resumed_from: int = 0
     attempts: int = 0
@@ -147,7 +147,13 @@ class BoxPush:
         return all(f.status == "present" for f in self.files)
 
     @property
+    def planned(self) -> bool:
+        """A dry run that found something to do."""
+        return any(f.status.startswith("would-") for f in self.files)
+
+    @property
     def transferred(self) -> int:
+        """Bytes sent or fetched (in a dry run: the bytes that would be)."""
         return sum(f.transferred for f in self.files)
 
 
@@ -167,6 +173,7 @@ class BoxPusher:
     retries: int = 3
     backoff: float = 0.5
     python: str = "python3"
+    dry_run: bool = False  # probe and plan only: nothing is sent, written or renamed
 
     @property
     def dest(self) -> str:
@@ -184,6 +191,10 @@ class BoxPusher:
             if state["state"] == "verified":
                 self._emit(item.name, "present", item.size, item.size)
                 result.files.append(FilePush(item.name, "present"))
+            elif self.dry_run:  # the plan only: what would be sent (and from where it would resume)
+                part = state["part"] if state["state"] == "part" else 0
+                action = "would-unpack" if state["state"] == "unpacked-missing" else "would-send"
+                result.files.append(FilePush(item.name, action, item.size - part, part))
             elif state["state"] == "unpacked-missing":
                 self._unpack(item)
                 result.files.append(FilePush(item.name, "unpacked"))
@@ -345,7 +356,7 @@ class BoxPusher:
             code, message = event.get("code"), event.get("message", "")
             if code == "disk_full":
                 raise DiskFullError(f"{self.host}: {message}", hint="free space under /data on the box")
-            if code == "short":
+            if code in ("short", "idle", "no_command"):
                 raise ChannelBroken(message)
             if code == "integrity":
                 raise IntegrityError(f"{self.host}: {message}")
@@ -378,6 +389,7 @@ def push_fleet(
     progress: Callable[[PushEvent], None] = lambda _e: None,
     retries: int = 3,
     backoff: float = 0.5,
+    dry_run: bool = False,
 ) -> dict[str, BoxPush | FleetError]:
     """Push each box its variant, `max_parallel` boxes at a time; returns host -> result or error.
 
@@ -406,6 +418,7 @@ def push_fleet(
             progress=progress,
             retries=retries,
             backoff=backoff,
+            dry_run=dry_run,
         )
         outcome = pusher.run_safely()
         with guard:

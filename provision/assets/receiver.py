@@ -254,7 +254,9 @@ def finish(dest, part, offset, size, digest):
     sha256 = digest.hexdigest()
     say(event="received", size=offset, sha256=sha256)
     line = sys.stdin.buffer.readline()
-    command = json.loads(line.decode() or "{}") if line.strip() else {}
+    if not line.strip():  # the controller went away: keep the complete part, the next run commits it
+        raise Failure("no_command", "no commit from the controller; the part is kept", EXIT_SHORT)
+    command = json.loads(line.decode())
     if command.get("op") != "commit" or command.get("sha256") != sha256 or offset != size:
         os.unlink(part)  # did not verify: the next run starts from zero
         say(event="aborted")

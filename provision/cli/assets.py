@@ -208,7 +208,11 @@ def pin_cmd(out: Output, model, cache_dir, variant):
 
 
 def _mib(size: int | None) -> str:
-    return "-" if size is None else f"{size / 2**20:.1f} MiB"
+    if size is None:
+        return "-"
+    if size < 2**20:
+        return f"{size / 2**10:.1f} KiB"
+    return f"{size / 2**20:.1f} MiB" if size < 2**30 else f"{size / 2**30:.2f} GiB"
 
 
 @assets.command("push", epilog=EPILOG)
@@ -225,11 +229,14 @@ def _mib(size: int | None) -> str:
     "--max-parallel", type=click.IntRange(min=1), help="Boxes pushed to at once (default: --forks)."
 )
 @click.option("--reverify", is_flag=True, help="Hash files already verified on a box again.")
+@click.option("--dry-run", is_flag=True, help="Probe the boxes and show what would be sent; send nothing.")
 @click.option("--dest-root", default=DEFAULT_ROOT, show_default=True, help="Where models live on a box.")
 @json_option
 @click.pass_obj
 @reports_errors
-def push_cmd(out: Output, model, cache_dir, variant, mirror, max_parallel, reverify, dest_root, **kwargs):
+def push_cmd(
+    out: Output, model, cache_dir, variant, mirror, max_parallel, reverify, dry_run, dest_root, **kwargs
+):
     """Distribute the model to boxes: resumable, verified on the box against the lock, skips what is there.
 
     Exit 0 when every box holds its verified variant; otherwise the worst per-box outcome (3 not ready,
@@ -255,6 +262,7 @@ def push_cmd(out: Output, model, cache_dir, variant, mirror, max_parallel, rever
             max_parallel=max_parallel or reach.forks,
             root=dest_root,
             progress=on_progress,
+            dry_run=dry_run,
         )
     rows = [_push_row(host, chosen.get(host), result) for host, result in results.items()]
     if out.json:
@@ -288,7 +296,7 @@ def _push_row(host: str, variant: str | None, result: BoxPush | FleetError) -> d
     return {
         "host": host,
         "variant": variant,
-        "result": "skipped" if result.skipped else "pushed",
+        "result": "skipped" if result.skipped else "planned" if result.planned else "pushed",
         "transferred": result.transferred,
         "files": files,
         "error": "",

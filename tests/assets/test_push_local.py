@@ -263,3 +263,75 @@ def test_loadable_standins_pulled_and_pushed_run_the_chat_runtime(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] is True
+
+
+def test_box_holding_a_file_the_lock_no_longer_pins_gets_the_new_one(tmp_path, pulled, tree):
+    """Boxes are checked against the lock: a verified marker for other content does not count."""
+    manifest, lock, cache = pulled
+    root = str(tmp_path / "box")
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    old = b"an older vendor build"
+    (vdir / "glm4-9b_int4_1dev.bmodel").write_bytes(old)
+    marker = {"size": len(old), "sha256": "c" * 64}
+    (vdir / "glm4-9b_int4_1dev.bmodel.verified").write_text(json.dumps(marker))
+    result = BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "sent"
+    assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
+
+
+def test_dry_run_plans_without_touching_the_box(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes((tree.root / BMODELS["int4"]).read_bytes()[:1000])
+    before = sorted(p.name for p in vdir.iterdir())
+    items = plan_push(manifest, "int4", cache=cache, lock=lock)
+    plan = BoxPusher(
+        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), dry_run=True
+    ).run()
+    assert plan.planned and not plan.skipped
+    bmodel = next(f for f in plan.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "would-send" and bmodel.resumed_from == 1000
+    assert bmodel.transferred == BMODEL_SIZE - 1000
+    assert sorted(p.name for p in vdir.iterdir()) == before
+
+
+def test_controller_gone_before_commit_keeps_the_complete_part(tmp_path, pulled, tree):
+    manifest, lock, cache = pulled
+    dest = tmp_path / "box" / "f.bin"
+    data = (tree.root / BMODELS["int4"]).read_bytes()
+    channel = LocalChannel(receiver_command("recv", {"dest": str(dest), "size": len(data)}, python=PYTHON))
+    assert json.loads(channel.recv_line())["offset"] == 0
+    channel.send(data)
+    assert json.loads(channel.recv_line())["event"] == "received"
+    channel.proc.stdin.close()  # the link drops before the controller could say commit
+    assert json.loads(channel.recv_line())["code"] == "no_command"
+    assert channel.exit_status() == 4
+    channel.close()
+    assert not dest.exists() and (tmp_path / "box" / "f.bin.part").stat().st_size == len(data)
+    again = LocalChannel(receiver_command("recv", {"dest": str(dest), "size": len(data)}, python=PYTHON))
+    assert json.loads(again.recv_line())["offset"] == len(data)  # nothing left to send
+    received = json.loads(again.recv_line())
+    again.send(json.dumps({"op": "commit", "sha256": received["sha256"]}).encode() + b"\n")
+    assert json.loads(again.recv_line())["event"] == "committed"
+    again.close()
+    assert dest.read_bytes() == data
+
+
+def test_fetch_mode_restarts_cleanly_when_the_mirror_ignores_range(tmp_path, pulled, tree, mirror):
+    manifest, lock, cache = pulled
+    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir.mkdir(parents=True)
+    (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes(b"\xff" * (1 << 20))  # wrong bytes, if appended to
+    mirror.faults = Faults(ignore_range=True, times=0)
+    items = plan_push(manifest, "int4", cache=cache, lock=lock, mirror=mirror.url)
+    pusher = BoxPusher(
+        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), from_mirror=True
+    )
+    result = pusher.run()
+    bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
+    assert bmodel.status == "fetched" and bmodel.attempts == 1
+    assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()

@@ -50,6 +50,11 @@ def test_pull_over_sftp_then_push_auto_skip_and_from_mirror(fleet, tmp_path):
     pulled = invoke(tmp_path, "assets", "pull", *m, "--variant", "all", "--no-dfss", "--json")
     assert pulled.exit_code == 0, pulled.output
 
+    planned = invoke(tmp_path, "assets", "push", *inv, *m, "--limit", "se7-1", "--dry-run", "--json")
+    assert planned.exit_code == 0, planned.output
+    (box,) = json.loads(planned.stdout)["boxes"]
+    assert box["result"] == "planned" and {d["status"] for d in box["detail"]} == {"would-send"}
+
     pushed = invoke(tmp_path, "assets", "push", *inv, *m, "--limit", "se7-1,se7-2", "--json")
     assert pushed.exit_code == 0, pushed.output
     boxes = {b["host"]: b for b in json.loads(pushed.stdout)["boxes"]}
