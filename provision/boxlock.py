@@ -52,10 +52,17 @@ def acquire(transport: Transport, name: str, owner: dict[str, object], *, break_
     script = (
         f"mkdir -p {LOCK_DIR} && "
         + (f"rm -rf -- {path}; " if break_lock else "")
-        + f'if mkdir -- {path} 2>/dev/null; then printf "%s\\n" "$1" > {path}/owner && echo acquired; '
+        + f"if mkdir -- {path} 2>/dev/null; then "
+        f'if printf "%s\\n" "$1" > {path}/owner; then echo acquired; else rm -rf -- {path}; exit 1; fi; '
         f"else echo held; cat -- {path}/owner 2>/dev/null; fi"
     )
-    result = transport.run(quote_command(["sh", "-c", script, "sh", owner_text]))
+    result = transport.run(quote_command(["sh", "-c", script, "sh", owner_text]), check=False)
+    if not result.ok:
+        why = result.stderr.strip() or result.stdout.strip()
+        raise RemoteError(
+            f"{transport.host.name}: cannot take the lock {path}: {why}",
+            hint="is /data full or read-only? (`df -h /data` on the box)",
+        )
     lines = result.stdout.splitlines()
     if lines and lines[0] == "acquired":
         return

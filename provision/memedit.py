@@ -299,6 +299,8 @@ def edit(run: _Box, folder: str, target: Layout) -> str:
     if report is not None:
         if report.errors:
             problem = "; ".join(report.errors)
+        elif report.check is None:
+            problem = "memory_edit printed no `check … size` lines (output cut short?)"
         elif report.check != target:
             problem = f"memory_edit checked {report.check}, not the requested {target}"
         elif not report.ok or result.exit_code != 0:

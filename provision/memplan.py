@@ -141,9 +141,9 @@ def plan_box(box: BoxMemory, request: Request) -> BoxPlan:
             )
         return plan(
             Action.CHECK,
-            request.layout,
+            request.layout if request.explicit else assumed,
             "max unknown (no kit on the box yet): apply reads it there, then changes and reboots only "
-            "if needed",
+            "if needed" + ("" if request.explicit else "; target shown for a 16 GB BM1684X"),
         )
     if request.explicit:
         too_big = over_max(request.layout, box.max)

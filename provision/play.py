@@ -221,6 +221,8 @@ class Play:
         )
         self._refresh(state)
         state.variant = request.variant or state.variant
+        if result.status is memedit.Status.UNCHANGED:  # a `check` box whose own max showed it at target
+            return "ok", result.note
         return "changed", f"{result.before} → {result.after}, rebooted and verified"
 
     def _kit_resolver(self) -> Callable[[], memkit.LocalKit]:

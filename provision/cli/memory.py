@@ -7,34 +7,35 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.memory_view import (
+    PlannedBox,
+    plan_exit,
+    plan_json,
+    render_plan,
+    render_results,
+    results_exit,
+    stage_display,
+)
 from provision.cli.options import json_option
 from provision.cli.output import Output
-from provision.errors import ConfigError, ConnectError, FleetError
+from provision.errors import ConfigError
 from provision.facts import gather
-from provision.fleet import FleetResult, SkippedError, run_fleet
+from provision.fleet import run_fleet
 from provision.inventory import Host, Inventory
 from provision.manifest import load_manifest
-from provision.memedit import ApplyFailed, ApplyOptions, BoxResult, Stage, apply_box, rollback_box
+from provision.memedit import ApplyOptions, BoxResult, apply_box, rollback_box
 from provision.memkit import LocalKit, resolve_kit
 from provision.memory import Layout
 from provision.memplan import Action, BoxMemory, BoxPlan, Request, box_memory, plan_box, request_for
 from provision.reboot import RebootPolicy
 from provision.settings import Settings, load_settings
 from provision.transport import Connector
-
-ACTION_STYLE = {
-    Action.NOTHING: "green",
-    Action.APPLY: "yellow",
-    Action.CHECK: "yellow",
-    Action.REFUSED: "red",
-}
 
 
 @click.group("memory")
@@ -76,14 +77,6 @@ def request_from(kwargs: dict[str, Any]) -> Request:
     return request_for(manifest, variant=variant, layout=layout)
 
 
-@dataclass(frozen=True)
-class PlannedBox:
-    host: Host
-    box: BoxMemory | None
-    plan: BoxPlan | None
-    error: FleetError | None
-
-
 def plan_hosts(inventory: Inventory, connector: Connector, request: Request, forks: int) -> list[PlannedBox]:
     """Gather facts on every box in parallel (one round trip each) and plan each."""
 
@@ -118,65 +111,6 @@ def plan_command(out: Output, **kwargs: Any) -> None:
         planned = plan_hosts(inv, connector, request, reach.forks)
     render_plan(out, request, planned)
     raise SystemExit(int(plan_exit(planned)))
-
-
-def plan_exit(planned: list[PlannedBox]) -> Exit:
-    if any(p.error is not None for p in planned):
-        return Exit.UNREACHABLE if any(isinstance(p.error, ConnectError) for p in planned) else Exit.FAILED
-    if any(p.plan and p.plan.action is Action.REFUSED for p in planned):
-        return Exit.NOT_READY
-    return Exit.OK
-
-
-def plan_json(request: Request, planned: list[PlannedBox]) -> dict[str, Any]:
-    return {
-        "schema": "sophon-fleet/memory-plan/v1",
-        "request": {
-            "layout": _layout(request.layout),
-            "explicit": request.explicit,
-            "variant": request.variant,
-            "min_total": request.min_total,
-        },
-        "hosts": [
-            {
-                "host": p.host.name,
-                "action": p.plan.action.value if p.plan else "error",
-                "current": _layout(p.plan.current) if p.plan else None,
-                "target": _layout(p.plan.target) if p.plan else None,
-                "max": _layout(p.plan.max) if p.plan else None,
-                "reason": p.plan.reason if p.plan else (p.error.message if p.error else ""),
-            }
-            for p in planned
-        ],
-    }
-
-
-def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> None:
-    if out.json:
-        out.emit_json(plan_json(request, planned))
-        return
-    rows = []
-    for p in planned:
-        if p.plan is None:
-            rows.append((p.host.name, "[magenta]error[/]", "-", "-", "-", p.error.message if p.error else ""))
-            continue
-        plan = p.plan
-        rows.append(
-            (
-                plan.host,
-                f"[{ACTION_STYLE[plan.action]}]{plan.action.value}[/]",
-                plan.current or "-",
-                plan.target or "-",
-                plan.max or "unknown",
-                plan.reason,
-            )
-        )
-    out.table(
-        f"memory plan: {request.describe()}",
-        ["host", "action", "now MiB", "target", "max", "why"],
-        rows,
-        keep_whole=("host", "action", "now MiB", "target", "max"),
-    )
 
 
 # ---------------------------------------------------------------------------------------------- apply
@@ -250,8 +184,7 @@ def apply_command(
             break_lock=break_lock,
         )
         by_name = {p.host.name: p for p in planned}
-        progress = progress_printer(out)
-        with interruptible(out) as cancel:
+        with interruptible(out) as cancel, stage_display(out, inv.names()) as progress:
 
             def task(host: Host) -> BoxResult:
                 p = by_name[host.name]
@@ -301,16 +234,6 @@ def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
         raise SystemExit(int(Exit.FAILED))
 
 
-def progress_printer(out: Output) -> Callable[[str, Stage, str], None]:
-    lock = threading.Lock()
-
-    def show(host: str, stage: Stage, detail: str) -> None:
-        with lock:
-            out.info(f"{host:<12} {stage.value:<9} {detail}".rstrip())
-
-    return show
-
-
 @contextmanager
 def interruptible(out: Output) -> Iterator[threading.Event]:
     """Ctrl-C sets the event: each box stops at its next stage boundary (never inside a stage) and says
@@ -331,103 +254,6 @@ def interruptible(out: Output) -> Iterator[threading.Event]:
         yield cancel
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def results_exit(result: FleetResult[BoxResult]) -> Exit:
-    """Worst outcome first: interrupted 130, failed/rolled back/skipped 1, unreachable 4, refused 3."""
-    errors = [o.error for o in result if o.error is not None]
-    refused = [e for e in errors if isinstance(e, ApplyFailed) and e.refused]
-    unreachable = [e for e in errors if isinstance(e, ConnectError)]
-    if any(isinstance(e, ApplyFailed) and e.cancelled for e in errors):
-        return Exit.INTERRUPTED
-    if len(errors) > len(refused) + len(unreachable):
-        return Exit.FAILED
-    if unreachable:
-        return Exit.UNREACHABLE
-    return Exit.NOT_READY if refused else Exit.OK
-
-
-def results_json(
-    command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    planned = {h["host"]: h for h in plan["hosts"]} if plan else {}
-    hosts = []
-    for o in result:
-        entry: dict[str, Any] = {"host": o.host.name, "seconds": round(o.seconds, 2)}
-        if o.host.name in planned:
-            entry["plan"] = {k: v for k, v in planned[o.host.name].items() if k != "host"}
-        if o.value is not None:
-            v = o.value
-            entry.update(
-                result=v.status.value,
-                before=_layout(v.before),
-                after=_layout(v.after),
-                backup=v.backup.to_json() if v.backup else None,
-                note=v.note,
-            )
-        elif isinstance(o.error, ApplyFailed):
-            e = o.error
-            entry.update(
-                result="refused" if e.refused else ("interrupted" if e.cancelled else "failed"),
-                stage=e.stage.value,
-                image=e.image,
-                error=e.message,
-                hint=e.hint,
-                backup=e.backup.to_json() if e.backup else None,
-                recovery=list(e.recovery),
-            )
-        elif o.error is not None:
-            kind = "skipped" if isinstance(o.error, SkippedError) else "unreachable"
-            entry.update(result=kind if isinstance(o.error, SkippedError | ConnectError) else "failed")
-            entry.update(error=o.error.message, hint=o.error.hint)
-        hosts.append(entry)
-    doc: dict[str, Any] = {"schema": f"sophon-fleet/{command.replace(' ', '-')}/v1", "hosts": hosts}
-    if plan:
-        doc["request"] = plan["request"]
-    return doc
-
-
-def render_results(
-    out: Output, command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
-) -> None:
-    doc = results_json(command, result, plan)
-    if out.json:
-        out.emit_json(doc)
-        return
-    rows = [
-        (
-            h["host"],
-            h["result"],
-            _text(h.get("before") or h.get("plan", {}).get("current")),
-            _text(h.get("after")),
-            h.get("image") or ("new" if h["result"] in ("applied", "restored") else "-"),
-            h.get("stage", "") if "error" in h else h.get("note", ""),
-        )
-        for h in doc["hosts"]
-    ]
-    out.table(
-        command,
-        ["host", "result", "before", "after", "boot image", "stage / note"],
-        rows,
-        keep_whole=("host", "result", "before", "after", "boot image"),
-    )
-    for h in doc["hosts"]:
-        if h.get("error"):
-            out.text(f"{h['host']}: {h['result']}: {h['error']}")
-        if h.get("recovery"):
-            out.text(f"{h['host']}: to recover:")
-            for step in h["recovery"]:
-                out.text(f"  - {step}")
-        if h.get("hint"):
-            out.text(f"{h['host']}: hint: {h['hint']}")
-
-
-def _text(layout: dict[str, int] | None) -> str:
-    return "/".join(str(layout[k]) for k in ("npu", "vpu", "vpp")) if layout else "-"
-
-
-def _layout(layout: Layout | None) -> dict[str, int] | None:
-    return {"npu": layout.npu, "vpu": layout.vpu, "vpp": layout.vpp} if layout else None
 
 
 # ---------------------------------------------------------------------------------------------- rollback
@@ -462,8 +288,11 @@ def rollback_command(
         planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
         confirm_reboots(out, planned, yes)
     options = ApplyOptions(reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock)
-    progress = progress_printer(out)
-    with connector_for(reach, inv) as connector, interruptible(out) as cancel:
+    with (
+        connector_for(reach, inv) as connector,
+        interruptible(out) as cancel,
+        stage_display(out, [target.name]) as progress,
+    ):
         result = run_fleet(
             [target],
             lambda h: rollback_box(connector.transport(h), options, progress=progress, cancel=cancel),

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from provision.cli.main import cli
@@ -319,3 +320,29 @@ def test_confirmation_is_required_and_an_unreachable_box_does_not_stop_the_other
     assert code == 4, doc
     assert [h["result"] for h in doc["hosts"]] == ["applied", "unreachable"]
     assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
+def test_a_full_data_partition_fails_before_any_change_and_leaves_no_lock(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "disk-full")
+    before = boot_sha(fleet, "se7-1")
+    code, doc = apply_json(fleet, kit)
+    assert code == 1, doc
+    (host,) = doc["hosts"]
+    assert host["image"] == "old" and "df -h /data" in host["hint"]
+    assert boot_sha(fleet, "se7-1") == before
+    fleet.fault("se7-1", "heal")
+    code, doc = apply_json(fleet, kit)
+    assert code == 0 and fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
+def test_without_the_sudo_password_the_heaps_are_unknown_and_the_box_is_refused(sim_fleet, tmp_path):
+    fleet = sim_fleet(["se7-factory"])
+    doc = yaml.safe_load(fleet.inventory_path.read_text())
+    del doc["defaults"]["become_password_file"]
+    inv = tmp_path / "no-sudo.yml"
+    inv.write_text(yaml.safe_dump(doc))
+    code, output = invoke("memory", "plan", "--json", "-i", str(inv), "--connect-timeout", "2")
+    assert code == 3, output
+    (host,) = json.loads(output)["hosts"]
+    assert host["action"] == "refused" and host["reason"].startswith("current heaps unknown")

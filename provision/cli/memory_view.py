@@ -1,0 +1,224 @@
+"""How `memory plan / apply / rollback` show their work: plan and result tables, one JSON document, the
+progress display, and the exit code from the worst outcome. Only rendering; no decisions about boxes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from rich.live import Live
+from rich.table import Table
+
+from provision.cli.errors import Exit
+from provision.cli.output import Output
+from provision.errors import ConnectError, FleetError
+from provision.fleet import FleetResult, SkippedError
+from provision.inventory import Host
+from provision.memedit import ApplyFailed, BoxResult, Stage
+from provision.memory import Layout
+from provision.memplan import Action, BoxMemory, BoxPlan, Request
+
+ACTION_STYLE = {
+    Action.NOTHING: "green",
+    Action.APPLY: "yellow",
+    Action.CHECK: "yellow",
+    Action.REFUSED: "red",
+}
+
+
+@dataclass(frozen=True)
+class PlannedBox:
+    host: Host
+    box: BoxMemory | None
+    plan: BoxPlan | None
+    error: FleetError | None
+
+
+def plan_exit(planned: list[PlannedBox]) -> Exit:
+    if any(p.error is not None for p in planned):
+        return Exit.UNREACHABLE if any(isinstance(p.error, ConnectError) for p in planned) else Exit.FAILED
+    if any(p.plan and p.plan.action is Action.REFUSED for p in planned):
+        return Exit.NOT_READY
+    return Exit.OK
+
+
+def plan_json(request: Request, planned: list[PlannedBox]) -> dict[str, Any]:
+    return {
+        "schema": "sophon-fleet/memory-plan/v1",
+        "request": {
+            "layout": _layout(request.layout),
+            "explicit": request.explicit,
+            "variant": request.variant,
+            "min_total": request.min_total,
+        },
+        "hosts": [
+            {
+                "host": p.host.name,
+                "action": p.plan.action.value if p.plan else "error",
+                "current": _layout(p.plan.current) if p.plan else None,
+                "target": _layout(p.plan.target) if p.plan else None,
+                "max": _layout(p.plan.max) if p.plan else None,
+                "reason": p.plan.reason if p.plan else (p.error.message if p.error else ""),
+            }
+            for p in planned
+        ],
+    }
+
+
+def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> None:
+    if out.json:
+        out.emit_json(plan_json(request, planned))
+        return
+    rows = []
+    for p in planned:
+        if p.plan is None:
+            rows.append((p.host.name, "[magenta]error[/]", "-", "-", "-", p.error.message if p.error else ""))
+            continue
+        plan = p.plan
+        rows.append(
+            (
+                plan.host,
+                f"[{ACTION_STYLE[plan.action]}]{plan.action.value}[/]",
+                plan.current or "-",
+                plan.target or "-",
+                plan.max or "unknown",
+                plan.reason,
+            )
+        )
+    out.table(
+        f"memory plan: {request.describe()}",
+        ["host", "action", "now MiB", "target", "max", "why"],
+        rows,
+        keep_whole=("host", "action", "now MiB", "target", "max"),
+    )
+
+
+@contextmanager
+def stage_display(out: Output, hosts: list[str]) -> Iterator[Callable[[str, Stage, str], None]]:
+    """Progress: on a terminal one live line per box with its current stage; otherwise (pipes, CI, tests)
+    one log line per box and stage on stderr. Silent with --json and -q."""
+    lock = threading.Lock()
+    if not (out.err.is_terminal and not out.json and out.verbosity >= 0):
+
+        def log(host: str, stage: Stage, detail: str) -> None:
+            with lock:
+                out.info(f"{host:<12} {stage.value:<9} {detail}".rstrip())
+
+        yield log
+        return
+    state = {name: ("queued", "") for name in hosts}
+
+    def table() -> Table:
+        grid = Table.grid(padding=(0, 2))
+        for name, (stage, detail) in state.items():
+            grid.add_row(name, f"[bold]{stage}[/]", detail)
+        return grid
+
+    with Live(table(), console=out.err, refresh_per_second=8) as live:
+
+        def show(host: str, stage: Stage, detail: str) -> None:
+            with lock:
+                state[host] = (stage.value, detail)
+                live.update(table())
+
+        yield show
+
+
+def results_exit(result: FleetResult[BoxResult]) -> Exit:
+    """Worst outcome first: interrupted 130, failed/rolled back/skipped 1, unreachable 4, refused 3."""
+    errors = [o.error for o in result if o.error is not None]
+    refused = [e for e in errors if isinstance(e, ApplyFailed) and e.refused]
+    unreachable = [e for e in errors if isinstance(e, ConnectError)]
+    if any(isinstance(e, ApplyFailed) and e.cancelled for e in errors):
+        return Exit.INTERRUPTED
+    if len(errors) > len(refused) + len(unreachable):
+        return Exit.FAILED
+    if unreachable:
+        return Exit.UNREACHABLE
+    return Exit.NOT_READY if refused else Exit.OK
+
+
+def results_json(
+    command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    planned = {h["host"]: h for h in plan["hosts"]} if plan else {}
+    hosts = []
+    for o in result:
+        entry: dict[str, Any] = {"host": o.host.name, "seconds": round(o.seconds, 2)}
+        if o.host.name in planned:
+            entry["plan"] = {k: v for k, v in planned[o.host.name].items() if k != "host"}
+        if o.value is not None:
+            v = o.value
+            entry.update(
+                result=v.status.value,
+                before=_layout(v.before),
+                after=_layout(v.after),
+                backup=v.backup.to_json() if v.backup else None,
+                note=v.note,
+            )
+        elif isinstance(o.error, ApplyFailed):
+            e = o.error
+            entry.update(
+                result="refused" if e.refused else ("interrupted" if e.cancelled else "failed"),
+                stage=e.stage.value,
+                image=e.image,
+                error=e.message,
+                hint=e.hint,
+                backup=e.backup.to_json() if e.backup else None,
+                recovery=list(e.recovery),
+            )
+        elif o.error is not None:
+            kind = "skipped" if isinstance(o.error, SkippedError) else "unreachable"
+            entry.update(result=kind if isinstance(o.error, SkippedError | ConnectError) else "failed")
+            entry.update(error=o.error.message, hint=o.error.hint)
+        hosts.append(entry)
+    doc: dict[str, Any] = {"schema": f"sophon-fleet/{command.replace(' ', '-')}/v1", "hosts": hosts}
+    if plan:
+        doc["request"] = plan["request"]
+    return doc
+
+
+def render_results(
+    out: Output, command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
+) -> None:
+    doc = results_json(command, result, plan)
+    if out.json:
+        out.emit_json(doc)
+        return
+    rows = [
+        (
+            h["host"],
+            h["result"],
+            _text(h.get("before") or h.get("plan", {}).get("current")),
+            _text(h.get("after")),
+            h.get("image") or ("new" if h["result"] in ("applied", "restored") else "-"),
+            h.get("stage", "") if "error" in h else h.get("note", ""),
+        )
+        for h in doc["hosts"]
+    ]
+    out.table(
+        command,
+        ["host", "result", "before", "after", "boot image", "stage / note"],
+        rows,
+        keep_whole=("host", "result", "before", "after", "boot image"),
+    )
+    for h in doc["hosts"]:
+        if h.get("error"):
+            out.text(f"{h['host']}: {h['result']}: {h['error']}")
+        if h.get("recovery"):
+            out.text(f"{h['host']}: to recover:")
+            for step in h["recovery"]:
+                out.text(f"  - {step}")
+        if h.get("hint"):
+            out.text(f"{h['host']}: hint: {h['hint']}")
+
+
+def _text(layout: dict[str, int] | None) -> str:
+    return "/".join(str(layout[k]) for k in ("npu", "vpu", "vpp")) if layout else "-"
+
+
+def _layout(layout: Layout | None) -> dict[str, int] | None:
+    return {"npu": layout.npu, "vpu": layout.vpu, "vpp": layout.vpp} if layout else None
