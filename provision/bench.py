@@ -13,7 +13,7 @@ from pathlib import Path
 
 from provision.facts import gather
 from provision.manifest import Manifest
-from provision.remote_chat import ChatClient, answer_text, choose_variant, serve_command
+from provision.remote_chat import ChatClient, answer_text, choose_variant, runtime_session
 from provision.transport import Transport
 
 SEED_PROMPT = "请使用C++写一段冒泡排序算法。"
@@ -97,17 +97,12 @@ def bench_box(
 ) -> BoxBench:
     """Start the box's runtime once, ask `runs` times from a fresh history, stop it (no orphan)."""
     variant = choose_variant(gather(transport), manifest, "auto", host)
-    session = transport.open_exec(serve_command(manifest, variant))
-    client = ChatClient(session.stdin, session.stdout, name=host)
-    try:
+    with runtime_session(transport, manifest, variant, host) as client:
         ready = client.wait_ready()
         result = bench_client(
             client, host=host, variant=variant, runs=runs, prompt=prompt, max_new_tokens=max_new_tokens
         )
-        return BoxBench(result.host, result.variant, result.runs, ready.load_s)
-    finally:
-        client.quit()
-        session.close()
+    return BoxBench(result.host, result.variant, result.runs, ready.load_s)
 
 
 def write_chart(results: Sequence[BoxBench], path: Path) -> Path:

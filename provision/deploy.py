@@ -208,10 +208,9 @@ class Deployer:
         out = self.transport.run(f"cat {RUNTIME_ROOT}/history", check=False).stdout
         return [line.strip() for line in out.splitlines() if line.strip()]
 
-    def prune(self, keep: int) -> list[str]:
-        """Remove versions beyond the newest `keep` (never the current one)."""
+    def prune(self, keep: int, current: str) -> list[str]:
+        """Remove versions beyond the newest `keep` (never `current`)."""
         listing = self.transport.run(f"ls -1t {RUNTIME_ROOT}", check=False).stdout.split()
-        current = self.current()
         versions = [v for v in listing if v not in ("current", "history") and not v.startswith(".")]
         doomed = [v for v in versions[max(keep, 1) :] if v != current]
         if doomed:
@@ -261,7 +260,7 @@ def deploy_box(
     report = deployer.selftest(bundle.version, *model_paths(manifest, variant))
     deployer.progress(host, "switch")
     deployer.switch(bundle.version, {"version": bundle.version, "variant": variant, "selftest": report})
-    deployer.prune(keep)
+    deployer.prune(keep, current=bundle.version)
     return DeployResult(host, bundle.version, "deployed", previous, report, transferred)
 
 

@@ -30,7 +30,7 @@ from provision.manifest import Manifest
 from provision.memory import Layout
 from provision.playbook import Playbook, Step
 from provision.preflight import Status, Verdict, judge
-from provision.remote_chat import ChatClient, answer_text, choose_variant, serve_command
+from provision.remote_chat import answer_text, choose_variant, runtime_session
 from provision.settings import Settings
 from provision.transport import Connector
 
@@ -310,16 +310,10 @@ class Play:
     def _chat_check(self, options: dict[str, Any], state: BoxState) -> tuple:
         if self.dry_run:
             return "skipped", "no chat in a dry run"
-        transport = self._transport(state)
         variant = choose_variant(self._refresh(state), self.manifest, "auto", state.host.name)
-        session = transport.open_exec(serve_command(self.manifest, variant))
-        client = ChatClient(session.stdin, session.stdout, name=state.host.name)
-        try:
+        with runtime_session(self._transport(state), self.manifest, variant, state.host.name) as client:
             client.wait_ready()
             text, done = answer_text(client.chat(options["prompt"], max_new_tokens=options["max_new_tokens"]))
-        finally:
-            client.quit()
-            session.close()
         if not text.strip():
             raise FleetError(
                 f"{state.host.name}: the model answered nothing ({done.tokens} tokens, {done.stop})"

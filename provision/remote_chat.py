@@ -7,6 +7,7 @@ simulated box, or a local pipe in tests. A reader thread turns lines into events
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import queue
@@ -20,6 +21,7 @@ from provision.deploy import RUNTIME_ROOT, model_paths
 from provision.errors import ConnectError, NotReadyError, RemoteError
 from provision.facts import Facts
 from provision.manifest import Manifest
+from provision.transport import Transport
 
 _EOF = object()
 
@@ -230,3 +232,18 @@ def serve_command(manifest: Manifest, variant: str) -> str:
     bmodel, token = model_paths(manifest, variant)
     args = ["../venv/bin/python", "-m", "chat", "serve", "--stdio", "--bmodel", bmodel, "--token", token]
     return f"cd {RUNTIME_ROOT}/current/app && exec " + " ".join(shlex.quote(a) for a in args)
+
+
+@contextlib.contextmanager
+def runtime_session(
+    transport: Transport, manifest: Manifest, variant: str, host: str
+) -> Iterator[ChatClient]:
+    """The box's deployed runtime serving `variant` over an SSH exec channel; on leaving, it is told to quit
+    and the channel closes, so nothing is left running on the box."""
+    session = transport.open_exec(serve_command(manifest, variant))
+    client = ChatClient(session.stdin, session.stdout, name=host)
+    try:
+        yield client
+    finally:
+        client.quit()
+        session.close()

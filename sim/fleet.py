@@ -120,9 +120,7 @@ class Fleet:
         password_file = st.dir / "become_password"
         password_file.write_text(PASSWORD + "\n")
         password_file.chmod(0o600)
-        password_hash = subprocess.run(
-            ["openssl", "passwd", "-6", PASSWORD], check=True, capture_output=True, text=True
-        ).stdout.strip()
+        password_hash = shadow_hash(PASSWORD)
         self._mount_tmpfs(st.overlay_dir, size="4g")
         fleet_net = net.FleetNet(st.k)
         if any(p for p in profiles) and boxmod.SAIL_EMULATOR.is_dir():
@@ -160,9 +158,7 @@ class Fleet:
         boxmod.prepare(
             paths, record.name, get_profile("se7-factory"), operator_pub=pub, password_hash=password_hash
         )
-        sftp_hash = subprocess.run(
-            ["openssl", "passwd", "-6", mirrornode.SFTP_PASSWORD], check=True, capture_output=True, text=True
-        ).stdout.strip()
+        sftp_hash = shadow_hash(mirrornode.SFTP_PASSWORD)
         boxmod.add_sftp_user(paths, mirrornode.SFTP_USER, sftp_hash)
         tree = mirrornode.build_tree(paths.dir / "fs" / "srv", bmodel_size=bmodel_size)
         (st.dir / "models").mkdir(exist_ok=True)
@@ -561,6 +557,11 @@ def pid_alive(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
         return False
+
+
+def shadow_hash(password: str) -> str:
+    """A SHA-512 crypt hash for /etc/shadow (the box's sshd and sudo check it)."""
+    return run(["openssl", "passwd", "-6", password]).stdout.strip()
 
 
 def unmount(where: str) -> bool:

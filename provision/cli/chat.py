@@ -16,7 +16,7 @@ from provision.cli.output import Output
 from provision.errors import ConfigError
 from provision.facts import gather
 from provision.manifest import load_manifest
-from provision.remote_chat import ChatClient, Done, Token, choose_variant, serve_command
+from provision.remote_chat import ChatClient, Done, Token, choose_variant, runtime_session
 
 HELP_LINE = (
     "/reset forgets the conversation, /stats shows counters, /exit (or Ctrl-D) quits; Ctrl-C stops an answer"
@@ -68,9 +68,7 @@ def chat(
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])
         chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)
-        session = transport.open_exec(serve_command(manifest, chosen))
-        client = ChatClient(session.stdin, session.stdout, name=inv.hosts[0].name)
-        try:
+        with runtime_session(transport, manifest, chosen, inv.hosts[0].name) as client:
             with out.err.status(f"loading {manifest.title} {chosen} on {inv.hosts[0].name} ..."):
                 ready = client.wait_ready()
             out.info(
@@ -83,9 +81,6 @@ def chat(
                 answer(out, client, prompt, max_new_tokens)
             else:
                 repl(out, client, max_new_tokens)
-        finally:
-            client.quit()
-            session.close()
 
 
 def answer(out: Output, client: ChatClient, prompt: str, max_new_tokens: int | None) -> Done | None:
