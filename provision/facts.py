@@ -1,9 +1,9 @@
 """Facts about a box: ONE probe script per box (one round trip), and pure parsers of its output.
 
-`gather(transport)` runs `PROBE` (the sudo part reads the password from the same command's stdin) and
-`parse_probe(output)` turns the output into `Facts`. Each section parser is a pure function from captured
-text to a frozen dataclass (or a plain value), tested on fixture files under `tests/facts/<fact>/`;
-unparseable or truncated output raises FactError, never anything else.
+`gather(transport)` runs `provision.probe`'s script (its sudo part reads the password from the same
+command's stdin) and `parse_probe(output)` turns the output into `Facts`. Each section parser is a pure
+function from captured text to a frozen dataclass (or a plain value), tested on fixture files under
+`tests/facts/<fact>/`; unparseable or truncated output raises FactError, never anything else.
 """
 
 from __future__ import annotations
@@ -14,130 +14,11 @@ from dataclasses import dataclass, field
 
 from provision.errors import FactError
 from provision.memory import Layout, parse_memory_edit_c
+from provision.probe import MARK, probe_script
 from provision.transport import Transport, quote_command
 
 MIB = 1024 * 1024
-MARK = "@@sophon-fleet:"
 HEAPS = ("npu", "vpu", "vpp")
-# where a memory_edit kit may live: Airbox factory, the deb's symlink, and where sophon-fleet uploads it
-KIT_PATHS = (
-    "/opt/sophon/memory_edit/memory_edit.sh",
-    "/bin/memory_edit.sh",
-    "/data/sophon-fleet/memory_edit/memory_edit.sh",
-)
-RUNTIME_LINK = "/data/sophon-fleet/runtime/current"
-MODELS_DIR = "/data/sophon-fleet/models"  # <model>/<variant>/<file>, each verified file has <file>.verified
-VERIFIED_MARKER = ".verified"
-DISKS = ("/", "/data", "/boot")
-
-_PYTHON = """import sys
-print("python %d.%d.%d" % sys.version_info[:3])
-try:
-    import sophon.sail as sail
-    print("sail ok")
-    print("path %s" % getattr(sail, "__file__", "-"))
-except BaseException as e:
-    print("sail error %s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
-"""
-# A successful `import sophon.sail` costs 0.1-0.5 s of box CPU (it loads libsophon, or numpy on the sim), so
-# its result is kept on the box and reused while python3, libsophon-current and the sail module file are the
-# same (stat size/mtime); failures are never cached. `fresh=True` (doctor) always imports.
-PYTHON_CACHE = "$HOME/.cache/sophon-fleet/python-facts"
-_PYTHON_KEY = (
-    "pykey() { readlink /opt/sophon/libsophon-current; "
-    'stat -Lc "%n:%s:%Y" "$(command -v python3)" /opt/sophon/libsophon-current "$1" 2>/dev/null; }'
-)
-
-
-def _python_section(*, fresh: bool) -> str:
-    run = f'out=$(python3 -c {quote_command([_PYTHON])} 2>&1) || out="$out\npython missing"'
-    if fresh:
-        return f'{run}; printf "%s\\n" "$out"'
-    cache = PYTHON_CACHE
-    return (
-        f"{_PYTHON_KEY}; c={cache}; "
-        f'if [ -r "$c" ] && p=$(sed -n "s/^path //p" "$c") && [ -n "$p" ] '
-        f'&& [ "$(sed -n "/^key$/,/^end$/p" "$c")" = "$(echo key; pykey "$p"; echo end)" ]; '
-        f'then grep -E "^(python|sail|path) " "$c"; else {run}; printf "%s\\n" "$out"; '
-        f'case "$out" in *"sail ok"*) p=$(printf "%s\\n" "$out" | sed -n "s/^path //p"); '
-        f'mkdir -p "${{c%/*}}" 2>/dev/null && {{ echo key; pykey "$p"; echo end; printf "%s\\n" "$out"; }} '
-        f'> "$c.$$" 2>/dev/null && mv -f "$c.$$" "$c" 2>/dev/null || rm -f "$c.$$"; esac; fi'
-    )
-
-
-_ROOT = (
-    "for k in npu vpu vpp; do "
-    '{ read -r v < "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem"; } 2>/dev/null '
-    '&& echo "$k $v" || echo "$k ?"; done; '
-    f'if [ -n "$1" ]; then echo "{MARK}memory_edit_p"; cd "$(dirname "$1")" && ./memory_edit.sh -p 2>&1; fi'
-)
-
-
-def probe_script(*, with_password: bool, fresh: bool = False) -> str:
-    """The shell script gathering every fact; root parts via `sudo -S` (password on stdin) or `sudo -n`.
-
-    `fresh` re-imports sophon.sail even when the box's cached result is still valid.
-    """
-    sudo = "sudo -S -p ''" if with_password else "sudo -n"
-    sections: list[tuple[str, str]] = [
-        # shell builtins where they do (every fork costs the box ~1-3 ms; df is the dearest)
-        ("hostname", 'read -r h < /proc/sys/kernel/hostname && echo "$h" || hostname'),
-        ("boot_id", 'read -r b < /proc/sys/kernel/random/boot_id && echo "$b"'),
-        ("uname", "uname -rvm"),
-        (
-            "cpuinfo",
-            'while IFS= read -r l; do case "$l" in "model name"*) echo "$l"; break;; esac; '
-            "done < /proc/cpuinfo",
-        ),
-        (
-            "dts",
-            "{ tr -d '\\0' < /proc/device-tree/info/file-name || "
-            "tr -d '\\0' < /sys/firmware/devicetree/base/info/file-name; } 2>/dev/null",
-        ),
-        (
-            "bm_version",
-            "if [ -x /usr/sbin/bm_version ]; then /usr/sbin/bm_version 2>&1; "
-            "elif command -v bm_version >/dev/null; then bm_version 2>&1; fi",
-        ),
-        ("libsophon", "readlink /opt/sophon/libsophon-current"),
-        (
-            "driver",
-            "for f in /sys/module/bmtpu/version /proc/bmsophon/driver_version; do "
-            '[ -r "$f" ] && cat "$f"; done',
-        ),
-        (
-            "meminfo",
-            'while read -r k v u; do case "$k" in MemTotal:) echo "$k $v $u"; break;; esac; '
-            "done < /proc/meminfo",
-        ),
-        (
-            "df",
-            f"set --; for p in {' '.join(DISKS)}; do "
-            '[ -e "$p" ] && set -- "$@" "$p" || echo "$p"; done; '
-            'df -Pk "$@" 2>/dev/null | { read -r _; for p in "$@"; do read -r l && echo "$p $l"; done; }',
-        ),
-        ("kit", "for k in " + " ".join(KIT_PATHS) + '; do [ -f "$k" ] && echo "$k"; done'),
-        ("runtime", f"readlink {RUNTIME_LINK}"),
-        (
-            "assets",
-            f'for d in {MODELS_DIR}/*/*/; do [ -d "$d" ] || continue; '
-            f'set -- "$d"*.bmodel{VERIFIED_MARKER}; '
-            f'if [ -e "$1" ]; then echo "verified $d"; else echo "present $d"; fi; done',
-        ),
-    ]
-    # python3 (cheap once its sail result is cached) and the root part go last, in the same shell: measured
-    # faster than running them in the background (which costs mktemp/cat/rm forks) on a busy machine
-    sections += [
-        ("python", _python_section(fresh=fresh)),
-        (
-            "root",
-            f'kit=; for k in {" ".join(KIT_PATHS)}; do [ -f "$k" ] && {{ kit=$k; break; }}; done; '
-            f'{sudo} -- sh -c {quote_command([_ROOT])} sh "$kit" <&3 2>&1; echo "exit=$?"',
-        ),
-    ]
-    body = "".join(f"echo; echo '{MARK}{name}'; {{ {command}; }}\n" for name, command in sections)
-    # stdin (the sudo password) is kept on fd 3 for sudo alone; nothing else can read it
-    return f"exec 3<&0 </dev/null\n{body}echo; echo '{MARK}end'\n"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -254,7 +135,7 @@ class Facts:
 def gather(transport: Transport, *, timeout: float | None = None, fresh: bool = False) -> Facts:
     """Run the probe on one box (one round trip) and parse it. Raises ConnectError, RemoteError, FactError.
 
-    `fresh`: import sophon.sail again even if the box's cached result is still valid (doctor does).
+    `fresh`: ask everything again instead of replaying what the box kept from this boot (doctor does).
     """
     password = transport.become_password
     script = probe_script(with_password=password is not None, fresh=fresh)

@@ -110,10 +110,14 @@ def run_preflight(
     variant: str = "auto",
     file_sizes: Mapping[str, int] | None = None,
     forks: int = DEFAULT_FORKS,
+    fresh: bool = False,
 ) -> PreflightReport:
-    """Probe every host once (in parallel) and judge it; unreachable boxes never stop the others."""
+    """Probe every host once (in parallel) and judge it; unreachable boxes never stop the others.
+
+    `fresh`: ask every box everything again (sudo included) instead of replaying what it kept from this boot.
+    """
     started = time.monotonic()
-    result = run_fleet(hosts, lambda host: gather(connector.transport(host)), forks=forks)
+    result = run_fleet(hosts, lambda host: gather(connector.transport(host), fresh=fresh), forks=forks)
     verdicts = []
     for outcome in result:
         if outcome.error is not None:
@@ -181,7 +185,13 @@ def _verdict(
     else:
         status = Status(f"ready-{chosen}")
     reasons = (*blockers, *memory_reasons)
-    return Verdict(host, status, chosen, reasons, tuple(warnings), suggestion, facts)
+    hint = None
+    if status is Status.NEEDS_LAYOUT and suggestion is not None:
+        hint = (
+            f"sophon-fleet memory apply --limit {host.name} --variant {suggestion.variant} "
+            f"(with this run's -i) plans the layout from the box's own max, reboots it and verifies"
+        )
+    return Verdict(host, status, chosen, reasons, tuple(warnings), suggestion, facts, hint=hint)
 
 
 def _platform_blockers(facts: Facts, manifest: Manifest) -> list[Reason]:

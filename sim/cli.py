@@ -219,7 +219,7 @@ def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | 
       disk-full      fill /data
       old-sdk        libsophon 0.4.9 / SDK V23.07.01
       no-sail        `import sophon.sail` fails
-      wrong-chip     a BM1684 instead of a BM1684X
+      wrong-chip     a BM1684 (another board, so another boot_id) instead of a BM1684X
       slow-tpu MS    every SAIL graph run on the box takes MS milliseconds more (0 removes it)
       memedit-fails  memory_edit.sh -c fails (`Error: en_emmcfile`)
       itb-corrupt    memory_edit.sh -c writes an image the box cannot boot

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -408,7 +409,9 @@ class Fleet:
         elif fault == "no-sail":
             boxmod.remove_sail(paths.opt_sophon)
         elif fault == "wrong-chip":
-            hw.chip, hw.dts = "bm1684", "bm1684_se5_v1.dtb"
+            # another board answers at this address: it has booted, so it has its own boot_id (boxes keep
+            # per-boot facts such as the dts keyed by boot_id; a chip never changes within a boot)
+            hw.chip, hw.dts, hw.boot_id = "bm1684", "bm1684_se5_v1.dtb", str(uuid.uuid4())
         _toggle(hw, fault, True)
         return f"{record.name}: {fault}"
 
@@ -424,6 +427,8 @@ class Fleet:
         net.set_link(fleet_net, record.netns, up=True)
         net.set_rate(fleet_net, record.netns, None)
         (paths.data / ".sim-disk-full").unlink(missing_ok=True)
+        if hw.chip != profile.chip:  # the original board is back (see wrong-chip)
+            hw.boot_id = str(uuid.uuid4())
         hw.sdk, hw.libsophon, hw.chip = profile.sdk, profile.libsophon, profile.chip
         hw.boot_delay_s = profile.boot_delay_s
         hw.tpu_delay_ms = 0

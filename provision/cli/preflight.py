@@ -39,11 +39,21 @@ STYLE = {
 @click.option(
     "--model", default="glm4-9b", show_default=True, help="Model manifest (models/<name>.yaml or a path)."
 )
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Ask every box everything again (sudo, heaps, bm_version, `import sophon.sail`) instead of "
+    "replaying what it kept from earlier probes of this boot.",
+)
 @json_option
 @click.pass_obj
 @reports_errors
-def preflight(out: Output, variant: str, model: str, **kwargs: Any) -> None:
+def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any) -> None:
     """Is every box ready for the model? One SSH round trip per box, all boxes in parallel.
+
+    Facts that only change with a reboot, a package, the boot image or the memory_edit kit (heaps,
+    `memory_edit.sh -p`, bm_version, uname, the sail import) are kept on each box per boot and replayed;
+    --fresh asks again (and so proves the sudo password works).
 
     Exit 0 when every box is ready, 3 when some are not (needs a memory layout, blocked, probe failed),
     4 when some are unreachable.
@@ -52,6 +62,7 @@ def preflight(out: Output, variant: str, model: str, **kwargs: Any) -> None:
     Examples:
       sophon-fleet preflight -i /run/sophon-fleet-sim/inventory.yml
       sophon-fleet preflight -i hosts.ini --variant int8 --json
+      sophon-fleet preflight -i hosts.ini --fresh
       sophon-fleet preflight -H linaro@192.168.150.1 -K --accept-new
     """
     reach = reach_from(kwargs)
@@ -65,6 +76,7 @@ def preflight(out: Output, variant: str, model: str, **kwargs: Any) -> None:
             variant=variant,
             file_sizes=lock_sizes(manifest),
             forks=reach.forks,
+            fresh=fresh,
         )
     if out.json:
         out.emit_json(report_json(report))

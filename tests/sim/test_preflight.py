@@ -84,6 +84,7 @@ def test_mixed_fleet_verdicts_reasons_schema_and_exit_codes(sim_fleet):
         "max_source": "assumed",
     }
     assert "max-unknown" in codes(small, "warnings")
+    assert small["hint"].startswith("sophon-fleet memory apply --limit se7-3 --variant int8 ")
     assert small["facts"]["heaps"] == {
         "now": {"npu": 1024, "vpu": 1024, "vpp": 1536, "total": 3584},
         "max": None,
@@ -180,7 +181,10 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     wrong = fleet.state.dir.parent / "wrong-sudo.yml"
     wrong.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("SE7_SUDO", "not-the-password")
+    # the heaps this boot were read with the right password before: the box replays them without sudo
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
+    assert code == 0 and doc["hosts"][0]["facts"]["heaps"]["now"]["npu"] == 3950
+    code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2", "--fresh")
     entry = doc["hosts"][0]
     assert code == 3 and entry["status"] == "blocked" and codes(entry) == ["heaps-unknown"]
     assert "sudo refused" in entry["reasons"][0]["message"]
@@ -189,10 +193,10 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     # no sudo password at all: `sudo -n` fails fast; -K asks once and the heaps are read
     del data["defaults"]["become_password_env"]
     wrong.write_text(yaml.safe_dump(data))
-    code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
+    code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2", "--fresh")
     assert code == 3 and "a password is required" in doc["hosts"][0]["reasons"][0]["message"]
     result = CliRunner().invoke(
-        cli, ["preflight", "--json", "-K", "-i", str(wrong), "--limit", "se7-2"], input="linaro\n"
+        cli, ["preflight", "--json", "--fresh", "-K", "-i", str(wrong), "--limit", "se7-2"], input="linaro\n"
     )
     assert result.exit_code == 0, result.output
     assert '"status": "ready-int8"' in result.output

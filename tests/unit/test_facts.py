@@ -12,16 +12,15 @@ from hypothesis import strategies as st
 
 from provision.errors import FactError
 from provision.facts import (
-    MARK,
     PARSERS,
     parse_bm_version,
     parse_memory_edit_p,
     parse_probe,
     parse_root,
-    probe_script,
     version_tuple,
 )
 from provision.memory import Layout
+from provision.probe import MARK, probe_script
 
 FIXTURES = sorted((Path(__file__).parent.parent / "facts").glob("*/*.json"))
 
@@ -167,12 +166,6 @@ def test_gather_without_a_password_uses_sudo_n():
     with pytest.raises(FactError, match="truncated"):
         gather(fake)
     assert fake.calls[0][2] is None
-
-
-def test_python_section_caches_only_successes_and_doctor_can_bypass():
-    cached = probe_script(with_password=False)
-    assert "python-facts" in cached and '*"sail ok"*)' in cached
-    assert "python-facts" not in probe_script(with_password=False, fresh=True)
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,7 @@ def test_small_box_needs_a_layout_from_its_own_max():
     assert verdict.suggestion.layout == Layout(7615, 3071, 3071)
     assert verdict.suggestion.max_source == "memory_edit"
     assert "max-unknown" not in codes(verdict.warnings)
+    assert verdict.hint.startswith(f"sophon-fleet memory apply --limit {HOST.name} --variant int8 ")
 
 
 def test_v2_9_max_allows_the_readme_layout():
