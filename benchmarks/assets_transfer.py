@@ -28,11 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
-from provision.assets.channels import ExecChannel, LocalChannel  # noqa: E402
+from provision.assets.channels import ExecChannel, LocalChannel, transport_opener  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
 from provision.assets.lock import load_lock  # noqa: E402
 from provision.assets.push import BoxPusher, plan_push  # noqa: E402
+from provision.inventory import load_inventory  # noqa: E402
 from provision.manifest import load_manifest  # noqa: E402
+from provision.transport import Connector, Trust  # noqa: E402
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree  # noqa: E402
 
 MB = 1_000_000
@@ -48,14 +50,16 @@ def timed(func, runs: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(rows, runs: int) -> dict[str, float]:
-    """Median seconds per row, running the rows round-robin so load from elsewhere hits them alike."""
+def interleaved(rows, runs: int, prepare=lambda: None) -> dict[str, float]:
+    """Median seconds per row, running the rows round-robin so load from elsewhere hits them alike;
+    `prepare` runs before each row, untimed. A row that returns a float timed itself (its set-up excluded)."""
     samples: dict[str, list[float]] = {label: [] for label, _fn in rows}
     for _ in range(runs):
         for label, fn in rows:
+            prepare()
             started = time.perf_counter()
-            fn()
-            samples[label].append(time.perf_counter() - started)
+            took = fn()
+            samples[label].append(took if isinstance(took, float) else time.perf_counter() - started)
     return {label: statistics.median(values) for label, values in samples.items()}
 
 
@@ -153,8 +157,6 @@ pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_lock(m), mirrors=[sys.argv
 
 
 def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0) -> None:
-    import paramiko
-
     from sim.fleet import Fleet
 
     if not link_mbit:
@@ -164,38 +166,24 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
     items = [i for i in plan_push(manifest, "int4", cache=cache, lock=lock) if i.name.endswith(".bmodel")]
     mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={work}/mux-%C", "-o", "ControlPersist=60"]
     fleet = Fleet.up(work / f"fleet{link_mbit}", ["se7-factory"])
+    connector = Connector(Trust(work / "own_known_hosts"))
     try:
         box = fleet.boxes[0]
         key, known = fleet.state.dir / "operator_key", fleet.state.dir / "known_hosts"
         ssh_opts = ["-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes"]
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(known))
-        gcm_first = {
-            "ciphers": ["aes128-ctr", "aes192-ctr", "aes256-ctr", "aes128-cbc", "aes192-cbc", "aes256-cbc"]
-        }
-        client.connect(
-            box.address,
-            username="linaro",
-            key_filename=str(key),
-            look_for_keys=False,
-            allow_agent=False,
-            disabled_algorithms=gcm_first,
-        )
-        client.get_transport().window_size = 2**27
+        # the CLI's own transport (provision/transport.py: AES-GCM first), one connection for every run
+        host = load_inventory([fleet.inventory_path]).hosts[0]
+        transport = connector.transport(host)
+        transport.run("true")  # connected before the first timed run, like scp's ControlMaster below
+        opener = transport_opener(transport)
 
-        def opener(command: str):
-            chan = client.get_transport().open_session(window_size=2**27, max_packet_size=2**15)
-            chan.exec_command(command)
-            return ExecChannel(chan)
-
-        def clean() -> None:
+        def clean() -> None:  # untimed, before every row
             subprocess.run(
                 ["ssh", *ssh_opts, f"linaro@{box.address}", "rm -rf /data/sophon-fleet /data/scp.bin"],
                 check=True,
             )
 
         def push() -> None:
-            clean()
             BoxPusher(box.name, opener, "glm4-9b", "int4", items).run()
 
         def openssh(command: str) -> LocalChannel:
@@ -203,11 +191,9 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
             return LocalChannel(" ".join(shlex.quote(a) for a in ssh))
 
         def push_openssh() -> None:
-            clean()
             BoxPusher(box.name, openssh, "glm4-9b", "int4", items).run()
 
         def scp(*extra: str) -> None:
-            clean()
             subprocess.run(
                 ["scp", "-q", *ssh_opts, *extra, str(items[0].blob), f"linaro@{box.address}:/data/scp.bin"],
                 check=True,
@@ -223,8 +209,8 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
                 ("scp (reference: same link, nothing hashed on the box)", scp),
             ]
             rows4.append(("raw TCP, no SSH (the ceiling of this link)", lambda: raw_tcp(box, size)))
-            for label, took in interleaved(rows4, runs).items():
-                print(f"   {label:64} {size / took / MB:6.0f} MB/s  {size / took / link:.2f} of the link")
+            for label, took in interleaved(rows4, runs, clean).items():
+                print(f"   {label:64} {size / took / MB:6.0f} MB/s  {size / took / link:.3f} of the link")
             fleet.fault(box.name, "rate", "0")
             return
         rows = [
@@ -233,12 +219,12 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
             ("scp (OpenSSH default cipher)", scp),
             ("scp -c aes128-gcm@openssh.com", lambda: scp("-c", "aes128-gcm@openssh.com")),
         ]
-        times = interleaved(rows, runs)
+        times = interleaved(rows, runs, clean)
         base = times[rows[2][0]]
         for label, took in times.items():
             print(f"   {label:64} {size / took / MB:6.0f} MB/s  {base / took:.2f}x scp")
-        client.close()
     finally:
+        connector.close_all()
         subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{fleet.boxes[0].address}"], capture_output=True)
         fleet.down()
 
@@ -257,8 +243,9 @@ c.sendall(b"k")
 """
 
 
-def raw_tcp(box, size: int) -> None:
-    """Plain TCP into the box's namespace: what the link carries without SSH."""
+def raw_tcp(box, size: int) -> float:
+    """Plain TCP into the box's namespace: what the link carries without SSH. Returns the seconds from
+    connected to the sink's answer (starting the sink is not timed)."""
     import socket
 
     sink = subprocess.Popen(["ip", "netns", "exec", box.netns, sys.executable, "-c", RAW_SINK])
@@ -273,12 +260,15 @@ def raw_tcp(box, size: int) -> None:
                     raise
                 time.sleep(0.05)
         block = bytes(MIB)
+        started = time.perf_counter()
         with conn:
             for _ in range(size // MIB):
                 conn.sendall(block)
             conn.shutdown(socket.SHUT_WR)
             conn.recv(1)
+        took = time.perf_counter() - started
         sink.wait(10)
+        return took
     finally:
         if sink.poll() is None:
             sink.kill()

@@ -1,8 +1,8 @@
 """Push to "boxes" that are local directories, the receiver running in a subprocess (no SSH)."""
 
+import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -13,7 +13,7 @@ from provision.assets.cache import Cache
 from provision.assets.channels import ChannelBroken, LocalChannel
 from provision.assets.download import pull
 from provision.assets.push import BoxPusher, BoxTarget, plan_push, push_fleet, receiver_command
-from provision.errors import DiskFullError, IntegrityError
+from provision.errors import DiskFullError, IntegrityError, RemoteError
 from sim.mirror import BMODELS, Faults
 from sim.sftpd import is_root
 from tests.assets.conftest import BMODEL_SIZE, write_manifest
@@ -32,7 +32,8 @@ def pulled(tmp_path, tree, mirror):
 
 
 class CutLink:
-    """Opens local channels; the first `recv` dies (SIGKILL, like a dropped link) after `cut` bytes."""
+    """Opens local channels; the first to carry more than `cut` bytes (the probe's session, which takes the
+    first file) dies (SIGKILL, like a dropped link)."""
 
     def __init__(self, cut=None):
         self.cut = cut
@@ -41,14 +42,14 @@ class CutLink:
     def __call__(self, command):
         self.commands.append(command)
         channel = LocalChannel(command)
-        if self.cut is None or shlex.split(command)[3] != "recv":
+        if self.cut is None:
             return channel
-        cut, self.cut = self.cut, None
         sent = [0]
         original = channel.send
 
         def send(data):
-            if sent[0] + len(data) > cut:
+            if self.cut is not None and sent[0] + len(data) > self.cut:
+                self.cut = None
                 channel.proc.kill()
                 raise ChannelBroken("link cut")
             sent[0] += len(data)
@@ -74,7 +75,7 @@ def test_receiver_is_python38_and_reports_usage():
     )
     assert out.stdout.strip() in ("(3, 8)", f"({sys.version_info[0]}, {sys.version_info[1]})")
     command = receiver_command("nonsense", {}, python=PYTHON)
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    done = subprocess.run(["bash", "-c", command], input="", capture_output=True, text=True)
     assert done.returncode == 2 and json.loads(done.stdout)["code"] == "usage"
 
 
@@ -108,6 +109,9 @@ def test_push_three_boxes_one_link_cut_then_second_push_skipped(tmp_path, pulled
         assert marker["sha256"] == tree.files[BMODELS[result.variant]][1]
         assert (vdir / "token_config" / "tokenizer.model").is_file()
         assert not list(vdir.glob("*.part"))
+    # one receiver per box does the probe and every file (a session); the cut box needed one more
+    assert [len(b.open_exec.commands) for b in boxes] == [1, 2, 1]
+    assert len(results["box0"].files) == 3 and all(f.status == "sent" for f in results["box0"].files)
     cut_box = next(f for f in results["box1"].files if f.name.endswith(".bmodel"))
     assert cut_box.attempts == 2
     # re-sent bytes after the cut: at most what was in flight (pipe buffer), far below one 8 MiB chunk
@@ -224,7 +228,7 @@ def test_unsafe_zip_is_refused_by_the_receiver(tmp_path):
     with zipfile.ZipFile(zpath, "w") as archive:
         archive.writestr("../escape.txt", b"x")
     command = receiver_command("unpack", {"zip": str(zpath), "into": "out", "contains": {}}, python=PYTHON)
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    done = subprocess.run(["bash", "-c", command], input="", capture_output=True, text=True)
     assert done.returncode == 2 and json.loads(done.stdout)["code"] == "unsafe_zip"
     assert not (tmp_path.parent / "escape.txt").exists()
 
@@ -335,3 +339,49 @@ def test_fetch_mode_restarts_cleanly_when_the_mirror_ignores_range(tmp_path, pul
     bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
     assert bmodel.status == "fetched" and bmodel.attempts == 1
     assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
+
+
+def test_receiver_serves_ops_until_the_end_of_stdin(tmp_path):
+    """After its first mode a receiver takes further ops on stdin; an unknown op is a usage error."""
+    dest = tmp_path / "box" / "f.bin"
+    probe = {"dir": str(dest.parent), "files": [{"name": "f.bin", "size": 3, "sha256": "0" * 64}]}
+    command = receiver_command("probe", probe, python=PYTHON)
+    recv = {"op": "recv", "args": {"dest": str(dest), "size": 3}}
+    commit = {"op": "commit", "sha256": hashlib.sha256(b"abc").hexdigest()}
+    script = f"{json.dumps(recv)}\nabc{json.dumps(commit)}\n"
+    done = subprocess.run(["bash", "-c", command], input=script, capture_output=True, text=True, timeout=30)
+    events = [json.loads(line)["event"] for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and events == ["probe", "ready", "received", "committed"]
+    assert dest.read_bytes() == b"abc"
+
+    done = subprocess.run(
+        ["bash", "-c", command], input='{"op": "rm", "args": {}}\n', capture_output=True, text=True
+    )
+    assert done.returncode == 2 and json.loads(done.stdout.splitlines()[-1])["code"] == "usage"
+
+
+def test_two_pushes_never_write_one_part(tmp_path):
+    """While one receiver holds `<dest>.part`, a second is refused (busy) and leaves it alone."""
+    dest = tmp_path / "box" / "f.bin"
+    data = os.urandom(1 << 16)
+    args = {"dest": str(dest), "size": len(data)}
+    first = LocalChannel(receiver_command("recv", args, python=PYTHON))
+    try:
+        assert json.loads(first.recv_line())["event"] == "ready"
+        second = subprocess.run(
+            ["bash", "-c", receiver_command("recv", args, python=PYTHON)],
+            input="",
+            capture_output=True,
+            text=True,
+        )
+        assert second.returncode == 2 and json.loads(second.stdout)["code"] == "busy"
+        first.send(data)
+        assert json.loads(first.recv_line())["event"] == "received"
+        first.send(json.dumps({"op": "commit", "sha256": hashlib.sha256(data).hexdigest()}).encode() + b"\n")
+        assert json.loads(first.recv_line())["event"] == "committed"
+    finally:
+        first.close()
+    assert dest.read_bytes() == data and not (tmp_path / "box" / "f.bin.part").exists()
+    with pytest.raises(RemoteError, match="another push") as refused:
+        BoxPusher("box", None, "glm4-9b", "int4", [])._check(json.loads(second.stdout), "ready")
+    assert "retry when it is done" in refused.value.hint

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 
 from provision.assets.cache import Cache
@@ -23,7 +21,8 @@ ROOT = "/data/sophon-fleet/models"
 
 
 class BoxLink:
-    """Opens SSH exec channels to one simulated box; `cut_after` drops the whole connection mid-`recv`."""
+    """Opens SSH exec channels to one simulated box; `cut_after` drops the whole connection once a channel
+    (the probe's session, which takes the first file) has carried that many bytes."""
 
     def __init__(self, fleet, name, cut_after=None):
         self.fleet, self.name, self.cut_after = fleet, name, cut_after
@@ -38,13 +37,13 @@ class BoxLink:
         chan.exec_command(command)
         self.opened += 1
         channel = ExecChannel(chan)
-        if self.cut_after is not None and shlex.split(command)[3] == "recv":
-            cut, self.cut_after = self.cut_after, None
+        if self.cut_after is not None:
             sent = [0]
             send = channel.send
 
             def cutting(data):
-                if sent[0] + len(data) > cut:
+                if self.cut_after is not None and sent[0] + len(data) > self.cut_after:
+                    self.cut_after = None
                     self.client.close()  # the link drops: the box's sshd ends the session
                     raise ChannelBroken("link cut")
                 sent[0] += len(data)

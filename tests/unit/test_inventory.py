@@ -4,7 +4,7 @@ import pytest
 
 from provision.errors import ConfigError
 from provision.inventory import Secret, load_inventory
-from provision.sshconfig import parse_ssh_config
+from provision.sshconfig import load_ssh_config, parse_ssh_config
 
 OWN = """\
 defaults:
@@ -225,6 +225,31 @@ def test_ssh_config_aliases_fill_gaps(tmp_path):
     assert two.keys[0].endswith("/.ssh/se7")
     assert inv.get("other").user == "nobody"
     assert inv.get("se7-03").user == "linaro"  # explicit beats the alias
+
+
+def test_ssh_config_include_and_match(tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    write(tmp_path / "conf.d", "10-lab", "Host lab-*\n  User lab\n  Include deeper\n")
+    write(tmp_path / "conf.d", "20-other", "Host lab-2\n  Port 2200\n")
+    write(tmp_path, "deeper", "  Port 2022\n")
+    config = parse_ssh_config(
+        "Include conf.d/*\n"
+        "Match host box-1,box-2\n  User matched\n"
+        "Match exec 'test -e /x' host box-3\n  User never\n"
+        "Match all\n  IdentityFile ~/.ssh/fleet\n",
+        base=tmp_path,
+    )
+    assert config.lookup("lab-2")["user"] == "lab" and config.lookup("lab-2")["port"] == 2022  # 10- first
+    assert config.lookup("box-2")["user"] == "matched"
+    assert "user" not in config.lookup("box-3")  # a Match we cannot judge never applies
+    assert config.lookup("anything")["identityfile"][0].endswith("/.ssh/fleet")
+
+
+def test_ssh_config_include_loop_is_an_error_with_its_place(tmp_path):
+    loop = write(tmp_path, "loop", "Host a\n  Include loop\n")
+    with pytest.raises(ConfigError, match="nested too deep") as caught:
+        load_ssh_config(loop)
+    assert f"{loop}:2" in str(caught.value)
 
 
 def test_ssh_config_equals_syntax():
