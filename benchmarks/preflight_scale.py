@@ -31,10 +31,10 @@ from rich.console import Console
 
 from provision.cli.output import Output
 from provision.cli.preflight import render
-from provision.facts import probe_script
 from provision.inventory import Host, load_inventory
 from provision.manifest import load_manifest
 from provision.preflight import report_json, run_preflight
+from provision.probe import probe_script
 from provision.transport import Connector, Trust
 from sim.fleet import Fleet
 
