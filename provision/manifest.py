@@ -15,7 +15,8 @@ from provision.memory import Layout
 from provision.settings import load_settings
 from provision.yamlfile import KeyPath, Located, load_yaml, type_name
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# provision/models links to the repository's models/ (so the manifests travel in the wheel as package data)
+MODELS_DIR = (Path(__file__).parent / "models").resolve()
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -652,15 +652,14 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-PACKET = 32768
-
-
 def send_all(channel: paramiko.Channel, data: bytes) -> None:
     """`sendall` in packet-sized pieces: paramiko's own re-copies the rest of the buffer after every
-    32 KiB packet, which made large writes quadratic (measured 0.6x -> 1.25x scp in `assets push`)."""
+    32 KiB packet, which made large writes quadratic (measured 0.6x -> 1.25x scp in `assets push`). A piece
+    is what one packet carries (paramiko sends at most max packet - 64 bytes), so no piece splits in two."""
+    piece = max(1024, getattr(channel, "out_max_packet_size", 32768) - 64)
     view = memoryview(data)
-    for start in range(0, len(view), PACKET):
-        channel.sendall(view[start : start + PACKET])
+    for start in range(0, len(view), piece):
+        channel.sendall(view[start : start + piece])
 
 
 def _send_stdin(channel: paramiko.Channel, payload: bytes) -> None:
