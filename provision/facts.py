@@ -108,6 +108,7 @@ class Facts:
     runtime: str | None
     assets: tuple[Asset, ...]
     problems: tuple[str, ...] = field(default=())
+    replayed: tuple[str, ...] = ()  # kept parts the box replayed from this boot: "root", "box" (probe.py)
 
     @property
     def chip(self) -> str | None:
@@ -207,6 +208,7 @@ def parse_probe(output: str) -> Facts:
         runtime=parse_runtime(section("runtime")),
         assets=parse_assets(section("assets")),
         problems=tuple(problems),
+        replayed=tuple(line.strip() for line in section("replayed").splitlines() if line.strip()),
     )
 
 

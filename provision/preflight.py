@@ -415,6 +415,7 @@ def facts_json(facts: Facts) -> dict[str, Any]:
         "runtime": facts.runtime,
         "assets": [{"model": a.model, "variant": a.variant, "verified": a.verified} for a in facts.assets],
         "problems": list(facts.problems),
+        "replayed": list(facts.replayed),
     }
 
 

@@ -46,19 +46,21 @@ _ROOT = (
     f'if [ -n "$1" ]; then echo "{MARK}memory_edit_p"; cd "$(dirname "$1")" && ./memory_edit.sh -p 2>&1; fi'
 )
 
-# replay CACHE KEY: print what CACHE keeps when its key (2nd line) is KEY; keep CACHE FIRST KEY: store $out
-_CACHE_FUNCTIONS = r"""nl='
+# replay CACHE KEY NAME: print what CACHE keeps when its key (2nd line) is KEY, and NAME in the `replayed`
+# section; keep CACHE FIRST KEY: store $out
+_CACHE_FUNCTIONS = rf"""nl='
 '
-replay() {
+replay() {{
   [ -z "$fresh" ] && [ -n "$b" ] && [ -r "$1" ] || return 1
-  { read -r _ && IFS= read -r l && [ "$l" = "$2" ] \
-    && while IFS= read -r l; do printf '%s\n' "$l"; done; } < "$1"
-}
-keep() {
+  {{ read -r _ && IFS= read -r l && [ "$l" = "$2" ] \
+    && while IFS= read -r l; do printf '%s\n' "$l"; done; }} < "$1" \
+    && printf '\n%s\n%s\n' '{MARK}replayed' "$3"
+}}
+keep() {{
   [ -n "$b" ] || return 0
-  { mkdir -p "${1%/*}" && printf '%s\n%s\n%s\n' "$2" "$3" "$out" > "$1.$$" \
-    && mv -f "$1.$$" "$1"; } 2>/dev/null || rm -f "$1.$$" 2>/dev/null
-}
+  {{ mkdir -p "${{1%/*}}" && printf '%s\n%s\n%s\n' "$2" "$3" "$out" > "$1.$$" \
+    && mv -f "$1.$$" "$1"; }} 2>/dev/null || rm -f "$1.$$" 2>/dev/null
+}}
 """
 # The keys of both caches from ONE `stat` of what they depend on (inode, size, mtime), after the live
 # sections set $b (boot_id), $lib and $kit. $kroot (root facts): the boot image and the kit. $kbox (box
@@ -149,7 +151,7 @@ def _box_sections() -> str:
         ]
     )
     return (
-        f'c="{BOX_CACHE}"\nif ! replay "$c" "$kbox"; then\nout=$(\n{ask})\nprintf \'%s\\n\' "$out"\n'
+        f'c="{BOX_CACHE}"\nif ! replay "$c" "$kbox" box; then\nout=$(\n{ask})\nprintf \'%s\\n\' "$out"\n'
         f'case "$out" in *"${{nl}}sail ok${{nl}}path "*) p=${{out##*"${{nl}}path "}}; p=${{p%%"$nl"*}}; '
         f'keys; keep "$c" "$p" "$kbox";; esac\nfi\n'
     )
@@ -160,7 +162,7 @@ def _root_sections(sudo: str) -> str:
     image or another kit. Run via sudo with the password on fd 3 (nothing else can read it)."""
     ask = _section("root", f'{sudo} -- sh -c {quote_command([_ROOT])} sh "$kit" <&3 2>&1; echo "exit=$?"')
     return (
-        f'c="{ROOT_CACHE}"\nif ! replay "$c" "$kroot"; then\nout=$(\n{ask})\nprintf \'%s\\n\' "$out"\n'
+        f'c="{ROOT_CACHE}"\nif ! replay "$c" "$kroot" root; then\nout=$(\n{ask})\nprintf \'%s\\n\' "$out"\n'
         'case "$out" in *" ?"*) ;; *"exit=0") keep "$c" "" "$kroot";; esac\nfi\n'
     )
 

@@ -163,9 +163,10 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     assert hosts["se7-2"]["status"] == "ready-int8" and "no-sail" in codes(hosts["se7-2"], "warnings")
     # the box keeps a successful `import sophon.sail`; removing sail invalidates it, healing brings it back
     fleet.fault("se7-2", "heal")
-    assert by_host(preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1])["se7-2"]["facts"][
-        "sail"
-    ]["ok"]
+    healed = by_host(preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1])["se7-2"]["facts"]
+    assert healed["sail"]["ok"] and "box" not in healed["replayed"]  # sail reinstalled: asked again
+    again = by_host(preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1])["se7-2"]["facts"]
+    assert again["replayed"] == ["root", "box"] and again["sail"] == healed["sail"]
     fleet.fault("se7-2", "no-sail")
     entry = preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1]["hosts"][0]
     assert entry["facts"]["sail"]["ok"] is False and "no-sail" in codes(entry, "warnings")
@@ -184,8 +185,10 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     # the heaps this boot were read with the right password before: the box replays them without sudo
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
     assert code == 0 and doc["hosts"][0]["facts"]["heaps"]["now"]["npu"] == 3950
+    assert doc["hosts"][0]["facts"]["replayed"] == ["root"]  # the box part is not kept: no sail
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2", "--fresh")
     entry = doc["hosts"][0]
+    assert entry["facts"]["replayed"] == []
     assert code == 3 and entry["status"] == "blocked" and codes(entry) == ["heaps-unknown"]
     assert "sudo refused" in entry["reasons"][0]["message"]
     assert "not-the-password" not in json.dumps(doc)

@@ -49,6 +49,7 @@ def test_a_successful_sail_import_is_replayed_until_a_file_it_depends_on_changes
     assert runs() == 1 and parse_probe(first).python.sail_ok
     second = run()
     assert runs() == 1, "the second probe of this boot replays the kept facts"
+    assert parse_probe(first).replayed == () and parse_probe(second).replayed == ("box",)
     assert parse_probe(second).python == parse_probe(first).python
     assert parse_probe(second).kernel_release == parse_probe(first).kernel_release
 
