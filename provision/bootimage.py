@@ -17,16 +17,14 @@ import json
 import time
 from dataclasses import dataclass
 
+from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE
 from provision.errors import DiskFullError, IntegrityError, RemoteError
 from provision.facts import parse_total_mem
-from provision.memkit import WORK_DIR
 from provision.memory import Layout
 from provision.transport import Transport, quote_command
 
-BOOT_IMAGE = "/boot/emmcboot.itb"
 SWAP_TMP = "/boot/.emmcboot.itb.sophon-fleet.tmp"
 MEMEDIT_BAK = "/boot/emmcboot.itb.memeditBak"
-BACKUP_DIR = f"{WORK_DIR}/backups"
 COPY_TIMEOUT = 300.0  # a ~40 MB image copied, synced and hashed on eMMC
 KEEP_BACKUPS = 3  # the first one (factory image) and the two newest
 

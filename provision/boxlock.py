@@ -16,10 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from provision.boxpaths import LOCK_DIR
 from provision.errors import FleetError, RemoteError
 from provision.transport import Transport, quote_command
-
-LOCK_DIR = "/data/sophon-fleet/locks"
 
 
 class LockedError(FleetError):

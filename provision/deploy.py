@@ -28,15 +28,13 @@ from provision import __version__, box_install
 from provision.assets.cache import Cache
 from provision.assets.lock import Lock
 from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
+from provision.boxpaths import MODELS_DIR, RUNTIME_DIR, RUNTIME_LINK, WORK_DIR
 from provision.errors import FleetError, NotReadyError, RemoteError
 from provision.facts import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
 from provision.transport import Transport
 from provision.wheelhouse import Wheelhouse, ensure_wheelhouse
 
-BASE = "/data/sophon-fleet"
-RUNTIME_ROOT = f"{BASE}/runtime"
-MODELS_ROOT = f"{BASE}/models"
 CHAT_PACKAGE = Path(__file__).resolve().parent.parent / "chat"
 MARKER = ".deployed"
 INSTALL_SOURCE = Path(box_install.__file__).read_text(encoding="utf-8")
@@ -122,7 +120,7 @@ def sail_item(manifest: Manifest, cache: Cache, lock: Lock) -> PushItem:
 def model_paths(manifest: Manifest, variant: str) -> tuple[str, str]:
     """(bmodel, token_config dir) of a variant as `assets push` lays it out on the box."""
     chosen = manifest.variant(variant)
-    directory = PurePosixPath(MODELS_ROOT, manifest.model, variant)
+    directory = PurePosixPath(MODELS_DIR, manifest.model, variant)
     token = next((f.unpack for f in chosen.files if f.unpack), "token_config")
     return str(directory / chosen.bmodel.path), str(directory / token)
 
@@ -146,11 +144,11 @@ class Deployer:
         return self.transport.run(command, timeout=timeout).stdout
 
     def current(self) -> str | None:
-        out = self.transport.run(f"readlink {RUNTIME_ROOT}/current", check=False).stdout.strip()
+        out = self.transport.run(f"readlink {RUNTIME_LINK}", check=False).stdout.strip()
         return out.rsplit("/", 1)[-1] if out else None
 
     def marker(self, version: str) -> dict[str, Any] | None:
-        result = self.transport.run(f"cat {RUNTIME_ROOT}/{version}/{MARKER}", check=False)
+        result = self.transport.run(f"cat {RUNTIME_DIR}/{version}/{MARKER}", check=False)
         try:
             return json.loads(result.stdout) if result.ok else None
         except ValueError:
@@ -159,19 +157,19 @@ class Deployer:
     def push(self, bundle: Bundle, on_event: Callable[[PushEvent], None]) -> int:
         opener = transport_opener(self.transport)
         pusher = BoxPusher(
-            self.host, opener, "runtime", bundle.version, bundle.items, root=BASE, progress=on_event
+            self.host, opener, "runtime", bundle.version, bundle.items, root=WORK_DIR, progress=on_event
         )
         return pusher.run().transferred
 
     def install(self, bundle: Bundle) -> None:
-        directory = f"{RUNTIME_ROOT}/{bundle.version}"
+        directory = f"{RUNTIME_DIR}/{bundle.version}"
         command = " ".join(
             shlex.quote(p) for p in ("python3", "-c", INSTALL_SOURCE, directory, *bundle.wheels)
         )
         self._run(command, timeout=600)
 
     def selftest(self, version: str, bmodel: str, token: str) -> dict[str, Any]:
-        directory = f"{RUNTIME_ROOT}/{version}"
+        directory = f"{RUNTIME_DIR}/{version}"
         args = ["../venv/bin/python", "-m", "chat", "selftest", "--bmodel", bmodel, "--token", token]
         command = f"cd {shlex.quote(directory + '/app')} && " + " ".join(shlex.quote(a) for a in args)
         result = self.transport.run(command, timeout=300, check=False)
@@ -190,7 +188,7 @@ class Deployer:
 
     def switch(self, version: str, marker: dict[str, Any] | None = None) -> None:
         """Point `current` at `version` atomically (and record the deployment)."""
-        root = RUNTIME_ROOT
+        root = RUNTIME_DIR
         parts = []
         if marker is not None:
             doc = shlex.quote(json.dumps(marker))
@@ -205,16 +203,16 @@ class Deployer:
         self._run(" && ".join(parts))
 
     def history(self) -> list[str]:
-        out = self.transport.run(f"cat {RUNTIME_ROOT}/history", check=False).stdout
+        out = self.transport.run(f"cat {RUNTIME_DIR}/history", check=False).stdout
         return [line.strip() for line in out.splitlines() if line.strip()]
 
     def prune(self, keep: int, current: str) -> list[str]:
         """Remove versions beyond the newest `keep` (never `current`)."""
-        listing = self.transport.run(f"ls -1t {RUNTIME_ROOT}", check=False).stdout.split()
+        listing = self.transport.run(f"ls -1t {RUNTIME_DIR}", check=False).stdout.split()
         versions = [v for v in listing if v not in ("current", "history") and not v.startswith(".")]
         doomed = [v for v in versions[max(keep, 1) :] if v != current]
         if doomed:
-            self._run("rm -rf " + " ".join(shlex.quote(f"{RUNTIME_ROOT}/{v}") for v in doomed))
+            self._run("rm -rf " + " ".join(shlex.quote(f"{RUNTIME_DIR}/{v}") for v in doomed))
         return doomed
 
 

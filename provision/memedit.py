@@ -23,7 +23,6 @@ from enum import Enum
 
 from provision import boxlock, memkit
 from provision.bootimage import (
-    BOOT_IMAGE,
     MEMEDIT_BAK,
     Backup,
     latest_backup,
@@ -32,6 +31,7 @@ from provision.bootimage import (
     sha256_on_box,
     swap_in,
 )
+from provision.boxpaths import BOOT_IMAGE
 from provision.errors import FactError, FleetError, IntegrityError, RemoteError
 from provision.facts import MemoryEditReport, parse_memory_edit_p
 from provision.memory import Layout, parse_memory_edit_c

@@ -11,21 +11,18 @@ sail failing are asked again every time); `fresh=True` (doctor, `preflight --fre
 
 from __future__ import annotations
 
+from provision.boxpaths import (
+    BOOT_IMAGE,
+    KIT_PATHS,
+    LIBSOPHON_LINK,
+    MODELS_DIR,
+    RUNTIME_LINK,
+    VERIFIED_MARKER,
+)
 from provision.transport import quote_command
 
 MARK = "@@sophon-fleet:"
-# where a memory_edit kit may live: Airbox factory, the deb's symlink, and where sophon-fleet uploads it
-KIT_PATHS = (
-    "/opt/sophon/memory_edit/memory_edit.sh",
-    "/bin/memory_edit.sh",
-    "/data/sophon-fleet/memory_edit/memory_edit.sh",
-)
-RUNTIME_LINK = "/data/sophon-fleet/runtime/current"
-MODELS_DIR = "/data/sophon-fleet/models"  # <model>/<variant>/<file>, each verified file has <file>.verified
-VERIFIED_MARKER = ".verified"
 DISKS = ("/", "/data", "/boot")
-LIBSOPHON_LINK = "/opt/sophon/libsophon-current"
-BOOT_IMAGE = "/boot/emmcboot.itb"
 BOX_CACHE = "$HOME/.cache/sophon-fleet/facts-box"  # 1st line: the sail module file the kept import found
 ROOT_CACHE = "$HOME/.cache/sophon-fleet/facts-root"
 

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from provision.deploy import RUNTIME_ROOT, model_paths
+from provision.boxpaths import RUNTIME_LINK
+from provision.deploy import model_paths
 from provision.errors import ConnectError, NotReadyError, RemoteError
 from provision.facts import Facts
 from provision.manifest import Manifest
@@ -231,7 +232,7 @@ def serve_command(manifest: Manifest, variant: str) -> str:
     """The command that starts the deployed runtime's JSON-lines server for `variant` on a box."""
     bmodel, token = model_paths(manifest, variant)
     args = ["../venv/bin/python", "-m", "chat", "serve", "--stdio", "--bmodel", bmodel, "--token", token]
-    return f"cd {RUNTIME_ROOT}/current/app && exec " + " ".join(shlex.quote(a) for a in args)
+    return f"cd {RUNTIME_LINK}/app && exec " + " ".join(shlex.quote(a) for a in args)
 
 
 @contextlib.contextmanager

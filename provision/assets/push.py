@@ -36,6 +36,7 @@ from provision.assets.channels import (  # re-exported: deploy and tests take th
     transport_opener,
 )
 from provision.assets.lock import Lock
+from provision.boxpaths import MODELS_DIR
 from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
 from provision.manifest import AssetFile, Manifest
 
@@ -58,7 +59,7 @@ __all__ = [
     "transport_opener",
 ]
 
-DEFAULT_ROOT = "/data/sophon-fleet/models"
+DEFAULT_ROOT = MODELS_DIR
 CHUNK = 1 << 20
 RECEIVER_SOURCE = Path(receiver.__file__).read_text(encoding="utf-8")
 
