@@ -109,16 +109,22 @@ def parse_own_yaml(doc: Located) -> tuple[list[Entry], dict[str, list[str]]]:
     return entries, {g: members[g] for g in groups}
 
 
-def _own_group(
-    doc: Located, name: str, spec: Any, hosts: dict[str, Any]
-) -> tuple[list[str], list[str], dict]:
-    path: KeyPath = ("groups", name)
+def _group_spec(doc: Located, path: KeyPath, spec: Any) -> dict:
+    """A group's mapping (hosts, vars, children; an empty group is {}), else a located error."""
     spec = spec or {}
     if not isinstance(spec, dict):
         raise doc.error(path, f"must be a mapping with hosts, vars, children, not {type_name(spec)}")
     for key in spec:
         if key not in ("hosts", "vars", "children"):
             raise doc.error((*path, key), "unknown key (expected one of: children, hosts, vars)")
+    return spec
+
+
+def _own_group(
+    doc: Located, name: str, spec: Any, hosts: dict[str, Any]
+) -> tuple[list[str], list[str], dict]:
+    path: KeyPath = ("groups", name)
+    spec = _group_spec(doc, path, spec)
     members = _name_list(doc, (*path, "hosts"), spec.get("hosts"))
     for i, member in enumerate(members):
         if member not in hosts:
@@ -198,12 +204,7 @@ def parse_ansible_yaml(doc: Located) -> tuple[list[Entry], dict[str, list[str]]]
     def walk(group: str, spec: Any, path: KeyPath, inherited: dict[str, Any], chain: tuple[str, ...]) -> None:
         if group in chain:
             raise doc.error(path, f"group cycle: {' -> '.join((*chain, group))}")
-        spec = spec or {}
-        if not isinstance(spec, dict):
-            raise doc.error(path, f"must be a mapping with hosts, vars, children, not {type_name(spec)}")
-        for key in spec:
-            if key not in ("hosts", "vars", "children"):
-                raise doc.error((*path, key), "unknown key (expected one of: children, hosts, vars)")
+        spec = _group_spec(doc, path, spec)
         scope = {**inherited, **_ansible_vars(doc, (*path, "vars"), spec.get("vars") or {})}
         groups.setdefault(group, [])
         hosts = spec.get("hosts") or {}

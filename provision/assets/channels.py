@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from provision.errors import ConnectError
+from provision.transport import send_all
 
 
 class ChannelBroken(Exception):
@@ -92,13 +93,8 @@ class ExecChannel:
         self._stdout = self.channel.makefile("rb")
 
     def send(self, data: bytes) -> None:
-        """Send in packet-sized pieces: paramiko's `sendall` re-slices (copies) the whole remaining buffer
-        after every 32 KiB packet, which costs ~16 copies of each 1 MiB block."""
-        piece = max(1024, getattr(self.channel, "out_max_packet_size", 32768) - 64)
-        view = memoryview(data)
         try:
-            for start in range(0, len(data), piece):
-                self.channel.sendall(bytes(view[start : start + piece]))
+            send_all(self.channel, data)  # packet-sized pieces: paramiko's `sendall` alone re-copies
         except OSError as exc:
             raise ChannelBroken(str(exc)) from exc
 

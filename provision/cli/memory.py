@@ -67,6 +67,20 @@ def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def reboot_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--reboot-timeout and --break-lock, shared by `apply` and `rollback`."""
+    func = click.option(
+        "--break-lock", is_flag=True, help="Remove a lock left on the boxes by a killed run first."
+    )(func)
+    return click.option(
+        "--reboot-timeout",
+        type=click.FloatRange(min=1),
+        default=600,
+        show_default=True,
+        help="Seconds per reboot.",
+    )(func)
+
+
 def request_from(kwargs: dict[str, Any]) -> Request:
     manifest = load_manifest(kwargs.pop("model"))
     sizes = [kwargs.pop(k) for k in ("npu", "vpu", "vpp")]
@@ -134,14 +148,7 @@ def plan_command(out: Output, **kwargs: Any) -> None:
     show_default=True,
     help="Restore the old image when a box boots with the wrong layout.",
 )
-@click.option(
-    "--reboot-timeout",
-    type=click.FloatRange(min=1),
-    default=600,
-    show_default=True,
-    help="Seconds per reboot.",
-)
-@click.option("--break-lock", is_flag=True, help="Remove a lock left on the boxes by a killed run first.")
+@reboot_options
 @json_option
 @click.pass_obj
 @reports_errors
@@ -263,14 +270,7 @@ def interruptible(out: Output) -> Iterator[threading.Event]:
 @click.argument("host")
 @host_options
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before rebooting the box.")
-@click.option(
-    "--reboot-timeout",
-    type=click.FloatRange(min=1),
-    default=600,
-    show_default=True,
-    help="Seconds per reboot.",
-)
-@click.option("--break-lock", is_flag=True, help="Remove a lock left on the box by a killed run first.")
+@reboot_options
 @json_option
 @click.pass_obj
 @reports_errors
