@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -129,41 +130,39 @@ def read_until(stream, marker: bytes, timeout=30.0) -> bytes:
     return seen
 
 
-def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet, slow_tpu):
+@contextlib.contextmanager
+def answering(fleet, question: bytes):
+    """A `sophon-fleet chat` process that has asked `question` and started its answer; killed and closed
+    at the end, whatever happened."""
     proc = spawn_chat(fleet)
     try:
         read_until(proc.stdout, b"Question: ")
-        proc.stdin.write(b"tell me a very long story about boxes\n")
+        proc.stdin.write(question + b"\n")
         proc.stdin.flush()
         read_until(proc.stdout, b"Answer: ")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
+
+
+def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet, slow_tpu):
+    with answering(fleet, b"tell me a very long story about boxes") as proc:
         proc.send_signal(signal.SIGINT)
         err = read_until(proc.stderr, b"cancel)")
         assert b"tokens, cancel)" in err
         read_until(proc.stdout, b"Question: ")  # the session goes on
         proc.stdin.close()  # EOF
         assert proc.wait(timeout=20) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            stream.close()
     assert wait_no_chat_process(fleet) == []
 
 
 def test_losing_the_connection_mid_answer_leaves_nothing_on_the_box(fleet, slow_tpu):
-    proc = spawn_chat(fleet)
-    try:
-        read_until(proc.stdout, b"Question: ")
-        proc.stdin.write(b"tell me everything\n")
-        proc.stdin.flush()
-        read_until(proc.stdout, b"Answer: ")
+    with answering(fleet, b"tell me everything") as proc:
         assert chat_processes(fleet)
         proc.kill()  # the controller dies: its TCP connection goes with it
-    finally:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            stream.close()
     assert wait_no_chat_process(fleet) == []
 
 
@@ -197,19 +196,9 @@ def test_bench_json_table_and_chart(fleet, tmp_path):
 
 
 def test_box_going_down_mid_answer_is_a_clear_error(fleet, slow_tpu):
-    proc = spawn_chat(fleet)
-    try:
-        read_until(proc.stdout, b"Question: ")
-        proc.stdin.write(b"tell me everything\n")
-        proc.stdin.flush()
-        read_until(proc.stdout, b"Answer: ")
+    with answering(fleet, b"tell me everything") as proc:
         fleet.request("se7-1", "reboot")  # the box loses power: every session drops
         assert proc.wait(timeout=30) == 4
         err = proc.stderr.read().decode()
         assert "connection to the chat runtime lost" in err
-    finally:
-        proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            stream.close()
     fleet.wait_ready(timeout=30)
