@@ -28,13 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
-from provision.assets.channels import ExecChannel, LocalChannel, transport_opener  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
-from provision.assets.lock import load_lock  # noqa: E402
+from provision.assets.pins import load_lock  # noqa: E402
 from provision.assets.push import BoxPusher, plan_push  # noqa: E402
-from provision.inventory import load_inventory  # noqa: E402
+from provision.inventory.hosts import load_inventory  # noqa: E402
 from provision.manifest import load_manifest  # noqa: E402
-from provision.transport import Connector, Trust  # noqa: E402
+from provision.ssh.channels import ExecChannel, LocalChannel, transport_opener  # noqa: E402
+from provision.ssh.transport import Connector, Trust  # noqa: E402
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree  # noqa: E402
 
 MB = 1_000_000
@@ -149,7 +149,7 @@ PULL_CHILD = """
 import sys
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.manifest import load_manifest
 m = load_manifest(sys.argv[1])
 pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_lock(m), mirrors=[sys.argv[3]], use_dfss=False)
@@ -171,7 +171,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
         box = fleet.boxes[0]
         key, known = fleet.state.dir / "operator_key", fleet.state.dir / "known_hosts"
         ssh_opts = ["-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes"]
-        # the CLI's own transport (provision/transport.py: AES-GCM first), one connection for every run
+        # the CLI's own transport (provision/ssh/transport.py: AES-GCM first), one connection for every run
         host = load_inventory([fleet.inventory_path]).hosts[0]
         transport = connector.transport(host)
         transport.run("true")  # connected before the first timed run, like scp's ControlMaster below
@@ -276,7 +276,7 @@ def raw_tcp(box, size: int) -> float:
 
 
 def paramiko_opener(address: str, key: Path, known: Path, clients: list):
-    """An exec-channel opener over one paramiko connection (what provision/transport.py provides)."""
+    """An exec-channel opener over one paramiko connection (what provision/ssh/transport.py provides)."""
     import paramiko
 
     client = paramiko.SSHClient()

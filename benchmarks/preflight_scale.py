@@ -8,8 +8,9 @@ side by side does. Two floors, both a thread pool of plain paramiko clients (one
 preflight is timed in-process (inventory load → connect → probe → parse → judge → JSON and table render),
 fresh connections every run. Target (issue 3): within 1.3x of the floor at 16 and 32 boxes and at 1 box.
 
-Boxes keep facts that only change with a reboot, a package, the boot image or the kit (provision/probe.py),
-so a probe after the first of a boot forks ~3 processes on the box. `--fresh` (the first probe of a boot, or
+Boxes keep facts that only change with a reboot, a package, the boot image or the kit
+(provision/facts/probe.py), so a probe after the first of a boot forks ~3 processes on the box.
+`--fresh` (the first probe of a boot, or
 `preflight --fresh`: sudo, bm_version, `import sophon.sail` again) is printed too, for information.
 
 Run as root:  .venv/bin/python benchmarks/preflight_scale.py [--sizes 1,16,32] [--runs 5]
@@ -31,11 +32,11 @@ from rich.console import Console
 
 from provision.cli.output import Output
 from provision.cli.preflight import render
-from provision.inventory import Host, load_inventory
+from provision.facts.preflight import report_json, run_preflight
+from provision.facts.probe import probe_script
+from provision.inventory.hosts import Host, load_inventory
 from provision.manifest import load_manifest
-from provision.preflight import report_json, run_preflight
-from provision.probe import probe_script
-from provision.transport import Connector, Trust
+from provision.ssh.transport import Connector, Trust
 from sim.fleet import Fleet
 
 PROFILES = ["se7-factory", "se7-ready-int8", "se7-small", "se7-int4-only"]

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from provision.inventory import load_inventory
-from provision.probe import probe_script
+from provision.facts.probe import probe_script
+from provision.inventory.hosts import load_inventory
 from provision.settings import load_settings
 from sim.fleet import Fleet
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from provision.boxpaths import LOCK_DIR
 from provision.errors import FleetError, RemoteError
-from provision.transport import Transport, quote_command
+from provision.ssh.transport import Transport, quote_command
 
 
 class LockedError(FleetError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from provision.errors import ConfigError, ConnectError, FleetError
-from provision.inventory import Host
+from provision.inventory.hosts import Host
 
 T = TypeVar("T")
 DEFAULT_FORKS = 32

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from provision.errors import ConfigError
-from provision.memory import Layout
+from provision.memory.layout import Layout
 from provision.settings import load_settings
 from provision.yamlfile import KeyPath, Located, load_yaml, type_name
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from sim import itb, memedit_kit
+from sim import itb, kit_archive
 from sim.hw import BoxHardware, render
 from sim.profiles import Profile
 
@@ -118,7 +118,7 @@ def prepare(
     install_libsophon(paths.opt_sophon, profile.libsophon)
     install_sail(paths.opt_sophon)
     if profile.preinstalled_kit:
-        memedit_kit.install_unpacked(paths.opt_sophon)
+        kit_archive.install_unpacked(paths.opt_sophon)
     hw = BoxHardware.from_profile(name, profile)
     hw.save(paths.dir)
     render(hw, paths.dir)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sim import memedit_kit, mirror, tinyglm
+from sim import kit_archive, mirror, tinyglm
 
 HTTP_PORT = 80
 SFTP_USER = "open"
@@ -40,7 +40,7 @@ def build_tree(root: Path, *, seed: int = 0, bmodel_size: int = 0) -> mirror.Ass
         # the token config that matches the stand-ins' vocabulary replaces the generic one
         shutil.copyfile(made["int4"].token_zip, root / mirror.TOKEN_ZIP)
         members = _zip_members(root / mirror.TOKEN_ZIP)
-    kit = memedit_kit.build_kit(root)
+    kit = kit_archive.build_kit(root)
     files = {rel: mirror._size_sha(root / rel) for rel in tree.files}
     for path in (kit.tarball, kit.vendor_bundle):
         files[path.name] = mirror._size_sha(path)
@@ -63,10 +63,10 @@ def manifest_text(tree: mirror.AssetTree, url: str, address: str) -> str:
     """The glm4-9b manifest of the simulated fleet: mirror first, the mirror's SFTP as the dfss server,
     every file pinned (size + sha256), and the memory_edit kit."""
     text = tree.manifest_yaml(pin=True, mirrors=[url])
-    kit_size, kit_sha = tree.files[memedit_kit.KIT_NAME]
+    kit_size, kit_sha = tree.files[kit_archive.KIT_NAME]
     text += (
         f"dfss_servers:\n  - {{host: {address}, port: 22, user: {SFTP_USER}}}\n"
-        f"memory_edit_kit:\n  path: {memedit_kit.KIT_NAME}\n  size: {kit_size}\n  sha256: {kit_sha}\n"
+        f"memory_edit_kit:\n  path: {kit_archive.KIT_NAME}\n  size: {kit_size}\n  sha256: {kit_sha}\n"
     )
     return "# The simulated fleet's ChatGLM4-9B (stand-ins served by its mirror)\n" + text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from provision.errors import SimError
-from provision.memory import Layout
+from provision.memory.layout import Layout
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""A scripted stand-in for `provision.transport.Transport`: no SSH, and any unscripted command is an error."""
+"""A scripted stand-in for `provision.ssh.transport.Transport`: no SSH, and any unscripted command is
+an error."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from provision.errors import RemoteError
-from provision.inventory import Host
-from provision.transport import Result, command_failed, quote_command
+from provision.inventory.hosts import Host
+from provision.ssh.transport import Result, command_failed, quote_command
 
 
 @dataclass

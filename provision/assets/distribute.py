@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from provision.assets.cache import Cache
-from provision.assets.channels import transport_opener
-from provision.assets.lock import Lock
+from provision.assets.pins import Lock
 from provision.assets.push import DEFAULT_ROOT, BoxPush, BoxTarget, PushEvent, push_fleet
 from provision.errors import ConnectError, FleetError, NotReadyError
-from provision.inventory import Host
+from provision.facts.preflight import run_preflight
+from provision.inventory.hosts import Host
 from provision.manifest import Manifest
-from provision.preflight import run_preflight
-from provision.transport import Connector
+from provision.ssh.channels import transport_opener
+from provision.ssh.transport import Connector
 
 PUSHABLE = ("ready-int8", "ready-int4", "needs-memory-layout")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix, sha256_file
-from provision.assets.lock import Lock
+from provision.assets.pins import Lock
 from provision.assets.sources import Source, SourceUnavailable, TransferInterrupted, sources_for
 from provision.errors import DiskFullError, FleetError, IntegrityError
 from provision.manifest import AssetFile, Manifest

@@ -8,7 +8,7 @@ controller say commit, and the receiver renames into place and writes `<file>.ve
 channel is reopened and the file resumes; a box's failure never stops the others.
 
 The channel is anything with `send`, `recv_line`, `exit_status`, `close` (`channels.py`): a local
-subprocess in unit tests (`LocalChannel`), an SSH exec channel from `provision/transport.py` in the CLI
+subprocess in unit tests (`LocalChannel`), an SSH exec channel from `provision/ssh/transport.py` in the CLI
 (`ExecChannel`, `transport_opener`).
 """
 
@@ -25,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from provision.assets import receiver
 from provision.assets.cache import Cache
-from provision.assets.channels import (  # re-exported: deploy and tests take them from here
+from provision.assets.pins import Lock
+from provision.boxpaths import MODELS_DIR
+from provision.boxside import receiver
+from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.manifest import AssetFile, Manifest
+from provision.ssh.channels import (  # re-exported: deploy and tests take them from here
     Channel,
     ChannelBroken,
     ExecChannel,
@@ -35,10 +39,6 @@ from provision.assets.channels import (  # re-exported: deploy and tests take th
     Opener,
     transport_opener,
 )
-from provision.assets.lock import Lock
-from provision.boxpaths import MODELS_DIR
-from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
-from provision.manifest import AssetFile, Manifest
 
 __all__ = [
     "DEFAULT_ROOT",

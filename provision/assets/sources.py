@@ -7,7 +7,7 @@ The dfss SFTP servers are public vendor mirrors with a published login (open/ope
 keys, so a key is trusted on first use and pinned in `<home>/dfss_known_hosts`; a changed key is refused
 for that server. Integrity never rests on the SSH channel: every file is checked against the sha256 of the
 manifest or the lock before it reaches its final path. This module talks to vendor servers, not boxes, so
-it uses paramiko directly (box access goes through `provision/transport.py` only).
+it uses paramiko directly (box access goes through `provision/ssh/transport.py` only).
 """
 
 from __future__ import annotations

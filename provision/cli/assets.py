@@ -9,7 +9,7 @@ import click
 from provision.assets.cache import Cache
 from provision.assets.distribute import push_to_hosts
 from provision.assets.download import ProgressEvent, pin, pull, verify
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.assets.push import DEFAULT_ROOT, BoxPush, PushEvent
 from provision.cli.errors import Exit, exit_code_for, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory

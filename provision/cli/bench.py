@@ -7,13 +7,13 @@ from typing import Any
 
 import click
 
-from provision.bench import SEED_PROMPT, BoxBench, bench_box, write_chart
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output, fleet_json
 from provision.fleet import FleetResult, run_fleet
 from provision.manifest import load_manifest
+from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box, write_chart
 
 
 @click.command("bench")

@@ -14,9 +14,9 @@ from provision.cli.hosts import connector_for, host_options, reach_from, resolve
 from provision.cli.options import json_option
 from provision.cli.output import Output
 from provision.errors import ConfigError
-from provision.facts import gather
+from provision.facts.parse import gather
 from provision.manifest import load_manifest
-from provision.remote_chat import ChatClient, Done, Token, choose_variant, runtime_session
+from provision.runtime.remote_chat import ChatClient, Done, Token, choose_variant, runtime_session
 
 HELP_LINE = (
     "/reset forgets the conversation, /stats shows counters, /exit (or Ctrl-D) quits; Ctrl-C stops an answer"

@@ -7,15 +7,15 @@ from typing import Any
 import click
 
 from provision.assets.cache import Cache
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output, fleet_json
-from provision.deploy import Deployer, DeployResult, deploy_box, rollback_box
-from provision.facts import gather
+from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
 from provision.manifest import load_manifest
+from provision.runtime.deploy import Deployer, DeployResult, deploy_box, rollback_box
 from provision.settings import load_settings
 
 

@@ -11,9 +11,9 @@ import click
 
 from provision.errors import ConfigError
 from provision.fleet import DEFAULT_FORKS
-from provision.inventory import Inventory, load_inventory
+from provision.inventory.hosts import Inventory, load_inventory
 from provision.settings import Settings, load_settings
-from provision.transport import Connector, Timeouts, Trust
+from provision.ssh.transport import Connector, Timeouts, Trust
 
 
 @dataclass(frozen=True)

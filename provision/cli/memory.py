@@ -25,17 +25,17 @@ from provision.cli.memory_view import (
 from provision.cli.options import json_option
 from provision.cli.output import Output
 from provision.errors import ConfigError
-from provision.facts import gather
+from provision.facts.parse import gather
 from provision.fleet import run_fleet
-from provision.inventory import Host, Inventory
+from provision.inventory.hosts import Host, Inventory
 from provision.manifest import load_manifest
-from provision.memedit import ApplyOptions, BoxResult, apply_box, rollback_box
-from provision.memkit import LocalKit, resolve_kit
-from provision.memory import Layout
-from provision.memplan import Action, BoxMemory, BoxPlan, Request, box_memory, plan_box, request_for
-from provision.reboot import RebootPolicy
+from provision.memory.apply import ApplyOptions, BoxResult, apply_box, rollback_box
+from provision.memory.kit import LocalKit, resolve_kit
+from provision.memory.layout import Layout
+from provision.memory.plan import Action, BoxMemory, BoxPlan, Request, box_memory, plan_box, request_for
+from provision.memory.reboot import RebootPolicy
 from provision.settings import Settings, load_settings
-from provision.transport import Connector
+from provision.ssh.transport import Connector
 
 
 @click.group("memory")

@@ -16,10 +16,10 @@ from provision.cli.errors import Exit
 from provision.cli.output import Output
 from provision.errors import ConnectError, FleetError
 from provision.fleet import FleetResult, SkippedError
-from provision.inventory import Host
-from provision.memedit import ApplyFailed, BoxResult, Stage
-from provision.memory import Layout
-from provision.memplan import Action, BoxMemory, BoxPlan, Request
+from provision.inventory.hosts import Host
+from provision.memory.apply import ApplyFailed, BoxResult, Stage
+from provision.memory.layout import Layout
+from provision.memory.plan import Action, BoxMemory, BoxPlan, Request
 
 ACTION_STYLE = {
     Action.NOTHING: "green",

@@ -12,8 +12,8 @@ from provision.cli.hosts import connector_for, host_options, reach_from, resolve
 from provision.cli.options import json_option
 from provision.cli.output import Output
 from provision.manifest import load_manifest
-from provision.play import OUTCOMES, Play, PlayReport
-from provision.playbook import load_playbook
+from provision.play.playbook import load_playbook
+from provision.play.run import OUTCOMES, Play, PlayReport
 from provision.settings import load_settings
 
 COLOURS = {"ok": "green", "changed": "yellow", "skipped": "cyan", "failed": "red", "unreachable": "magenta"}

@@ -6,15 +6,15 @@ from typing import Any
 
 import click
 
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output
-from provision.doctor import doctor_json, support_block
-from provision.facts import gather
+from provision.facts.doctor import doctor_json, support_block
+from provision.facts.parse import gather
+from provision.facts.preflight import PreflightReport, Status, judge, report_json, run_preflight
 from provision.manifest import Manifest, load_manifest
-from provision.preflight import PreflightReport, Status, judge, report_json, run_preflight
 
 EXIT_BY_RESULT = {"ready": Exit.OK, "not-ready": Exit.NOT_READY, "unreachable": Exit.UNREACHABLE}
 STYLE = {

@@ -5,4 +5,4 @@
 dir=$(dirname "$(readlink -f "$0")")
 log="$dir/log_$(date +%Y_%m_%d_%H_%M_%S).log"
 date > "$log" || exit 1   # the real script's first action: its folder must be writable by the caller
-exec python3 "$dir/bintools/memedit.py" "$dir" "$log" "$@"
+exec python3 "$dir/bintools/memory_edit.py" "$dir" "$log" "$@"

@@ -1,7 +1,7 @@
 import pytest
 
 from provision.assets.cache import Cache
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.manifest import load_manifest
 from sim.mirror import BMODELS, Mirror, build_asset_tree
 

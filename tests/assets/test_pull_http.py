@@ -91,7 +91,7 @@ def test_lock_mismatch_is_refused(tmp_path, tree, mirror, cache):
     pull(manifest, ["int4"], cache=cache, lock=lock, **FAST)
     text = lock.path.read_text().replace(tree.files[BMODELS["int4"]][1], "a" * 64)
     lock.path.write_text(text)
-    from provision.assets.lock import load_lock
+    from provision.assets.pins import load_lock
 
     other = type(cache)(tmp_path / "other-cache")
     with pytest.raises(IntegrityError, match="does not match the pinned"):

@@ -8,7 +8,7 @@ import pytest
 
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.errors import DiskFullError
 from provision.manifest import load_manifest
 from sim.mirror import BMODELS

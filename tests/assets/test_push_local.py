@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from provision.assets.cache import Cache
-from provision.assets.channels import ChannelBroken, LocalChannel
 from provision.assets.download import pull
 from provision.assets.push import BoxPusher, BoxTarget, plan_push, push_fleet, receiver_command
 from provision.errors import DiskFullError, IntegrityError, RemoteError
+from provision.ssh.channels import ChannelBroken, LocalChannel
 from sim.mirror import BMODELS, Faults
 from sim.sftpd import is_root
 from tests.assets.conftest import BMODEL_SIZE, write_manifest
@@ -170,7 +170,7 @@ def test_lock_mismatch_is_refused_before_sending(tmp_path, pulled, tree):
     manifest, lock, cache = pulled
     sha = tree.files[BMODELS["int4"]][1]
     lock.path.write_text(lock.path.read_text().replace(sha, "b" * 64))
-    from provision.assets.lock import load_lock
+    from provision.assets.pins import load_lock
 
     opened = CutLink()
     with pytest.raises(IntegrityError, match="does not match the pinned"):
@@ -235,7 +235,7 @@ def test_unsafe_zip_is_refused_by_the_receiver(tmp_path):
 
 def test_loadable_standins_pulled_and_pushed_run_the_chat_runtime(tmp_path):
     """The mirror's loadable assets survive pull + push and the runtime loads them on the 'box'."""
-    from provision.assets.lock import load_lock
+    from provision.assets.pins import load_lock
     from provision.manifest import load_manifest
     from sim.mirror import build_asset_tree
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from provision.assets.cache import Cache
-from provision.assets.channels import ChannelBroken, ExecChannel
 from provision.assets.download import pull
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.assets.push import BoxTarget, push_fleet
 from provision.errors import DiskFullError
 from provision.manifest import load_manifest
+from provision.ssh.channels import ChannelBroken, ExecChannel
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree
 from tests.sim.conftest import connect, needs_root, run
 

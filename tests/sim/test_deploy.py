@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from provision import deploy as deploymod
+from provision.runtime import deploy as deploymod
 from tests.sim.conftest import connect, needs_root, run
 from tests.sim.flows import invoke, pull_and_push, use_fleet
 

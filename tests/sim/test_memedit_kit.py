@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from sim import itb, memedit_kit
+from sim import itb, kit_archive
 from tests.sim.conftest import connect, needs_root, run, sudo
 
 pytestmark = [pytest.mark.sim, needs_root]
@@ -35,7 +35,7 @@ def box(sim_fleet):
     """A factory box with the kit unpacked in /data/memedit, owned by linaro (the README's flow)."""
     fleet = sim_fleet(["se7-factory"])
     data = fleet.state.box_paths("se7-1").data
-    memedit_kit.install_unpacked(data / "memedit")
+    kit_archive.install_unpacked(data / "memedit")
     subprocess.run(["chown", "-R", "1000:1000", str(data / "memedit")], check=True)
     return fleet, connect(fleet, "se7-1")
 
@@ -160,8 +160,8 @@ def test_the_folder_must_be_writable(sim_fleet):
 
 
 def test_kit_archives_are_reproducible_and_laid_out_like_the_vendors(tmp_path):
-    first = memedit_kit.build_kit(tmp_path / "a")
-    second = memedit_kit.build_kit(tmp_path / "b")
+    first = kit_archive.build_kit(tmp_path / "a")
+    second = kit_archive.build_kit(tmp_path / "b")
     for one, two in ((first.tarball, second.tarball), (first.vendor_bundle, second.vendor_bundle)):
         assert hashlib.sha256(one.read_bytes()).digest() == hashlib.sha256(two.read_bytes()).digest()
     with tarfile.open(first.tarball) as tar:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from provision.manifest import load_manifest
-from sim import itb, memedit_kit
+from sim import itb, kit_archive
 from sim.fleet import ssh_banner
 from tests.sim.conftest import connect, needs_root, run
 
@@ -26,7 +26,7 @@ FAST = ("--connect-timeout", "2", "--reboot-timeout", "15")
 
 @pytest.fixture
 def kit(tmp_path):
-    return str(memedit_kit.build_kit(tmp_path / "kit").tarball)
+    return str(kit_archive.build_kit(tmp_path / "kit").tarball)
 
 
 def invoke(*args):

@@ -3,7 +3,7 @@
 import pytest
 
 from provision.assets.cache import Cache
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.errors import ConfigError, IntegrityError
 from provision.manifest import MODELS_DIR, load_manifest, parse_manifest
 from provision.yamlfile import parse_yaml

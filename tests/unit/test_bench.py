@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from provision.bench import PUBLISHED, BoxBench, Run, Spread, bench_client, write_chart
+from provision.runtime.bench import PUBLISHED, BoxBench, Run, Spread, bench_client, write_chart
 from tests.unit.test_remote_chat import client_of, server, standin  # noqa: F401 (fixtures)
 
 

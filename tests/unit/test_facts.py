@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from provision.errors import FactError
-from provision.facts import (
+from provision.facts.parse import (
     PARSERS,
     parse_bm_version,
     parse_memory_edit_p,
@@ -19,8 +19,8 @@ from provision.facts import (
     parse_root,
     version_tuple,
 )
-from provision.memory import Layout
-from provision.probe import MARK, probe_script
+from provision.facts.probe import MARK, probe_script
+from provision.memory.layout import Layout
 
 FIXTURES = sorted((Path(__file__).parent.parent / "facts").glob("*/*.json"))
 
@@ -142,8 +142,8 @@ def test_version_tuple(text, expected):
 
 
 def test_gather_runs_one_probe_with_the_password_on_stdin():
-    from provision.facts import gather
-    from provision.inventory import Host
+    from provision.facts.parse import gather
+    from provision.inventory.hosts import Host
     from tests.fakes import FakeTransport, Script
 
     case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
@@ -158,8 +158,8 @@ def test_gather_runs_one_probe_with_the_password_on_stdin():
 
 
 def test_gather_without_a_password_uses_sudo_n():
-    from provision.facts import gather
-    from provision.inventory import Host
+    from provision.facts.parse import gather
+    from provision.inventory.hosts import Host
     from tests.fakes import FakeTransport, Script
 
     fake = FakeTransport(Host(name="b", address="b"), [Script(r"sudo -n", "garbage without end marker")])
@@ -181,6 +181,6 @@ def test_gather_without_a_password_uses_sudo_n():
     ],
 )
 def test_parse_uname(text, expected):
-    from provision.facts import parse_uname
+    from provision.facts.parse import parse_uname
 
     assert parse_uname(text) == expected

@@ -5,7 +5,7 @@ import pytest
 
 from provision.errors import ConfigError, ConnectError, RemoteError
 from provision.fleet import SkippedError, parse_serial, run_fleet
-from provision.inventory import Host
+from provision.inventory.hosts import Host
 
 HOSTS = [Host(name=f"b{i}", address=f"10.0.0.{i}") for i in range(10)]
 

@@ -3,8 +3,8 @@ import textwrap
 import pytest
 
 from provision.errors import ConfigError
-from provision.inventory import Secret, load_inventory
-from provision.sshconfig import load_ssh_config, parse_ssh_config
+from provision.inventory.hosts import Secret, load_inventory
+from provision.ssh.sshconfig import load_ssh_config, parse_ssh_config
 
 OWN = """\
 defaults:

@@ -2,7 +2,7 @@ import pytest
 
 from provision.errors import ConfigError
 from provision.manifest import MODELS_DIR, load_manifest, parse_manifest
-from provision.memory import Layout
+from provision.memory.layout import Layout
 from provision.yamlfile import parse_yaml
 
 GOOD = (MODELS_DIR / "glm4-9b.yaml").read_text()

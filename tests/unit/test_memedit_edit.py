@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from provision.inventory import Host
-from provision.memedit import ApplyFailed, _Box, edit
-from provision.memory import Layout
-from provision.transport import Result
+from provision.inventory.hosts import Host
+from provision.memory.apply import ApplyFailed, _Box, edit
+from provision.memory.layout import Layout
+from provision.ssh.transport import Result
 
 FIXTURES = Path(__file__).parent.parent / "facts" / "memory_edit_c"
 OLD_SHA = "0" * 64

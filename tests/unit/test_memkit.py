@@ -6,14 +6,14 @@ import pytest
 
 from provision.errors import ConfigError, FleetError
 from provision.manifest import MODELS_DIR, load_manifest
-from provision.memkit import resolve_kit, sha256_file
+from provision.memory.kit import resolve_kit, sha256_file
 from provision.settings import load_settings
-from sim import memedit_kit
+from sim import kit_archive
 
 
 @pytest.fixture
 def kit(tmp_path):
-    return memedit_kit.build_kit(tmp_path / "kit")
+    return kit_archive.build_kit(tmp_path / "kit")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-from provision.memory import ASSUMED_MAX_16GB_BM1684X, Layout, clip, plan_layout
+from provision.memory.layout import ASSUMED_MAX_16GB_BM1684X, Layout, clip, plan_layout
 
 README = Layout(7615, 3072, 3072)
 

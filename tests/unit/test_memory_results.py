@@ -2,14 +2,14 @@
 
 import pytest
 
-from provision.bootimage import Backup
 from provision.cli.errors import Exit
 from provision.cli.memory_view import results_exit, results_json
 from provision.errors import ConnectError, FleetError
 from provision.fleet import FleetResult, HostOutcome, SkippedError
-from provision.inventory import Host
-from provision.memedit import ApplyFailed, BoxResult, Stage, Status, recovery_steps
-from provision.memory import Layout
+from provision.inventory.hosts import Host
+from provision.memory.apply import ApplyFailed, BoxResult, Stage, Status, recovery_steps
+from provision.memory.bootimage import Backup
+from provision.memory.layout import Layout
 
 OLD = Layout(3950, 2048, 3072)
 NEW = Layout(7615, 3071, 3071)

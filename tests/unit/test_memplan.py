@@ -3,8 +3,8 @@
 import pytest
 
 from provision.manifest import load_manifest
-from provision.memory import Layout
-from provision.memplan import Action, BoxMemory, plan_box, request_for
+from provision.memory.layout import Layout
+from provision.memory.plan import Action, BoxMemory, plan_box, request_for
 
 MAX_V212 = Layout(7615, 3071, 4096)  # 16 GB BM1684X, memory_edit v2.10+
 MAX_V29 = Layout(7615, 3072, 4096)

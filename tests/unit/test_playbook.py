@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ConfigError
-from provision.playbook import load_playbook, parse_playbook
+from provision.play.playbook import load_playbook, parse_playbook
 from provision.yamlfile import parse_yaml
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"

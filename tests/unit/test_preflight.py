@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ConnectError, FactError
-from provision.facts import PythonFacts, parse_probe
-from provision.inventory import Host
+from provision.facts.parse import PythonFacts, parse_probe
+from provision.facts.preflight import SCHEMA, PreflightReport, Status, failed_verdict, judge, report_json
+from provision.inventory.hosts import Host
 from provision.manifest import load_manifest
-from provision.memory import Layout
-from provision.preflight import SCHEMA, PreflightReport, Status, failed_verdict, judge, report_json
+from provision.memory.layout import Layout
 
 MANIFEST = load_manifest("glm4-9b")
 HOST = Host(name="se7-1", address="10.0.0.1")
@@ -179,7 +179,7 @@ def test_failed_hosts_and_json_schema():
 
 
 def test_run_preflight_never_stops_on_a_bad_box():
-    from provision.preflight import run_preflight
+    from provision.facts.preflight import run_preflight
     from tests.fakes import FakeTransport, Script
 
     case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from provision.facts import parse_probe
-from provision.probe import probe_script
+from provision.facts.parse import parse_probe
+from provision.facts.probe import probe_script
 
 FAKE_PYTHON = """#!/bin/sh
 echo run >> "{count}"

@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from provision.errors import ConnectError, RemoteError
-from provision.inventory import Host
-from provision.reboot import (
+from provision.inventory.hosts import Host
+from provision.memory.reboot import (
     BOOT_ID,
     Cancelled,
     RebootPolicy,
@@ -16,7 +16,7 @@ from provision.reboot import (
     request_reboot,
     wait_for_new_boot,
 )
-from provision.transport import Result
+from provision.ssh.transport import Result
 
 
 class Scripted:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ConnectError, RemoteError
-from provision.remote_chat import ChatClient, Done, Token, answer_text
+from provision.runtime.remote_chat import ChatClient, Done, Token, answer_text
 from sim.tinyglm import build_standin
 
 SAIL_EMULATOR = Path(__file__).resolve().parents[2] / "sim" / "sail"

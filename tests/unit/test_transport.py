@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ConnectError, HostKeyError, RemoteError
-from provision.inventory import Host
-from provision.transport import Connector, Retry, Timeouts, Transport, Trust, quote_command, sudo_wrap
+from provision.inventory.hosts import Host
+from provision.ssh.transport import Connector, Retry, Timeouts, Transport, Trust, quote_command, sudo_wrap
 from tests.sshd import available, start_sshd
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and /usr/sbin/sshd")

@@ -18,7 +18,7 @@ from provision.manifest import load_manifest
 site = Path(provision.__file__).parent.parent
 assert site == Path(SITE), site
 assert load_manifest("glm4-9b").model == "glm4-9b" and load_manifest("chatglm3-6b")
-for rel in ("sim/kit/memory_edit.sh", "sim/kit/memedit.py", "sim/boxinit.sh", "chat/__main__.py"):
+for rel in ("sim/kit/memory_edit.sh", "sim/kit/memory_edit.py", "sim/boxinit.sh", "chat/__main__.py"):
     assert (site / rel).is_file(), rel
 print("ok")
 """

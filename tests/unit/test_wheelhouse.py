@@ -3,7 +3,7 @@
 import pytest
 
 from provision.errors import FleetError
-from provision.wheelhouse import ensure_wheelhouse, python_tag
+from provision.runtime.wheelhouse import ensure_wheelhouse, python_tag
 
 
 def test_aarch64_py38_wheelhouse_has_the_runtime_deps_and_is_cached(tmp_path):

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from provision.boxpaths import RUNTIME_LINK
-from provision.deploy import model_paths
 from provision.errors import ConnectError, NotReadyError, RemoteError
-from provision.facts import Facts
+from provision.facts.parse import Facts
 from provision.manifest import Manifest
-from provision.transport import Transport
+from provision.runtime.deploy import model_paths
+from provision.ssh.transport import Transport
 
 _EOF = object()
 

@@ -7,7 +7,7 @@
     (heaps now == target) → verified; a wrong layout after boot → rollback (restore the backup, reboot,
     verify the old heaps).
 
-The boot image operations themselves (backup, swap, read-back) are in `provision/bootimage.py`.
+The boot image operations themselves (backup, swap, read-back) are in `provision/memory/bootimage.py`.
 
 The box's boot image is always either the old or the new one: the new image reaches /boot/emmcboot.itb only
 by `rename(2)` from a verified, synced temporary file. Cancelling (Ctrl-C) is checked between stages, never
@@ -21,8 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from provision import boxlock, memkit
-from provision.bootimage import (
+from provision import boxlock
+from provision.boxpaths import BOOT_IMAGE
+from provision.errors import FactError, FleetError, IntegrityError, RemoteError
+from provision.facts.parse import MemoryEditReport, parse_memory_edit_p
+from provision.memory import kit as memory_kit
+from provision.memory.bootimage import (
     MEMEDIT_BAK,
     Backup,
     latest_backup,
@@ -31,12 +35,9 @@ from provision.bootimage import (
     sha256_on_box,
     swap_in,
 )
-from provision.boxpaths import BOOT_IMAGE
-from provision.errors import FactError, FleetError, IntegrityError, RemoteError
-from provision.facts import MemoryEditReport, parse_memory_edit_p
-from provision.memory import Layout, parse_memory_edit_c
-from provision.memplan import Action, BoxMemory, BoxPlan, Request, plan_box
-from provision.reboot import (
+from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.memory.plan import Action, BoxMemory, BoxPlan, Request, plan_box
+from provision.memory.reboot import (
     Cancelled,
     RebootPolicy,
     RebootTimeout,
@@ -44,7 +45,7 @@ from provision.reboot import (
     request_reboot,
     wait_for_new_boot,
 )
-from provision.transport import Transport
+from provision.ssh.transport import Transport
 
 LOCK_NAME = "memory"
 EDIT_TIMEOUT = 300.0  # memory_edit unpacks and repacks a ~40 MB image
@@ -110,8 +111,8 @@ class ApplyFailed(FleetError):
 
 @dataclass(frozen=True)
 class ApplyOptions:
-    kit: memkit.LocalKit | None = None  # None: the box's own kit (preinstalled or uploaded earlier)
-    kit_resolver: Callable[[], memkit.LocalKit] | None = None  # lazily finds one when a box has none
+    kit: memory_kit.LocalKit | None = None  # None: the box's own kit (preinstalled or uploaded earlier)
+    kit_resolver: Callable[[], memory_kit.LocalKit] | None = None  # lazily finds one when a box has none
     auto_rollback: bool = True
     reboot: RebootPolicy = field(default_factory=RebootPolicy)
     break_lock: bool = False
@@ -262,7 +263,7 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
 def _kit_folder(run: _Box, box: BoxMemory, options: ApplyOptions) -> str:
     """The folder of the memory_edit script to run (as a shell expression)."""
     if options.kit is None and box.kit_path:
-        return memkit.script_dir(box.kit_path)
+        return memory_kit.script_dir(box.kit_path)
     kit = options.kit
     if kit is None:
         if options.kit_resolver is None:
@@ -275,13 +276,13 @@ def _kit_folder(run: _Box, box: BoxMemory, options: ApplyOptions) -> str:
             )
         kit = options.kit_resolver()
     run.enter(Stage.UPLOAD, kit.source)
-    return memkit.upload_kit(run.t, kit)
+    return memory_kit.upload_kit(run.t, kit)
 
 
 def read_layout(transport: Transport, folder: str) -> MemoryEditReport:
     """`memory_edit.sh -p` as root (so `now` is real, not 0x0)."""
     output = transport.run(
-        memkit.memory_edit_command(folder, ["-p"]), sudo=True, timeout=EDIT_TIMEOUT, check=False
+        memory_kit.memory_edit_command(folder, ["-p"]), sudo=True, timeout=EDIT_TIMEOUT, check=False
     ).stdout
     return parse_memory_edit_p(output)
 
@@ -290,7 +291,9 @@ def edit(run: _Box, folder: str, target: Layout) -> str:
     """Run `-c`; returns the new image's path. Any Error line, a `check` size other than the request or a
     missing `ok` line raises ApplyFailed with /boot verified untouched."""
     args = ["-c", "-npu", str(target.npu), "-vpu", str(target.vpu), "-vpp", str(target.vpp)]
-    result = run.t.run(memkit.memory_edit_command(folder, args), sudo=True, timeout=EDIT_TIMEOUT, check=False)
+    result = run.t.run(
+        memory_kit.memory_edit_command(folder, args), sudo=True, timeout=EDIT_TIMEOUT, check=False
+    )
     try:
         report = parse_memory_edit_c(result.stdout)
         problem = None

@@ -31,7 +31,7 @@ from typing import IO, Any, BinaryIO
 import paramiko
 
 from provision.errors import ConfigError, ConnectError, HostKeyError, RemoteError
-from provision.inventory import Host, parse_adhoc_host
+from provision.inventory.hosts import Host, parse_adhoc_host
 
 log = logging.getLogger(__name__)
 

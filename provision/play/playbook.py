@@ -13,7 +13,7 @@
       - chat-check: {prompt: 你好}
 
 A step is a one-key mapping `{kind: options}`; `options` may be empty. Running a playbook is in
-`provision/play.py`; this module only describes and validates.
+`provision/play/run.py`; this module only describes and validates.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.facts import gather
+from provision.facts.parse import gather
 from provision.manifest import Manifest
-from provision.remote_chat import ChatClient, answer_text, choose_variant, runtime_session
-from provision.transport import Transport
+from provision.runtime.remote_chat import ChatClient, answer_text, choose_variant, runtime_session
+from provision.ssh.transport import Transport
 
 SEED_PROMPT = "请使用C++写一段冒泡排序算法。"
 PUBLISHED: dict[str, tuple[float, float]] = {"int8": (1.181, 4.471), "int4": (1.114, 7.489)}  # FTL s, tok/s

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from provision.facts import Facts
-from provision.inventory import Host
-from provision.memory import Layout
-from provision.preflight import SCHEMA as PREFLIGHT_SCHEMA
-from provision.preflight import Verdict, facts_json, verdict_json
+from provision.facts.parse import Facts
+from provision.facts.preflight import SCHEMA as PREFLIGHT_SCHEMA
+from provision.facts.preflight import Verdict, facts_json, verdict_json
+from provision.inventory.hosts import Host
+from provision.memory.layout import Layout
 
 SCHEMA = "sophon-fleet/doctor/v1"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import ConfigError
-from provision.inventory_sources import HOST_VARS, Entry, load_source, parse_adhoc, var_problem
-from provision.sshconfig import SshConfig, load_ssh_config
+from provision.inventory.sources import HOST_VARS, Entry, load_source, parse_adhoc, var_problem
+from provision.ssh.sshconfig import SshConfig, load_ssh_config
 from provision.yamlfile import type_name
 
 DEFAULT_USER = "linaro"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from provision.errors import ConnectError, FleetError, NotReadyError, RemoteError
-from provision.transport import SUDO_FAILURES, Transport
+from provision.ssh.transport import SUDO_FAILURES, Transport
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 

@@ -2,7 +2,7 @@
 
 `Channel` is anything with `send`, `recv_line`, `exit_status`, `close` (and optionally `send_file`, a
 zero-copy fast path): `LocalChannel` runs a local subprocess (tests, or the OpenSSH client as a bulk
-transport), `ExecChannel` adapts an SSH exec channel (`provision.transport.Transport.open_exec`), and
+transport), `ExecChannel` adapts an SSH exec channel (`provision.ssh.transport.Transport.open_exec`), and
 `transport_opener` turns a Transport into an `Opener` (command -> Channel) that reopens a lost connection.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from provision.errors import ConnectError
-from provision.transport import send_all
+from provision.ssh.transport import send_all
 
 
 class ChannelBroken(Exception):
@@ -79,7 +79,7 @@ class LocalChannel:
 
 class ExecChannel:
     """Adapts an SSH exec channel: a paramiko-style channel (sendall, makefile, recv_exit_status, close)
-    or anything holding one as `.channel` (e.g. `provision.transport.Exec` from `Transport.open_exec`)."""
+    or anything holding one as `.channel` (e.g. `provision.ssh.transport.Exec` from `Transport.open_exec`)."""
 
     def __init__(self, channel: Any, timeout: float | None = 300.0) -> None:
         # Keep the wrapper alive: a garbage-collected `Exec` closes its stdin file, which shuts down our
@@ -112,7 +112,8 @@ class ExecChannel:
 
 
 def transport_opener(transport: Any, timeout: float = 300.0) -> Opener:
-    """Exec channels from a `provision.transport.Transport`; a lost connection is reopened once per call."""
+    """Exec channels from a `provision.ssh.transport.Transport`; a lost connection is reopened once
+    per call."""
 
     def open_exec(command: str) -> Channel:
         try:

@@ -27,13 +27,13 @@ from urllib.parse import urlparse
 
 from provision.assets.cache import Cache
 from provision.assets.download import FileDownload
-from provision.assets.lock import load_lock
+from provision.assets.pins import load_lock
 from provision.assets.sources import source_for_url, sources_for
 from provision.boxpaths import KIT_DIR, WORK_DIR
 from provision.errors import ConfigError, IntegrityError, RemoteError
 from provision.manifest import AssetFile, Manifest, Pinned
 from provision.settings import Settings
-from provision.transport import Transport, quote_command
+from provision.ssh.transport import Transport, quote_command
 
 SCRIPT = "memory_edit/memory_edit.sh"
 

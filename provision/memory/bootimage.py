@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE
 from provision.errors import DiskFullError, IntegrityError, RemoteError
-from provision.facts import parse_total_mem
-from provision.memory import Layout
-from provision.transport import Transport, quote_command
+from provision.facts.parse import parse_total_mem
+from provision.memory.layout import Layout
+from provision.ssh.transport import Transport, quote_command
 
 SWAP_TMP = "/boot/.emmcboot.itb.sophon-fleet.tmp"
 MEMEDIT_BAK = "/boot/emmcboot.itb.memeditBak"

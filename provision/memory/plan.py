@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from provision.facts import Facts
+from provision.facts.parse import Facts
 from provision.manifest import Manifest
-from provision.memory import ASSUMED_MAX_16GB_BM1684X, HEAPS, Layout, plan_layout
+from provision.memory.layout import ASSUMED_MAX_16GB_BM1684X, HEAPS, Layout, plan_layout
 
 SUPPORTED_CHIPS = ("bm1684x",)
 

@@ -24,18 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from provision import __version__, box_install
+from provision import __version__
 from provision.assets.cache import Cache
-from provision.assets.lock import Lock
+from provision.assets.pins import Lock
 from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
 from provision.boxpaths import MODELS_DIR, RUNTIME_DIR, RUNTIME_LINK, WORK_DIR
+from provision.boxside import box_install
 from provision.errors import FleetError, NotReadyError, RemoteError
-from provision.facts import Facts
+from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
-from provision.transport import Transport
-from provision.wheelhouse import Wheelhouse, ensure_wheelhouse
+from provision.runtime.wheelhouse import Wheelhouse, ensure_wheelhouse
+from provision.ssh.transport import Transport
 
-CHAT_PACKAGE = Path(__file__).resolve().parent.parent / "chat"
+CHAT_PACKAGE = Path(__file__).resolve().parents[2] / "chat"
 MARKER = ".deployed"
 INSTALL_SOURCE = Path(box_install.__file__).read_text(encoding="utf-8")
 

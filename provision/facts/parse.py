@@ -1,6 +1,6 @@
 """Facts about a box: ONE probe script per box (one round trip), and pure parsers of its output.
 
-`gather(transport)` runs `provision.probe`'s script (its sudo part reads the password from the same
+`gather(transport)` runs `provision.facts.probe`'s script (its sudo part reads the password from the same
 command's stdin) and `parse_probe(output)` turns the output into `Facts`. Each section parser is a pure
 function from captured text to a frozen dataclass (or a plain value), tested on fixture files under
 `tests/facts/<fact>/`; unparseable or truncated output raises FactError, never anything else.
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from provision.errors import FactError
-from provision.memory import Layout, parse_memory_edit_c
-from provision.probe import MARK, probe_script
-from provision.transport import Transport, quote_command
+from provision.facts.probe import MARK, probe_script
+from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.ssh.transport import Transport, quote_command
 
 MIB = 1024 * 1024
 HEAPS = ("npu", "vpu", "vpp")

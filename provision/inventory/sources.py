@@ -1,7 +1,7 @@
 """The inventory sources: our own YAML, Ansible INI and YAML inventories, ad-hoc `-H` specs.
 
 Each parser turns its source into `Entry`s (a host's name, its merged vars, groups, where it was defined and
-how to locate an error in it) and group memberships; `provision.inventory` resolves entries into Hosts.
+how to locate an error in it) and group memberships; `provision.inventory.hosts` resolves entries into Hosts.
 Every problem is a ConfigError naming file, line and key.
 """
 

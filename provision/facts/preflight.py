@@ -21,12 +21,12 @@ from enum import Enum
 from typing import Any
 
 from provision.errors import ConnectError, FleetError
-from provision.facts import Facts, gather, version_tuple
+from provision.facts.parse import Facts, gather, version_tuple
 from provision.fleet import DEFAULT_FORKS, run_fleet
-from provision.inventory import Host
+from provision.inventory.hosts import Host
 from provision.manifest import Manifest
-from provision.memory import ASSUMED_MAX_16GB_BM1684X, Layout, plan_layout
-from provision.transport import Connector
+from provision.memory.layout import ASSUMED_MAX_16GB_BM1684X, Layout, plan_layout
+from provision.ssh.transport import Connector
 
 SCHEMA = "sophon-fleet/preflight/v1"
 MIB = 1024 * 1024
@@ -249,7 +249,7 @@ def _platform_warnings(facts: Facts, manifest: Manifest) -> list[Reason]:
                 f"python3 is {facts.python.version}; the SAIL wheel is built for {manifest.min_python}",
             )
         )
-    # a runtime deployed with its own SAIL wheel is named `<version>-<id>-sail` (provision/deploy.py)
+    # a runtime deployed with its own SAIL wheel is named `<version>-<id>-sail` (provision/runtime/deploy.py)
     runtime_has_sail = bool(facts.runtime and facts.runtime.endswith("-sail"))
     if facts.python.version and not facts.python.sail_ok and not runtime_has_sail:
         warnings.append(

@@ -19,7 +19,7 @@ from provision.boxpaths import (
     RUNTIME_LINK,
     VERIFIED_MARKER,
 )
-from provision.transport import quote_command
+from provision.ssh.transport import quote_command
 
 MARK = "@@sophon-fleet:"
 DISKS = ("/", "/data", "/boot")

@@ -1,4 +1,4 @@
-"""Running a playbook (`provision/playbook.py` describes and validates one).
+"""Running a playbook (`provision/play/playbook.py` describes and validates one).
 
 Steps run one after the other over the boxes still in the play; each step runs on those boxes in parallel
 (`forks`; the memory step in rolling batches of `serial`, because it reboots). A box that fails a step
@@ -15,24 +15,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from provision import memedit, memkit, memplan
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.lock import Lock, load_lock
+from provision.assets.pins import Lock, load_lock
 from provision.assets.push import BoxPusher, plan_push, transport_opener
-from provision.bench import SEED_PROMPT, BoxBench, bench_box
-from provision.deploy import Deployer, deploy_box
 from provision.errors import ConnectError, FleetError, NotReadyError
-from provision.facts import Facts, gather
+from provision.facts.parse import Facts, gather
+from provision.facts.preflight import Status, Verdict, judge
 from provision.fleet import run_fleet
-from provision.inventory import Host
+from provision.inventory.hosts import Host
 from provision.manifest import Manifest
-from provision.memory import Layout
-from provision.playbook import Playbook, Step
-from provision.preflight import Status, Verdict, judge
-from provision.remote_chat import answer_text, choose_variant, runtime_session
+from provision.memory import apply as memory_apply
+from provision.memory import kit as memory_kit
+from provision.memory import plan as memory_plan
+from provision.memory.layout import Layout
+from provision.play.playbook import Playbook, Step
+from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box
+from provision.runtime.deploy import Deployer, deploy_box
+from provision.runtime.remote_chat import answer_text, choose_variant, runtime_session
 from provision.settings import Settings
-from provision.transport import Connector
+from provision.ssh.transport import Connector
 
 OUTCOMES = ("ok", "changed", "skipped", "failed", "unreachable")
 
@@ -197,21 +199,21 @@ class Play:
         layout = (
             Layout(options["npu"], options["vpu"], options["vpp"]) if options["npu"] is not None else None
         )
-        request = memplan.request_for(self.manifest, variant=variant, layout=layout)
-        box = memplan.box_memory(state.host.name, state.facts or self._refresh(state))
-        plan = memplan.plan_box(box, request)
-        if plan.action is memplan.Action.NOTHING:
+        request = memory_plan.request_for(self.manifest, variant=variant, layout=layout)
+        box = memory_plan.box_memory(state.host.name, state.facts or self._refresh(state))
+        plan = memory_plan.plan_box(box, request)
+        if plan.action is memory_plan.Action.NOTHING:
             return "ok", plan.reason
-        if plan.action is memplan.Action.REFUSED:
+        if plan.action is memory_plan.Action.REFUSED:
             raise NotReadyError(f"{state.host.name}: memory layout refused: {plan.reason}")
         if self.dry_run:
             return "changed", f"would apply {plan.target} and reboot ({plan.reason})"
-        options_ = memedit.ApplyOptions(
+        options_ = memory_apply.ApplyOptions(
             kit_resolver=self._kit_resolver(),
             auto_rollback=options["auto_rollback"],
-            reboot=memedit.RebootPolicy(timeout=options["reboot_timeout"]),
+            reboot=memory_apply.RebootPolicy(timeout=options["reboot_timeout"]),
         )
-        result = memedit.apply_box(
+        result = memory_apply.apply_box(
             self._transport(state),
             plan,
             request,
@@ -221,17 +223,17 @@ class Play:
         )
         self._refresh(state)
         state.variant = request.variant or state.variant
-        if result.status is memedit.Status.UNCHANGED:  # a `check` box whose own max showed it at target
+        if result.status is memory_apply.Status.UNCHANGED:  # a `check` box whose own max showed it at target
             return "ok", result.note
         return "changed", f"{result.before} → {result.after}, rebooted and verified"
 
-    def _kit_resolver(self) -> Callable[[], memkit.LocalKit]:
-        found: list[memkit.LocalKit] = []
+    def _kit_resolver(self) -> Callable[[], memory_kit.LocalKit]:
+        found: list[memory_kit.LocalKit] = []
 
-        def resolve() -> memkit.LocalKit:
+        def resolve() -> memory_kit.LocalKit:
             with self._guard:  # one download for the whole play
                 if not found:
-                    found.append(memkit.resolve_kit(None, self.manifest, self.settings))
+                    found.append(memory_kit.resolve_kit(None, self.manifest, self.settings))
                 return found[0]
 
         return resolve

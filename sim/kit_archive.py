@@ -1,7 +1,7 @@
 """The simulated memory_edit kit, packaged like Sophgo's releases.
 
-    memory_edit_v2.12.tar.xz          memory_edit/{memory_edit.sh, bintools/memedit.py, bintools/simfit.py}
-    DeviceMemoryModificationKit.tgz   DeviceMemoryModificationKit/memory_edit_v2.12.tar.xz
+    memory_edit_v2.12.tar.xz         memory_edit/{memory_edit.sh, bintools/memory_edit.py, bintools/simfit.py}
+    DeviceMemoryModificationKit.tgz  DeviceMemoryModificationKit/memory_edit_v2.12.tar.xz
 
 `bintools/simfit.py` is `sim/itb.py` (the stand-in boot image format) and plays dumpimage/mkimage.
 Archives are byte-for-byte reproducible, so their sha256 can be pinned.
@@ -33,7 +33,7 @@ def kit_members() -> list[tuple[str, bytes, int]]:
     """(path in archive, content, mode) of every file of the kit."""
     return [
         ("memory_edit/memory_edit.sh", (KIT_DIR / "memory_edit.sh").read_bytes(), 0o755),
-        ("memory_edit/bintools/memedit.py", (KIT_DIR / "memedit.py").read_bytes(), 0o755),
+        ("memory_edit/bintools/memory_edit.py", (KIT_DIR / "memory_edit.py").read_bytes(), 0o755),
         ("memory_edit/bintools/simfit.py", ITB.read_bytes(), 0o644),
     ]
 
