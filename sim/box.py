@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from provision.errors import SimError
 from sim import itb, kit_archive
 from sim.hw import BoxHardware, render
 from sim.profiles import Profile
@@ -95,13 +97,47 @@ class BoxPaths:
         return self.dir / "fs" / "opt_sophon"
 
 
-def box_python() -> str | None:
-    """The interpreter a box runs as python3: CPython 3.8 like a real SE7, when this machine has one."""
-    return next((p for p in PY38_CANDIDATES if os.access(p, os.X_OK)), None)
+@dataclass(frozen=True)
+class BoxPython:
+    """The interpreter a box runs as `python3`, and where its site-packages are."""
+
+    path: str
+    version: str  # "3.8"
+    site_packages: str
+
+    @property
+    def like_a_real_box(self) -> bool:
+        return self.version == "3.8"
+
+
+def box_python(override: str | None = None) -> BoxPython:
+    """CPython 3.8 like a real SE7 when this machine has one; else the host's own interpreter (a fleet
+    engineer is warned: `chat/` is then not proven on 3.8). `override` (SOPHON_FLEET_SIM_PYTHON) forces one.
+
+    Raises:
+        SimError: the interpreter given cannot be run.
+    """
+    candidates = [override] if override else [p for p in PY38_CANDIDATES if os.access(p, os.X_OK)]
+    path = candidates[0] if candidates else os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    probe = "import site, sys; print('%d.%d' % sys.version_info[:2]); print(site.getsitepackages()[0])"
+    try:
+        out = subprocess.run(
+            [path, "-I", "-c", probe], capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SimError(f"the boxes' python3 {path} cannot run: {exc}") from exc
+    version, site_packages = out.stdout.split()
+    return BoxPython(path=path, version=version, site_packages=site_packages)
 
 
 def prepare(
-    paths: BoxPaths, name: str, profile: Profile, *, operator_pub: str, password_hash: str
+    paths: BoxPaths,
+    name: str,
+    profile: Profile,
+    *,
+    operator_pub: str,
+    password_hash: str,
+    python: BoxPython,
 ) -> BoxHardware:
     """Create a factory-fresh box on disk (not booted). Idempotent for the directory tree."""
     for sub in ("etc", "fs/boot", "fs/data", "fs/opt_sophon", "hw", "run", "root"):
@@ -112,7 +148,7 @@ def prepare(
     (paths.dir / "etc" / "sshd_config").write_text(SSHD_CONFIG.format(etc=paths.dir / "etc"))
     if not paths.power_fifo.exists():
         os.mkfifo(paths.power_fifo, 0o622)
-    _root_layer(paths, name, operator_pub=operator_pub, password_hash=password_hash)
+    _root_layer(paths, name, operator_pub=operator_pub, password_hash=password_hash, python=python)
     paths.boot_image.write_bytes(factory_image(profile))
     (paths.dir / "fs" / "boot" / "multi.its").write_text(itb.multi_its(profile.dts))
     install_libsophon(paths.opt_sophon, profile.libsophon)
@@ -152,7 +188,9 @@ def _system_lines(path: str) -> list[str]:
     return keep
 
 
-def _root_layer(paths: BoxPaths, name: str, *, operator_pub: str, password_hash: str) -> None:
+def _root_layer(
+    paths: BoxPaths, name: str, *, operator_pub: str, password_hash: str, python: BoxPython
+) -> None:
     """Files of the box's root overlay: the `linaro` user, sudo, reboot, python3, an empty .bashrc."""
     up = paths.upper
     etc = up / "etc"
@@ -185,25 +223,21 @@ def _root_layer(paths: BoxPaths, name: str, *, operator_pub: str, password_hash:
         (sbin / tool).chmod(0o755)
     (sbin / "bm_version").write_text(f"#!/bin/sh\ncat {paths.dir / 'hw' / 'bm_version.txt'}\n")
     (sbin / "bm_version").chmod(0o755)
-    _python(up)
+    _python(up, python)
 
 
-def _python(up: Path) -> None:
-    """`python3` of the box: CPython 3.8 where available, with the SAIL emulator importable."""
-    python = box_python()
-    if python is None:
-        return  # the box keeps the host's python3; preflight reports its version
+def _python(up: Path, python: BoxPython) -> None:
+    """`python3` of the box (and `python3.X`), with the SAIL emulator and the sim's site importable."""
     (up / "root").mkdir(mode=0o711, exist_ok=True)
-    (up / "root").chmod(0o711)
+    (up / "root").chmod(0o711)  # the host's interpreters may live under /root (pyenv)
     bin_dir = up / "usr" / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for link in ("python3", "python3.8"):
+    for link in ("python3", f"python{python.version}"):
         target = bin_dir / link
         if target.is_symlink() or target.exists():
             target.unlink()
-        target.symlink_to(python)
-    version_dir = Path(python).resolve().parent.parent
-    site = up / version_dir.relative_to("/") / "lib" / "python3.8" / "site-packages"
+        target.symlink_to(python.path)
+    site = up / python.site_packages.lstrip("/")
     site.mkdir(parents=True, exist_ok=True)
     (site / "sophon-sim.pth").write_text("/opt/sophon/sophon-sail/python3\n/opt/sophon-sim-site\n")
 

@@ -86,6 +86,11 @@ def up(
     out.info(f"bringing up {len(profiles)} simulated boxes ...")
     fleet = Fleet.up(_state_dir(state_dir), profiles, mirror=mirror, bmodel_size=bmodel_size)
     elapsed = time.monotonic() - started
+    if fleet.state.python_version != "3.8":
+        out.warn(
+            f"the boxes run Python {fleet.state.python_version}, not 3.8 like a real SE7: this machine has "
+            "no CPython 3.8 (pyenv install 3.8, or set SOPHON_FLEET_SIM_PYTHON)"
+        )
     extra = {"mirror": fleet.mirror_url, "manifest": str(fleet.manifest_path)} if fleet.mirror else {}
     if out.json:
         out.emit_json(

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from provision.errors import SimError
+from provision.settings import load_settings
 from sim import box as boxmod
 from sim import hw as hwmod
 from sim import itb, mirrornode, net
@@ -31,8 +32,8 @@ from sim.profiles import Profile, get_profile
 from sim.state import BoxRecord, FleetState, hw_lock, read_status
 
 PASSWORD = "linaro"  # the factory password of real boxes (linaro/linaro)
-SITE_CACHE = Path("/var/cache/sophon-fleet-sim")
-SITE_PACKAGES = ("numpy==1.24.4",)
+SITE_PACKAGES = {"3.8": ("numpy==1.24.4",)}  # numpy as the boxes' Ubuntu 20.04 + pip has it
+SITE_PACKAGES_OTHER = ("numpy>=1.26,<3",)  # a host interpreter standing in for 3.8
 FAULTS = (
     "dark",
     "slow-boot",
@@ -124,8 +125,10 @@ class Fleet:
         password_hash = shadow_hash(PASSWORD)
         self._mount_tmpfs(st.overlay_dir, size="4g")
         fleet_net = net.FleetNet(st.k)
-        if any(p for p in profiles) and boxmod.SAIL_EMULATOR.is_dir():
-            st.site = str(ensure_site())
+        settings = load_settings()
+        python = boxmod.box_python(settings.sim_python)
+        st.python_version = python.version
+        st.site = str(ensure_site(settings.sim_cache, python))
         pub = key.with_suffix(".pub").read_text()
         for i, profile in enumerate(profiles, start=1):
             record = BoxRecord(f"se7-{i}", i, fleet_net.box_address(i), fleet_net.box_ns(i), profile.name)
@@ -135,18 +138,27 @@ class Fleet:
             paths = st.box_paths(record.name)
             paths.dir.mkdir(parents=True, exist_ok=True)
             self._mount_tmpfs(paths.data, size=f"{profile.data_mib}m", mode="755")
-            boxmod.prepare(paths, record.name, profile, operator_pub=pub, password_hash=password_hash)
+            boxmod.prepare(
+                paths, record.name, profile, operator_pub=pub, password_hash=password_hash, python=python
+            )
             os.chown(paths.data, boxmod.LINARO_UID, boxmod.LINARO_UID)  # like bmrt_setup.sh at every boot
             net.attach(fleet_net, record.netns, record.address)
         if mirror:
-            self._create_mirror(fleet_net, pub, password_hash, bmodel_size)
+            self._create_mirror(fleet_net, pub, password_hash, bmodel_size, python)
         self._write_known_hosts()
         self._write_inventory()
         self._start_daemon()
         if mirror:
             self._start_mirror_http()
 
-    def _create_mirror(self, fleet_net: net.FleetNet, pub: str, password_hash: str, bmodel_size: int) -> None:
+    def _create_mirror(
+        self,
+        fleet_net: net.FleetNet,
+        pub: str,
+        password_hash: str,
+        bmodel_size: int,
+        python: boxmod.BoxPython,
+    ) -> None:
         """The mirror node: a box-like namespace with the SFTP account `open`, then the asset tree."""
         st = self.state
         record = BoxRecord(
@@ -157,7 +169,12 @@ class Fleet:
         st.save()
         paths = st.box_paths(record.name)
         boxmod.prepare(
-            paths, record.name, get_profile("se7-factory"), operator_pub=pub, password_hash=password_hash
+            paths,
+            record.name,
+            get_profile("se7-factory"),
+            operator_pub=pub,
+            password_hash=password_hash,
+            python=python,
         )
         sftp_hash = shadow_hash(mirrornode.SFTP_PASSWORD)
         boxmod.add_sftp_user(paths, mirrornode.SFTP_USER, sftp_hash)
@@ -492,34 +509,46 @@ def fill_disk(where: Path) -> None:
         )
 
 
-def ensure_site() -> Path:
-    """Python 3.8 packages the boxes' SAIL emulator needs (numpy), installed once per machine."""
-    python = boxmod.box_python()
-    site = SITE_CACHE / "py38-site"
-    if python is None or (site / ".complete").exists():
+def ensure_site(cache: Path, python: boxmod.BoxPython) -> Path:
+    """The packages the boxes' SAIL emulator needs (numpy) for the boxes' python3, installed once per
+    machine into `cache` (SOPHON_FLEET_SIM_CACHE) and readable by every box user.
+
+    Raises:
+        SimError: pip could not install them (no PyPI and no pip mirror).
+    """
+    site = cache / f"site-py{python.version}"
+    if (site / ".complete").exists():
         return site
-    SITE_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(SITE_CACHE / ".lock", "a") as lock:
+    cache.mkdir(parents=True, exist_ok=True)
+    cache.chmod(0o755)  # box users (linaro) read the site through a bind mount
+    with open(cache / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several fleets may come up at once
         if not (site / ".complete").exists():
-            tmp = Path(tempfile.mkdtemp(dir=SITE_CACHE, prefix="py38-site."))
-            run(
-                [
-                    python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "--target",
-                    str(tmp),
-                    *SITE_PACKAGES,
-                ]
-            )
+            tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f"{site.name}."))
+            packages = SITE_PACKAGES.get(python.version, SITE_PACKAGES_OTHER)
+            pip = [python.path, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target"]
+            done = subprocess.run([*pip, str(tmp), *packages], capture_output=True, text=True)
+            if done.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise SimError(
+                    f"could not install {', '.join(packages)} for the boxes' python3 {python.path}: "
+                    f"{(done.stderr or done.stdout).strip()[-400:]}",
+                    hint="the simulator needs PyPI (or a pip mirror in pip.conf) once per machine",
+                )
+            _readable_by_all(tmp)
             (tmp / ".complete").write_text("ok\n")
             shutil.rmtree(site, ignore_errors=True)
             os.replace(tmp, site)
     return site
+
+
+def _readable_by_all(tree: Path) -> None:
+    """mkdtemp makes 0700 dirs and a umask may strip the rest: every box user must read the site."""
+    for root, _dirs, files in os.walk(tree):
+        os.chmod(root, 0o755)
+        for name in files:
+            path = os.path.join(root, name)
+            os.chmod(path, os.stat(path).st_mode | 0o444)
 
 
 def ssh_banner(address: str, port: int = 22, timeout: float = 0.5) -> bool:

@@ -43,6 +43,7 @@ class FleetState:
     daemon_pid: int | None = None
     helper_pids: list[int] = field(default_factory=list)  # e.g. the mirror's HTTP server
     site: str | None = None
+    python_version: str | None = None  # what the boxes run as python3 ("3.8" like a real SE7)
 
     @property
     def site_dir(self) -> Path | None:

@@ -30,6 +30,11 @@ class Output:
         if self.verbosity >= 0 and not self.json:
             self.err.print(text)
 
+    def warn(self, text: str) -> None:
+        """A warning for people (stderr, even with --json; silent with -q)."""
+        if self.verbosity >= 0:
+            self.err.print(Text(f"warning: {text}", style="yellow"))
+
     def debug(self, text: str) -> None:
         if self.verbosity > 0:
             self.err.print(f"[dim]{text}[/dim]")
