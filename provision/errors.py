@@ -5,7 +5,8 @@
     ├── ConnectError              a box cannot be reached or authenticated (exit 4)
     │   └── HostKeyError          unknown or changed host key
     ├── RemoteError               a command on a box failed (exit 1)
-    │   └── FactError             a box's output cannot be understood (garbage, truncated)
+    │   ├── FactError             a box's output cannot be understood (garbage, truncated)
+    │   └── SudoError             sudo refused: a wrong password, none given, or not a sudoer
     ├── NotReadyError             a box is not ready for what was asked (exit 3)
     ├── IntegrityError            a size or sha256 does not match (exit 5)
     ├── DiskFullError             not enough free space (exit 6)
@@ -60,6 +61,14 @@ class RemoteError(FleetError):
 
 class FactError(RemoteError):
     """Output gathered from a box cannot be parsed (garbage, truncated, an error line)."""
+
+
+class SudoError(RemoteError):
+    """sudo refused: `refusal` is "wrong-password", "no-password" or "not-allowed" (provision/ssh/sudo.py)."""
+
+    def __init__(self, message: str, *, refusal: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.refusal = refusal
 
 
 class NotReadyError(FleetError):

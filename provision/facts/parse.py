@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from provision.errors import FactError
 from provision.facts.probe import MARK, probe_script
 from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.ssh import sudo
 from provision.ssh.transport import Transport, quote_command
 
 MIB = 1024 * 1024
@@ -109,6 +110,7 @@ class Facts:
     assets: tuple[Asset, ...]
     problems: tuple[str, ...] = field(default=())
     replayed: tuple[str, ...] = ()  # kept parts the box replayed from this boot: "root", "box" (probe.py)
+    sudo_refusal: str | None = None  # "wrong-password" | "no-password" | "not-allowed" (ssh/sudo.py)
 
     @property
     def chip(self) -> str | None:
@@ -184,6 +186,9 @@ def parse_probe(output: str) -> Facts:
     root = attempt(parse_root, "root") or RootFacts(None, None, "root part did not run")
     if root.error:
         problems.append(f"heaps: {root.error}")
+    refusal = _refusal(sections, root)
+    if refusal is not None and not root.error:  # the heaps were replayed; sudo refused its check
+        problems.append(f"sudo: {sudo.describe(refusal)}")
     me = root.memory_edit
     heaps_now = root.heaps_now or (me.now if me else None)
     return Facts(
@@ -209,6 +214,7 @@ def parse_probe(output: str) -> Facts:
         assets=parse_assets(section("assets")),
         problems=tuple(problems),
         replayed=tuple(line.strip() for line in section("replayed").splitlines() if line.strip()),
+        sudo_refusal=refusal.value if refusal is not None else None,
     )
 
 
@@ -359,10 +365,21 @@ def parse_root(text: str) -> RootFacts:
     return RootFacts(heaps, report, error)
 
 
+def _refusal(sections: Mapping[str, str], root: RootFacts) -> sudo.SudoRefusal | None:
+    """sudo's refusal: in the root part when it ran, else in the check a replayed root part is followed by."""
+    if "sudo" in sections:
+        check = sections["sudo"]
+        return None if re.search(r"^exit=0\s*$", check, re.MULTILINE) else sudo.classify(check)
+    return sudo.classify(sections.get("root", "")) if root.error else None
+
+
 def _sudo_problem(text: str) -> str | None:
+    refusal = sudo.classify(text)
+    if refusal is not None:
+        return sudo.describe(refusal)
     for line in text.splitlines():
         if line.startswith("sudo:"):
-            return f"sudo refused ({line[5:].strip()}): give become_password_env/_file or -K"
+            return f"sudo failed ({line[5:].strip()})"
     return None
 
 

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provision.errors import ConnectError, FleetError, NotReadyError, RemoteError
-from provision.ssh.transport import SUDO_FAILURES, Transport
+from provision.errors import ConnectError, FleetError, NotReadyError, RemoteError, SudoError
+from provision.ssh.sudo import sudo_error
+from provision.ssh.transport import Transport
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -68,6 +69,9 @@ def request_reboot(transport: Transport, *, timeout: float = 15.0) -> None:
     Raises RemoteError when sudo refuses or reboot fails before the box goes down."""
     try:
         result = transport.run(["reboot"], sudo=True, timeout=timeout, check=False)
+    except SudoError:
+        transport.close()
+        raise
     except (ConnectError, RemoteError):
         result = None  # dropped or timed out: the box is going down
     finally:
@@ -75,11 +79,9 @@ def request_reboot(transport: Transport, *, timeout: float = 15.0) -> None:
     if result is None or result.exit_code in (0, -1):
         return
     text = f"{result.stdout} {result.stderr}".strip()
-    if any(marker in text for marker in SUDO_FAILURES):
-        raise RemoteError(
-            f"{transport.host.name}: sudo refused to reboot: {text}",
-            hint="give the sudo password with become_password_env / become_password_file",
-        )
+    refused = sudo_error(transport.host.name, text, doing="sudo reboot")
+    if refused is not None:
+        raise refused
     raise RemoteError(f"{transport.host.name}: `sudo reboot` exited {result.exit_code}: {text}")
 
 

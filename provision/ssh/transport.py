@@ -32,6 +32,7 @@ import paramiko
 
 from provision.errors import ConfigError, ConnectError, HostKeyError, RemoteError
 from provision.inventory.hosts import Host, parse_adhoc_host
+from provision.ssh.sudo import sudo_error
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,6 @@ log = logging.getLogger(__name__)
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 PREFERRED_KEX = ("curve25519-sha256", "curve25519-sha256@libssh.org")
 CHUNK = 1 << 20
-SUDO_FAILURES = (
-    "incorrect password",
-    "a password is required",
-    "no password was provided",
-    "is not in the sudoers",
-)
 
 
 @dataclass(frozen=True)
@@ -110,12 +105,13 @@ def quote_command(argv: Sequence[str]) -> str:
     return shlex.join(str(word) for word in argv)
 
 
-def sudo_wrap(command: str, *, with_password: bool) -> str:
+def sudo_wrap(command: str, *, with_password: bool, reauth: bool = False) -> str:
     """Run `command` as root. With a password `sudo -S -p ''` reads it from stdin; without one `sudo -n`
     fails fast instead of hanging. The root command's stdin is /dev/null, so a password sudo did not need
-    (NOPASSWD) can never reach it."""
+    (NOPASSWD) can never reach it. `reauth` (-k) ignores a cached sudo ticket, so the password is checked."""
     inner = f"exec </dev/null; {command}"
     flags = ["-S", "-p", ""] if with_password else ["-n"]
+    flags = ["-k", *flags] if reauth else flags
     return quote_command(["sudo", *flags, "--", "sh", "-c", inner])
 
 
@@ -142,6 +138,7 @@ class Transport:
         self._jump = jump
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._sudo_checked = False
 
     def __repr__(self) -> str:
         return f"Transport({self.host.name} {self.host.target})"
@@ -282,6 +279,22 @@ class Transport:
 
     # ---- commands
 
+    def check_sudo(self) -> None:
+        """Once per Transport, before the first root command: does sudo take this box's password (or need
+        none)? Raises SudoError ("sudo refused this password" / "none was given"), ConnectError."""
+        if self._sudo_checked:
+            return
+        password = self._become_password
+        result = self._exec(
+            sudo_wrap("true", with_password=password is not None, reauth=True),
+            (password + "\n").encode() if password is not None else b"",
+            "sudo true",
+            self.timeouts.command,
+        )
+        if not result.ok:
+            raise sudo_error(self.host.name, result.stderr) or command_failed(self.host, result, sudo=True)
+        self._sudo_checked = True
+
     def run(
         self,
         command: str | Sequence[str],
@@ -303,11 +316,19 @@ class Transport:
         if sudo:
             if stdin is not None:
                 raise ValueError("run(sudo=True) takes no stdin: the sudo password uses it")
+            self.check_sudo()
             wire = sudo_wrap(text, with_password=self._become_password is not None)
             payload = (self._become_password + "\n").encode() if self._become_password is not None else b""
         limit = self.timeouts.command if timeout is None else timeout
-        started = time.monotonic()
         log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", text)
+        result = self._exec(wire, payload, text, limit)
+        if check and not result.ok:
+            raise command_failed(self.host, result, sudo=sudo)
+        return result
+
+    def _exec(self, wire: str, payload: bytes, text: str, limit: float) -> Result:
+        """Run the command line `wire` (shown as `text`), send `payload` on stdin, wait up to `limit` s."""
+        started = time.monotonic()
         channel = self._session(limit)
         try:
             channel.exec_command(wire)
@@ -325,12 +346,9 @@ class Transport:
             raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`: {exc}") from exc
         finally:
             channel.close()
-        result = Result(
+        return Result(
             text, code, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started
         )
-        if check and not result.ok:
-            raise command_failed(self.host, result, sudo=sudo)
-        return result
 
     def put_stream(
         self,
@@ -637,11 +655,9 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
 def command_failed(host: Host, result: Result, *, sudo: bool = False) -> RemoteError:
     """The RemoteError for a command that exited non-zero (stderr tail included)."""
     tail = result.stderr.strip().splitlines()[-3:]
-    if sudo and any(marker in result.stderr for marker in SUDO_FAILURES):
-        return RemoteError(
-            f"{host.name}: sudo refused: {' '.join(tail)}",
-            hint="give the sudo password with become_password_env / become_password_file, or -K to be asked",
-        )
+    refused = sudo_error(host.name, result.stderr, doing=_short(result.command)) if sudo else None
+    if refused is not None:
+        return refused
     return RemoteError(
         f"{host.name}: `{_short(result.command)}` exited {result.exit_code}: {' / '.join(tail)}"
     )
