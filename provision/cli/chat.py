@@ -10,10 +10,9 @@ from typing import Any
 import click
 
 from provision.cli.errors import reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import connector_for, host_options, one_host, reach_from
 from provision.cli.options import json_option
 from provision.cli.output import Output
-from provision.errors import ConfigError
 from provision.facts.parse import gather
 from provision.manifest import load_manifest
 from provision.runtime.remote_chat import ChatClient, Done, Token, choose_variant, runtime_session
@@ -57,13 +56,8 @@ def chat(
       sophon-fleet chat linaro@192.168.150.1 -K --prompt 'hello' --json
     """
     reach = reach_from(kwargs)
-    if reach.inventories:
-        reach = dataclasses.replace(reach, limit=host)
-        inv = resolve_inventory(reach)
-    else:
-        inv = resolve_inventory(reach, extra_adhoc=(host,))
-    if len(inv.hosts) != 1:
-        raise ConfigError(f"{host!r} matches {len(inv.hosts)} hosts; chat talks to exactly one", key="HOST")
+    inv, target = one_host(reach, host)
+    inv = dataclasses.replace(inv, hosts=(target,))
     manifest = load_manifest(model)
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])

@@ -11,7 +11,7 @@ import click
 
 from provision.errors import ConfigError
 from provision.fleet import DEFAULT_FORKS
-from provision.inventory.hosts import Inventory, load_inventory
+from provision.inventory.hosts import Host, Inventory, load_inventory, match_limit
 from provision.settings import Settings, load_settings
 from provision.ssh.transport import Connector, Timeouts, Trust
 
@@ -103,6 +103,31 @@ def resolve_inventory(
             "no hosts given", key="-i", hint="give -i INVENTORY (e.g. the one `sim up` prints) or -H HOST"
         )
     return load_inventory(reach.inventories, adhoc, ssh_config=settings.ssh_config, limit=reach.limit)
+
+
+def one_host(reach: Reach, host: str, settings: Settings | None = None) -> tuple[Inventory, Host]:
+    """HOST of a one-box command: a name (or a pattern naming one host) from -i / -H, or, when it looks like
+    an address (`user@`, a dot, a colon) or no inventory is given, an ad-hoc [user@]host[:port].
+    Raises ConfigError "no host se7-9 in INV (did you mean se7-1?)" (exit 2)."""
+    if reach.inventories or reach.adhoc:
+        inv = resolve_inventory(reach, settings)
+        if host in inv.names():
+            return inv, inv.get(host)
+        if not _looks_like_address(host):
+            try:
+                names = match_limit(inv, host)
+            except ConfigError:
+                raise inv.unknown(host, key="HOST") from None
+            if len(names) != 1:
+                raise ConfigError(f"{host!r} names {len(names)} hosts; give exactly one", key="HOST")
+            return inv, inv.get(names.pop())
+    bare = Reach(**{**reach.__dict__, "inventories": (), "adhoc": (), "limit": None})
+    inv = resolve_inventory(bare, settings, extra_adhoc=(host,))
+    return inv, inv.hosts[0]
+
+
+def _looks_like_address(text: str) -> bool:
+    return any(mark in text for mark in "@.:")
 
 
 def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None = None) -> Connector:

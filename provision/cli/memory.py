@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from provision.cli.errors import Exit, reports_errors
-from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import connector_for, host_options, one_host, reach_from, resolve_inventory
 from provision.cli.memory_view import (
     PlannedBox,
     plan_exit,
@@ -282,8 +282,7 @@ def rollback_command(
     Exit 0 when the box runs the restored layout, 1 otherwise, 4 when it cannot be reached.
     """
     reach = reach_from(kwargs)
-    inv = resolve_inventory(Reach(**{**reach.__dict__, "limit": host}))
-    target = inv.hosts[0]
+    inv, target = one_host(reach, host)
     if not yes:
         planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
         confirm_reboots(out, planned, yes)

@@ -8,7 +8,7 @@ import click
 
 from provision.assets.pins import load_lock
 from provision.cli.errors import Exit, reports_errors
-from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import connector_for, host_options, one_host, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output
 from provision.facts.doctor import doctor_json, support_block
@@ -150,12 +150,7 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
     """
     reach = reach_from(kwargs)
     manifest = load_manifest(model)
-    inv = resolve_inventory(reach) if reach.inventories or reach.adhoc else None
-    if inv is None or host not in inv.names():
-        inv = resolve_inventory(
-            Reach(**{**reach.__dict__, "inventories": (), "adhoc": (), "limit": None}), extra_adhoc=(host,)
-        )
-    target = inv.get(host) if host in inv.names() else inv.hosts[0]
+    inv, target = one_host(reach, host)
     with connector_for(reach, inv) as connector:
         facts = gather(connector.transport(target), fresh=True)
     verdict = judge(target, facts, manifest, file_sizes=lock_sizes(manifest))

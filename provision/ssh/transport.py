@@ -643,6 +643,11 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
         first = next(iter(exc.errors.values()))
         if not isinstance(first, paramiko.ssh_exception.NoValidConnectionsError):
             return _connect_error(host, first, timeouts)
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(
+            f"{host.name}: cannot resolve the name {host.address!r} (DNS: {exc.strerror or exc})",
+            hint="check the spelling; a name from an inventory needs -i INVENTORY, an address works as it is",
+        )
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
         return ConnectError(f"{where}: connection refused", hint="is sshd running on the box, on this port?")
     if isinstance(exc, OSError) and exc.errno is not None:

@@ -15,7 +15,6 @@ from tests.sim.conftest import needs_root
 pytestmark = [pytest.mark.sim, needs_root]
 
 
-
 def invoke(*args, input=None):
     result = CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
