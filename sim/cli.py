@@ -9,7 +9,7 @@ import click
 
 from provision.cli.errors import reports_errors
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural
 from provision.errors import SimError
 from provision.settings import load_settings
 from sim.fleet import FAULTS, Fleet, describe
@@ -79,11 +79,11 @@ def up(
     Examples:
       sophon-fleet sim up --boxes 16
       sophon-fleet sim up --profile se7-small:1,se7-ready-int8:1 --state-dir /tmp/fleet
-      sophon-fleet -i /run/sophon-fleet-sim/inventory.yml preflight
+      sophon-fleet preflight -i /run/sophon-fleet-sim/inventory.yml
     """
     profiles = parse_profile_spec(profile, boxes if boxes is not None or ":" in profile else 3)
     started = time.monotonic()
-    out.info(f"bringing up {len(profiles)} simulated boxes ...")
+    out.info(f"bringing up {plural(len(profiles), 'simulated box')} ...")
     fleet = Fleet.up(_state_dir(state_dir), profiles, mirror=mirror, bmodel_size=bmodel_size)
     elapsed = time.monotonic() - started
     if fleet.state.python_version != "3.8":
@@ -103,12 +103,15 @@ def up(
             }
         )
         return
-    out.info(f"{len(profiles)} boxes answering SSH after {elapsed:.2f} s; inventory: {fleet.inventory_path}")
+    out.info(
+        f"{plural(len(profiles), 'box')} answering SSH after {elapsed:.2f} s; "
+        f"inventory: {fleet.inventory_path}"
+    )
     if fleet.mirror:
         out.info(
             f"mirror: {fleet.mirror_url} (and sftp://open@{fleet.mirror.address}); "
-            f"manifest pinned to its stand-ins: {fleet.manifest_path}\n"
-            f"use it with: export SOPHON_FLEET_MODELS={fleet.manifest_path.parent}"
+            f"manifest pinned to its stand-ins: {fleet.manifest_path} (the inventory names it)\n"
+            f"try: sophon-fleet preflight -i {fleet.inventory_path}"
         )
     out.text(fleet.inventory_path.read_text())
 

@@ -17,6 +17,7 @@ from provision.cli.options import json_option
 from provision.cli.output import Output
 from provision.cli.progress import progress_bars
 from provision.errors import FleetError
+from provision.inventory.sources import models_dirs
 from provision.manifest import Manifest, load_manifest
 from provision.settings import load_settings
 
@@ -58,6 +59,18 @@ def variant_option(default: str):
     )
 
 
+def fleet_models_option(func):
+    """`-i INVENTORY` on the cache commands: only for the manifest directory the inventory names."""
+    return click.option(
+        "-i",
+        "--inventory",
+        "inventories",
+        multiple=True,
+        metavar="FILE",
+        help="An inventory whose `models:` names the manifest directory (e.g. the simulated fleet's).",
+    )(func)
+
+
 def _variants(manifest: Manifest, name: str) -> list[str]:
     if name == "all":
         return list(manifest.variants)
@@ -65,14 +78,16 @@ def _variants(manifest: Manifest, name: str) -> list[str]:
     return [name]
 
 
-def _setup(model: str, cache_dir: Path | None):
+def _setup(model: str, cache_dir: Path | None, inventories: tuple[str, ...] = ()):
     settings = load_settings()
-    manifest = load_manifest(model)
+    models = tuple(d for path in inventories for d in models_dirs(Path(path)))
+    manifest = load_manifest(model, models)
     return settings, manifest, load_lock(manifest), Cache(cache_dir or settings.cache_dir)
 
 
 @assets.command("pull", epilog=EPILOG)
 @model_options
+@fleet_models_option
 @variant_option("int4")
 @click.option("--mirror", "mirrors", multiple=True, help="Mirror base URL (repeatable), tried first.")
 @click.option("--no-dfss", is_flag=True, help="Do not fall back to the vendor's dfss SFTP servers.")
@@ -89,9 +104,20 @@ def _setup(model: str, cache_dir: Path | None):
 @json_option
 @click.pass_obj
 @reports_errors
-def pull_cmd(out: Output, model, cache_dir, variant, mirrors, no_dfss, parallel, keep_corrupt, sftp_identity):
+def pull_cmd(
+    out: Output,
+    model,
+    inventories,
+    cache_dir,
+    variant,
+    mirrors,
+    no_dfss,
+    parallel,
+    keep_corrupt,
+    sftp_identity,
+):
     """Download the files of a variant into the cache: resumable, verified, in parallel."""
-    settings, manifest, lock, cache = _setup(model, cache_dir)
+    settings, manifest, lock, cache = _setup(model, cache_dir, inventories)
     with progress_bars(out) as bar:
 
         def on_progress(event: ProgressEvent) -> None:
@@ -139,13 +165,14 @@ def pull_cmd(out: Output, model, cache_dir, variant, mirrors, no_dfss, parallel,
 
 @assets.command("verify")
 @model_options
+@fleet_models_option
 @variant_option("all")
 @json_option
 @click.pass_obj
 @reports_errors
-def verify_cmd(out: Output, model, cache_dir, variant):
+def verify_cmd(out: Output, model, inventories, cache_dir, variant):
     """Re-hash the cached files and compare them with their names and the lock (exit 5 on a mismatch)."""
-    _settings, manifest, lock, cache = _setup(model, cache_dir)
+    _settings, manifest, lock, cache = _setup(model, cache_dir, inventories)
     with progress_bars(out) as bar:
         results = verify(
             manifest,
@@ -163,6 +190,11 @@ def verify_cmd(out: Output, model, cache_dir, variant):
             [[r.path, r.status, _mib(r.size), (r.sha256 or "-")[:16], r.detail] for r in results],
         )
     if any(r.status == "corrupt" for r in results):
+        out.err.print(
+            "hint: `sophon-fleet assets pull` downloads the corrupt files again "
+            "(a file that differs from its pin: check the lock, or pin it anew with `assets pin`)",
+            markup=False,
+        )
         raise SystemExit(int(Exit.INTEGRITY))
     if any(r.status == "missing" for r in results):
         raise SystemExit(int(Exit.FAILED))
@@ -193,13 +225,14 @@ def ls_cmd(out: Output, cache_dir):
 
 @assets.command("pin")
 @model_options
+@fleet_models_option
 @variant_option("all")
 @json_option
 @click.pass_obj
 @reports_errors
-def pin_cmd(out: Output, model, cache_dir, variant):
+def pin_cmd(out: Output, model, inventories, cache_dir, variant):
     """Write size and sha256 of the cached files into the lock (models/<model>.lock.yaml)."""
-    _settings, manifest, lock, cache = _setup(model, cache_dir)
+    _settings, manifest, lock, cache = _setup(model, cache_dir, inventories)
     changed = pin(manifest, _variants(manifest, variant), cache=cache, lock=lock)
     if out.json:
         out.emit_json({"lock": str(lock.path), "pinned": changed})
@@ -243,8 +276,8 @@ def push_cmd(
     4 unreachable, 5 a sha256 mismatch, 6 a box's disk is full, 1 other failures).
     """
     reach = reach_from(kwargs)
-    settings, manifest, lock, cache = _setup(model, cache_dir)
-    inventory = resolve_inventory(reach, settings)
+    inventory = resolve_inventory(reach)
+    settings, manifest, lock, cache = _setup(model, cache_dir, reach.inventories)
     with connector_for(reach, inventory, settings) as connector, progress_bars(out) as bar:
 
         def on_progress(e: PushEvent) -> None:

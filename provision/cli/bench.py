@@ -46,8 +46,8 @@ def bench(
       sophon-fleet bench -i hosts.yml --json --chart fleet-bench.png
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
     inv = resolve_inventory(reach)
+    manifest = load_manifest(model, inv.models)
     with connector_for(reach, inv) as connector:
         result = run_fleet(
             inv.hosts,

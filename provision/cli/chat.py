@@ -58,7 +58,7 @@ def chat(
     reach = reach_from(kwargs)
     inv, target = one_host(reach, host)
     inv = dataclasses.replace(inv, hosts=(target,))
-    manifest = load_manifest(model)
+    manifest = load_manifest(model, inv.models)
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])
         chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)
@@ -118,18 +118,22 @@ def repl(out: Output, client: ChatClient, max_new_tokens: int | None) -> None:
         try:
             line = stdin.readline()
         except KeyboardInterrupt:
+            click.echo()
             return
-        if not line:
-            return  # EOF
         text = line.strip()
-        if text in ("/exit", "exit"):
+        if not line or text in ("/exit", "exit"):
+            if not line or not stdin.isatty():  # EOF, or a piped `exit`: nothing ended the prompt's line
+                click.echo()
             return
         if text == "/reset":
             client.reset()
             out.info("history cleared")
         elif text == "/stats":
             out.text(json.dumps(client.stats(), indent=2))
+        elif text.startswith("/") and not text.startswith("//"):
+            out.warn(f"unknown command {text.split()[0]!r}: {HELP_LINE} (start with // to send a '/')")
         elif text:
+            text = text[1:] if text.startswith("//") else text
             click.echo("Answer: ", nl=False)
             try:
                 answer(out, client, text, max_new_tokens)

@@ -48,10 +48,10 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
       sophon-fleet deploy -i hosts.yml --rollback
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
     settings = load_settings()
-    cache, lock = Cache(settings.cache_dir), load_lock(manifest)
     inv = resolve_inventory(reach, settings)
+    manifest = load_manifest(model, inv.models)
+    cache, lock = Cache(settings.cache_dir), load_lock(manifest)
 
     def progress(host: str, stage: str) -> None:
         out.info(f"{host}: {stage}")
@@ -82,5 +82,7 @@ def render(out: Output, result: FleetResult[DeployResult]) -> None:
             continue
         test = o.value.selftest or {}
         detail = f"selftest {test.get('tokens')} tokens, {test.get('tps')} tok/s" if test else ""
+        if o.value.status == "up-to-date":
+            detail = "already in place; nothing ran (`bench` measures it)"
         rows.append((o.host.name, o.value.status, o.value.version, detail))
     out.table("deploy", ["host", "result", "runtime version", "detail"], rows)

@@ -7,6 +7,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,7 +24,7 @@ from provision.cli.memory_view import (
     stage_display,
 )
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural
 from provision.errors import ConfigError
 from provision.facts.parse import gather
 from provision.fleet import run_fleet
@@ -81,8 +82,8 @@ def reboot_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def request_from(kwargs: dict[str, Any]) -> Request:
-    manifest = load_manifest(kwargs.pop("model"))
+def request_from(kwargs: dict[str, Any], inv: Inventory) -> Request:
+    manifest = load_manifest(kwargs.pop("model"), inv.models)
     sizes = [kwargs.pop(k) for k in ("npu", "vpu", "vpp")]
     variant = kwargs.pop("variant")
     if any(s is not None for s in sizes) and not all(s is not None for s in sizes):
@@ -119,8 +120,8 @@ def plan_command(out: Output, **kwargs: Any) -> None:
     Exit 0 when every box can reach its target, 3 when some are refused, 4 when some are unreachable.
     """
     reach = reach_from(kwargs)
-    request = request_from(kwargs)
     inv = resolve_inventory(reach)
+    request = request_from(kwargs, inv)
     with connector_for(reach, inv) as connector:
         planned = plan_hosts(inv, connector, request, reach.forks)
     render_plan(out, request, planned)
@@ -172,10 +173,10 @@ def apply_command(
     """
     reach = reach_from(kwargs)
     manifest_name = kwargs["model"]
-    request = request_from(kwargs)
     inv = resolve_inventory(reach)
+    request = request_from(kwargs, inv)
     settings = load_settings()
-    local_kit = resolve_kit(kit, load_manifest(manifest_name), settings) if kit else None
+    local_kit = resolve_kit(kit, load_manifest(manifest_name, inv.models), settings) if kit else None
     with connector_for(reach, inv) as connector:
         planned = plan_hosts(inv, connector, request, reach.forks)
         if dry_run or not out.json:
@@ -185,7 +186,7 @@ def apply_command(
         confirm_reboots(out, planned, yes)
         options = ApplyOptions(
             kit=local_kit,
-            kit_resolver=_lazy_kit(manifest_name, settings),
+            kit_resolver=_lazy_kit(manifest_name, settings, inv.models),
             auto_rollback=auto_rollback,
             reboot=RebootPolicy(timeout=reboot_timeout),
             break_lock=break_lock,
@@ -215,14 +216,14 @@ def apply_command(
     raise SystemExit(int(results_exit(result)))
 
 
-def _lazy_kit(model: str, settings: Settings) -> Callable[[], LocalKit]:
+def _lazy_kit(model: str, settings: Settings, models: tuple[Path, ...] = ()) -> Callable[[], LocalKit]:
     lock = threading.Lock()
     found: list[LocalKit] = []
 
     def resolve() -> LocalKit:
         with lock:  # one download for the whole fleet
             if not found:
-                found.append(resolve_kit(None, load_manifest(model), settings))
+                found.append(resolve_kit(None, load_manifest(model, models), settings))
             return found[0]
 
     return resolve
@@ -235,9 +236,13 @@ def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
     names = ", ".join(rebooting)
     if not sys.stdin.isatty():
         raise ConfigError(
-            f"{len(rebooting)} boxes would be rebooted ({names})", key="--yes", hint="confirm with --yes"
+            f"{plural(len(rebooting), 'box')} would be rebooted ({names})",
+            key="--yes",
+            hint="confirm with --yes",
         )
-    if not click.confirm(f"Change the layout of and reboot {len(rebooting)} boxes: {names}?", err=True):
+    if not click.confirm(
+        f"Change the layout of and reboot {plural(len(rebooting), 'box')}: {names}?", err=True
+    ):
         raise SystemExit(int(Exit.FAILED))
 
 

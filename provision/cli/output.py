@@ -64,6 +64,13 @@ class Output:
         self.console.print(text, markup=False)
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`1 box`, `2 boxes`, `1 step`, `3 steps`."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {many or (noun + 'es' if noun.endswith(('x', 's')) else noun + 's')}"
+
+
 def fleet_json(result: Any) -> dict[str, Any]:
     """One JSON document for a FleetResult whose values have `as_dict()`: per host, ok, value or error."""
     return {

@@ -10,7 +10,7 @@ import click
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural
 from provision.manifest import load_manifest
 from provision.play.playbook import load_playbook
 from provision.play.run import OUTCOMES, Play, PlayReport
@@ -54,11 +54,11 @@ def play(
     book = load_playbook(playbook)  # schema errors: file:line:key, exit 2, nothing connects
     reach = reach_from(kwargs)
     settings = load_settings()
-    manifest = load_manifest(book.model)
     inv = resolve_inventory(reach, settings)
+    manifest = load_manifest(book.model, inv.models)
     out.info(
-        f"play {book.name or playbook.name}: {len(book.steps)} steps on {len(inv.hosts)} boxes"
-        + (" (dry run)" if dry_run else "")
+        f"play {book.name or playbook.name}: {plural(len(book.steps), 'step')} "
+        f"on {plural(len(inv.hosts), 'box')}" + (" (dry run)" if dry_run else "")
     )
     with connector_for(reach, inv, settings) as connector:
         report = Play(

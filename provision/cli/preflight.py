@@ -10,7 +10,7 @@ from provision.assets.pins import load_lock
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import connector_for, host_options, one_host, reach_from, resolve_inventory
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural
 from provision.facts.doctor import doctor_json, support_block
 from provision.facts.parse import gather
 from provision.facts.preflight import PreflightReport, Status, judge, report_json, run_preflight
@@ -66,8 +66,8 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
       sophon-fleet preflight -H linaro@192.168.150.1 -K --accept-new
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
     inv = resolve_inventory(reach)
+    manifest = load_manifest(model, inv.models)
     with connector_for(reach, inv) as connector:
         report = run_preflight(
             inv.hosts,
@@ -109,7 +109,7 @@ def render(out: Output, report: PreflightReport) -> None:
     for message, hosts in grouped_warnings(report).items():
         out.text(f"warning ({', '.join(hosts)}): {message}")
     summary = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
-    out.info(f"{len(report.verdicts)} boxes in {report.seconds:.2f} s: {summary}")
+    out.info(f"{plural(len(report.verdicts), 'box')} in {report.seconds:.2f} s: {summary}")
 
 
 def grouped_warnings(report: PreflightReport) -> dict[str, list[str]]:
@@ -149,8 +149,8 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
       sophon-fleet doctor linaro@192.168.150.1 -K --json
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
     inv, target = one_host(reach, host)
+    manifest = load_manifest(model, inv.models)
     with connector_for(reach, inv) as connector:
         facts = gather(connector.transport(target), fresh=True)
     verdict = judge(target, facts, manifest, file_sizes=lock_sizes(manifest))

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import ConfigError
-from provision.inventory.sources import HOST_VARS, Entry, load_source, parse_adhoc, var_problem
+from provision.inventory.sources import (
+    HOST_VARS,
+    Entry,
+    load_source,
+    models_dirs,
+    parse_adhoc,
+    var_problem,
+)
 from provision.ssh.sshconfig import SshConfig, load_ssh_config
 from provision.yamlfile import type_name
 
@@ -106,6 +113,7 @@ class Inventory:
     hosts: tuple[Host, ...] = ()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     sources: tuple[str, ...] = ()  # the files and -H specs it was read from, for messages
+    models: tuple[Path, ...] = ()  # manifest directories the inventory names (`models:`), searched first
 
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
@@ -129,7 +137,7 @@ class Inventory:
         if not pattern:
             return self
         chosen = match_limit(self, pattern)
-        return Inventory(tuple(h for h in self.hosts if h.name in chosen), self.groups, self.sources)
+        return replace(self, hosts=tuple(h for h in self.hosts if h.name in chosen))
 
 
 def _closest(word: str, names: Sequence[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
@@ -179,7 +187,8 @@ def load_inventory(
             )
         hosts[entry.name] = _resolve(entry, aliases)
     sources = (*(str(p) for p in files), *(f"-H {spec}" for spec in adhoc))
-    inventory = Inventory(tuple(hosts.values()), {g: tuple(m) for g, m in groups.items()}, sources)
+    models = tuple(d for path in files for d in models_dirs(Path(path)))
+    inventory = Inventory(tuple(hosts.values()), {g: tuple(m) for g, m in groups.items()}, sources, models)
     return inventory.limit(limit)
 
 

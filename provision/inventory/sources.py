@@ -7,6 +7,7 @@ Every problem is a ConfigError naming file, line and key.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -67,9 +68,29 @@ def load_source(path: Path) -> tuple[list[Entry], dict[str, list[str]]]:
     if path.suffix in (".ini", ".cfg", "") and not _looks_like_yaml(text):
         return parse_ansible_ini(text, str(path))
     doc = load_yaml(path)
-    if isinstance(doc.data, dict) and doc.data and set(doc.data) <= {"defaults", "groups", "hosts"}:
+    if _own_format(doc):
         return parse_own_yaml(doc)
     return parse_ansible_yaml(doc)
+
+
+def _own_format(doc: Located) -> bool:
+    return isinstance(doc.data, dict) and bool(doc.data) and set(doc.data) <= OWN_KEYS
+
+
+def models_dirs(path: Path) -> tuple[Path, ...]:
+    """Our YAML's `models: DIR` (or a list): where this fleet's manifests live, relative to the file.
+
+    `sim up` writes it, so the simulated fleet's inventory alone points every command at its mirror."""
+    if path.suffix not in (".yml", ".yaml"):
+        return ()
+    doc = load_yaml(path)
+    if not _own_format(doc) or doc.data.get("models") is None:
+        return ()
+    value = doc.data["models"]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise doc.error(("models",), f"must be a directory or a list of directories, not {type_name(value)}")
+    return tuple(path.parent / os.path.expanduser(v) for v in items)
 
 
 def _looks_like_yaml(text: str) -> bool:
@@ -81,6 +102,9 @@ def _looks_like_yaml(text: str) -> bool:
 
 
 # ---- own YAML format
+
+
+OWN_KEYS = {"defaults", "groups", "hosts", "models"}
 
 
 def parse_own_yaml(doc: Located) -> tuple[list[Entry], dict[str, list[str]]]:

@@ -103,6 +103,23 @@ def test_scripted_repl_with_reset_stats_and_exit(fleet):
     assert wait_no_chat_process(fleet) == []
 
 
+def test_repl_refuses_unknown_slash_commands_and_ends_its_line_on_exit(fleet):
+    code, out, err = invoke(
+        "chat",
+        "se7-1",
+        "-i",
+        str(fleet.inventory_path),
+        "--max-new-tokens",
+        "4",
+        input="/foo bar\n/stats\nexit\n",
+    )
+    assert code == 0, err
+    assert out.count("Answer: ") == 0  # /foo never reached the model
+    assert "unknown command '/foo'" in err and "/reset" in err
+    assert json.loads(out[out.index("{") : out.rindex("}") + 1])["answers"] == 0
+    assert out.endswith("Question: \n")  # the last prompt line is ended
+
+
 def test_not_ready_box_says_what_is_missing(fleet):
     code, _, err = invoke("chat", "se7-2", "-i", str(fleet.inventory_path), "--prompt", "hi")
     assert code == 3

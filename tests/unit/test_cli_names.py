@@ -58,3 +58,8 @@ def test_a_name_that_does_not_resolve_is_called_a_dns_failure(monkeypatch):
     assert "cannot resolve the name 'se7-9.invalid' (DNS" in err and "Unknown error" not in err
     code, out, err = invoke("chat", "se7-9", "--connect-timeout", "1", "--prompt", "hi")
     assert code == 4 and "cannot resolve the name 'se7-9'" in err
+
+
+def test_a_mistyped_command_gets_a_suggestion():
+    code, out, err = invoke("preflite")
+    assert code == 2 and "No such command 'preflite'. Did you mean preflight?" in err
