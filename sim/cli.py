@@ -151,7 +151,7 @@ def status(out: Output, state_dir: Path | None) -> None:
                 v.profile,
                 f"{v.state} ({v.detail})",
                 "/".join(map(str, v.heaps)),
-                f"#{v.boot_count} {v.boot_id[:8]}",
+                f"#{v.boot_count} {v.boot_id}",
                 ", ".join(v.faults) or "-",
             )
             for v in views

@@ -12,7 +12,7 @@ import click
 from provision.cli.errors import reports_errors
 from provision.cli.hosts import connector_for, host_options, one_host, reach_from
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, safe
 from provision.facts.parse import gather
 from provision.manifest import load_manifest
 from provision.runtime.remote_chat import ChatClient, Done, Token, choose_variant, runtime_session
@@ -107,7 +107,7 @@ def emit_token(out: Output, event: Token) -> None:
     if out.json:
         out.text(json.dumps({"event": "token", "text": event.text}, ensure_ascii=False))
     else:
-        click.echo(event.text, nl=False)
+        click.echo(safe(event.text), nl=False)
 
 
 def repl(out: Output, client: ChatClient, max_new_tokens: int | None) -> None:

@@ -11,7 +11,7 @@ from provision.assets.pins import load_lock
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
-from provision.cli.output import Output, fleet_json
+from provision.cli.output import Output, fleet_json, styled
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
 from provision.manifest import load_manifest
@@ -78,7 +78,7 @@ def render(out: Output, result: FleetResult[DeployResult]) -> None:
     rows = []
     for o in result:
         if o.value is None:
-            rows.append((o.host.name, "[red]failed[/]", "-", str(o.error.message if o.error else "")))
+            rows.append((o.host.name, styled("failed", "red"), "-", str(o.error.message if o.error else "")))
             continue
         test = o.value.selftest or {}
         detail = f"selftest {test.get('tokens')} tokens, {test.get('tps')} tok/s" if test else ""

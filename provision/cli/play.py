@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
-from provision.cli.output import Output, plural
+from provision.cli.output import Output, plural, safe
 from provision.manifest import load_manifest
 from provision.play.playbook import load_playbook
 from provision.play.run import OUTCOMES, Play, PlayReport
@@ -71,7 +72,7 @@ def play(
             serial=serial,
             max_fail_percent=max_fail_percent,
             forks=reach.forks,
-            say=out.info,
+            say=out.result,
         ).run()
     render(out, report)
     exit_with_worst(report.errors)
@@ -115,8 +116,11 @@ def render(out: Output, report: PlayReport) -> None:
             out.text(f"{result.host}: {result.data['prompt']} → {result.data['answer'].strip()}")
     out.text("PLAY RECAP")
     for host, counts in recap.items():
-        cells = "  ".join(f"[{COLOURS[k]}]{k}={counts.get(k, 0)}[/]" for k in OUTCOMES)
-        out.console.print(f"{host:<16} : {cells}", highlight=False)
+        line = Text(f"{safe(host, multiline=False):<16} : ")
+        for k in OUTCOMES:
+            line.append(f"{k}={counts.get(k, 0)}", style=COLOURS[k]).append("  ")
+        line.rstrip()
+        out.console.print(line, highlight=False, soft_wrap=True)
     if report.aborted:
         out.text(report.aborted)
     if not report.changed and not report.errors:

@@ -10,7 +10,7 @@ from provision.assets.pins import load_lock
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import connector_for, host_options, one_host, reach_from, resolve_inventory
 from provision.cli.options import json_option
-from provision.cli.output import Output, plural
+from provision.cli.output import Output, plural, styled
 from provision.facts.doctor import doctor_json, support_block
 from provision.facts.parse import gather
 from provision.facts.preflight import PreflightReport, Status, judge, report_json, run_preflight
@@ -99,7 +99,7 @@ def render(out: Output, report: PreflightReport) -> None:
         rows.append(
             (
                 v.host.name,
-                f"[{STYLE[v.status]}]{v.status.value}[/]",
+                styled(v.status.value, STYLE[v.status]),
                 f"{now} = {now.total}" if now else "-",
                 layout,
                 reasons + (f" (hint: {v.hint})" if v.hint else ""),

@@ -16,7 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from provision.cli.output import Output
+from provision.cli.output import Output, safe
 
 PHASES = {
     "hashing": "hashing",
@@ -39,7 +39,7 @@ def progress_bars(out: Output) -> Iterator[Any]:
     disabled = out.json or out.verbosity < 0
     bars = Progress(
         TextColumn("{task.fields[phase]:>9}"),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -53,10 +53,10 @@ def progress_bars(out: Output) -> Iterator[Any]:
     def update(key: str, phase: str, done: int, total: int | None, label: str | None = None) -> None:
         with lock:
             if key not in tasks:
-                tasks[key] = bars.add_task(label or key, total=total, phase="")
+                tasks[key] = bars.add_task(safe(label or key, multiline=False), total=total, phase="")
             fields: dict[str, Any] = {"phase": PHASES.get(phase, phase)}
             if label:
-                fields["description"] = label
+                fields["description"] = safe(label, multiline=False)
             if phase == "retry":
                 bars.update(tasks[key], **fields)
                 return
