@@ -5,9 +5,9 @@ Rules every command follows through this module:
 - every value from a box or a file is made safe for the terminal first (`safe`: control characters such as
   ESC become visible `\\x1b` escapes) and rendered as rich `Text`, never parsed as markup; styles come only
   from the command itself (`styled`);
-- a value a user may copy (an address, a path, a key, a version, a layout: a cell of at most four words)
-  is never cut or wrapped; sentences wrap; a table that cannot fit the terminal, and any table when stdout is not a
-  terminal, is printed as plain aligned rows instead.
+- a value a user may copy (an address, a path, a key, a version, a layout: a cell of at most four
+  words) is never cut or wrapped; sentences wrap; a table that cannot fit the terminal, and any table
+  when stdout is not a terminal, is printed as plain aligned rows instead.
 """
 
 from __future__ import annotations
