@@ -10,11 +10,10 @@ from typing import Any
 import click
 
 from provision.cli.errors import reports_errors
-from provision.cli.hosts import connector_for, host_options, one_host, reach_from
-from provision.cli.options import json_option
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, one_host, reach_from
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, safe
 from provision.facts.parse import gather
-from provision.manifest import load_manifest
 from provision.runtime.remote_chat import ChatClient, Done, Token, choose_variant, runtime_session
 
 HELP_LINE = (
@@ -25,7 +24,7 @@ HELP_LINE = (
 @click.command("chat")
 @click.argument("host")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option(
     "--variant",
     type=click.Choice(["auto", "int8", "int4"]),
@@ -58,7 +57,7 @@ def chat(
     reach = reach_from(kwargs)
     inv, target = one_host(reach, host)
     inv = dataclasses.replace(inv, hosts=(target,))
-    manifest = load_manifest(model, inv.models)
+    manifest = fleet_manifest(model, inv)
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])
         chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)

@@ -7,21 +7,21 @@ from typing import Any
 import click
 
 from provision.assets.cache import Cache
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.cli.errors import exit_with_worst, reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json, styled
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
-from provision.manifest import load_manifest
+from provision.inventory.hosts import Host
 from provision.runtime.deploy import Deployer, DeployResult, deploy_box, rollback_box
 from provision.settings import load_settings
 
 
 @click.command("deploy")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option(
     "--keep",
     type=click.IntRange(min=1),
@@ -50,8 +50,8 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
     reach = reach_from(kwargs)
     settings = load_settings()
     inv = resolve_inventory(reach, settings)
-    manifest = load_manifest(model, inv.models)
-    cache, lock = Cache(settings.cache_dir), load_lock(manifest)
+    manifest = fleet_manifest(model, inv)
+    cache, lock = Cache(settings.cache_dir), load_pins(manifest)
 
     def progress(host: str, stage: str) -> None:
         out.info(f"{host}: {stage}")
@@ -71,7 +71,7 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
     exit_with_worst(o.error for o in result)
 
 
-def render(out: Output, result: FleetResult[DeployResult]) -> None:
+def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
         return

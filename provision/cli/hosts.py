@@ -9,9 +9,11 @@ from typing import Any
 
 import click
 
+from provision.cli.options import model_name
 from provision.errors import ConfigError
 from provision.fleet import DEFAULT_FORKS
 from provision.inventory.hosts import Host, Inventory, load_inventory, match_limit
+from provision.manifest import Manifest, load_manifest
 from provision.settings import Settings, load_settings
 from provision.ssh.transport import Connector, Timeouts, Trust
 
@@ -128,6 +130,12 @@ def one_host(reach: Reach, host: str, settings: Settings | None = None) -> tuple
 
 def _looks_like_address(text: str) -> bool:
     return any(mark in text for mark in "@.:")
+
+
+def fleet_manifest(model: str | None, inventory: Inventory) -> Manifest:
+    """The manifest of this run: -m, else SOPHON_FLEET_MODEL, else the inventory's `model:`, else glm4-9b;
+    by name from SOPHON_FLEET_MODELS, the inventory's `models:`, then the shipped models/."""
+    return load_manifest(model_name(model, inventory.model), inventory.models)
 
 
 def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None = None) -> Connector:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from provision.cli.output import Output
+from provision.settings import DEFAULT_MODEL, load_settings
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,3 +28,21 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
         is_eager=True,
         help="Machine-readable output (one JSON document on stdout).",
     )(func)
+
+
+def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`-m/--model`: the model manifest, by name (SOPHON_FLEET_MODELS first, then the inventory's
+    `models:`, then the shipped models/) or by path; None when not given (see `model_name`)."""
+    return click.option(
+        "-m",
+        "--model",
+        default=None,
+        show_default=f"SOPHON_FLEET_MODEL, else the inventory's model:, else {DEFAULT_MODEL}",
+        help="Model manifest: a name (models/<name>.yaml, SOPHON_FLEET_MODELS first) or a path.",
+    )(func)
+
+
+def model_name(model: str | None, inventory_model: str | None = None) -> str:
+    """The manifest a command works with: -m, else SOPHON_FLEET_MODEL, else the inventory's `model:` (the
+    simulated fleet's names its stand-ins), else glm4-9b."""
+    return model or load_settings().model or inventory_model or DEFAULT_MODEL

@@ -9,10 +9,9 @@ import click
 from rich.text import Text
 
 from provision.cli.errors import exit_with_worst, reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, plural, safe
-from provision.manifest import load_manifest
 from provision.play.playbook import load_playbook
 from provision.play.run import OUTCOMES, Play, PlayReport
 from provision.settings import load_settings
@@ -23,6 +22,7 @@ COLOURS = {"ok": "green", "changed": "yellow", "skipped": "cyan", "failed": "red
 @click.command("play")
 @click.argument("playbook", type=click.Path(dir_okay=False, path_type=Path))
 @host_options
+@model_option
 @click.option("--dry-run", is_flag=True, help="Only read: preflight and plans; nothing is changed.")
 @click.option(
     "--serial", help="Boxes per rolling batch for steps that reboot (N or N%); overrides the playbook."
@@ -36,6 +36,7 @@ COLOURS = {"ok": "green", "changed": "yellow", "skipped": "cyan", "failed": "red
 def play(
     out: Output,
     playbook: Path,
+    model: str,
     dry_run: bool,
     serial: str | None,
     max_fail_percent: int | None,
@@ -56,7 +57,7 @@ def play(
     reach = reach_from(kwargs)
     settings = load_settings()
     inv = resolve_inventory(reach, settings)
-    manifest = load_manifest(book.model, inv.models)
+    manifest = fleet_manifest(book.model or model, inv)
     out.info(
         f"play {book.name or playbook.name}: {plural(len(book.steps), 'step')} "
         f"on {plural(len(inv.hosts), 'box')}" + (" (dry run)" if dry_run else "")

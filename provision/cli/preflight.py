@@ -6,15 +6,22 @@ from typing import Any
 
 import click
 
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.cli.errors import Exit, reports_errors
-from provision.cli.hosts import connector_for, host_options, one_host, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.hosts import (
+    connector_for,
+    fleet_manifest,
+    host_options,
+    one_host,
+    reach_from,
+    resolve_inventory,
+)
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, plural, styled
 from provision.facts.doctor import doctor_json, support_block
 from provision.facts.parse import gather
 from provision.facts.preflight import PreflightReport, Status, judge, report_json, run_preflight
-from provision.manifest import Manifest, load_manifest
+from provision.manifest import Manifest
 
 EXIT_BY_RESULT = {"ready": Exit.OK, "not-ready": Exit.NOT_READY, "unreachable": Exit.UNREACHABLE}
 STYLE = {
@@ -36,9 +43,7 @@ STYLE = {
     show_default=True,
     help="Judge for this variant (auto: int8 if the heaps allow, else int4).",
 )
-@click.option(
-    "--model", default="glm4-9b", show_default=True, help="Model manifest (models/<name>.yaml or a path)."
-)
+@model_option
 @click.option(
     "--fresh",
     is_flag=True,
@@ -67,7 +72,7 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
     """
     reach = reach_from(kwargs)
     inv = resolve_inventory(reach)
-    manifest = load_manifest(model, inv.models)
+    manifest = fleet_manifest(model, inv)
     with connector_for(reach, inv) as connector:
         report = run_preflight(
             inv.hosts,
@@ -126,15 +131,13 @@ def lock_sizes(manifest: Manifest) -> dict[str, int]:
 
     Raises ConfigError (file, line, key) when the lock is malformed.
     """
-    return {fid: entry.size for fid, entry in load_lock(manifest).entries.items()}
+    return {fid: entry.size for fid, entry in load_pins(manifest).entries.items()}
 
 
 @click.command("doctor")
 @click.argument("host")
 @host_options
-@click.option(
-    "--model", default="glm4-9b", show_default=True, help="Model manifest to judge the box against."
-)
+@model_option
 @json_option
 @click.pass_obj
 @reports_errors
@@ -150,7 +153,7 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
     """
     reach = reach_from(kwargs)
     inv, target = one_host(reach, host)
-    manifest = load_manifest(model, inv.models)
+    manifest = fleet_manifest(model, inv)
     with connector_for(reach, inv) as connector:
         facts = gather(connector.transport(target), fresh=True)
     verdict = judge(target, facts, manifest, file_sizes=lock_sizes(manifest))

@@ -21,8 +21,8 @@ from provision.errors import ConfigError
 from provision.inventory.sources import (
     HOST_VARS,
     Entry,
+    fleet_model,
     load_source,
-    models_dirs,
     parse_adhoc,
     var_problem,
 )
@@ -114,6 +114,7 @@ class Inventory:
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     sources: tuple[str, ...] = ()  # the files and -H specs it was read from, for messages
     models: tuple[Path, ...] = ()  # manifest directories the inventory names (`models:`), searched first
+    model: str | None = None  # the manifest its commands take unless told (`model:`)
 
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
@@ -168,6 +169,7 @@ def load_inventory(
 
     Raises ConfigError (file, line, key) for anything malformed, duplicate or unknown.
     """
+    files = tuple(files)
     aliases = load_ssh_config(ssh_config) if ssh_config else SshConfig(())
     entries: list[Entry] = []
     groups: dict[str, list[str]] = {}
@@ -187,8 +189,11 @@ def load_inventory(
             )
         hosts[entry.name] = _resolve(entry, aliases)
     sources = (*(str(p) for p in files), *(f"-H {spec}" for spec in adhoc))
-    models = tuple(d for path in files for d in models_dirs(Path(path)))
-    inventory = Inventory(tuple(hosts.values()), {g: tuple(m) for g, m in groups.items()}, sources, models)
+    named = [fleet_model(Path(path)) for path in files]
+    models = tuple(d for dirs, _ in named for d in dirs)
+    model = next((m for _, m in named if m), None)
+    groups_ = {g: tuple(m) for g, m in groups.items()}
+    inventory = Inventory(tuple(hosts.values()), groups_, sources, models, model)
     return inventory.limit(limit)
 
 

@@ -77,20 +77,24 @@ def _own_format(doc: Located) -> bool:
     return isinstance(doc.data, dict) and bool(doc.data) and set(doc.data) <= OWN_KEYS
 
 
-def models_dirs(path: Path) -> tuple[Path, ...]:
-    """Our YAML's `models: DIR` (or a list): where this fleet's manifests live, relative to the file.
+def fleet_model(path: Path) -> tuple[tuple[Path, ...], str | None]:
+    """Our YAML's `models: DIR` (or a list; where this fleet's manifests live, relative to the file) and
+    `model: NAME` (the manifest its commands take unless told).
 
-    `sim up` writes it, so the simulated fleet's inventory alone points every command at its mirror."""
+    `sim up` writes both, so the simulated fleet's inventory alone points every command at its stand-ins
+    and its mirror."""
     if path.suffix not in (".yml", ".yaml"):
-        return ()
+        return (), None
     doc = load_yaml(path)
-    if not _own_format(doc) or doc.data.get("models") is None:
-        return ()
-    value = doc.data["models"]
-    items = [value] if isinstance(value, str) else value
+    if not _own_format(doc):
+        return (), None
+    value, model = doc.data.get("models"), doc.data.get("model")
+    items = [] if value is None else [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
         raise doc.error(("models",), f"must be a directory or a list of directories, not {type_name(value)}")
-    return tuple(path.parent / os.path.expanduser(v) for v in items)
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise doc.error(("model",), f"must be a manifest name, not {type_name(model)}")
+    return tuple(path.parent / os.path.expanduser(v) for v in items), model
 
 
 def _looks_like_yaml(text: str) -> bool:
@@ -104,7 +108,7 @@ def _looks_like_yaml(text: str) -> bool:
 # ---- own YAML format
 
 
-OWN_KEYS = {"defaults", "groups", "hosts", "models"}
+OWN_KEYS = {"defaults", "groups", "hosts", "models", "model"}
 
 
 def parse_own_yaml(doc: Located) -> tuple[list[Entry], dict[str, list[str]]]:

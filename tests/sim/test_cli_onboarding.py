@@ -38,10 +38,12 @@ def sim_up(tmp_path):
 
 def test_the_sim_inventory_alone_is_enough(sim_up, tmp_path):
     state, printed, err = sim_up
-    assert "SOPHON_FLEET_MODELS" not in os.environ  # tests/conftest.py removes it; nothing else sets it
+    assert not {"SOPHON_FLEET_MODELS", "SOPHON_FLEET_MODEL"} & set(os.environ)  # as on a fresh machine
     inv = str(state / "inventory.yml")
-    assert yaml.safe_load(printed)["models"] == str(state / "models")  # the printed inventory names it
-    assert "export SOPHON_FLEET_MODELS" not in err and f"preflight -i {inv}" in err
+    printed_inventory = yaml.safe_load(printed)
+    assert printed_inventory["models"] == str(state / "models")  # the inventory names the stand-ins
+    assert printed_inventory["model"] == "glm4-9b-sim"
+    assert "export SOPHON_FLEET_MODEL" not in err and f"preflight -i {inv}" in err
 
     # the stand-ins come from the sim's mirror, not the vendor's servers (--no-dfss: no way out)
     code, out, err = invoke("assets", "pull", "-i", inv, "--variant", "int4", "--no-dfss", "--json")
