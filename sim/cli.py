@@ -195,6 +195,7 @@ def down(out: Output, state_dir: Path | None) -> None:
 @click.argument("box")
 @click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for the new boot.")
 @state_dir_option
+@json_option
 @click.pass_obj
 @reports_errors
 def reboot(out: Output, box: str, no_wait: bool, state_dir: Path | None) -> None:
@@ -205,6 +206,9 @@ def reboot(out: Output, box: str, no_wait: bool, state_dir: Path | None) -> None
       sophon-fleet sim reboot se7-1
     """
     boot_id = Fleet.load(_state_dir(state_dir)).reboot(box, wait=not no_wait)
+    if out.json:
+        out.emit_json({"box": box, "waited": not no_wait, "boot_id": None if no_wait else boot_id})
+        return
     out.info(f"{box}: reboot requested" if no_wait else f"{box}: up again, boot_id {boot_id}")
 
 
@@ -213,6 +217,7 @@ def reboot(out: Output, box: str, no_wait: bool, state_dir: Path | None) -> None
 @click.argument("fault", type=click.Choice(FAULTS))
 @click.argument("arg", required=False)
 @state_dir_option
+@json_option
 @click.pass_obj
 @reports_errors
 def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | None) -> None:
@@ -241,4 +246,10 @@ def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | 
       sophon-fleet sim fault se7-3 dark && sophon-fleet sim reboot se7-3 --no-wait
       sophon-fleet sim fault se7-3 heal
     """
-    out.info(Fleet.load(_state_dir(state_dir)).fault(box, fault, arg))
+    fleet = Fleet.load(_state_dir(state_dir))
+    said = fleet.fault(box, fault, arg)
+    if out.json:
+        faults = next((v.faults for v in fleet.status() if v.name == box), [])
+        out.emit_json({"box": box, "fault": fault, "arg": arg, "result": said, "faults": faults})
+        return
+    out.info(said)

@@ -639,4 +639,8 @@ def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def describe(view: BoxView) -> dict[str, object]:
-    return asdict(view)
+    """A box for `sim status --json`: heaps named as everywhere else ({npu, vpu, vpp, total} MiB)."""
+    doc = asdict(view)
+    npu, vpu, vpp = view.heaps
+    doc["heaps"] = {"npu": npu, "vpu": vpu, "vpp": vpp, "total": npu + vpu + vpp}
+    return doc

@@ -189,7 +189,9 @@ def verify_cmd(out: Output, model, inventories, cache_dir, pins, variant):
             progress=lambda e: bar(manifest.files[e.file_id].path, e.phase, e.done, e.total),
         )
     if out.json:
-        out.emit_json([r.__dict__ for r in results])
+        out.emit_json(
+            {"model": manifest.model, "cache": str(cache.root), "files": [r.__dict__ for r in results]}
+        )
     else:
         out.table(
             f"{manifest.model} in {cache.root}",

@@ -34,7 +34,10 @@ HELP_LINE = (
 )
 @click.option("--prompt", "-p", help="Ask once, stream the answer to stdout and exit.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Cap each answer.")
-@json_option
+@json_option(
+    help="Machine-readable output: JSON lines, one event per line (ready, token..., done), each with a "
+    "versioned `schema`."
+)
 @click.pass_obj
 @reports_errors
 def chat(
@@ -69,7 +72,7 @@ def chat(
                 f"(SEQLEN {ready.seqlen})"
             )
             if out.json:
-                out.text(json.dumps({"event": "ready", **dataclasses.asdict(ready)}))
+                out.json_line({"event": "ready", **dataclasses.asdict(ready)})
             if prompt is not None:
                 answer(out, client, prompt, max_new_tokens)
             else:
@@ -95,7 +98,7 @@ def answer(out: Output, client: ChatClient, prompt: str, max_new_tokens: int | N
         else:
             done = event
     if out.json:
-        out.text(json.dumps({"event": "done", **dataclasses.asdict(done)}, ensure_ascii=False))
+        out.json_line({"event": "done", **dataclasses.asdict(done)})
     else:
         click.echo()
         out.info(f"FTL: {done.ftl_s:.3f} s  TPS: {done.tps:.3f} token/s  ({done.tokens} tokens, {done.stop})")
@@ -104,7 +107,7 @@ def answer(out: Output, client: ChatClient, prompt: str, max_new_tokens: int | N
 
 def emit_token(out: Output, event: Token) -> None:
     if out.json:
-        out.text(json.dumps({"event": "token", "text": event.text}, ensure_ascii=False))
+        out.json_line({"event": "token", "text": event.text})
     else:
         click.echo(safe(event.text), nl=False)
 

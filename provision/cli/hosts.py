@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from provision.cli.options import model_name
+from provision.cli.verbosity import SECRETS
 from provision.errors import ConfigError
 from provision.fleet import DEFAULT_FORKS
 from provision.inventory.hosts import Host, Inventory, load_inventory, match_limit
@@ -128,6 +129,17 @@ def one_host(reach: Reach, host: str, settings: Settings | None = None) -> tuple
     return inv, inv.hosts[0]
 
 
+def _mask_secrets(inventory: Inventory, typed: str | None) -> None:
+    """Every password of this run is masked in -v/-vv output (it never is in a command line anyway)."""
+    SECRETS.add(typed)
+    for host in inventory.hosts:
+        for secret in (host.password, host.become_password):
+            try:
+                SECRETS.add(secret.resolve() if secret else None)
+            except ConfigError:
+                pass  # unreadable: it is reported when the box needs it
+
+
 def _looks_like_address(text: str) -> bool:
     return any(mark in text for mark in "@.:")
 
@@ -152,6 +164,7 @@ def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None 
             show_default=False,
         )
         password = password or None
+    _mask_secrets(inventory, password)
     names = {h.name: h for h in inventory.hosts}
     return Connector(
         Trust(settings.known_hosts, settings.user_known_hosts, accept_new=reach.accept_new),

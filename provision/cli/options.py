@@ -11,8 +11,15 @@ from provision.cli.output import Output
 from provision.settings import DEFAULT_MODEL, load_settings
 
 
-def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`--json`: print one JSON document on stdout instead of tables."""
+def json_option(
+    func: Callable[..., Any] | None = None,
+    *,
+    help: str = "Machine-readable output: one JSON document on stdout, with a versioned `schema`.",
+) -> Any:
+    """`--json`: print one JSON document on stdout instead of tables (`@json_option(help=...)` for a
+    command that streams JSON lines)."""
+    if func is None:
+        return lambda f: json_option(f, help=help)
 
     def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
         if value:
@@ -26,7 +33,7 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
         expose_value=False,
         callback=set_json,
         is_eager=True,
-        help="Machine-readable output (one JSON document on stdout).",
+        help=help,
     )(func)
 
 

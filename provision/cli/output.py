@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -26,6 +27,7 @@ from rich.text import Text
 # C0 controls but tab and newline, DEL, C1 controls; and the Unicode line/paragraph separators and bidi
 # overrides, which reorder or split what the terminal shows
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
@@ -66,8 +68,18 @@ class Output:
     console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
 
-    def emit_json(self, document: Any) -> None:
+    def emit_json(self, document: dict[str, Any]) -> None:
+        """The command's one JSON document on stdout, with its versioned `schema`
+        (`sophon-fleet/<command>/v1` unless the document names its own)."""
+        document = {"schema": schema_of_command(), **document}
         sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
+
+    def json_line(self, event: dict[str, Any]) -> None:
+        """One JSON object on one line (streams: `chat --json`), with `schema`; non-ASCII text stays
+        readable, C1 controls and line separators are \\u-escaped."""
+        line = json.dumps({"schema": schema_of_command(), **event}, ensure_ascii=False, default=str)
+        sys.stdout.write(_UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", line) + "\n")
+        sys.stdout.flush()
 
     def info(self, text: str) -> None:
         """A progress or status line for people (stderr; silent with -q or --json)."""
@@ -135,6 +147,16 @@ class Output:
     def text(self, text: str) -> None:
         """A result line or block (stdout), made safe."""
         self.console.print(Text(safe(text)), soft_wrap=True)
+
+
+def schema_of_command(version: int = 1) -> str:
+    """`sophon-fleet/assets-verify/v1` for `sophon-fleet assets verify` (the running click command)."""
+    ctx = click.get_current_context(silent=True)
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return f"sophon-fleet/{'-'.join(names) or 'sophon-fleet'}/v{version}"
 
 
 def _fits(widths: Sequence[int], whole: Sequence[bool], width: int) -> bool:

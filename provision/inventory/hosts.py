@@ -99,7 +99,7 @@ class Host:
             "become_password": self.become_password.describe() if self.become_password else None,
             "known_hosts": list(self.known_hosts),
             "proxy_jump": self.proxy_jump,
-            "variant": self.variant,
+            "variant": self.variant or "auto",
             "groups": list(self.groups),
             "vars": {k: (MASK if _secret_name(k) else v) for k, v in sorted(self.vars.items())},
             "source": self.source,

@@ -35,6 +35,7 @@ from provision.inventory.hosts import Host, parse_adhoc_host
 from provision.ssh.sudo import sudo_error
 
 log = logging.getLogger(__name__)
+wire_log = logging.getLogger(f"{__name__}.wire")  # whole command texts (the probe is ~4 KB): -vv only
 
 # AES-GCM measured +30-40% throughput over the CTR default (SIM-NOTES §6).
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
@@ -184,9 +185,17 @@ class Transport:
 
     def _connect_with_retries(self) -> paramiko.SSHClient:
         delays = self.retry.delays()
+        started = time.monotonic()
         while True:
             try:
-                return self._connect_once()
+                client = self._connect_once()
+                log.debug(
+                    "%s: connected to %s in %.3f s",
+                    self.host.name,
+                    self.host.target,
+                    time.monotonic() - started,
+                )
+                return client
             except (
                 ConnectionRefusedError,
                 ConnectionResetError,
@@ -320,8 +329,10 @@ class Transport:
             wire = sudo_wrap(text, with_password=self._become_password is not None)
             payload = (self._become_password + "\n").encode() if self._become_password is not None else b""
         limit = self.timeouts.command if timeout is None else timeout
-        log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", text)
+        log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", _short(text, 160))
+        wire_log.debug("%s: the whole command: %s", self.host.name, text)
         result = self._exec(wire, payload, text, limit)
+        log.debug("%s: exit %d after %.3f s", self.host.name, result.exit_code, result.seconds)
         if check and not result.ok:
             raise command_failed(self.host, result, sudo=sudo)
         return result

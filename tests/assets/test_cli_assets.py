@@ -30,7 +30,7 @@ def test_pull_ls_verify_pin_json(tmp_path, tree, mirror):
     assert any("glm4-9b-sim/glm4-9b_int8_1dev.bmodel" in b["names"] for b in ls["blobs"])
 
     verified = run("assets", "verify", *m, "--json", env=env)
-    assert verified.exit_code == 0 and {r["status"] for r in json.loads(verified.stdout)} == {"ok"}
+    assert verified.exit_code == 0 and {r["status"] for r in json.loads(verified.stdout)["files"]} == {"ok"}
     pinned = json.loads(run("assets", "pin", *m, "--json", env=env).stdout)
     assert pinned["pinned"] == []  # the pull pinned everything already
 

@@ -98,6 +98,7 @@ def test_json_emits_the_protocol_events(fleet):
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
     assert events[0]["event"] == "ready" and events[-1]["event"] == "done"
+    assert {e["schema"] for e in events} == {"sophon-fleet/chat/v1"}  # JSON lines, each versioned
     assert {e["event"] for e in events[1:-1]} == {"token"}
     done, tokens = events[-1], events[1:-1]
     assert (done["stop"], done["tokens"]) in (("length", 5), *(("eos", n) for n in range(1, 5)))
