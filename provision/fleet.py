@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from provision.errors import ConfigError, ConnectError, FleetError
+from provision.errors import ConfigError, ConnectError, FleetError, SkippedError
 
 T = TypeVar("T")
 DEFAULT_FORKS = 32
@@ -31,10 +31,6 @@ class Named(Protocol):
 
 
 N = TypeVar("N", bound=Named)
-
-
-class SkippedError(FleetError):
-    """The host was not tried: the fleet's failure budget (--max-fail-percent) was spent first."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix, sha256_file
 from provision.assets.pins import Pins
 from provision.assets.sources import Source, SourceUnavailable, TransferInterrupted, sources_for
-from provision.errors import DiskFullError, FleetError, IntegrityError
+from provision.errors import DiskFullError, FleetError, IntegrityError, Mismatch
 from provision.manifest import AssetFile, Manifest
 
 
@@ -65,10 +65,6 @@ class PullReport:
     files: list[FileResult] = field(default_factory=list)
     pins_path: Path | None = None
     lock_updated: bool = False
-
-
-class _Mismatch(Exception):
-    pass
 
 
 @dataclass
@@ -122,7 +118,7 @@ class FileDownload:
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
                     time.sleep(self.backoff * attempt)
-                except _Mismatch as exc:
+                except Mismatch as exc:
                     mismatches += 1
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
@@ -206,7 +202,7 @@ class FileDownload:
             else:
                 part.unlink(missing_ok=True)
             part.with_name(part.name + ".json").unlink(missing_ok=True)
-            raise _Mismatch(exc.message) from exc
+            raise Mismatch(exc.message) from exc
         placed = self.cache.place(part, self.model, self.file.path, sha256, origin)
         self._emit("done", size, size)
         return placed

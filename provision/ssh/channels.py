@@ -13,12 +13,8 @@ import subprocess
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from provision.errors import ConnectError
+from provision.errors import ChannelBroken, ConnectError
 from provision.ssh.transport import send_all
-
-
-class ChannelBroken(Exception):
-    """The channel closed or failed mid-conversation: reopen and resume."""
 
 
 class Channel(Protocol):
