@@ -269,7 +269,7 @@ class BoxPusher:
                     mismatches += 1
                     self._emit(item.name, "retry", 0, item.size, "sha256 mismatch on the box")
                     continue
-                commit = {"op": "commit", "sha256": item.sha256}
+                commit: dict[str, Any] = {"op": "commit", "sha256": item.sha256}
                 if item.file.unpack:
                     commit |= {"unpack": item.file.unpack, "contains": self._contains(item)}
                 channel.send(json.dumps(commit).encode() + b"\n")
@@ -466,4 +466,4 @@ def push_fleet(
         ).run()
 
     result = run_fleet(targets, one, forks=max(1, max_parallel))
-    return {o.host.host: o.value if o.error is None else o.error for o in result}
+    return {o.host.host: o.result for o in result}

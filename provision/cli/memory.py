@@ -48,7 +48,7 @@ def memory() -> None:
 
 
 def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.option(
             "--variant",
             type=click.Choice(["int8", "int4"]),

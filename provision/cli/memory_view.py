@@ -74,9 +74,9 @@ def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> Non
             (
                 plan.host,
                 f"[{ACTION_STYLE[plan.action]}]{plan.action.value}[/]",
-                plan.current or "-",
-                plan.target or "-",
-                plan.max or "unknown",
+                str(plan.current or "-"),
+                str(plan.target or "-"),
+                str(plan.max or "unknown"),
                 plan.reason,
             )
         )

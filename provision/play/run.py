@@ -164,6 +164,7 @@ class Play:
                     else StepResult(step.kind, o.host.name, *o.value)
                 )
             else:
+                assert o.error is not None
                 outcome = "unreachable" if isinstance(o.error, ConnectError) else "failed"
                 results.append(StepResult(step.kind, o.host.name, outcome, o.error.message, o.error))
         for result in results:
@@ -186,7 +187,8 @@ class Play:
         state.verdict, state.variant = verdict, verdict.variant
         reasons = "; ".join(r.message for r in verdict.reasons)
         if verdict.status.ready:
-            return "ok", f"ready for {verdict.variant} ({facts.heaps_now} = {facts.heaps_now.total} MiB)"
+            total = facts.heaps_now.total if facts.heaps_now else "?"
+            return "ok", f"ready for {verdict.variant} ({facts.heaps_now} = {total} MiB)"
         if verdict.status is Status.NEEDS_LAYOUT and verdict.suggestion is not None:
             return (
                 "ok",

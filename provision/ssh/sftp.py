@@ -69,7 +69,9 @@ def open_remote_file(
         _authenticate(transport, login)
         sftp = paramiko.SFTPClient.from_transport(transport)
         assert sftp is not None
-        sftp.get_channel().settimeout(timeout)
+        channel = sftp.get_channel()
+        assert channel is not None
+        channel.settimeout(timeout)
         size = sftp.stat(path).st_size or 0
         handle = sftp.open(path, "rb")
         offset = min(offset, size)

@@ -256,7 +256,7 @@ class SshTransport:
                 port=self.host.port,
                 username=self.host.user,
                 password=self._password,
-                key_filename=list(self.host.keys) or None,
+                key_filename=list(self.host.keys) or None,  # type: ignore[arg-type]  # a list is accepted
                 look_for_keys=not self.host.keys,
                 allow_agent=True,
                 timeout=self.timeouts.connect,
@@ -460,9 +460,9 @@ class Exec:
     host: str
     command: str
     channel: paramiko.Channel
-    stdin: IO[bytes] = field(init=False)
-    stdout: IO[bytes] = field(init=False)
-    stderr: IO[bytes] = field(init=False)
+    stdin: Any = field(init=False)  # paramiko's channel files (file-like, bytes)
+    stdout: Any = field(init=False)
+    stderr: Any = field(init=False)
 
     def __post_init__(self) -> None:
         self.stdin = self.channel.makefile_stdin("wb")
@@ -700,7 +700,7 @@ def send_all(channel: paramiko.Channel, data: bytes) -> None:
     piece = max(1024, getattr(channel, "out_max_packet_size", 32768) - 64)
     view = memoryview(data)
     for start in range(0, len(view), piece):
-        channel.sendall(view[start : start + piece])
+        channel.sendall(view[start : start + piece])  # type: ignore[arg-type]  # any buffer works: no copy
 
 
 def _send_stdin(channel: paramiko.Channel, payload: bytes) -> None:
