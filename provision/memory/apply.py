@@ -24,7 +24,6 @@ from enum import Enum
 from provision import boxlock
 from provision.boxpaths import BOOT_IMAGE
 from provision.errors import ApplyFailed, FactError, FleetError, IntegrityError, RemoteError
-from provision.facts.parse import MemoryEditReport, parse_memory_edit_p
 from provision.memory import kit as memory_kit
 from provision.memory.bootimage import (
     MEMEDIT_BAK,
@@ -35,7 +34,8 @@ from provision.memory.bootimage import (
     sha256_on_box,
     swap_in,
 )
-from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.memory.layout import Layout
+from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
 from provision.memory.plan import Action, BoxMemory, BoxPlan, Request, plan_box
 from provision.memory.reboot import (
     Cancelled,
