@@ -20,6 +20,7 @@ from pathlib import Path
 from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix, sha256_file
 from provision.assets.pins import Pins
 from provision.assets.sources import Source, SourceUnavailable, TransferInterrupted, sources_for
+from provision.backoff import backoff_delay
 from provision.errors import DiskFullError, FleetError, IntegrityError, Mismatch
 from provision.manifest import AssetFile, Manifest
 
@@ -79,7 +80,7 @@ class FileDownload:
     progress: ProgressFn = _no_progress
     keep_corrupt: bool = False
     retries: int = 3  # attempts per source
-    backoff: float = 0.5  # seconds, grows linearly with the attempt number
+    backoff: float = 0.5  # seconds before the first retry (provision.backoff)
     transferred: int = 0
     attempts: int = 0
     set_aside: list[str] = field(default_factory=list)
@@ -117,7 +118,7 @@ class FileDownload:
                 except TransferInterrupted as exc:
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
-                    time.sleep(self.backoff * attempt)
+                    time.sleep(backoff_delay(attempt, self.backoff))
                 except Mismatch as exc:
                     mismatches += 1
                     errors.append(str(exc))

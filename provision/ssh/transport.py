@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import random
 import select
 import shlex
 import socket
@@ -31,6 +30,7 @@ from typing import IO, Any, BinaryIO, Protocol
 
 import paramiko
 
+from provision.backoff import backoff_delay
 from provision.errors import ConfigError, ConnectError, HostKeyError, RemoteError
 from provision.inventory.hosts import Host, parse_adhoc_host
 
@@ -67,8 +67,8 @@ class Retry:
     cap: float = 2.0
 
     def delays(self) -> Iterator[float]:
-        for attempt in range(self.attempts - 1):
-            yield min(self.cap, self.backoff * 2**attempt) * random.uniform(0.75, 1.25)
+        for attempt in range(1, self.attempts):
+            yield backoff_delay(attempt, self.backoff, self.cap)
 
 
 @dataclass(frozen=True)
