@@ -184,8 +184,8 @@ def var_problem(key: str, value: Any) -> str | None:
         )
         if not ok or not 0 < int(value) < 65536:
             return f"must be a port number 1-65535, not {value!r}"
-    if key == "variant" and value not in (None, "auto", "int8", "int4"):
-        return f"must be int8, int4 or auto, not {value!r}"
+    if key == "variant" and value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", str(value)):
+        return f"must be auto or a variant name of the model's manifest (int8, int4, ...), not {value!r}"
     return None
 
 

@@ -22,13 +22,14 @@ from provision.errors import Cancelled, ConnectError, RebootTimeout, RemoteError
 from provision.ssh.transport import SUDO_FAILURES, Transport
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+DEFAULT_REBOOT_TIMEOUT = 600.0  # seconds a box may take to come back: memory apply, rollback and play
 
 
 @dataclass(frozen=True)
 class RebootPolicy:
     """Seconds: `timeout` for the whole wait; polls start after `first_poll` and back off to `cap`."""
 
-    timeout: float = 600.0
+    timeout: float = DEFAULT_REBOOT_TIMEOUT
     first_poll: float = 1.0
     cap: float = 10.0
     command_timeout: float = 15.0
