@@ -430,7 +430,7 @@ class SshTransport:
         except TimeoutError as exc:
             part.unlink(missing_ok=True)
             raise RemoteError(f"{self.host.name}: reading {remote_path} timed out after {limit:g} s") from exc
-        except (paramiko.SSHException, EOFError, OSError) as exc:  # the connection broke mid-file
+        except (paramiko.SSHException, EOFError, ConnectionError) as exc:  # the connection broke mid-file
             part.unlink(missing_ok=True)
             raise ConnectError(f"{self.host.name}: connection lost reading {remote_path}: {exc!r}") from exc
         finally:
