@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
-from provision.errors import ConfigError, ConnectError, FleetError
+from provision.errors import ConfigError, ConnectError, FleetError, SkippedError
 
 T = TypeVar("T")
 DEFAULT_FORKS = 32
@@ -31,10 +31,6 @@ class Named(Protocol):
 
 
 N = TypeVar("N", bound=Named)
-
-
-class SkippedError(FleetError):
-    """The host was not tried: the fleet's failure budget (--max-fail-percent) was spent first."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,11 @@ class HostOutcome(Generic[N, T]):
     def unreachable(self) -> bool:
         return isinstance(self.error, ConnectError)
 
+    @property
+    def result(self) -> T | FleetError:
+        """The box's value, or its error when it failed."""
+        return self.error if self.error is not None else cast(T, self.value)
+
 
 @dataclass(frozen=True)
 class FleetResult(Generic[N, T]):
@@ -61,7 +62,7 @@ class FleetResult(Generic[N, T]):
 
     outcomes: tuple[HostOutcome[N, T], ...]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[HostOutcome[N, T]]:
         return iter(self.outcomes)
 
     def __len__(self) -> int:

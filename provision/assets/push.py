@@ -25,6 +25,7 @@ from typing import Any
 
 from provision.assets.cache import Cache
 from provision.assets.pins import Pins
+from provision.backoff import backoff_delay
 from provision.boxpaths import MODELS_DIR
 from provision.boxside import receiver
 from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
@@ -269,7 +270,7 @@ class BoxPusher:
                     mismatches += 1
                     self._emit(item.name, "retry", 0, item.size, "sha256 mismatch on the box")
                     continue
-                commit = {"op": "commit", "sha256": item.sha256}
+                commit: dict[str, Any] = {"op": "commit", "sha256": item.sha256}
                 if item.file.unpack:
                     commit |= {"unpack": item.file.unpack, "contains": self._contains(item)}
                 channel.send(json.dumps(commit).encode() + b"\n")
@@ -281,7 +282,7 @@ class BoxPusher:
             except ChannelBroken as exc:
                 channel.close()
                 self._emit(item.name, "retry", 0, item.size, str(exc))
-                time.sleep(self.backoff * attempt)
+                time.sleep(backoff_delay(attempt, self.backoff))
             except BaseException:
                 channel.close()
                 raise
@@ -334,7 +335,7 @@ class BoxPusher:
             if attempt >= self.retries:
                 raise
             self._emit("", "retry", note=exc.message)
-            time.sleep(self.backoff * attempt)
+            time.sleep(backoff_delay(attempt, self.backoff))
             return None
 
     def _start(self, mode: str, args: Mapping[str, Any], attempt: int) -> Channel | None:
@@ -364,7 +365,7 @@ class BoxPusher:
                 event = self._expect(channel, expect)
             except ChannelBroken:
                 channel.close()
-                time.sleep(self.backoff * attempt)
+                time.sleep(backoff_delay(attempt, self.backoff))
                 continue
             except BaseException:
                 channel.close()
@@ -466,4 +467,4 @@ def push_fleet(
         ).run()
 
     result = run_fleet(targets, one, forks=max(1, max_parallel))
-    return {o.host.host: o.value if o.error is None else o.error for o in result}
+    return {o.host.host: o.result for o in result}

@@ -27,7 +27,7 @@ HELP_LINE = (
 @model_option
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Which deployed variant (auto: int8 when verified on the box, else int4).",
@@ -61,6 +61,7 @@ def chat(
     inv, target = one_host(reach, host)
     inv = dataclasses.replace(inv, hosts=(target,))
     manifest = fleet_manifest(model, inv)
+    manifest.check_variant(variant)
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])
         chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)

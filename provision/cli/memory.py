@@ -37,7 +37,7 @@ from provision.memory.apply import ApplyOptions, rollback_box
 from provision.memory.kit import resolve_kit, shared_kit
 from provision.memory.layout import Layout
 from provision.memory.plan import Action, BoxPlan, Request, request_for
-from provision.memory.reboot import RebootPolicy
+from provision.memory.reboot import DEFAULT_REBOOT_TIMEOUT, RebootPolicy
 from provision.memory.rollout import PlannedBox, apply_fleet, plan_fleet
 from provision.settings import load_settings
 
@@ -55,10 +55,10 @@ def memory() -> None:
 
 
 def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.option(
             "--variant",
-            type=click.Choice(["int8", "int4"]),
+            metavar="VARIANT",
             help="Target the manifest's recommended layout for this variant (default int8's threshold).",
         ),
         click.option("--npu", type=click.IntRange(min=0), help="Explicit npu heap, MiB (with --vpu, --vpp)."),
@@ -79,7 +79,7 @@ def reboot_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--reboot-timeout",
         type=click.FloatRange(min=1),
-        default=600,
+        default=DEFAULT_REBOOT_TIMEOUT,
         show_default=True,
         help="Seconds per reboot.",
     )(func)

@@ -76,9 +76,9 @@ def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> Non
             (
                 plan.host,
                 styled(plan.action.value, ACTION_STYLE[plan.action]),
-                plan.current or "-",
-                plan.target or "-",
-                plan.max or "unknown",
+                str(plan.current or "-"),
+                str(plan.target or "-"),
+                str(plan.max or "unknown"),
                 plan.reason,
             )
         )

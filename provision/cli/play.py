@@ -12,7 +12,7 @@ from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, plural, safe
-from provision.play.playbook import load_playbook
+from provision.play.playbook import check_variants, load_playbook
 from provision.play.run import OUTCOMES, Play, PlayReport
 from provision.settings import load_settings
 
@@ -58,6 +58,7 @@ def play(
     settings = load_settings()
     inv = resolve_inventory(reach, settings)
     manifest = fleet_manifest(book.model or model, inv)
+    check_variants(book, manifest)  # file:line: key, exit 2, nothing connects
     out.info(
         f"play {book.name or playbook.name}: {plural(len(book.steps), 'step')} "
         f"on {plural(len(inv.hosts), 'box')}" + (" (dry run)" if dry_run else "")

@@ -38,7 +38,7 @@ STYLE = {
 @host_options
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Judge for this variant (auto: int8 if the heaps allow, else int4).",
@@ -73,6 +73,7 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
     reach = reach_from(kwargs)
     inv = resolve_inventory(reach)
     manifest = fleet_manifest(model, inv)
+    manifest.check_variant(variant)
     with connector_for(reach, inv) as connector:
         report = run_preflight(
             inv.hosts,

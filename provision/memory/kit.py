@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from provision.assets.cache import Cache
+from provision.assets.cache import Cache, sha256_file
 from provision.assets.download import FileDownload
 from provision.assets.pins import load_pins
 from provision.assets.sources import source_for_url, sources_for
@@ -47,14 +47,6 @@ class LocalKit:
     path: Path
     sha256: str
     source: str
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_kit(spec: str | None, manifest: Manifest, settings: Settings) -> LocalKit:

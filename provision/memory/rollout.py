@@ -43,7 +43,11 @@ def plan_fleet(
     result = run_fleet(
         hosts, lambda host: plan_one(host.name, gather(transport_for(host)), request), forks=forks
     )
-    return [PlannedBox(o.host, *(o.value if o.value is not None else (None, None)), o.error) for o in result]
+    planned = []
+    for o in result:
+        box, plan = o.value if o.value is not None else (None, None)
+        planned.append(PlannedBox(o.host, box, plan, o.error))
+    return planned
 
 
 def apply_fleet(

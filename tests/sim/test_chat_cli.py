@@ -196,7 +196,8 @@ def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet, slow_tpu):
 
 def assert_still_answering(proc) -> None:
     """The answer has started and not ended: no FTL/TPS line yet (the REPL prints it after each answer)."""
-    err = proc.stderr.read() or b""  # non-blocking (read_until set it)
+    os.set_blocking(proc.stderr.fileno(), False)
+    err = proc.stderr.read() or b""
     assert b"FTL:" not in err, err
 
 

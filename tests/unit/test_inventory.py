@@ -85,8 +85,8 @@ def test_secret_resolution(tmp_path, monkeypatch):
         ),
         (
             "vars: {variant: int4}",
-            "vars: {variant: fp16}",
-            "inv.yml:14: groups.lab.vars.variant: must be int8",
+            "vars: {variant: 'int4; reboot'}",
+            "inv.yml:14: groups.lab.vars.variant: must be auto or a variant name",
         ),
         ("  se7-3: {address", "  se7-3: {adress", "inv.yml:18: hosts.se7-3.adress: unknown variable"),
         ("children: [lab]", "children: [lap]", "inv.yml:11: groups.sim.children[0]: unknown group 'lap'"),
