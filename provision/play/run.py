@@ -207,7 +207,15 @@ class Play:
             Layout(options["npu"], options["vpu"], options["vpp"]) if options["npu"] is not None else None
         )
         request = memory_plan.request_for(self.manifest, variant=variant, layout=layout)
-        box, plan = plan_one(state.host.name, state.facts or self._refresh(state), request)
+        facts = state.facts or self._refresh(state)
+        now = facts.heaps_now
+        if layout is None and now is not None and request.min_total and now.total >= request.min_total:
+            # `when: needed`: only boxes below the variant's threshold get a layout (and a reboot)
+            return StepDone(
+                "ok",
+                f"{now} = {now.total} MiB already fits {request.variant} (>= {request.min_total} MiB)",
+            )
+        box, plan = plan_one(state.host.name, facts, request)
         if plan.action is memory_plan.Action.NOTHING:
             return StepDone("ok", plan.reason)
         if plan.action is memory_plan.Action.REFUSED:
