@@ -14,8 +14,9 @@ from provision.assets.pins import load_pins
 from provision.assets.push import DEFAULT_ROOT, BoxPush, PushEvent
 from provision.cli.errors import Exit, exit_code_for, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.interrupt import interruptible
 from provision.cli.options import json_option, model_name, model_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural
 from provision.cli.progress import progress_bars
 from provision.errors import FleetError
 from provision.inventory.sources import fleet_model
@@ -288,7 +289,13 @@ def push_cmd(
     reach = reach_from(kwargs)
     inventory = resolve_inventory(reach)
     settings, manifest, lock, cache = _setup(model, cache_dir, pins, reach.inventories)
-    with connector_for(reach, inventory, settings) as connector, progress_bars(out) as bar:
+    boxes = plural(len(inventory.hosts), "box")
+    first = f"interrupt: finishing the current file on {boxes}; Ctrl-C again to abort now"
+    with (
+        connector_for(reach, inventory, settings) as connector,
+        interruptible(out, first) as cancel,
+        progress_bars(out) as bar,
+    ):
 
         def on_progress(e: PushEvent) -> None:
             bar(e.host, e.phase, e.done, e.total, label=f"{e.host} {e.file}".strip())
@@ -306,6 +313,7 @@ def push_cmd(
             root=dest_root,
             progress=on_progress,
             dry_run=dry_run,
+            cancel=cancel,
         )
     rows = [_push_row(host, chosen.get(host), result) for host, result in results.items()]
     if out.json:
@@ -319,6 +327,11 @@ def push_cmd(
                 for r in rows
             ],
         )
+    for host, r in results.items():  # every failed box: one line, its reason and what to do
+        if isinstance(r, FleetError) and r.hint:
+            out.info(f"{host}: hint: {r.hint}")
+    if cancel.is_set():
+        raise SystemExit(int(Exit.INTERRUPTED))
     errors = [r for r in results.values() if isinstance(r, FleetError)]
     if errors:
         raise SystemExit(int(max(exit_code_for(e) for e in errors)))

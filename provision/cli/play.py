@@ -8,8 +8,9 @@ from typing import Any
 import click
 from rich.text import Text
 
-from provision.cli.errors import exit_with_worst, reports_errors
+from provision.cli.errors import Exit, exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
+from provision.cli.interrupt import interruptible
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, plural, safe
 from provision.play.playbook import check_variants, load_playbook
@@ -63,7 +64,7 @@ def play(
         f"play {book.name or playbook.name}: {plural(len(book.steps), 'step')} "
         f"on {plural(len(inv.hosts), 'box')}" + (" (dry run)" if dry_run else "")
     )
-    with connector_for(reach, inv, settings) as connector:
+    with connector_for(reach, inv, settings) as connector, interruptible(out) as cancel:
         report = Play(
             book,
             list(inv.hosts),
@@ -75,8 +76,11 @@ def play(
             max_fail_percent=max_fail_percent,
             forks=reach.forks,
             say=out.result,
+            cancel=cancel,
         ).run()
     render(out, report)
+    if cancel.is_set():
+        raise SystemExit(int(Exit.INTERRUPTED))
     exit_with_worst(report.errors)
 
 
@@ -123,6 +127,10 @@ def render(out: Output, report: PlayReport) -> None:
             line.append(f"{k}={counts.get(k, 0)}", style=COLOURS[k]).append("  ")
         line.rstrip()
         out.console.print(line, highlight=False, soft_wrap=True)
+    for result in report.results:  # every failed box: one line, its reason and what to do
+        if result.error is not None:
+            hint = f" (hint: {result.error.hint})" if result.error.hint else ""
+            out.text(f"{result.host}: {result.outcome} at {result.step}: {result.error.message}{hint}")
     if report.aborted:
         out.text(report.aborted)
     if not report.changed and not report.errors:
