@@ -23,6 +23,11 @@ COMMANDS: dict[str, str] = {
     "bench": "provision.cli.bench:bench",
     "play": "provision.cli.play:play",
     "memory": "provision.cli.memory:memory",
+    "status": "provision.cli.status:status",
+    "exec": "provision.cli.boxes:exec_command",
+    "reboot": "provision.cli.boxes:reboot_command",
+    "completion": "provision.cli.completion:completion",
+    "config": "provision.cli.config:config",
 }
 
 EPILOG = """\b
@@ -62,7 +67,14 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="sophon-fleet")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _p, value: _print_version(ctx) if value else None,
+    help="The tool's, Python's and paramiko's versions, and the runtime it deploys; then exit.",
+)
 @click.option(
     "-v",
     "--verbose",
@@ -76,6 +88,27 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Provision fleets of Sophgo BM1684X boxes (SE7, SM7, Airbox) for ChatGLM4-9B."""
     ctx.obj = Output(verbosity=-1 if quiet else verbose)
     configure_logging(ctx.obj)
+
+
+def versions() -> dict[str, str]:
+    """What `--version` prints, one `name version` line each (stable to grep)."""
+    import platform
+    from importlib.metadata import version
+
+    from provision.runtime.deploy import runtime_app_id
+
+    return {
+        "sophon-fleet": __version__,
+        "python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "paramiko": version("paramiko"),
+        "runtime": runtime_app_id(),
+    }
+
+
+def _print_version(ctx: click.Context) -> None:
+    for name, value in versions().items():
+        click.echo(f"{name} {value}")
+    ctx.exit(0)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from provision.cli.completion import complete_hosts
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import (
     connector_for,
@@ -239,7 +240,7 @@ def interruptible(out: Output) -> Iterator[threading.Event]:
 
 
 @memory.command("rollback")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_hosts)
 @host_options
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before rebooting the box.")
 @reboot_options
