@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
+from pathlib import Path
 
 import click
 
 from provision import __version__
 from provision.cli.output import Output
+from provision.cli.runlog import start_run_log
 from provision.cli.verbosity import configure_logging, hoist_verbosity
 
 # command name -> "module:attribute"; loaded on first use so `--help` and small commands stay fast.
@@ -28,6 +31,8 @@ COMMANDS: dict[str, str] = {
     "reboot": "provision.cli.boxes:reboot_command",
     "completion": "provision.cli.completion:completion",
     "config": "provision.cli.config:config",
+    "undeploy": "provision.cli.runtime_admin:undeploy",
+    "logs": "provision.cli.runtime_admin:logs",
 }
 
 EPILOG = """\b
@@ -88,6 +93,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Provision fleets of Sophgo BM1684X boxes (SE7, SM7, Airbox) for ChatGLM4-9B."""
     ctx.obj = Output(verbosity=-1 if quiet else verbose)
     configure_logging(ctx.obj)
+    if not ctx.resilient_parsing and ctx.invoked_subcommand not in (None, "completion", "logs"):
+        ours = Path(sys.argv[0]).name.startswith("sophon-fleet")  # else: run in-process (tests)
+        handler = start_run_log(sys.argv[1:] if ours else [str(ctx.invoked_subcommand), "..."])
+        if handler is not None:
+            ctx.call_on_close(handler.close)
 
 
 def versions() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Any
 
@@ -42,18 +43,21 @@ def status(out: Output, watch: float | None, **kwargs: Any) -> None:
     reach = reach_from(kwargs)
     inv = resolve_inventory(reach)
     stop = threading.Event()
-    with connector_for(reach, inv) as connector:
-        while True:
-            result = run_fleet(inv.hosts, lambda h: box_status(connector.transport(h)), forks=reach.forks)
-            if watch and out.console.is_terminal and not out.json:
-                out.console.clear()
-            render(out, result)
-            if not watch:
-                break
-            try:
-                stop.wait(watch)
-            except KeyboardInterrupt:
-                return  # --watch ends with Ctrl-C; that is not an error
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if watch else None
+    try:
+        with connector_for(reach, inv) as connector:
+            while True:
+                result = run_fleet(inv.hosts, lambda h: box_status(connector.transport(h)), forks=reach.forks)
+                if watch and out.console.is_terminal and not out.json:
+                    out.console.clear()
+                render(out, result)
+                if not watch or stop.wait(watch):
+                    break
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if watch:
+        return  # --watch ends with Ctrl-C; that is not an error
     exit_with_worst(o.error for o in result)
 
 
