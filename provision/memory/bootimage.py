@@ -17,8 +17,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE
-from provision.errors import DiskFullError, IntegrityError, RemoteError
+from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE, UnsafePath, within
+from provision.errors import DiskFullError, FactError, IntegrityError, RemoteError
 from provision.facts.parse import parse_total_mem
 from provision.memory.layout import Layout
 from provision.ssh.transport import Transport, quote_command
@@ -134,4 +134,10 @@ def latest_backup(transport: Transport) -> Backup:
         )
     meta = json.loads(transport.run(["cat", path]).stdout)
     layout = Layout(*meta["layout"]) if meta.get("layout") else None
-    return Backup(str(meta["path"]), str(meta["sha256"]), layout, str(meta.get("created", "")))
+    try:  # the record is the box's word: its image must be one of our backups, nothing else on the box
+        image = within(BACKUP_DIR, str(meta["path"]))
+    except UnsafePath as exc:
+        raise FactError(
+            f"{transport.host.name}: backup record {path} names {meta['path']!r}: {exc}"
+        ) from None
+    return Backup(image, str(meta["sha256"]), layout, str(meta.get("created", "")))

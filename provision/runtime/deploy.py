@@ -28,9 +28,17 @@ from provision import __version__
 from provision.assets.cache import Cache
 from provision.assets.pins import Lock
 from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
-from provision.boxpaths import MODELS_DIR, RUNTIME_DIR, RUNTIME_LINK, WORK_DIR
+from provision.boxpaths import (
+    MODELS_DIR,
+    RUNTIME_DIR,
+    RUNTIME_LINK,
+    WORK_DIR,
+    UnsafePath,
+    confined,
+    plain_name,
+)
 from provision.boxside import box_install
-from provision.errors import FleetError, NotReadyError, RemoteError
+from provision.errors import FactError, FleetError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
 from provision.runtime.wheelhouse import Wheelhouse, ensure_wheelhouse
@@ -146,10 +154,11 @@ class Deployer:
 
     def current(self) -> str | None:
         out = self.transport.run(f"readlink {RUNTIME_LINK}", check=False).stdout.strip()
-        return out.rsplit("/", 1)[-1] if out else None
+        return _version_name(out.rsplit("/", 1)[-1]) if out else None
 
     def marker(self, version: str) -> dict[str, Any] | None:
-        result = self.transport.run(f"cat {RUNTIME_DIR}/{version}/{MARKER}", check=False)
+        path = confined(RUNTIME_DIR, f"{_version_name(version)}/{MARKER}")
+        result = self.transport.run(["cat", "--", path], check=False)
         try:
             return json.loads(result.stdout) if result.ok else None
         except ValueError:
@@ -205,7 +214,7 @@ class Deployer:
 
     def history(self) -> list[str]:
         out = self.transport.run(f"cat {RUNTIME_DIR}/history", check=False).stdout
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        return [_version_name(line.strip()) for line in out.splitlines() if line.strip()]
 
     def prune(self, keep: int, current: str) -> list[str]:
         """Remove versions beyond the newest `keep` (never `current`)."""
@@ -215,6 +224,14 @@ class Deployer:
         if doomed:
             self._run("rm -rf " + " ".join(shlex.quote(f"{RUNTIME_DIR}/{v}") for v in doomed))
         return doomed
+
+
+def _version_name(value: str) -> str:
+    """A runtime version as the box reports it (history, `current`), checked to be one plain name."""
+    try:
+        return plain_name(value)
+    except UnsafePath as exc:
+        raise FactError(f"the box reports runtime version {value!r}: {exc}") from None
 
 
 def deploy_box(
