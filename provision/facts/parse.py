@@ -319,7 +319,28 @@ def parse_memory_edit_p(text: str) -> MemoryEditReport:
         raise FactError(f"memory_edit.sh -p printed no max sizes: {_snippet(text)}")
     if "npu" not in sizes["max"] or ("vpu" not in sizes["max"] and "npu+vpp" not in sizes["max"]):
         raise FactError("memory_edit.sh -p output is truncated (max sizes incomplete)")
+    _check_against_ddr(ddr, sizes)
     return MemoryEditReport(version, dts, ddr, sizes["max"], sizes["now"], tuple(warnings))
+
+
+# No BM1684/X board has more than 16 GiB of DDR; anything a box claims beyond this is garbage or hostile.
+MAX_PLAUSIBLE_DDR_MIB = 64 << 10
+
+
+def _check_against_ddr(ddr: Mapping[str, int], sizes: Mapping[str, Mapping[str, int]]) -> None:
+    """Every size `-p` claims must fit the DDR it reports (its banks), and that must be plausible."""
+    banks = {k: v for k, v in ddr.items() if k != "ddr"}
+    total = sum(banks.values()) if banks else MAX_PLAUSIBLE_DDR_MIB
+    if total > MAX_PLAUSIBLE_DDR_MIB:
+        raise FactError(f"memory_edit.sh -p claims {total} MiB of DDR, more than any BM1684/X board has")
+    for kind, heaps in sizes.items():
+        for heap, mib in heaps.items():
+            if mib > total:
+                raise FactError(
+                    f"memory_edit.sh -p claims {kind} {heap} {mib} MiB, more than the box's DDR "
+                    f"({total} MiB)",
+                    hint="the kit or the box is broken (or hostile): check it with `doctor`",
+                )
 
 
 def parse_total_mem(text: str) -> Layout:
@@ -331,6 +352,10 @@ def parse_total_mem(text: str) -> Layout:
             if not words[1].isdigit():
                 raise FactError(f"cannot read /sys/kernel/debug/ion/bm_{words[0]}_heap_dump/total_mem")
             sizes[words[0]] = int(words[1]) // MIB
+            if sizes[words[0]] > MAX_PLAUSIBLE_DDR_MIB:
+                raise FactError(
+                    f"debugfs claims a {words[0]} heap of {sizes[words[0]]} MiB, more than any DDR"
+                )
     layout = _layout(sizes)
     if layout is None:
         raise FactError(f"heap sizes incomplete: {_snippet(text)}")

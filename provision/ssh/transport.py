@@ -30,7 +30,7 @@ from typing import IO, Any, BinaryIO
 
 import paramiko
 
-from provision.errors import ConfigError, ConnectError, HostKeyError, RemoteError
+from provision.errors import ConfigError, ConnectError, FactError, HostKeyError, RemoteError
 from provision.inventory.hosts import Host, parse_adhoc_host
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 PREFERRED_KEX = ("curve25519-sha256", "curve25519-sha256@libssh.org")
 CHUNK = 1 << 20
+# What one command may print before we stop reading: facts and scripts print kilobytes; a box printing
+# without end (a hostile or broken `bm_version`) must not fill the controller's memory.
+MAX_OUTPUT = 8 << 20
 SUDO_FAILURES = (
     "incorrect password",
     "a password is required",
@@ -290,11 +293,13 @@ class Transport:
         timeout: float | None = None,
         stdin: bytes | str | None = None,
         check: bool = True,
+        max_output: int = MAX_OUTPUT,
     ) -> Result:
         """Run a command and wait for it. A list is quoted word by word; a string is taken as shell code.
 
         `sudo=True` runs it as root (`sudo -S`, password on stdin; stdin data is not allowed then).
-        Raises RemoteError when it exits non-zero (with `check`) or times out, ConnectError when the box
+        Raises RemoteError when it exits non-zero (with `check`) or times out, FactError when it prints
+        more than `max_output` bytes (on stdout or stderr; reading stops there), ConnectError when the box
         cannot be reached.
         """
         text = command if isinstance(command, str) else quote_command(command)
@@ -312,10 +317,16 @@ class Transport:
         try:
             channel.exec_command(wire)
             _send_stdin(channel, payload)
-            out, err = _drain(channel, started + limit)
+            out, err = _drain(channel, started + limit, max_output)
             code = channel.recv_exit_status()
             if code == -1 and not self._active():
                 raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`")
+        except _TooMuchOutput as exc:
+            raise FactError(
+                f"{self.host.name}: `{_short(text)}` printed more than {max_output >> 20} MiB; "
+                "stopped reading",
+                hint="the box's tools print far more than they should: check it with `doctor`",
+            ) from exc
         except TimeoutError as exc:
             raise RemoteError(
                 f"{self.host.name}: `{_short(text)}` timed out after {limit:g} s",
@@ -357,6 +368,8 @@ class Transport:
             channel.shutdown_write()
             _, err = _drain(channel, time.monotonic() + limit)
             code = channel.recv_exit_status()
+        except _TooMuchOutput as exc:
+            raise FactError(f"{self.host.name}: writing {remote_path} printed more than expected") from exc
         except TimeoutError as exc:
             raise RemoteError(f"{self.host.name}: writing {remote_path} timed out after {limit:g} s") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -680,15 +693,25 @@ def _wait_readable(channel: paramiko.Channel, deadline: float) -> None:
     select.select([channel], [], [], min(remaining, 1.0))
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
-    """All of stdout and stderr until the command exits; TimeoutError past the deadline."""
+class _TooMuchOutput(Exception):
+    """A command printed more than its limit."""
+
+
+def _drain(channel: paramiko.Channel, deadline: float, limit: int = MAX_OUTPUT) -> tuple[bytes, bytes]:
+    """All of stdout and stderr until the command exits; TimeoutError past the deadline, _TooMuchOutput
+    past `limit` bytes on either stream."""
     out: list[bytes] = []
     err: list[bytes] = []
+    sizes = [0, 0]
     while True:
         while channel.recv_ready():
             out.append(channel.recv(CHUNK))
+            sizes[0] += len(out[-1])
         while channel.recv_stderr_ready():
             err.append(channel.recv_stderr(CHUNK))
+            sizes[1] += len(err[-1])
+        if max(sizes) > limit:
+            raise _TooMuchOutput
         if channel.exit_status_ready() and (channel.eof_received or channel.closed):
             if not channel.recv_ready() and not channel.recv_stderr_ready():
                 return b"".join(out), b"".join(err)

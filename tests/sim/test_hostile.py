@@ -7,6 +7,8 @@ exit 2 (or the documented code) before anything touches a box, bounded in time a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from sim.mirror import build_asset_tree
-from tests.sim.conftest import needs_root
+from tests.sim.conftest import connect, needs_root, run, sudo
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -73,3 +75,41 @@ def test_manifest_unpack_escaping_its_directory_is_refused_before_any_box_is_tou
     assert "'./../../../backups' must be a directory name beside the archive" in output
     assert sorted(p.name for p in backups.iterdir()) == ["emmcboot.itb.19700101T000000Z.json"]
     assert not (box_data(fleet, "se7-1") / "sophon-fleet" / "models").exists()  # nothing reached the box
+
+
+CHILD = """\
+import json, resource, sys, time
+from click.testing import CliRunner
+from provision.cli.main import cli
+started = time.monotonic()
+result = CliRunner().invoke(cli, sys.argv[1:])
+print(json.dumps({"code": result.exit_code, "output": result.output, "seconds": time.monotonic() - started,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_cli_child(*args: str) -> dict:
+    """The CLI in a child process, so its peak memory is its own (ru_maxrss)."""
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_box_printing_100_mb_from_bm_version_is_read_bounded(sim_fleet):
+    fleet = sim_fleet(["se7-factory"])
+    client = connect(fleet, "se7-1")
+    hostile = "#!/bin/sh\nhead -c 100000000 /dev/zero | tr '\\000' A\n"
+    assert run(client, "cat > /tmp/bm_version", stdin=hostile)[0] == 0
+    status, out = sudo(client, "install -m 755 /tmp/bm_version /usr/sbin/bm_version")
+    assert status == 0, out[:300]
+    status, out = run(client, "/usr/sbin/bm_version | wc -c")
+    client.close()
+    assert status == 0 and out.split()[0] == "100000000", out[:300]
+
+    result = run_cli_child("preflight", "--json", "--connect-timeout", "2", "-i", str(fleet.inventory_path))
+
+    doc = json.loads(result["output"])
+    (host,) = doc["hosts"]
+    assert host["host"] == "se7-1" and host["status"] != "unreachable", host
+    assert result["rss_mib"] < 200, result["rss_mib"]  # the adversarial run measured 541 MB
+    assert result["seconds"] < 8, result["seconds"]  # and 8.5 s
