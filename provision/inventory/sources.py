@@ -173,8 +173,27 @@ def _checked(doc: Located, path: KeyPath, key: str, value: Any) -> Any:
     return value
 
 
+# Values that end up in an SSH target, a `ssh -J` spec or a terminal: no shell metacharacters, no
+# whitespace or newlines, no control characters (nothing ran with them, but nothing may).
+_TEXT_VARS = {
+    "user": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"), "a user name (letters, digits, . _ -)"),
+    "address": (
+        re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:%_-]{0,252}$"),
+        "a host name or IP address (letters, digits, . : % _ -)",
+    ),
+    "proxy_jump": (
+        re.compile(r"^[A-Za-z0-9_.:%@,\[\]-]{1,1000}$"),
+        "[user@]host[:port],... (letters, digits, . : % _ - @ , [ ])",
+    ),
+}
+
+
 def var_problem(key: str, value: Any) -> str | None:
     """What is wrong with a connection variable's value, or None."""
+    if key in _TEXT_VARS and isinstance(value, str):
+        pattern, want = _TEXT_VARS[key]
+        if not pattern.match(value):
+            return f"must be {want}, not {value!r}"
     if key == "port":
         ok = (isinstance(value, int) and not isinstance(value, bool)) or (
             isinstance(value, str) and value.isdigit()

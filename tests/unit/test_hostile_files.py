@@ -114,3 +114,37 @@ def test_a_range_at_the_limit_is_still_accepted(tmp_path):
     result = run_cli("inventory", "-i", str(path), "--json")
     assert result["code"] == 0, result
     assert result["output"].count('"se7-') >= 2000
+
+
+HOSTILE_VALUES = [
+    ("user", "linaro$(touch /tmp/owned)"),
+    ("user", "linaro\nProxyCommand touch /tmp/owned"),
+    ("user", "lin\x1b]0;owned\x07aro"),
+    ("address", "10.9.9.9;touch /tmp/owned"),
+    ("address", "10.9.9.9 -oProxyCommand=x"),
+    ("address", "-oProxyCommand=touch"),
+    ("proxy_jump", "jump;touch /tmp/owned"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), HOSTILE_VALUES)
+@pytest.mark.parametrize("kind", ["own.yml", "ansible.ini"])
+def test_shell_metacharacters_in_connection_values_are_refused(tmp_path, kind, key, value):
+    """Issue 13 item 9: nothing ran with them, but they are invalid input: exit 2, file and line named."""
+    path = tmp_path / kind
+    if kind == "own.yml":
+        path.write_text("hosts:\n  se7-1:\n    address: 10.0.0.1\n" + f"    {key}: {json.dumps(value)}\n")
+        line = 4
+    else:
+        ansible = {"user": "ansible_user", "address": "ansible_host", "proxy_jump": "proxy_jump"}[key]
+        path.write_text(f"[se7]\nse7-1 {ansible}={json.dumps(value)}\n")
+        line = 2
+    result = run_cli("inventory", "-i", str(path))
+    assert result["code"] == 2, result
+    assert f"{path}:{line}" in result["output"] and key in result["output"]
+    assert "\x1b" not in result["output"] and "\x07" not in result["output"]
+
+
+def test_a_hostile_user_on_the_command_line_is_refused():
+    result = run_cli("inventory", "-H", "linaro$(id)@10.0.0.1")
+    assert result["code"] == 2, result
