@@ -6,15 +6,18 @@ exit 2 (or the documented code) before anything touches a box, bounded in time a
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from provision.cli.main import cli
+from sim import kit_archive
 from sim.mirror import build_asset_tree
 from tests.sim.conftest import connect, needs_root, run, sudo
 
@@ -113,3 +116,67 @@ def test_a_box_printing_100_mb_from_bm_version_is_read_bounded(sim_fleet):
     assert host["host"] == "se7-1" and host["status"] != "unreachable", host
     assert result["rss_mib"] < 200, result["rss_mib"]  # the adversarial run measured 541 MB
     assert result["seconds"] < 8, result["seconds"]  # and 8.5 s
+
+
+def hostile_kit(path: Path, extra: tarfile.TarInfo, data: bytes = b"", *, script_mode: int = 0o755) -> Path:
+    """The simulator's kit plus one hostile member (or with memory_edit.sh's mode changed)."""
+    with tarfile.open(path, "w:xz") as tar:
+        for name, content, mode in kit_archive.kit_members():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), script_mode if name.endswith(".sh") else mode
+            tar.addfile(info, io.BytesIO(content))
+        if extra is not None:
+            tar.addfile(extra, io.BytesIO(data) if data else None)
+    return path
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", size: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, size
+    return info
+
+
+HOSTILE_MEMBERS = {
+    "dotdot": (member("memory_edit/../../../../etc/owned", size=3), b"x\n\n"),
+    "absolute": (member("/etc/owned", size=3), b"x\n\n"),
+    "symlink": (member("memory_edit/bintools/evil", tarfile.SYMTYPE, "/etc/shadow"), b""),
+    "hardlink": (member("memory_edit/bintools/evil", tarfile.LNKTYPE, "/etc/shadow"), b""),
+    "outside": (member("elsewhere/file", size=3), b"x\n\n"),
+}
+FAST = ("--connect-timeout", "2", "--reboot-timeout", "15")
+
+
+def work_dir_listing(fleet, name: str) -> list[str]:
+    work = box_data(fleet, name) / "sophon-fleet"
+    return sorted(p.name for p in work.iterdir()) if work.exists() else []
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
+def test_a_hostile_kit_is_refused_on_the_controller_before_any_upload(sim_fleet, tmp_path, case):
+    fleet = sim_fleet(["se7-factory"])
+    kit = hostile_kit(tmp_path / "memory_edit_v2.12.tar.xz", *HOSTILE_MEMBERS[case])
+    before = fleet.hardware("se7-1")
+
+    code, output = invoke(
+        "memory", "apply", "-i", str(fleet.inventory_path), "--kit", str(kit), "--yes", *FAST
+    )
+
+    assert code == 2, output
+    assert str(kit) in output and "kit member" in output
+    assert "free space" not in output
+    assert work_dir_listing(fleet, "se7-1") in ([], ["locks"])  # nothing uploaded, no kit, no tarball
+    assert fleet.hardware("se7-1").boot_id == before.boot_id
+
+
+def test_a_kit_the_box_cannot_unpack_is_cleaned_up_on_the_box(sim_fleet, tmp_path):
+    fleet = sim_fleet(["se7-factory"])
+    kit = hostile_kit(tmp_path / "memory_edit_v2.12.tar.xz", None, script_mode=0o644)
+
+    code, output = invoke(
+        "memory", "apply", "-i", str(fleet.inventory_path), "--kit", str(kit), "--yes", *FAST
+    )
+
+    assert code == 1, output
+    assert "not executable" in output and "free space" not in output
+    leftovers = [n for n in work_dir_listing(fleet, "se7-1") if n.startswith("memory_edit")]
+    assert leftovers == [], leftovers
