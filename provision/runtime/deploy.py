@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from provision import __version__
+from provision import __version__, boxlock
 from provision.assets.cache import Cache
 from provision.assets.pins import Lock
 from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
@@ -234,6 +234,9 @@ def _version_name(value: str) -> str:
         raise FactError(f"the box reports runtime version {value!r}: {exc}") from None
 
 
+LOCK_NAME = "runtime"  # /data/sophon-fleet/locks/runtime.lock: one deploy or rollback per box at a time
+
+
 def deploy_box(
     deployer: Deployer,
     facts: Facts,
@@ -243,13 +246,30 @@ def deploy_box(
     lock: Lock,
     keep: int = 3,
     on_push: Callable[[PushEvent], None] = lambda _e: None,
+    break_lock: bool = False,
 ) -> DeployResult:
-    """Bring one box's runtime up to date; a box already at this version is left alone.
+    """Bring one box's runtime up to date, holding the box's runtime lock; a box already at this version
+    is left alone.
 
     Raises:
+        LockedError: another deploy or rollback holds the box (named in the error).
         NotReadyError: no Python 3 on the box, or no verified model to test against.
         RemoteError / ConnectError / IntegrityError / DiskFullError: from the steps (current is unchanged).
     """
+    with boxlock.box_lock(deployer.transport, LOCK_NAME, "deploy", break_lock=break_lock):
+        return _deploy_locked(deployer, facts, manifest, cache=cache, lock=lock, keep=keep, on_push=on_push)
+
+
+def _deploy_locked(
+    deployer: Deployer,
+    facts: Facts,
+    manifest: Manifest,
+    *,
+    cache: Cache,
+    lock: Lock,
+    keep: int,
+    on_push: Callable[[PushEvent], None],
+) -> DeployResult:
     host = deployer.host
     if not facts.python.version or not facts.arch:
         raise NotReadyError(
@@ -280,8 +300,14 @@ def deploy_box(
     return DeployResult(host, bundle.version, "deployed", previous, report, transferred)
 
 
-def rollback_box(deployer: Deployer) -> DeployResult:
-    """Point `current` back at the version deployed before it (it must still be on the box)."""
+def rollback_box(deployer: Deployer, *, break_lock: bool = False) -> DeployResult:
+    """Point `current` back at the version deployed before it (it must still be on the box), holding the
+    box's runtime lock."""
+    with boxlock.box_lock(deployer.transport, LOCK_NAME, "deploy --rollback", break_lock=break_lock):
+        return _rollback_locked(deployer)
+
+
+def _rollback_locked(deployer: Deployer) -> DeployResult:
     current = deployer.current()
     earlier = [v for v in deployer.history() if v != current]
     if not earlier:
