@@ -266,7 +266,7 @@ def _deploy_locked(
     manifest: Manifest,
     *,
     cache: Cache,
-    lock: Lock,
+    lock: Pins,
     keep: int,
     on_push: Callable[[PushEvent], None],
 ) -> DeployResult:
