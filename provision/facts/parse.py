@@ -349,6 +349,9 @@ def parse_total_mem(text: str) -> Layout:
     for line in text.splitlines():
         words = line.split()
         if len(words) == 2 and words[0] in HEAPS:
+            if words[1] == "absent":  # ion has no such heap: deleted (memory_edit -vpu 0), i.e. 0 MiB
+                sizes[words[0]] = 0
+                continue
             if not words[1].isdigit():
                 raise FactError(f"cannot read /sys/kernel/debug/ion/bm_{words[0]}_heap_dump/total_mem")
             sizes[words[0]] = int(words[1]) // MIB

@@ -38,9 +38,9 @@ except BaseException as e:
 """
 
 _ROOT = (
-    "for k in npu vpu vpp; do "
-    '{ read -r v < "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem"; } 2>/dev/null '
-    '&& echo "$k $v" || echo "$k ?"; done; '
+    "for k in npu vpu vpp; do d=/sys/kernel/debug/ion/bm_${k}_heap_dump; "
+    '{ read -r v < "$d/total_mem"; } 2>/dev/null && echo "$k $v" '
+    '|| { [ -d /sys/kernel/debug/ion ] && [ ! -e "$d" ] && echo "$k absent"; } || echo "$k ?"; done; '
     f'if [ -n "$1" ]; then echo "{MARK}memory_edit_p"; cd "$(dirname "$1")" && ./memory_edit.sh -p 2>&1; fi'
 )
 

@@ -112,13 +112,18 @@ def swap_in(transport: Transport, source: str, sha256: str) -> None:
         raise IntegrityError(f"{name}: {BOOT_IMAGE} reads back as {words[1]}, not {sha256}")
 
 
+# `npu <bytes>` per heap; `absent` when ion is there but the heap is not (deleted with memory_edit `-vpu 0`:
+# the box registers no such heap), `?` when it cannot be read
+HEAPS_SCRIPT = (
+    "for k in npu vpu vpp; do d=/sys/kernel/debug/ion/bm_${k}_heap_dump; "
+    'if v=$(cat "$d/total_mem" 2>/dev/null); then echo "$k $v"; '
+    'elif [ -d /sys/kernel/debug/ion ] && [ ! -e "$d" ]; then echo "$k absent"; else echo "$k ?"; fi; done'
+)
+
+
 def read_heaps(transport: Transport) -> Layout:
-    """Heap sizes now, from debugfs as root."""
-    script = (
-        'for k in npu vpu vpp; do printf "%s " "$k"; '
-        'cat "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem" 2>/dev/null || echo "?"; done'
-    )
-    return parse_total_mem(transport.run(script, sudo=True).stdout)
+    """Heap sizes now, from debugfs as root; a deleted heap reads as 0."""
+    return parse_total_mem(transport.run(HEAPS_SCRIPT, sudo=True).stdout)
 
 
 def latest_backup(transport: Transport) -> Backup:
