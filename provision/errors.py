@@ -3,7 +3,8 @@
     FleetError                    anything the tool reports to the user
     ├── ConfigError               a bad file or flag: inventory, manifest, playbook (exit 2)
     ├── ConnectError              a box cannot be reached or authenticated (exit 4)
-    │   └── HostKeyError          unknown or changed host key
+    │   ├── HostKeyError          unknown or changed host key
+    │   └── UnreachableError      no answer within the timeouts (dark box, dead link): retrying now won't help
     ├── RemoteError               a command on a box failed (exit 1)
     │   └── FactError             a box's output cannot be understood (garbage, truncated)
     ├── NotReadyError             a box is not ready for what was asked (exit 3)
@@ -52,6 +53,10 @@ class ConnectError(FleetError):
 
 class HostKeyError(ConnectError):
     """The box's host key is unknown (and not accepted) or has changed."""
+
+
+class UnreachableError(ConnectError):
+    """No answer from the box within the connect timeout, or its link went dead mid-operation."""
 
 
 class RemoteError(FleetError):

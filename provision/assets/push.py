@@ -29,7 +29,14 @@ from provision.assets.cache import Cache
 from provision.assets.pins import Pins
 from provision.boxpaths import MODELS_DIR
 from provision.boxside import receiver
-from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.errors import (
+    ConnectError,
+    DiskFullError,
+    FleetError,
+    IntegrityError,
+    RemoteError,
+    UnreachableError,
+)
 from provision.manifest import AssetFile, Manifest
 from provision.ssh.channels import (  # re-exported: deploy and tests take them from here
     Channel,
@@ -338,6 +345,8 @@ class BoxPusher:
         """A new channel; None after a connection failure that another attempt may overcome."""
         try:
             return self.open_exec(command)
+        except UnreachableError:
+            raise  # no answer (dark box, dead link): report it now, not after more connect timeouts
         except ConnectError as exc:
             if attempt >= self.retries:
                 raise

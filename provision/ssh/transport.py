@@ -21,6 +21,7 @@ import random
 import select
 import shlex
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,14 @@ from typing import IO, Any, BinaryIO
 
 import paramiko
 
-from provision.errors import ConfigError, ConnectError, FactError, HostKeyError, RemoteError
+from provision.errors import (
+    ConfigError,
+    ConnectError,
+    FactError,
+    HostKeyError,
+    RemoteError,
+    UnreachableError,
+)
 from provision.inventory.hosts import Host, parse_adhoc_host
 
 log = logging.getLogger(__name__)
@@ -52,12 +60,15 @@ SUDO_FAILURES = (
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds for each phase; `command` is the default per-command limit."""
+    """Seconds for each phase; `command` is the default per-command limit. `idle`: how long data we sent
+    may stay unacknowledged by the box before the link counts as dead and the connection is closed (even
+    when a write is blocked in the socket): a dead link is reported within about `idle` + `connect`."""
 
     connect: float = 10.0
     banner: float = 10.0
     auth: float = 15.0
     command: float = 120.0
+    idle: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -237,7 +248,12 @@ class Transport:
             raise
         transport = client.get_transport()
         if transport is not None:
-            transport.set_keepalive(15)
+            # SSH keepalives put data on the wire every idle/3 s, so a dead link leaves data unacknowledged
+            # even while we only wait for output; the socket bounds and the watchdog then end it.
+            transport.set_keepalive(max(1, int(self.timeouts.idle / 3)))
+            if isinstance(transport.sock, socket.socket):
+                bound_socket(transport.sock, self.timeouts.idle)
+                WATCHDOG.watch(transport, self.timeouts.idle, self.host.name)
         return client
 
     def _load_known_hosts(self, client: paramiko.SSHClient) -> None:
@@ -532,6 +548,83 @@ class Connector:
         self.close_all()
 
 
+# ---------------------------------------------------------------------------------------------- dead links
+
+
+def bound_socket(sock: socket.socket, idle: float) -> None:
+    """Make the kernel end a connection whose sent data stays unacknowledged for `idle` s (TCP_USER_TIMEOUT;
+    a blocked write then fails instead of retransmitting for ~15 min), and probe a silent one (keepalive)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = {
+        "TCP_USER_TIMEOUT": int(idle * 1000),
+        "TCP_KEEPIDLE": max(1, int(idle / 3)),
+        "TCP_KEEPINTVL": max(1, int(idle / 6)),
+        "TCP_KEEPCNT": 3,
+    }
+    for name, value in options.items():
+        if hasattr(socket, name):  # Linux has all four; elsewhere the watchdog alone bounds it
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+_TCP_INFO = struct.Struct("8B24I")  # struct tcp_info: 8 u8 fields, then u32 tcpi_rto ... (linux/tcp.h)
+_UNACKED, _LAST_ACK_RECV = 4, 12  # indexes of tcpi_unacked and tcpi_last_ack_recv (ms) among the u32s
+
+
+def stalled_for(sock: socket.socket) -> float | None:
+    """Seconds the oldest unacknowledged data on `sock` has waited for an ACK (0 when nothing is
+    outstanding); None where TCP_INFO is not available."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except OSError:
+        return None
+    if len(raw) < _TCP_INFO.size:
+        return None
+    words = _TCP_INFO.unpack(raw)[8:]
+    return words[_LAST_ACK_RECV] / 1000.0 if words[_UNACKED] else 0.0
+
+
+class _Watchdog:
+    """One thread for every open connection: closes one whose socket has had data unacknowledged for longer
+    than its idle limit. The kernel's TCP_USER_TIMEOUT normally fires first; this is the backstop that does
+    not depend on it, and closing the transport also wakes a write blocked inside paramiko."""
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[paramiko.Transport, float, str]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, transport: paramiko.Transport, idle: float, name: str) -> None:
+        with self._lock:
+            self._watched[id(transport)] = (transport, idle, name)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ssh-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                for key, (transport, idle, name) in list(self._watched.items()):
+                    if not transport.is_active():
+                        del self._watched[key]
+                        continue
+                    stalled = stalled_for(transport.sock)
+                    if stalled is not None and stalled > idle:
+                        log.warning(
+                            "%s: no ACK for %.0f s: the link is dead, closing the connection", name, stalled
+                        )
+                        del self._watched[key]
+                        transport.close()
+                if not self._watched:
+                    self._thread = None
+                    return
+
+
+WATCHDOG = _Watchdog()
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -630,7 +723,7 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
             "or password_env / password_file",
         )
     if isinstance(exc, socket.timeout | TimeoutError):
-        return ConnectError(
+        return UnreachableError(
             f"{where}: no answer within {timeouts.connect:g} s",
             hint="is the box powered on and on this network? (ping it; check the address)",
         )
