@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from provision.boxpaths import LOCK_DIR
 from provision.errors import FleetError, RemoteError
@@ -85,16 +86,26 @@ def release(transport: Transport, name: str) -> None:
     transport.run(["rm", "-rf", "--", lock_path(name)])
 
 
+@dataclass
+class Held:
+    """A lock taken by this run; after the block, `released` says whether it could be removed again."""
+
+    path: str
+    released: bool = False
+
+
 @contextmanager
-def box_lock(transport: Transport, name: str, operation: str, *, break_lock: bool = False) -> Iterator[None]:
+def box_lock(transport: Transport, name: str, operation: str, *, break_lock: bool = False) -> Iterator[Held]:
     """Hold the lock for the duration of the block; released however the block ends (best effort when
-    the box cannot be reached: the lock then says who left it)."""
+    the box cannot be reached: the lock then says who left it, and `Held.released` stays False)."""
     acquire(transport, name, owner_info(operation), break_lock=break_lock)
+    held = Held(lock_path(name))
     try:
-        yield
+        yield held
     finally:
         try:
             release(transport, name)
+            held.released = True
         except FleetError:
             pass  # unreachable box: the owner file tells the next run who left the lock
 

@@ -294,7 +294,9 @@ class Transport:
             channel = transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(
-                f"{self.host.name}: connection lost: {exc}", hint="the box may be rebooting"
+                f"{self.host.name}: connection lost ({str(exc) or type(exc).__name__})",
+                hint="the box may be rebooting, or its link is down (no answer within "
+                f"{self.timeouts.idle:g} s closes a connection)",
             ) from exc
         channel.settimeout(timeout)
         return channel

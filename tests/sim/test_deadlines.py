@@ -111,3 +111,50 @@ def kit_path(tmp_path: Path) -> str:
     from sim import kit_archive
 
     return str(kit_archive.build_kit(tmp_path / "kit").tarball)
+
+
+def test_a_link_cut_during_edit_is_reported_with_boot_untouched_and_runnable_advice(sim_fleet, tmp_path):
+    """Issue 13 item 5: `memedit-slow` holds the `edit` stage; the link is cut once the CLI shows that stage.
+    The report comes within the bound, says /boot was not touched, and its advice runs as printed: it
+    names the lock this run could not remove and the command (with --break-lock) that clears it."""
+    import shlex
+    import subprocess
+    import sys
+
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "memedit-slow")
+    before = fleet.state.box_paths("se7-1").boot_image.read_bytes()
+    exe = str(Path(sys.executable).with_name("sophon-fleet"))
+    command = [exe, "memory", "apply", "-i", str(fleet.inventory_path), "--kit", kit_path(tmp_path), "--yes"]
+    command += ["--connect-timeout", str(CONNECT_TIMEOUT), "--reboot-timeout", "15"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line.split()[1:2] == ["edit"]:
+                break
+        else:
+            raise AssertionError(f"no edit stage in: {''.join(seen)}")
+        fleet.fault("se7-1", "link-down")
+        cut = time.monotonic()
+        out, err = proc.communicate(timeout=BOUND + 30)
+        returned = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        fleet.fault("se7-1", "link-up")
+    assert returned - cut <= BOUND, f"reported {returned - cut:.1f} s after the cut"
+    assert proc.returncode == 4, out + err
+    assert "unreachable" in out and "/boot/emmcboot.itb untouched" in out, out
+    assert "memory rollback" not in out, out  # there is nothing to roll back
+    assert fleet.state.box_paths("se7-1").boot_image.read_bytes() == before
+    advice = [line for line in out.splitlines() if "--break-lock" in line]
+    assert len(advice) == 1 and "/data/sophon-fleet/locks/memory.lock" in advice[0], out
+    again = shlex.split(advice[0].split("`")[1])
+    assert again[:3] == ["sophon-fleet", "memory", "apply"]
+    fleet.fault("se7-1", "heal")  # memedit-slow off; the link is up again
+    done = subprocess.run([exe, *again[1:]], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
