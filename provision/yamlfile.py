@@ -158,7 +158,7 @@ def _convert(
             if key in result:
                 line = key_node.start_mark.line + 1
                 raise ConfigError("duplicate key", file=file, line=line, key=dotted((*path, key)))
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            lines[tuple((*path, key))] = key_node.start_mark.line + 1
             result[key] = _convert(value_node, (*path, key), lines, file, scalars)
         return result
     if isinstance(node, yaml.SequenceNode):
