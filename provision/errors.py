@@ -116,9 +116,12 @@ class RebootTimeout(NotReadyError):
 class LockedError(FleetError):
     """Another run holds the box's lock."""
 
-    def __init__(self, message: str, *, owner: dict[str, object] | None, hint: str) -> None:
+    def __init__(
+        self, message: str, *, owner: dict[str, object] | None, hint: str, heartbeat_age: float | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.owner = owner
+        self.heartbeat_age = heartbeat_age  # seconds since the holder last touched <lock>/heartbeat
 
 
 class SkippedError(FleetError):

@@ -252,6 +252,49 @@ def test_a_lock_held_by_another_run_is_named(sim_fleet, kit):
     assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
 
 
+def test_break_lock_refuses_while_the_owner_runs_on_this_controller(sim_fleet, kit):
+    """Issue 13 item 2: --break-lock checks the owner's pid when the lock was taken on this controller."""
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "memedit-slow")
+    first = start_apply(fleet, kit)
+    seen = []
+    try:
+        read_until(first, "edit", seen)
+        code, doc = apply_json(fleet, kit, "--break-lock")
+        assert code == 3, doc
+        (host,) = doc["hosts"]
+        assert host["result"] == "refused" and host["stage"] == "lock"
+        assert (
+            f"not breaking it: its run (pid {first.pid}) is still running on this controller" in host["error"]
+        )
+    finally:
+        out, err = first.communicate(timeout=90)
+    assert first.returncode == 0, "".join(seen) + err + out
+    assert fleet.hardware("se7-1").boot_count == 2  # only the lock's owner rebooted the box
+
+
+def test_break_lock_from_another_controller_goes_by_the_heartbeat(sim_fleet, kit):
+    """A lock from another controller (its pid cannot be checked here) is broken only once its heartbeat is
+    older than STALE_S."""
+    from provision.boxlock import STALE_S
+
+    fleet = sim_fleet(["se7-factory"])
+    client = connect(fleet, "se7-1")
+    owner = '{"controller": "laptop-2", "operation": "memory apply", "pid": 42, "since": "x", "user": "ops"}'
+    lock = "/data/sophon-fleet/locks/memory.lock"
+    run(client, f"mkdir -p {lock} && echo '{owner}' > {lock}/owner && touch {lock}/heartbeat")
+    code, doc = apply_json(fleet, kit, "--break-lock")
+    assert code == 3, doc
+    assert "not breaking it: its heartbeat is" in doc["hosts"][0]["error"]
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+    status, _ = run(client, f"touch -d '-{int(STALE_S) + 60} seconds' {lock}/heartbeat")
+    client.close()
+    assert status == 0
+    code, doc = apply_json(fleet, kit, "--break-lock")
+    assert code == 0, doc
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupt_at_the_swap_leaves_a_bootable_image(sim_fleet, kit, how):
     fleet = sim_fleet(["se7-factory"])
