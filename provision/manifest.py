@@ -6,6 +6,7 @@ Loading validates the whole file up front; every problem is a ConfigError naming
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,13 @@ class Manifest:
             raise ConfigError(f"model {self.model} has no variant {name!r} (known: {known})") from None
 
 
-def load_manifest(name_or_path: str | Path) -> Manifest:
-    """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS (e.g. the simulated fleet's, which
-    `sim up` writes) and then the built-in `models/`; validated completely."""
+def load_manifest(name_or_path: str | Path, search_first: Sequence[Path] = ()) -> Manifest:
+    """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS, then `search_first` (the directories
+    an inventory names, e.g. the simulated fleet's, which `sim up` writes), then the built-in `models/`;
+    validated completely."""
     path = Path(name_or_path)
     if not path.suffix:
-        search = (*load_settings().models_path, MODELS_DIR)
+        search = (*load_settings().models_path, *search_first, MODELS_DIR)
         path = next(
             (d / f"{name_or_path}.yaml" for d in search if (d / f"{name_or_path}.yaml").exists()),
             MODELS_DIR / f"{name_or_path}.yaml",

@@ -287,7 +287,8 @@ def _deploy_locked(
     previous = facts.runtime
     done = deployer.marker(bundle.version) if previous == bundle.version else None
     if done is not None:
-        return DeployResult(host, bundle.version, "up-to-date", previous, done.get("selftest"))
+        # nothing ran: the selftest of the deploy that put it there would pass old numbers off as new
+        return DeployResult(host, bundle.version, "up-to-date", previous, None)
     deployer.progress(host, "push")
     transferred = deployer.push(bundle, on_push)
     deployer.progress(host, "install")

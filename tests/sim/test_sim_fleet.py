@@ -277,7 +277,7 @@ def test_cli_up_status_fault_reboot_down(tmp_path):
         boxes = json.loads(result.stdout)["boxes"]
         assert [b["boot_count"] for b in boxes] == [1, 2]
         result = runner.invoke(cli, ["sim", "fault", "se7-9", "dark", "--state-dir", state])
-        assert result.exit_code == 7 and "no box 'se7-9'" in result.output
+        assert result.exit_code == 2 and "no box 'se7-9'" in result.output
         result = runner.invoke(cli, ["sim", "up", "--state-dir", state])
         assert result.exit_code == 7 and "already up" in result.output
     finally:
