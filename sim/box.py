@@ -63,26 +63,59 @@ ClientAliveCountMax 3
 """
 
 # systemd units of a simulated box (its /etc/systemd/system is an opaque overlay directory, so none of the
-# host's enabled services leak in). Masked: whatever would touch the host's kernel state or /dev (udev, sysctl,
-# modules, binfmt, static device nodes), consoles and logind (a box is reached over SSH only), and the kernel
-# file systems the box already has (its /sys/kernel/debug is the simulated ION view).
+# host's enabled services leak in). Masked: whatever would touch the host's kernel state or /dev (udev,
+# sysctl, modules, binfmt, static device nodes), consoles and logind (a box is reached over SSH only), the
+# kernel file systems the box already has (its /sys/kernel/debug is the simulated ION view), and boot-time
+# bookkeeping a simulated box does without (each costs 50-200 ms of CPU per boot, and 16 boxes boot at once
+# on 2 cores): the journal stays volatile in /run, no utmp, no sysusers (the accounts are prepared).
 MASKED_UNITS = (
-    "systemd-udevd.service systemd-udev-trigger.service systemd-udevd-control.socket systemd-udevd-kernel.socket "
-    "getty@tty1.service console-getty.service getty.target systemd-logind.service ssh.service sshd.service "
-    "systemd-timesyncd.service systemd-sysctl.service systemd-binfmt.service systemd-modules-load.service "
-    "kmod-static-nodes.service systemd-tmpfiles-setup-dev.service systemd-remount-fs.service modprobe@.service "
-    "systemd-random-seed.service systemd-firstboot.service systemd-repart.service systemd-pcrphase.service "
-    "systemd-pcrphase-sysinit.service systemd-ask-password-wall.path systemd-ask-password-console.path "
-    "systemd-hwdb-update.service ldconfig.service systemd-journal-catalog-update.service "
-    "sys-kernel-debug.mount sys-kernel-tracing.mount sys-kernel-config.mount sys-fs-fuse-connections.mount "
-    "dev-hugepages.mount dev-mqueue.mount proc-sys-fs-binfmt_misc.automount e2scrub_reap.service "
-    "postgresql.service apt-daily.timer apt-daily-upgrade.timer "
-    # boot-time bookkeeping a simulated box does without (each costs 50-200 ms of CPU per boot; 16 boxes boot
-    # at once on 2 cores): the journal stays volatile in /run, no utmp, no sysusers (accounts are prepared)
-    "systemd-journal-flush.service systemd-sysusers.service systemd-update-utmp.service "
-    "systemd-update-utmp-runlevel.service systemd-user-sessions.service systemd-tmpfiles-setup.service "
-    "systemd-tmpfiles-clean.timer"
-).split()
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "getty@tty1.service",
+    "console-getty.service",
+    "getty.target",
+    "systemd-logind.service",
+    "ssh.service",
+    "sshd.service",
+    "systemd-timesyncd.service",
+    "systemd-sysctl.service",
+    "systemd-binfmt.service",
+    "systemd-modules-load.service",
+    "kmod-static-nodes.service",
+    "systemd-tmpfiles-setup-dev.service",
+    "systemd-remount-fs.service",
+    "modprobe@.service",
+    "systemd-random-seed.service",
+    "systemd-firstboot.service",
+    "systemd-repart.service",
+    "systemd-pcrphase.service",
+    "systemd-pcrphase-sysinit.service",
+    "systemd-ask-password-wall.path",
+    "systemd-ask-password-console.path",
+    "systemd-hwdb-update.service",
+    "ldconfig.service",
+    "systemd-journal-catalog-update.service",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+    "e2scrub_reap.service",
+    "postgresql.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "systemd-journal-flush.service",
+    "systemd-sysusers.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-user-sessions.service",
+    "systemd-tmpfiles-setup.service",
+    "systemd-tmpfiles-clean.timer",
+)
 
 SSHD_UNIT = """\
 [Unit]
