@@ -469,6 +469,7 @@ class ChatHandler(BaseHTTPRequestHandler):
                     api.usage(prompt_tokens, completion_tokens),
                 )
                 self._json(200, doc)
+                self.server.metrics.count_request(200)
                 return
             elif kind == "error":
                 self._error(value)
