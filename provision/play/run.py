@@ -32,6 +32,7 @@ from provision.memory.layout import Layout
 from provision.play.playbook import Playbook, Step
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box
 from provision.runtime.deploy import Deployer, deploy_box
+from provision.runtime import serve as serve_core
 from provision.runtime.remote_chat import answer_text, choose_variant, runtime_session
 from provision.settings import Settings
 from provision.ssh.transport import Connector
@@ -325,4 +326,19 @@ class Play:
             f"{options['prompt']!r} → {text.strip()[:60]!r}",
             None,
             {"prompt": options["prompt"], "answer": text},
+        )
+
+    def _serve(self, options: dict[str, Any], state: BoxState) -> tuple:
+        if self.dry_run:
+            return "skipped", "would start sophon-chat.service (dry run)"
+        transport, host = self._transport(state), state.host
+        variant = choose_variant(self._refresh(state), self.manifest, options["variant"], host.name)
+        key = serve_core.ensure_key(serve_core.key_path(self.settings.home, host.name))
+        result = serve_core.serve_up(
+            transport, host.name, serve_core.render_unit(self.manifest, variant, host.user), key
+        )
+        outcome = "changed" if result.changes else "ok"
+        return (
+            outcome,
+            f"{variant} served on port {serve_core.PORT} ({', '.join(result.changes) or 'no changes'})",
         )

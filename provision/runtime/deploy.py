@@ -33,6 +33,7 @@ from provision.boxside import box_install
 from provision.errors import FleetError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
+from provision.runtime.serve import restart_if_serving
 from provision.runtime.wheelhouse import Wheelhouse, ensure_wheelhouse
 from provision.ssh.transport import Transport
 
@@ -259,6 +260,7 @@ def deploy_box(
     report = deployer.selftest(bundle.version, *model_paths(manifest, variant))
     deployer.progress(host, "switch")
     deployer.switch(bundle.version, {"version": bundle.version, "variant": variant, "selftest": report})
+    restart_if_serving(deployer.transport)  # only now: the new version passed its selftest
     deployer.prune(keep, current=bundle.version)
     return DeployResult(host, bundle.version, "deployed", previous, report, transferred)
 
