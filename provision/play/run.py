@@ -30,9 +30,9 @@ from provision.memory import kit as memory_kit
 from provision.memory import plan as memory_plan
 from provision.memory.layout import Layout
 from provision.play.playbook import Playbook, Step
+from provision.runtime import serve as serve_core
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box
 from provision.runtime.deploy import Deployer, deploy_box
-from provision.runtime import serve as serve_core
 from provision.runtime.remote_chat import answer_text, choose_variant, runtime_session
 from provision.settings import Settings
 from provision.ssh.transport import Connector
