@@ -43,6 +43,12 @@ def isolated_settings(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, str(value))
-    for name in ("SOPHON_FLEET_MODELS", "SOPHON_FLEET_MIRRORS", "SSH_AUTH_SOCK"):
+    for name in (
+        "SOPHON_FLEET_MODELS",
+        "SOPHON_FLEET_MODEL",
+        "SOPHON_FLEET_MIRRORS",
+        "SOPHON_FLEET_SIM_PYTHON",
+        "SSH_AUTH_SOCK",
+    ):
         monkeypatch.delenv(name, raising=False)
     return home

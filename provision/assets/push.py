@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from provision.assets.cache import Cache
-from provision.assets.pins import Lock
+from provision.assets.pins import Pins
 from provision.boxpaths import MODELS_DIR
 from provision.boxside import receiver
 from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
@@ -92,7 +92,7 @@ class PushItem:
 
 
 def plan_push(
-    manifest: Manifest, variant: str, *, cache: Cache, lock: Lock, mirror: str | None = None
+    manifest: Manifest, variant: str, *, cache: Cache, lock: Pins, mirror: str | None = None
 ) -> list[PushItem]:
     """What a box running `variant` needs, each file checked against the lock before anything is sent.
 
@@ -108,8 +108,15 @@ def plan_push(
                 f"{file.path} is not pinned: boxes are checked against the lock",
                 hint="run `sophon-fleet assets pull` (or `assets pin`) first",
             )
-        cached = cache.lookup(manifest.model, file.path)
+        cached = cache.lookup(manifest.model, file.path, want.sha256)
         if cached is None and mirror is None:
+            other = cache.named(manifest.model, file.path)
+            if other is not None:
+                raise IntegrityError(
+                    f"{file.path}: the cached copy ({other.sha256[:16]}…) does not match the pinned "
+                    f"{want.sha256[:16]}… ({lock.path.name})",
+                    hint="run `sophon-fleet assets pull` to fetch the pinned file",
+                )
             raise FleetError(f"{file.path} is not in the cache", hint="run `sophon-fleet assets pull` first")
         if cached is not None:
             lock.check(file, cached.size, cached.sha256)
@@ -423,7 +430,7 @@ def push_fleet(
     targets: Sequence[BoxTarget],
     *,
     cache: Cache,
-    lock: Lock,
+    lock: Pins,
     root: str = DEFAULT_ROOT,
     mirror: str | None = None,
     reverify: bool = False,

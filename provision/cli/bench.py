@@ -9,7 +9,7 @@ import click
 
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.fleet import FleetResult, run_fleet
 from provision.manifest import load_manifest
@@ -18,7 +18,7 @@ from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box, write_char
 
 @click.command("bench")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option("--prompt", default=SEED_PROMPT, show_default=True, help="What to ask (the seed's prompt).")
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Answers per box.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Cap each answer.")

@@ -22,7 +22,7 @@ from provision.cli.memory_view import (
     results_exit,
     stage_display,
 )
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.errors import ConfigError
 from provision.facts.parse import gather
@@ -60,7 +60,7 @@ def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--npu", type=click.IntRange(min=0), help="Explicit npu heap, MiB (with --vpu, --vpp)."),
         click.option("--vpu", type=click.IntRange(min=0), help="Explicit vpu heap, MiB."),
         click.option("--vpp", type=click.IntRange(min=0), help="Explicit vpp heap, MiB."),
-        click.option("--model", default="glm4-9b", show_default=True, help="Model manifest."),
+        model_option,
     ]
     for option in reversed(options):
         func = option(func)

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from provision.assets.cache import Cache
 from provision.assets.download import FileDownload
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.assets.sources import source_for_url, sources_for
 from provision.boxpaths import KIT_DIR, WORK_DIR
 from provision.errors import ConfigError, IntegrityError, RemoteError
@@ -80,7 +80,7 @@ def resolve_kit(spec: str | None, manifest: Manifest, settings: Settings) -> Loc
     )
     if not sources:
         raise ConfigError("the manifest's memory_edit kit has no source", hint="give one with --kit FILE|URL")
-    lock = load_lock(manifest)
+    lock = load_pins(manifest)
     got = FileDownload(manifest.model, kit_file, lock, Cache(settings.cache_dir), sources).run()
     if lock.record(kit_file, got.size, got.sha256):
         lock.save()  # pinned on first download; later downloads must match

@@ -17,7 +17,7 @@ from typing import Any
 
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.pins import Lock, load_lock
+from provision.assets.pins import Pins, load_pins
 from provision.assets.push import BoxPusher, plan_push, transport_opener
 from provision.errors import ConnectError, FleetError, NotReadyError
 from provision.facts.parse import Facts, gather
@@ -109,13 +109,13 @@ class Play:
         )
         self.forks = forks or playbook.forks
         self.cache = Cache(settings.cache_dir)
-        self._lock: Lock | None = None
+        self._lock: Pins | None = None
         self._guard = threading.Lock()
 
     @property
-    def lock(self) -> Lock:
+    def lock(self) -> Pins:
         if self._lock is None:
-            self._lock = load_lock(self.manifest)
+            self._lock = load_pins(self.manifest)
         return self._lock
 
     def run(self) -> PlayReport:

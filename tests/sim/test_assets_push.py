@@ -6,7 +6,7 @@ import pytest
 
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.assets.push import BoxTarget, push_fleet
 from provision.errors import DiskFullError
 from provision.manifest import load_manifest
@@ -62,9 +62,9 @@ def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("mirror")
     tree = build_asset_tree(root, bmodel_size=SIZE)
     work = tmp_path_factory.mktemp("controller")
-    (work / "glm4-9b.yaml").write_text(tree.manifest_yaml())
-    manifest = load_manifest(work / "glm4-9b.yaml")
-    lock = load_lock(manifest)
+    (work / "glm4-9b-sim.yaml").write_text(tree.manifest_yaml())
+    manifest = load_manifest(work / "glm4-9b-sim.yaml")
+    lock = load_pins(manifest)
     cache = Cache(work / "cache")
     pull(manifest, ["int4", "int8"], cache=cache, lock=lock, mirrors=[f"file://{root}"], use_dfss=False)
     return tree, manifest, lock, cache
@@ -82,7 +82,7 @@ def test_push_three_boxes_one_link_cut_resumes_then_skips(sim_fleet, assets):
         for name, result in results.items():
             assert not isinstance(result, Exception), (name, result)
             client = connect(fleet, name)
-            vdir = f"{ROOT}/glm4-9b/{variants[name]}"
+            vdir = f"{ROOT}/glm4-9b-sim/{variants[name]}"
             bmodel = BMODELS[variants[name]].rsplit("/", 1)[1]
             status, out = run(client, f"sha256sum {vdir}/{bmodel}; cat {vdir}/{bmodel}.verified; ls {vdir}")
             assert status == 0, out
@@ -162,7 +162,8 @@ def test_link_down_mid_push_completes_after_link_up(sim_fleet, assets):
     victim = names[1]
     fleet.fault(victim, "rate", "100")  # ~12 MB/s: the 24 MiB bmodel takes ~2 s, time to cut it
     part = (
-        fleet.state.box_paths(victim).data / "sophon-fleet/models/glm4-9b/int4/glm4-9b_int4_1dev.bmodel.part"
+        fleet.state.box_paths(victim).data
+        / "sophon-fleet/models/glm4-9b-sim/int4/glm4-9b_int4_1dev.bmodel.part"
     )
     cut = threading.Event()
 

@@ -261,7 +261,9 @@ def test_cli_up_status_fault_reboot_down(tmp_path):
 
         up = json.loads(result.stdout)
         assert [b["profile"] for b in up["boxes"]] == ["se7-small", "se7-int4-only"]
-        assert up["mirror"].startswith("http://10.213.") and up["manifest"].endswith("models/glm4-9b.yaml")
+        assert up["mirror"].startswith("http://10.213.") and up["manifest"].endswith(
+            "models/glm4-9b-sim.yaml"
+        )
         result = runner.invoke(cli, ["sim", "reboot", "se7-2", "--state-dir", state])
         assert result.exit_code == 0, result.output
         result = runner.invoke(cli, ["sim", "status", "--json", "--state-dir", state])
