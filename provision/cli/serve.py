@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
@@ -44,7 +44,7 @@ def _fleet(kwargs: dict[str, Any], one: Any) -> FleetResult:
 
 @serve.command("up")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option(
     "--variant",
     type=click.Choice(["auto", "int8", "int4"]),

@@ -20,7 +20,7 @@ from tests.sim.test_deploy import with_extra_file
 pytestmark = [pytest.mark.sim, needs_root]
 
 UNIT = "/etc/systemd/system/sophon-chat.service"
-MODEL = "glm4-9b"
+MODEL = "glm4-9b-sim"  # the simulated fleet's manifest (tests.sim.flows.use_fleet)
 
 
 @pytest.fixture
