@@ -177,7 +177,9 @@ def render_config(paths: GatewayPaths, listen: str, backends: Sequence[Backend])
         "    balance leastconn",
         "    option httpchk GET /health",
         "    http-check expect status 200",
-        "    default-server inter 1s fall 2 rise 1",
+        "    option http-buffer-request   # the whole request is here, so a retry can resend it",
+        "    # a box that fails a request (refused, 5xx) is out at once; its health check brings it back",
+        "    default-server inter 1s fall 2 rise 1 observe layer7 error-limit 1 on-error mark-down",
         f"    errorfile 503 {paths.dir / 'no-box.http'}",
     ]
     for b in backends:
