@@ -154,6 +154,7 @@ def render_config(paths: GatewayPaths, listen: str, backends: Sequence[Backend])
         "    mode http",
         "    log global",
         "    option abortonclose          # a client that leaves while queued never reaches a box",
+        "    option http-no-delay         # forward every token's chunk at once (no merging of small writes)",
         "    option redispatch 1",
         "    retries 2",
         "    # never started on a box: a refused connection (the per-box hop answers 503), a box loading",
