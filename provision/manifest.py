@@ -86,6 +86,17 @@ class Manifest:
         wanted = {f.id for name in variant_names for f in self.variant(name).files}
         return [f for fid, f in self.files.items() if fid in wanted]
 
+    @property
+    def by_preference(self) -> tuple[Variant, ...]:
+        """The variants, best first: the one needing the most TPU memory (int8 before int4)."""
+        return tuple(sorted(self.variants.values(), key=lambda v: -v.min_heap_mib))
+
+    def check_variant(self, name: str) -> str:
+        """`name` if it is `auto` or one of the manifest's variants. Raises ConfigError (naming them)."""
+        if name != "auto":
+            self.variant(name)
+        return name
+
     def variant(self, name: str) -> Variant:
         try:
             return self.variants[name]

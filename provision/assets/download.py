@@ -20,7 +20,8 @@ from pathlib import Path
 from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix, sha256_file
 from provision.assets.pins import Pins
 from provision.assets.sources import Source, SourceUnavailable, TransferInterrupted, sources_for
-from provision.errors import DiskFullError, FleetError, IntegrityError
+from provision.backoff import backoff_delay
+from provision.errors import DiskFullError, FleetError, IntegrityError, Mismatch
 from provision.manifest import AssetFile, Manifest
 
 
@@ -67,10 +68,6 @@ class PullReport:
     lock_updated: bool = False
 
 
-class _Mismatch(Exception):
-    pass
-
-
 @dataclass
 class FileDownload:
     """One file's way into the cache, over a list of sources in order of preference."""
@@ -83,7 +80,7 @@ class FileDownload:
     progress: ProgressFn = _no_progress
     keep_corrupt: bool = False
     retries: int = 3  # attempts per source
-    backoff: float = 0.5  # seconds, grows linearly with the attempt number
+    backoff: float = 0.5  # seconds before the first retry (provision.backoff)
     transferred: int = 0
     attempts: int = 0
     set_aside: list[str] = field(default_factory=list)
@@ -121,8 +118,8 @@ class FileDownload:
                 except TransferInterrupted as exc:
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
-                    time.sleep(self.backoff * attempt)
-                except _Mismatch as exc:
+                    time.sleep(backoff_delay(attempt, self.backoff))
+                except Mismatch as exc:
                     mismatches += 1
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
@@ -206,7 +203,7 @@ class FileDownload:
             else:
                 part.unlink(missing_ok=True)
             part.with_name(part.name + ".json").unlink(missing_ok=True)
-            raise _Mismatch(exc.message) from exc
+            raise Mismatch(exc.message) from exc
         placed = self.cache.place(part, self.model, self.file.path, sha256, origin)
         self._emit("done", size, size)
         return placed

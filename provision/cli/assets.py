@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -116,7 +117,7 @@ def pull_cmd(
             keep_corrupt=keep_corrupt,
             progress=on_progress,
         )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "file": f.path,
             "status": f.status,

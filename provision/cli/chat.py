@@ -29,7 +29,7 @@ HELP_LINE = (
 @model_option
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Which deployed variant (auto: int8 when verified on the box, else int4).",
@@ -65,6 +65,7 @@ def chat(
     if len(inv.hosts) != 1:
         raise ConfigError(f"{host!r} matches {len(inv.hosts)} hosts; chat talks to exactly one", key="HOST")
     manifest = load_manifest(model)
+    manifest.check_variant(variant)
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])
         chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)

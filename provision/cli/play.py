@@ -12,7 +12,7 @@ from provision.cli.hosts import connector_for, host_options, reach_from, resolve
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.manifest import load_manifest
-from provision.play.playbook import load_playbook
+from provision.play.playbook import check_variants, load_playbook
 from provision.play.run import OUTCOMES, Play, PlayReport
 from provision.settings import load_settings
 
@@ -57,6 +57,7 @@ def play(
     reach = reach_from(kwargs)
     settings = load_settings()
     manifest = load_manifest(book.model or model)
+    check_variants(book, manifest)  # file:line: key, exit 2, nothing connects
     inv = resolve_inventory(reach, settings)
     out.info(
         f"play {book.name or playbook.name}: {len(book.steps)} steps on {len(inv.hosts)} boxes"

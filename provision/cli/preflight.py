@@ -31,7 +31,7 @@ STYLE = {
 @host_options
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Judge for this variant (auto: int8 if the heaps allow, else int4).",
@@ -65,6 +65,7 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
     """
     reach = reach_from(kwargs)
     manifest = load_manifest(model)
+    manifest.check_variant(variant)
     inv = resolve_inventory(reach)
     with connector_for(reach, inv) as connector:
         report = run_preflight(

@@ -130,7 +130,7 @@ def model_paths(manifest: Manifest, variant: str) -> tuple[str, str]:
 def deployed_variant(facts: Facts, manifest: Manifest) -> str | None:
     """The best variant whose files are verified on the box (int8 before int4)."""
     verified = {a.variant for a in facts.assets if a.model == manifest.model and a.verified}
-    return next((v for v in ("int8", "int4") if v in verified and v in manifest.variants), None)
+    return next((v.name for v in manifest.by_preference if v.name in verified), None)
 
 
 class Deployer:

@@ -180,7 +180,7 @@ def test_failed_hosts_and_json_schema():
 
 def test_run_preflight_never_stops_on_a_bad_box():
     from provision.facts.preflight import run_preflight
-    from tests.fakes import FakeTransport, Script
+    from tests.fakes import Reply, ScriptedTransport
 
     case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
     hosts = [Host(name=n, address=n) for n in ("good", "down", "garbage", "good-int4")]
@@ -190,7 +190,7 @@ def test_run_preflight_never_stops_on_a_bad_box():
             if host.name == "down":
                 raise ConnectError(f"{host.name}: connection refused", hint="is sshd running")
             output = "no marker" if host.name == "garbage" else case["output"]
-            return FakeTransport(host, [Script(r"^sh -c ", output)])
+            return ScriptedTransport([Reply(r"^sh -c ", output)], host=host)
 
     hosts[3] = dataclasses.replace(hosts[3], variant="int4")
     report = run_preflight(hosts, FakeConnector(), MANIFEST, forks=2)
