@@ -168,7 +168,7 @@ class Scheduler:
     def __init__(self, metrics: Metrics, queue_bound: int) -> None:
         self.metrics = metrics
         self.queue_bound = queue_bound
-        self.session = None  # set by load(); the worker starts then
+        self.session = None  # type: Any  # a ChatSession once load() has it; the worker starts then
         self.load_error = None  # type: Optional[str]
         self.busy = False
         self._jobs = collections.deque()  # type: Deque[Job]

@@ -330,9 +330,10 @@ class Play:
         result = serve_core.serve_up(
             transport, host.name, serve_core.render_unit(self.manifest, variant, host.user), key
         )
-        outcome = "changed" if result.changes else "ok"
-        changes = ", ".join(result.changes) or "no changes"
-        return StepDone(outcome, f"{variant} served on port {serve_core.PORT} ({changes})")
+        if not result.changes:
+            return StepDone("ok", f"{variant} served on port {serve_core.PORT}, as planned already")
+        changes = ", ".join(result.changes)
+        return StepDone("changed", f"{variant} served on port {serve_core.PORT} ({changes})")
 
 
 @dataclass(frozen=True)
