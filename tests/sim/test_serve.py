@@ -65,7 +65,7 @@ def wait_until(check, timeout: float = 60.0, what: str = "condition"):
         delay = min(delay * 1.5, 1.0)
 
 
-def test_serve_up_is_a_real_enabled_unit_and_a_second_up_changes_nothing(served):
+def test_serve_up_is_a_real_enabled_unit_and_a_second_up_changes_nothing(served, tmp_path):
     client = connect(served, "se7-1")
     code, out = run(client, f"systemd-analyze verify {UNIT} && echo verified")
     assert code == 0 and out.strip().endswith("verified"), out
@@ -77,6 +77,11 @@ def test_serve_up_is_a_real_enabled_unit_and_a_second_up_changes_nothing(served)
     assert "User=linaro" in out and "Restart=on-failure" in out and "runtime/current/venv/bin/python" in out
     again = serve_json(served, "up")
     assert again["changes"] == [] and again["ready"]
+    book = tmp_path / "serve.yml"
+    book.write_text("steps:\n  - serve: {variant: int4}\n")
+    code, out, err = invoke("play", str(book), "-i", str(served.inventory_path), "--json")
+    assert code == 0, out + err
+    assert [r["outcome"] for r in json.loads(out)["results"]] == ["ok"]  # the playbook step: as planned
     status = serve_json(served, "status")
     assert status["unit"]["active"] == "active" and status["health"]["model"] == MODEL
     assert status["health"]["variant"] == "int4" and status["health"]["busy"] is False
