@@ -120,17 +120,20 @@ MASKED_UNITS = (
 SSHD_UNIT = """\
 [Unit]
 Description=OpenSSH server of the simulated box
-After=network.target
+# first thing at boot, in parallel with the rest (a box's network is up before its PID 1 starts)
+DefaultDependencies=no
 
 [Service]
 ExecStart=/usr/sbin/sshd -D -e -f {etc}/sshd_config
+StandardOutput=append:{run}/sshd.log
+StandardError=append:{run}/sshd.log
 RuntimeDirectory=sshd
 RuntimeDirectoryPreserve=yes
 Restart=always
 RestartSec=0.2
 
 [Install]
-WantedBy=multi-user.target
+WantedBy=sysinit.target
 """
 
 REBOOT = """\
@@ -310,8 +313,9 @@ def _systemd_layer(up: Path, paths: BoxPaths) -> None:
     (units / "default.target").symlink_to("/lib/systemd/system/multi-user.target")
     for unit in MASKED_UNITS:
         (units / unit).symlink_to("/dev/null")
-    (units / "sim-sshd.service").write_text(SSHD_UNIT.format(etc=paths.dir / "etc"))
-    (units / "multi-user.target.wants" / "sim-sshd.service").symlink_to("../sim-sshd.service")
+    (units / "sim-sshd.service").write_text(SSHD_UNIT.format(etc=paths.dir / "etc", run=paths.dir / "run"))
+    (units / "sysinit.target.wants").mkdir()
+    (units / "sysinit.target.wants" / "sim-sshd.service").symlink_to("../sim-sshd.service")
     generators = up / "etc" / "systemd" / "system-generators"
     generators.mkdir(parents=True, exist_ok=True)
     for generator in Path("/lib/systemd/system-generators").glob("*"):
