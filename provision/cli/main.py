@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "bench": "provision.cli.bench:bench",
     "play": "provision.cli.play:play",
     "memory": "provision.cli.memory:memory",
+    "serve": "provision.cli.serve:serve",
+    "gateway": "provision.cli.gateway:gateway",
 }
 
 EPILOG = """\b

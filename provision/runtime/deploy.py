@@ -41,6 +41,7 @@ from provision.boxside import box_install
 from provision.errors import FactError, FleetError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
+from provision.runtime.serve import restart_if_serving
 from provision.runtime.wheelhouse import Wheelhouse, ensure_wheelhouse
 from provision.ssh.transport import Transport
 
@@ -297,6 +298,7 @@ def _deploy_locked(
     report = deployer.selftest(bundle.version, *model_paths(manifest, variant))
     deployer.progress(host, "switch")
     deployer.switch(bundle.version, {"version": bundle.version, "variant": variant, "selftest": report})
+    restart_if_serving(deployer.transport)  # only now: the new version passed its selftest
     deployer.prune(keep, current=bundle.version)
     return DeployResult(host, bundle.version, "deployed", previous, report, transferred)
 
