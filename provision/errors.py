@@ -4,7 +4,8 @@
     ├── ConfigError               a bad file or flag: inventory, manifest, playbook (exit 2)
     ├── ConnectError              a box cannot be reached or authenticated (exit 4)
     │   ├── HostKeyError          unknown or changed host key
-    │   └── TransferFailed        a download server stopped mid-file (resumable)
+    │   ├── TransferFailed        a download server stopped mid-file (resumable)
+    │   └── UnreachableError      no answer within the timeouts (dark box, dead link): retrying now won't help
     ├── RemoteError               a command on a box failed (exit 1)
     │   ├── FactError             a box's output cannot be understood (garbage, truncated)
     │   └── SudoError             sudo refused: a wrong password, none given, or not a sudoer
@@ -73,6 +74,10 @@ class HostKeyError(ConnectError):
     """The box's host key is unknown (and not accepted) or has changed."""
 
 
+class UnreachableError(ConnectError):
+    """No answer from the box within the connect timeout, or its link went dead mid-operation."""
+
+
 class RemoteError(FleetError):
     """A command on a box failed."""
 
@@ -120,9 +125,12 @@ class RebootTimeout(NotReadyError):
 class LockedError(FleetError):
     """Another run holds the box's lock."""
 
-    def __init__(self, message: str, *, owner: dict[str, object] | None, hint: str) -> None:
+    def __init__(
+        self, message: str, *, owner: dict[str, object] | None, hint: str, heartbeat_age: float | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.owner = owner
+        self.heartbeat_age = heartbeat_age  # seconds since the holder last touched <lock>/heartbeat
 
 
 class SkippedError(FleetError):
@@ -148,10 +156,12 @@ class ApplyFailed(FleetError):
         hint: str | None = None,
         refused: bool = False,
         cancelled: bool = False,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message, hint=hint)
         self.host, self.stage, self.image, self.backup = host, stage, image, backup
         self.recovery, self.refused, self.cancelled = recovery, refused, cancelled
+        self.unreachable = unreachable  # the box stopped answering (dark, or its link went dead)
 
 
 class Retry(FleetError):

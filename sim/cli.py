@@ -32,7 +32,7 @@ def sim() -> None:
     """Simulated BM1684X boxes to build, test and rehearse on.
 
     \b
-    Each box is a set of Linux namespaces with a real OpenSSH sshd as PID 1 on its own address
+    Each box is a set of Linux namespaces booting real systemd (sshd a unit) on its own address
     (10.213.K.0/24, reachable only from this machine), its own /boot, /data, /opt/sophon, heaps,
     boot_id and reboots. Needs root.
 

@@ -263,12 +263,16 @@ class Fleet:
     def down(self) -> list[str]:
         """Remove everything the fleet made; returns what could not be removed (empty when clean)."""
         st = self.state
+        left: list[str] = []
         self._stop_daemon()
         for pid in st.helper_pids:
             stop_process(pid)
         for ns in st.namespaces:
             kill_namespace_processes(ns)
-        left = net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
+        for record in st.boxes:
+            if not boxmod.remove_cgroup(record.netns):
+                left.append(f"cgroup {boxmod.cgroup_name(record.netns)}")
+        left += net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
         for where in reversed(st.mounts):
             if os.path.ismount(where) and not unmount(where):
                 left.append(f"mount {where}")

@@ -100,6 +100,7 @@ class FileDownload:
         want = self.lock.expected(self.file)
         cached = self.cache.lookup(self.model, self.file.path, want.sha256, self.origins)
         if cached and (want.size is None or cached.size == want.size):
+            self.cache.point_name(self.model, self.file.path, cached.blob)  # repair a stale or lost name
             self._emit("cached", cached.size, cached.size)
             return self._result(cached, "cached", None, 0)
         part = self.cache.part_path(self.model, self.file.path)

@@ -29,7 +29,15 @@ from provision.assets.pins import Pins
 from provision.backoff import backoff_delay
 from provision.boxpaths import MODELS_DIR
 from provision.boxside import receiver
-from provision.errors import Cancelled, ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.errors import (
+    Cancelled,
+    ConnectError,
+    DiskFullError,
+    FleetError,
+    IntegrityError,
+    RemoteError,
+    UnreachableError,
+)
 from provision.fleet import run_fleet
 from provision.manifest import AssetFile, Manifest
 from provision.ssh.channels import (  # re-exported: deploy and tests take them from here
@@ -339,6 +347,8 @@ class BoxPusher:
         """A new channel; None after a connection failure that another attempt may overcome."""
         try:
             return self.open_exec(command)
+        except UnreachableError:
+            raise  # no answer (dark box, dead link): report it now, not after more connect timeouts
         except ConnectError as exc:
             if attempt >= self.retries:
                 raise

@@ -30,16 +30,20 @@ from provision.settings import load_settings
     help="Runtime versions kept on each box (for --rollback).",
 )
 @click.option("--rollback", is_flag=True, help="Switch each box back to the runtime deployed before.")
+@click.option(
+    "--break-lock", is_flag=True, help="Remove a runtime lock left on the boxes by a killed deploy first."
+)
 @json_option
 @click.pass_obj
 @reports_errors
-def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) -> None:
+def deploy(out: Output, model: str, keep: int, rollback: bool, break_lock: bool, **kwargs: Any) -> None:
     """Install the chat runtime on each box and prove it with a selftest.
 
     Each box gets /data/sophon-fleet/runtime/<version>/ (the runtime's code and the wheels for its
     platform from an offline wheelhouse, plus the SAIL wheel when `import sophon.sail` fails), a venv,
     then `python -m chat selftest` against its verified model; only then `current` is switched
-    (atomically). A box already at this version is skipped. Needs `assets push` first.
+    (atomically). A box already at this version is skipped. Needs `assets push` first. Each box is
+    locked while it is deployed (/data/sophon-fleet/locks/runtime.lock): a second deploy is refused.
 
     \b
     Examples:
@@ -61,9 +65,10 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
         def one(host: Any) -> DeployResult:
             deployer = Deployer(connector.transport(host), host.name, progress=progress)
             if rollback:
-                return rollback_box(deployer)
+                return rollback_box(deployer, break_lock=break_lock)
+            facts = gather(deployer.transport)
             return deploy_box(
-                deployer, gather(deployer.transport), manifest, cache=cache, lock=lock, keep=keep
+                deployer, facts, manifest, cache=cache, lock=lock, keep=keep, break_lock=break_lock
             )
 
         result = run_fleet(inv.hosts, one, forks=reach.forks)
@@ -75,7 +80,7 @@ def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
         return
-    rows = []
+    rows: list[tuple[str, Any, str, str]] = []
     for o in result:
         if o.value is None:
             rows.append((o.host.name, styled("failed", "red"), "-", str(o.error.message if o.error else "")))

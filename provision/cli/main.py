@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "config": "provision.cli.config:config",
     "undeploy": "provision.cli.runtime_admin:undeploy",
     "logs": "provision.cli.runtime_admin:logs",
+    "serve": "provision.cli.serve:serve",
+    "gateway": "provision.cli.gateway:gateway",
 }
 
 EPILOG = """\b

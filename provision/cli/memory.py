@@ -14,6 +14,7 @@ import click
 from provision.cli.completion import complete_hosts
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import (
+    Reach,
     connector_for,
     fleet_manifest,
     host_options,
@@ -180,6 +181,8 @@ def apply_command(
             auto_rollback=auto_rollback,
             reboot=RebootPolicy(timeout=reboot_timeout),
             break_lock=break_lock,
+            reach_args=reach_args(reach),
+            apply_args=apply_args(request, kit, manifest_name),
         )
         with interruptible(out) as cancel, stage_display(out, inv.names()) as progress:
             result = apply_fleet(
@@ -195,6 +198,24 @@ def apply_command(
             )
     render_results(out, "memory apply", result, plan=plan_json(request, planned))
     raise SystemExit(int(results_exit(result)))
+
+
+def reach_args(reach: Reach) -> tuple[str, ...]:
+    """The host options that reach these boxes again (for recovery commands printed to the operator)."""
+    words = [w for path in reach.inventories for w in ("-i", path)]
+    words += [w for spec in reach.adhoc for w in ("-H", spec)]
+    return (*words, "--connect-timeout", f"{reach.connect_timeout:g}")
+
+
+def apply_args(request: Request, kit: str | None, model: str) -> tuple[str, ...]:
+    """What `memory apply` was asked for, as options (for the same recovery commands)."""
+    words = ["-m", model] + (["--kit", kit] if kit else [])
+    if request.explicit:
+        layout = request.layout
+        words += ["--npu", str(layout.npu), "--vpu", str(layout.vpu), "--vpp", str(layout.vpp)]
+    if request.variant:
+        words += ["--variant", request.variant]
+    return (*words, "--yes")
 
 
 def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
@@ -259,7 +280,9 @@ def rollback_command(
     if not yes:
         planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
         confirm_reboots(out, planned, yes)
-    options = ApplyOptions(reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock)
+    options = ApplyOptions(
+        reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock, reach_args=reach_args(reach)
+    )
     with (
         connector_for(reach, inv) as connector,
         interruptible(out) as cancel,

@@ -125,7 +125,9 @@ def results_exit(result: FleetResult[Host, BoxResult]) -> Exit:
     """Worst outcome first: interrupted 130, failed/rolled back/skipped 1, unreachable 4, refused 3."""
     errors = [o.error for o in result if o.error is not None]
     refused = [e for e in errors if isinstance(e, ApplyFailed) and e.refused]
-    unreachable = [e for e in errors if isinstance(e, ConnectError)]
+    unreachable = [
+        e for e in errors if isinstance(e, ConnectError) or (isinstance(e, ApplyFailed) and e.unreachable)
+    ]
     if any(isinstance(e, ApplyFailed) and e.cancelled for e in errors):
         return Exit.INTERRUPTED
     if len(errors) > len(refused) + len(unreachable):
@@ -156,7 +158,9 @@ def results_json(
         elif isinstance(o.error, ApplyFailed):
             e = o.error
             entry.update(
-                result="refused" if e.refused else ("interrupted" if e.cancelled else "failed"),
+                result="refused"
+                if e.refused
+                else ("interrupted" if e.cancelled else "unreachable" if e.unreachable else "failed"),
                 stage=e.stage.value,
                 image=e.image,
                 error=e.message,

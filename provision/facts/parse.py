@@ -15,7 +15,7 @@ from typing import Any
 
 from provision.errors import FactError
 from provision.facts.probe import MARK, probe_script
-from provision.memory.layout import HEAPS, MIB, Layout, layout_of, snippet
+from provision.memory.layout import HEAPS, MAX_PLAUSIBLE_DDR_MIB, MIB, Layout, layout_of, snippet
 from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
 from provision.ssh import sudo
 from provision.ssh.transport import Transport, quote_command
@@ -272,9 +272,16 @@ def parse_total_mem(text: str) -> Layout:
     for line in text.splitlines():
         words = line.split()
         if len(words) == 2 and words[0] in HEAPS:
+            if words[1] == "absent":  # ion has no such heap: deleted (memory_edit -vpu 0), i.e. 0 MiB
+                sizes[words[0]] = 0
+                continue
             if not words[1].isdigit():
                 raise FactError(f"cannot read /sys/kernel/debug/ion/bm_{words[0]}_heap_dump/total_mem")
             sizes[words[0]] = int(words[1]) // MIB
+            if sizes[words[0]] > MAX_PLAUSIBLE_DDR_MIB:
+                raise FactError(
+                    f"debugfs claims a {words[0]} heap of {sizes[words[0]]} MiB, more than any DDR"
+                )
     layout = layout_of(sizes)
     if layout is None:
         raise FactError(f"heap sizes incomplete: {snippet(text)}")

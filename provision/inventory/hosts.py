@@ -236,6 +236,9 @@ def _port(entry: Entry, value: Any) -> int:
 def _text(entry: Entry, key: str, value: Any) -> str:
     if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
         raise entry.locate(key, f"must be text, not {type_name(value)}")
+    problem = var_problem(key, str(value))  # whatever source it came from (INI, -H, ssh_config)
+    if problem:
+        raise entry.locate(key, problem)
     return str(value)
 
 

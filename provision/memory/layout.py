@@ -57,6 +57,8 @@ def plan_layout(recommended: Layout, maximum: Layout, min_total: int) -> Layout 
 
 
 MIB = 1024 * 1024
+# No BM1684/X board has more than 16 GiB of DDR; a size a box claims beyond this is garbage or hostile.
+MAX_PLAUSIBLE_DDR_MIB = 64 << 10
 HEAPS = ("npu", "vpu", "vpp")
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from provision.errors import FactError
-from provision.memory.layout import MIB, Layout, layout_of, snippet
+from provision.memory.layout import MAX_PLAUSIBLE_DDR_MIB, MIB, Layout, layout_of, snippet
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,24 @@ def parse_memory_edit_p(text: str) -> MemoryEditReport:
         raise FactError(f"memory_edit.sh -p printed no max sizes: {snippet(text)}")
     if "npu" not in sizes["max"] or ("vpu" not in sizes["max"] and "npu+vpp" not in sizes["max"]):
         raise FactError("memory_edit.sh -p output is truncated (max sizes incomplete)")
+    _check_against_ddr(ddr, sizes)
     return MemoryEditReport(version, dts, ddr, sizes["max"], sizes["now"], tuple(warnings))
+
+
+def _check_against_ddr(ddr: Mapping[str, int], sizes: Mapping[str, Mapping[str, int]]) -> None:
+    """Every size `-p` claims must fit the DDR it reports (its banks), and that must be plausible."""
+    banks = {k: v for k, v in ddr.items() if k != "ddr"}
+    total = sum(banks.values()) if banks else MAX_PLAUSIBLE_DDR_MIB
+    if total > MAX_PLAUSIBLE_DDR_MIB:
+        raise FactError(f"memory_edit.sh -p claims {total} MiB of DDR, more than any BM1684/X board has")
+    for kind, heaps in sizes.items():
+        for heap, mib in heaps.items():
+            if mib > total:
+                raise FactError(
+                    f"memory_edit.sh -p claims {kind} {heap} {mib} MiB, more than the box's DDR "
+                    f"({total} MiB)",
+                    hint="the kit or the box is broken (or hostile): check it with `doctor`",
+                )
 
 
 _CHECK = re.compile(r"^Info: check (npu|vpu|vpp) size: 0x([0-9a-fA-F]+) \[(\d+) MiB\]\s*$")

@@ -11,6 +11,7 @@
       - deploy: {}
       - bench: {runs: 1}
       - chat-check: {prompt: 你好}
+      - serve: {}              # the OpenAI-compatible API as sophon-chat.service
 
 A step is a one-key mapping `{kind: options}`; `options` may be empty. Running a playbook is in
 `provision/play/run.py`; this module only describes and validates.
@@ -74,6 +75,7 @@ STEPS: dict[str, dict[str, Option]] = {
         "chart": Option(str),
     },
     "chat-check": {"prompt": Option(str, "你好"), "max_new_tokens": Option(int, 32)},
+    "serve": {"variant": Option(str, "auto")},  # sophon-chat.service up and ready
 }
 
 TOP: dict[str, Option] = {

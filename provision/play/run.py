@@ -31,6 +31,7 @@ from provision.memory import plan as memory_plan
 from provision.memory.layout import Layout
 from provision.memory.rollout import plan_one
 from provision.play.playbook import STEPS, Playbook, Step
+from provision.runtime import serve as serve_core
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box
 from provision.runtime.deploy import Deployer, deploy_box
 from provision.runtime.remote_chat import answer_text, choose_variant, runtime_session
@@ -339,6 +340,20 @@ class Play:
             {"prompt": options["prompt"], "answer": text},
         )
 
+    def _serve(self, options: dict[str, Any], state: BoxState) -> StepDone:
+        if self.dry_run:
+            return StepDone("skipped", "would start sophon-chat.service (dry run)")
+        transport, host = self._transport(state), state.host
+        variant = choose_variant(self._refresh(state), self.manifest, options["variant"], host.name)
+        key = serve_core.ensure_key(serve_core.key_path(self.settings.home, host.name))
+        result = serve_core.serve_up(
+            transport, host.name, serve_core.render_unit(self.manifest, variant, host.user), key
+        )
+        if not result.changes:
+            return StepDone("ok", f"{variant} served on port {serve_core.PORT}, as planned already")
+        changes = ", ".join(result.changes)
+        return StepDone("changed", f"{variant} served on port {serve_core.PORT} ({changes})")
+
 
 @dataclass(frozen=True)
 class StepKind:
@@ -357,5 +372,6 @@ STEP_RUNNERS: dict[str, StepKind] = {
     "deploy": StepKind(Play._deploy),
     "bench": StepKind(Play._bench),
     "chat-check": StepKind(Play._chat_check),
+    "serve": StepKind(Play._serve),
 }
 assert set(STEP_RUNNERS) == set(STEPS), "every step kind the schema knows is run, and only those"

@@ -21,6 +21,7 @@ import os
 import select
 import shlex
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,14 @@ from typing import IO, Any, BinaryIO, Protocol
 import paramiko
 
 from provision.backoff import backoff_delay
-from provision.errors import ConfigError, ConnectError, HostKeyError, RemoteError
+from provision.errors import (
+    ConfigError,
+    ConnectError,
+    FactError,
+    HostKeyError,
+    RemoteError,
+    UnreachableError,
+)
 from provision.inventory.hosts import Host, parse_adhoc_host
 from provision.ssh.sudo import sudo_error
 
@@ -42,16 +50,22 @@ wire_log = logging.getLogger(f"{__name__}.wire")  # whole command texts (the pro
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 PREFERRED_KEX = ("curve25519-sha256", "curve25519-sha256@libssh.org")
 CHUNK = 1 << 20
+# What one command may print before we stop reading: facts and scripts print kilobytes; a box printing
+# without end (a hostile or broken `bm_version`) must not fill the controller's memory.
+MAX_OUTPUT = 8 << 20
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds for each phase; `command` is the default per-command limit."""
+    """Seconds for each phase; `command` is the default per-command limit. `idle`: how long data we sent
+    may stay unacknowledged by the box before the link counts as dead and the connection is closed (even
+    when a write is blocked in the socket): a dead link is reported within about `idle` + `connect`."""
 
     connect: float = 10.0
     banner: float = 10.0
     auth: float = 15.0
     command: float = 120.0
+    idle: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,8 @@ class Transport(Protocol):
     def connect(self) -> None: ...
 
     def reconnect(self) -> None: ...
+
+    def check_sudo(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -280,7 +296,12 @@ class SshTransport:
             raise
         transport = client.get_transport()
         if transport is not None:
-            transport.set_keepalive(15)
+            # SSH keepalives put data on the wire every idle/3 s, so a dead link leaves data unacknowledged
+            # even while we only wait for output; the socket bounds and the watchdog then end it.
+            transport.set_keepalive(max(1, int(self.timeouts.idle / 3)))
+            if isinstance(transport.sock, socket.socket):
+                bound_socket(transport.sock, self.timeouts.idle)
+                WATCHDOG.watch(transport, self.timeouts.idle, self.host.name)
         return client
 
     def _load_known_hosts(self, client: paramiko.SSHClient) -> None:
@@ -321,7 +342,9 @@ class SshTransport:
             channel = transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(
-                f"{self.host.name}: connection lost: {exc}", hint="the box may be rebooting"
+                f"{self.host.name}: connection lost ({str(exc) or type(exc).__name__})",
+                hint="the box may be rebooting, or its link is down (no answer within "
+                f"{self.timeouts.idle:g} s closes a connection)",
             ) from exc
         channel.settimeout(timeout)
         return channel
@@ -339,6 +362,7 @@ class SshTransport:
             (password + "\n").encode() if password is not None else b"",
             "sudo true",
             self.timeouts.command,
+            MAX_OUTPUT,
         )
         if not result.ok:
             raise sudo_error(self.host.name, result.stderr) or command_failed(self.host, result, sudo=True)
@@ -352,11 +376,13 @@ class SshTransport:
         timeout: float | None = None,
         stdin: bytes | str | None = None,
         check: bool = True,
+        max_output: int = MAX_OUTPUT,
     ) -> Result:
         """Run a command and wait for it. A list is quoted word by word; a string is taken as shell code.
 
         `sudo=True` runs it as root (`sudo -S`, password on stdin; stdin data is not allowed then).
-        Raises RemoteError when it exits non-zero (with `check`) or times out, ConnectError when the box
+        Raises RemoteError when it exits non-zero (with `check`) or times out, FactError when it prints
+        more than `max_output` bytes (on stdout or stderr; reading stops there), ConnectError when the box
         cannot be reached.
         """
         text = command if isinstance(command, str) else quote_command(command)
@@ -371,23 +397,29 @@ class SshTransport:
         limit = self.timeouts.command if timeout is None else timeout
         log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", _short(text, 160))
         wire_log.debug("%s: the whole command: %s", self.host.name, text)
-        result = self._exec(wire, payload, text, limit)
+        result = self._exec(wire, payload, text, limit, max_output)
         log.debug("%s: exit %d after %.3f s", self.host.name, result.exit_code, result.seconds)
         if check and not result.ok:
             raise command_failed(self.host, result, sudo=sudo)
         return result
 
-    def _exec(self, wire: str, payload: bytes, text: str, limit: float) -> Result:
+    def _exec(self, wire: str, payload: bytes, text: str, limit: float, max_output: int) -> Result:
         """Run the command line `wire` (shown as `text`), send `payload` on stdin, wait up to `limit` s."""
         started = time.monotonic()
         channel = self._session(limit)
         try:
             channel.exec_command(wire)
             _send_stdin(channel, payload)
-            out, err = _drain(channel, started + limit)
+            out, err = _drain(channel, started + limit, max_output)
             code = channel.recv_exit_status()
             if code == -1 and not self._active():
                 raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`")
+        except _TooMuchOutput as exc:
+            raise FactError(
+                f"{self.host.name}: `{_short(text)}` printed more than {max_output >> 20} MiB; "
+                "stopped reading",
+                hint="the box's tools print far more than they should: check it with `doctor`",
+            ) from exc
         except TimeoutError as exc:
             raise RemoteError(
                 f"{self.host.name}: `{_short(text)}` timed out after {limit:g} s",
@@ -426,6 +458,8 @@ class SshTransport:
             channel.shutdown_write()
             _, err = _drain(channel, time.monotonic() + limit)
             code = channel.recv_exit_status()
+        except _TooMuchOutput as exc:
+            raise FactError(f"{self.host.name}: writing {remote_path} printed more than expected") from exc
         except TimeoutError as exc:
             raise RemoteError(f"{self.host.name}: writing {remote_path} timed out after {limit:g} s") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -591,6 +625,84 @@ class Connector:
         self.close_all()
 
 
+# ---------------------------------------------------------------------------------------------- dead links
+
+
+def bound_socket(sock: socket.socket, idle: float) -> None:
+    """Make the kernel end a connection whose sent data stays unacknowledged for `idle` s (TCP_USER_TIMEOUT;
+    a blocked write then fails instead of retransmitting for ~15 min), and probe a silent one (keepalive)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = {
+        "TCP_USER_TIMEOUT": int(idle * 1000),
+        "TCP_KEEPIDLE": max(1, int(idle / 3)),
+        "TCP_KEEPINTVL": max(1, int(idle / 6)),
+        "TCP_KEEPCNT": 3,
+    }
+    for name, value in options.items():
+        if hasattr(socket, name):  # Linux has all four; elsewhere the watchdog alone bounds it
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+_TCP_INFO = struct.Struct("8B24I")  # struct tcp_info: 8 u8 fields, then u32 tcpi_rto ... (linux/tcp.h)
+_UNACKED, _LAST_ACK_RECV = 4, 12  # indexes of tcpi_unacked and tcpi_last_ack_recv (ms) among the u32s
+
+
+def stalled_for(sock: socket.socket) -> float | None:
+    """Seconds the oldest unacknowledged data on `sock` has waited for an ACK (0 when nothing is
+    outstanding); None where TCP_INFO is not available."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except OSError:
+        return None
+    if len(raw) < _TCP_INFO.size:
+        return None
+    words = _TCP_INFO.unpack(raw)[8:]
+    return words[_LAST_ACK_RECV] / 1000.0 if words[_UNACKED] else 0.0
+
+
+class _Watchdog:
+    """One thread for every open connection: closes one whose socket has had data unacknowledged for longer
+    than its idle limit. The kernel's TCP_USER_TIMEOUT normally fires first; this is the backstop that does
+    not depend on it, and closing the transport also wakes a write blocked inside paramiko."""
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[paramiko.Transport, float, str]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, transport: paramiko.Transport, idle: float, name: str) -> None:
+        with self._lock:
+            self._watched[id(transport)] = (transport, idle, name)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ssh-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                for key, (transport, idle, name) in list(self._watched.items()):
+                    if not transport.is_active():
+                        del self._watched[key]
+                        continue
+                    sock = transport.sock
+                    stalled = stalled_for(sock) if isinstance(sock, socket.socket) else None
+                    if stalled is not None and stalled > idle:
+                        log.warning(
+                            "%s: no ACK for %.0f s: the link is dead, closing the connection", name, stalled
+                        )
+                        del self._watched[key]
+                        transport.close()
+                if not self._watched:
+                    self._thread = None
+                    return
+
+
+WATCHDOG = _Watchdog()
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -690,7 +802,7 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
             "or password_env / password_file",
         )
     if isinstance(exc, socket.timeout | TimeoutError):
-        return ConnectError(
+        return UnreachableError(
             f"{where}: no answer within {timeouts.connect:g} s",
             hint="is the box powered on and on this network? (ping it; check the address)",
         )
@@ -756,15 +868,25 @@ def _wait_readable(channel: paramiko.Channel, deadline: float) -> None:
     select.select([channel], [], [], min(remaining, 1.0))
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
-    """All of stdout and stderr until the command exits; TimeoutError past the deadline."""
+class _TooMuchOutput(Exception):
+    """A command printed more than its limit."""
+
+
+def _drain(channel: paramiko.Channel, deadline: float, limit: int = MAX_OUTPUT) -> tuple[bytes, bytes]:
+    """All of stdout and stderr until the command exits; TimeoutError past the deadline, _TooMuchOutput
+    past `limit` bytes on either stream."""
     out: list[bytes] = []
     err: list[bytes] = []
+    sizes = [0, 0]
     while True:
         while channel.recv_ready():
             out.append(channel.recv(CHUNK))
+            sizes[0] += len(out[-1])
         while channel.recv_stderr_ready():
             err.append(channel.recv_stderr(CHUNK))
+            sizes[1] += len(err[-1])
+        if max(sizes) > limit:
+            raise _TooMuchOutput
         if channel.exit_status_ready() and (channel.eof_received or channel.closed):
             if not channel.recv_ready() and not channel.recv_stderr_ready():
                 return b"".join(out), b"".join(err)

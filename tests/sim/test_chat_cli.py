@@ -150,6 +150,9 @@ def spawn_chat(fleet, *args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(os.environ),
+        # as from a terminal: a run started in the background (`make test &`) inherits SIGINT ignored,
+        # and Python then never raises KeyboardInterrupt for the Ctrl-C this test sends
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
