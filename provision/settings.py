@@ -89,7 +89,7 @@ def _layered(env: Mapping[str, str], config: ConfigFile) -> tuple[dict[str, Any]
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for key in KEYS:
-        var, read = _ENV.get(key, (None, None))
+        var, read = _ENV.get(key, ("", str))
         if var and env.get(var):
             values[key], origins[key] = read(env[var]), f"env {var}"
             if key == "models" and "models" in config.values:

@@ -55,7 +55,9 @@ def completion(out: Output, shell: str) -> None:
     """
     from provision.cli.main import cli
 
-    script = get_completion_class(shell)(cli, {}, "sophon-fleet", COMPLETE_VAR).source()
+    shell_class = get_completion_class(shell)
+    assert shell_class is not None  # click knows bash, zsh and fish
+    script = shell_class(cli, {}, "sophon-fleet", COMPLETE_VAR).source()
     if out.json:
         out.emit_json({"shell": shell, "install": INSTALL[shell], "script": script})
         return

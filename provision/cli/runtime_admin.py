@@ -47,7 +47,7 @@ def undeploy(out: Output, version: str | None, everything: bool, **kwargs: Any) 
                 "hosts": [
                     {"ok": True, **o.value.as_dict()}
                     if o.value is not None
-                    else {"host": o.host.name, "ok": False, "error": o.error.message, "hint": o.error.hint}
+                    else {"host": o.host.name, "ok": False, "error": str(o.result), "hint": _hint(o.error)}
                     for o in result
                 ]
             }
@@ -66,6 +66,10 @@ def undeploy(out: Output, version: str | None, everything: bool, **kwargs: Any) 
                 rows.append((o.host.name, styled("failed", "red"), "-", "-", o.error.message + hint))
         out.table("undeploy", ["host", "result", "removed", "left", "why"], rows)
     exit_with_worst(o.error for o in result)
+
+
+def _hint(error: Any) -> str | None:
+    return getattr(error, "hint", None)
 
 
 @click.command("logs")
