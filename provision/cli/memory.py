@@ -28,7 +28,7 @@ from provision.cli.memory_view import (
     results_exit,
     stage_display,
 )
-from provision.cli.options import json_option, model_option
+from provision.cli.options import json_option, model_name, model_option
 from provision.cli.output import Output, plural
 from provision.errors import ConfigError
 from provision.fleet import run_fleet
@@ -180,7 +180,7 @@ def apply_command(
             reboot=RebootPolicy(timeout=reboot_timeout),
             break_lock=break_lock,
             reach_args=reach_args(reach),
-            apply_args=apply_args(request, kit, manifest_name),
+            apply_args=apply_args(request, kit, model_name(manifest_name, inv.model)),
         )
         with interruptible(out) as cancel, stage_display(out, inv.names()) as progress:
             result = apply_fleet(
