@@ -16,6 +16,7 @@ from provision.cli.hosts import Reach, connector_for, host_options, reach_from, 
 from provision.cli.memory_view import (
     plan_exit,
     plan_json,
+    render_backups,
     render_plan,
     render_results,
     results_exit,
@@ -26,7 +27,7 @@ from provision.cli.output import Output
 from provision.errors import ConfigError
 from provision.fleet import run_fleet
 from provision.manifest import load_manifest
-from provision.memory.apply import ApplyOptions, rollback_box
+from provision.memory.apply import ApplyOptions, backups_of, rollback_box
 from provision.memory.kit import resolve_kit, shared_kit
 from provision.memory.layout import Layout
 from provision.memory.plan import Action, BoxPlan, Request, request_for
@@ -251,14 +252,27 @@ def interruptible(out: Output) -> Iterator[threading.Event]:
 @click.argument("host")
 @host_options
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before rebooting the box.")
+@click.option(
+    "--to",
+    "to",
+    metavar="BACKUP|factory",
+    help="Which backup: its name or time stamp (see `memory backups`), or `factory` (the first one made).",
+)
 @reboot_options
 @json_option
 @click.pass_obj
 @reports_errors
 def rollback_command(
-    out: Output, host: str, yes: bool, reboot_timeout: float, break_lock: bool, **kwargs: Any
+    out: Output, host: str, yes: bool, to: str | None, reboot_timeout: float, break_lock: bool, **kwargs: Any
 ) -> None:
-    """Restore the newest boot image backup `memory apply` made on HOST (sha256 verified), reboot, verify.
+    """Restore a boot image backup `memory apply` made on HOST (the newest, or --to; sha256 verified),
+    reboot, verify.
+
+    \b
+    Examples:
+      sophon-fleet memory rollback se7-1 -i hosts.yml
+      sophon-fleet memory rollback se7-1 -i hosts.yml --to factory
+      sophon-fleet memory rollback se7-1 -i hosts.yml --to 20260101T120000Z
 
     Exit 0 when the box runs the restored layout, 1 otherwise, 4 when it cannot be reached.
     """
@@ -269,7 +283,10 @@ def rollback_command(
         planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
         confirm_reboots(out, planned, yes)
     options = ApplyOptions(
-        reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock, reach_args=reach_args(reach)
+        reboot=RebootPolicy(timeout=reboot_timeout),
+        break_lock=break_lock,
+        reach_args=reach_args(reach),
+        rollback_to=to,
     )
     with (
         connector_for(reach, inv) as connector,
@@ -282,3 +299,25 @@ def rollback_command(
         )
     render_results(out, "memory rollback", result)
     raise SystemExit(int(results_exit(result)))
+
+
+@memory.command("backups")
+@click.argument("host")
+@host_options
+@json_option
+@click.pass_obj
+@reports_errors
+def backups_command(out: Output, host: str, **kwargs: Any) -> None:
+    """List the boot image backups on HOST (sha256, layout, date; the first is the factory image), with
+    what /boot holds now and what the box booted with. Changes nothing.
+
+    \b
+    Examples:
+      sophon-fleet memory backups se7-1 -i hosts.yml
+      sophon-fleet memory backups se7-1 -i hosts.yml --json
+    """
+    reach = reach_from(kwargs)
+    inv = resolve_inventory(Reach(**{**reach.__dict__, "limit": host}))
+    with connector_for(reach, inv) as connector:
+        state = backups_of(connector.transport(inv.hosts[0]))
+    render_backups(out, inv.hosts[0].name, state)
