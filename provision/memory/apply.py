@@ -23,12 +23,21 @@ from enum import Enum
 
 from provision import boxlock
 from provision.boxpaths import BOOT_IMAGE
-from provision.errors import ApplyFailed, ConnectError, FactError, FleetError, IntegrityError, RemoteError
+from provision.errors import (
+    ApplyFailed,
+    ConnectError,
+    DiskFullError,
+    FactError,
+    FleetError,
+    IntegrityError,
+    RemoteError,
+)
 from provision.memory import kit as memory_kit
 from provision.memory.bootimage import (
     MEMEDIT_BAK,
     Backup,
     BootState,
+    check_boot_room,
     find_backup,
     make_backup,
     read_boot_state,
@@ -276,6 +285,12 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
         run.backup = running
         run.progress(run.name, Stage.SWAP, f"the image for {target} is already in {BOOT_IMAGE}")
     else:
+        try:
+            check_boot_room(run.t)
+        except DiskFullError as exc:
+            raise ApplyFailed(
+                f"{exc.message}", host=run.name, stage=Stage.CHECK, image="old", hint=exc.hint, refused=True
+            ) from exc
         run.enter(Stage.EDIT, f"memory_edit -c {target}")
         new_image = edit(run, folder, target)
         run.enter(Stage.BACKUP)

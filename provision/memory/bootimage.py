@@ -92,6 +92,26 @@ echo "swapped $(sha256sum "$dst" | cut -d' ' -f1)"
 """
 
 
+def check_boot_room(transport: Transport) -> None:
+    """/boot (a small FAT partition) must hold a second image beside the current one during a swap: refuse
+    before anything is written when it cannot (the swap itself checks again).
+
+    Raises:
+        DiskFullError: with the KiB free and needed.
+    """
+    script = (
+        f"need=$(( $(stat -c %s {BOOT_IMAGE}) / 1024 + 1024 )); "
+        "avail=$(df -Pk /boot | awk 'NR==2 {print $4}'); echo \"$avail $need\""
+    )
+    words = transport.run(script, sudo=True).stdout.split()
+    if len(words) == 2 and all(w.isdigit() for w in words) and int(words[0]) < int(words[1]):
+        raise DiskFullError(
+            f"{transport.host.name}: /boot has {words[0]} KiB free, a swap needs {words[1]} KiB "
+            f"(a copy of the new image beside {BOOT_IMAGE}); nothing was changed",
+            hint="free space in /boot (old copies such as emmcboot.itb.memeditBak can go once verified)",
+        )
+
+
 def swap_in(transport: Transport, source: str, sha256: str) -> None:
     """Replace /boot/emmcboot.itb by `source` atomically (temp copy, sync, verify, rename, sync, read back).
     Raises DiskFullError / IntegrityError; /boot/emmcboot.itb is then the old image, or — only when the

@@ -508,3 +508,28 @@ def test_after_a_kill_at_the_swap_a_new_target_labels_backups_from_the_image(sim
     assert boot_sha(fleet, "se7-1") == factory
     labels = {b["sha256"]: b["layout"] for b in backups_json(fleet)["backups"]}
     assert labels == {factory: [3950, 2048, 3072], pending: [7615, 3071, 3071]}  # never the running heaps
+
+
+def test_a_swap_into_a_too_full_boot_is_refused_before_anything_is_replaced(sim_fleet, kit):
+    """Issue 13 item 11: the sim's /boot is size-limited (a tmpfs standing in for the FAT partition); with
+    less room than a second image needs, apply refuses before memory_edit runs."""
+    fleet = sim_fleet(["se7-factory"])
+    client = connect(fleet, "se7-1")
+    status, out = run(client, "df -Pk /boot | awk 'NR==2 {print $2, $4}'")
+    total, free = (int(w) for w in out.split())
+    assert total <= 64 * 1024, out  # not an unlimited bind mount
+    image_kib = fleet.state.box_paths("se7-1").boot_image.stat().st_size // 1024
+    filler = (free - image_kib - 512) * 1024  # leaves less than the image + 1 MiB a swap needs
+    assert sudo(client, f"fallocate -l {filler} /boot/filler")[0] == 0
+    before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
+
+    code, doc = apply_json(fleet, kit)
+
+    assert code == 3, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "refused" and host["stage"] == "check" and host["image"] == "old", host
+    assert "/boot has" in host["error"] and "nothing was changed" in host["error"]
+    assert boot_sha(fleet, "se7-1") == before and fleet.hardware("se7-1").boot_id == boot
+    status, out = run(client, "ls -a /boot")
+    client.close()
+    assert sorted(out.split()) == [".", "..", "emmcboot.itb", "filler", "multi.its"], out
