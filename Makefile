@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_NEEDS := /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/scp:openssh-client \
              /usr/bin/sudo:sudo /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/xz:xz-utils \
-             /usr/bin/openssl:openssl
+             /usr/bin/openssl:openssl /usr/sbin/haproxy:haproxy /usr/bin/curl:curl
 
 .PHONY: setup test lint compat pytest test-reference demo clean-sim
 

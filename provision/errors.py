@@ -7,7 +7,8 @@
     │   ├── TransferFailed        a download server stopped mid-file (resumable)
     │   └── UnreachableError      no answer within the timeouts (dark box, dead link): retrying now won't help
     ├── RemoteError               a command on a box failed (exit 1)
-    │   └── FactError             a box's output cannot be understood (garbage, truncated)
+    │   ├── FactError             a box's output cannot be understood (garbage, truncated)
+    │   └── SudoError             sudo refused: a wrong password, none given, or not a sudoer
     ├── NotReadyError             a box is not ready for what was asked (exit 3)
     │   └── RebootTimeout         a box did not come back from its reboot in time
     ├── IntegrityError            a size or sha256 does not match (exit 5)
@@ -83,6 +84,14 @@ class RemoteError(FleetError):
 
 class FactError(RemoteError):
     """Output gathered from a box cannot be parsed (garbage, truncated, an error line)."""
+
+
+class SudoError(RemoteError):
+    """sudo refused: `refusal` is "wrong-password", "no-password" or "not-allowed" (provision/ssh/sudo.py)."""
+
+    def __init__(self, message: str, *, refusal: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.refusal = refusal
 
 
 class NotReadyError(FleetError):

@@ -6,6 +6,7 @@ Loading validates the whole file up front; every problem is a ConfigError naming
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,17 @@ class Manifest:
         wanted = {f.id for name in variant_names for f in self.variant(name).files}
         return [f for fid, f in self.files.items() if fid in wanted]
 
+    @property
+    def by_preference(self) -> tuple[Variant, ...]:
+        """The variants, best first: the one needing the most TPU memory (int8 before int4)."""
+        return tuple(sorted(self.variants.values(), key=lambda v: -v.min_heap_mib))
+
+    def check_variant(self, name: str) -> str:
+        """`name` if it is `auto` or one of the manifest's variants. Raises ConfigError (naming them)."""
+        if name != "auto":
+            self.variant(name)
+        return name
+
     def variant(self, name: str) -> Variant:
         try:
             return self.variants[name]
@@ -95,12 +107,13 @@ class Manifest:
             raise ConfigError(f"model {self.model} has no variant {name!r} (known: {known})") from None
 
 
-def load_manifest(name_or_path: str | Path) -> Manifest:
-    """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS (e.g. the simulated fleet's, which
-    `sim up` writes) and then the built-in `models/`; validated completely."""
+def load_manifest(name_or_path: str | Path, search_first: Sequence[Path] = ()) -> Manifest:
+    """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS, then `search_first` (the directories
+    an inventory names, e.g. the simulated fleet's, which `sim up` writes), then the built-in `models/`;
+    validated completely."""
     path = Path(name_or_path)
     if not path.suffix:
-        search = (*load_settings().models_path, MODELS_DIR)
+        search = (*load_settings().models_path, *search_first, MODELS_DIR)
         path = next(
             (d / f"{name_or_path}.yaml" for d in search if (d / f"{name_or_path}.yaml").exists()),
             MODELS_DIR / f"{name_or_path}.yaml",

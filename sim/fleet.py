@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from provision.errors import SimError
+from provision.errors import ConfigError, SimError
 from provision.settings import load_settings
 from sim import box as boxmod
 from sim import hw as hwmod
@@ -35,6 +35,7 @@ from sim.state import BoxRecord, FleetState, hw_lock, read_status
 PASSWORD = "linaro"  # the factory password of real boxes (linaro/linaro)
 SITE_PACKAGES = {"3.8": ("numpy==1.24.4",)}  # numpy as the boxes' Ubuntu 20.04 + pip has it
 SITE_PACKAGES_OTHER = ("numpy>=1.26,<3",)  # a host interpreter standing in for 3.8
+MIRROR_FAULTS = ("link-down", "link-up", "rate", "heal")
 FAULTS = (
     "dark",
     "slow-boot",
@@ -94,7 +95,9 @@ class Fleet:
         state_dir = Path(state_dir)
         if (state_dir / "fleet.json").exists():
             raise SimError(
-                f"a simulated fleet is already up in {state_dir}", hint="run `sophon-fleet sim down` first"
+                f"a simulated fleet is already up in {state_dir}",
+                hint=f"use it (-i {state_dir / 'inventory.yml'}), remove it with `sophon-fleet sim down "
+                f"--state-dir {state_dir}`, or give another --state-dir for a second fleet",
             )
         state_dir.mkdir(parents=True, exist_ok=True)
         with net.allocation_lock():
@@ -261,12 +264,16 @@ class Fleet:
     def down(self) -> list[str]:
         """Remove everything the fleet made; returns what could not be removed (empty when clean)."""
         st = self.state
+        left: list[str] = []
         self._stop_daemon()
         for pid in st.helper_pids:
             stop_process(pid)
         for ns in st.namespaces:
             kill_namespace_processes(ns)
-        left = net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
+        for record in st.boxes:
+            if not boxmod.remove_cgroup(record.netns):
+                left.append(f"cgroup {boxmod.cgroup_name(record.netns)}")
+        left += net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
         for where in reversed(st.mounts):
             if os.path.ismount(where) and not unmount(where):
                 left.append(f"mount {where}")
@@ -379,7 +386,13 @@ class Fleet:
         paths = self.state.box_paths(name)
         fleet_net = net.FleetNet(self.state.k)
         if fault not in FAULTS:
-            raise SimError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+            raise ConfigError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})", key="FAULT")
+        if record.role == "mirror" and fault not in MIRROR_FAULTS:
+            raise ConfigError(
+                f"the mirror node takes only {', '.join(MIRROR_FAULTS)}, not {fault!r}", key="FAULT"
+            )
+        if record.role == "mirror":
+            return self._mirror_fault(record, fleet_net, fault, arg)
         with hw_lock(paths.dir):
             hw = BoxHardware.load(paths.dir)
             message = self._apply_fault(hw, paths, record, fleet_net, fault, arg)
@@ -388,6 +401,17 @@ class Fleet:
         if fault == "heal":
             self.request(name, "heal")
         return message
+
+    def _mirror_fault(self, record: BoxRecord, fleet_net: net.FleetNet, fault: str, arg: str | None) -> str:
+        """The mirror node has no hardware: only its link can be cut or limited."""
+        if fault == "rate":
+            mbit = _int_arg(fault, arg)
+            net.set_rate(fleet_net, record.netns, mbit or None)
+            return f"mirror: link limited to {mbit} Mbit/s" if mbit else "mirror: link unlimited"
+        net.set_link(fleet_net, record.netns, up=fault != "link-down")
+        if fault == "heal":
+            net.set_rate(fleet_net, record.netns, None)
+        return {"link-down": "mirror: link down", "link-up": "mirror: link up"}.get(fault, "mirror: healed")
 
     def _apply_fault(
         self,
@@ -398,9 +422,8 @@ class Fleet:
         fault: str,
         arg: str | None,
     ) -> str:
-        profile = get_profile(record.profile)
         if fault == "heal":
-            return self._heal(hw, paths, record, fleet_net, profile)
+            return self._heal(hw, paths, record, fleet_net, get_profile(record.profile))
         if fault in ("link-down", "link-up"):
             net.set_link(fleet_net, record.netns, up=fault == "link-up")
             _toggle(hw, "link-down", fault == "link-down")
@@ -484,6 +507,9 @@ class Fleet:
             "groups": {"sim": {"hosts": [b.name for b in self.boxes]}},
             "hosts": {b.name: {"address": b.address} for b in self.boxes},
         }
+        if self.mirror is not None:  # its manifest, pinned to the mirror: the inventory alone is enough
+            doc["models"] = str(self.manifest_path.parent)
+            doc["model"] = self.manifest_path.stem
         header = f"# Simulated fleet (sophon-fleet sim up), state in {st.dir}\n"
         self.inventory_path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
 
@@ -497,7 +523,7 @@ def _toggle(hw: BoxHardware, fault: str, on: bool) -> None:
 
 def _int_arg(fault: str, arg: str | None) -> int:
     if arg is None or not arg.isdigit():
-        raise SimError(f"fault {fault} needs a number, e.g. `sim fault se7-1 {fault} 100`")
+        raise ConfigError(f"fault {fault} needs a number, e.g. `sim fault se7-1 {fault} 100`", key="ARG")
     return int(arg)
 
 
@@ -618,4 +644,8 @@ def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def describe(view: BoxView) -> dict[str, object]:
-    return asdict(view)
+    """A box for `sim status --json`: heaps named as everywhere else ({npu, vpu, vpp, total} MiB)."""
+    doc = asdict(view)
+    npu, vpu, vpp = view.heaps
+    doc["heaps"] = {"npu": npu, "vpu": vpu, "vpp": vpp, "total": npu + vpu + vpp}
+    return doc

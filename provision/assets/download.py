@@ -344,7 +344,11 @@ def verify(
         sha = sha256_file(cached.blob, on_bytes)
         status, detail = "ok", ""
         if sha != cached.sha256:
-            status, detail = "corrupt", f"content hashes to {sha[:16]}…, its name says {cached.sha256[:16]}…"
+            # set aside, so the next `assets pull` downloads it again instead of calling it cached
+            moved = cache.set_aside(cached.blob, manifest.model, file.path, sha)
+            cache.link_path(manifest.model, file.path).unlink(missing_ok=True)
+            status = "corrupt"
+            detail = f"content hashes to {sha[:16]}…, its name says {cached.sha256[:16]}…; moved to {moved}"
         else:
             try:
                 lock.check(file, cached.size, sha)

@@ -9,13 +9,12 @@ import click
 from provision.assets.cache import Cache
 from provision.assets.pins import load_pins
 from provision.cli.errors import exit_with_worst, reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option, model_option
-from provision.cli.output import Output, fleet_json
+from provision.cli.output import Output, fleet_json, styled
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
 from provision.inventory.hosts import Host
-from provision.manifest import load_manifest
 from provision.runtime.deploy import Deployer, DeployResult, deploy_box, rollback_box
 from provision.settings import load_settings
 
@@ -53,10 +52,10 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, break_lock: bool,
       sophon-fleet deploy -i hosts.yml --rollback
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
     settings = load_settings()
-    cache, lock = Cache(settings.cache_dir), load_pins(manifest)
     inv = resolve_inventory(reach, settings)
+    manifest = fleet_manifest(model, inv)
+    cache, lock = Cache(settings.cache_dir), load_pins(manifest)
 
     def progress(host: str, stage: str) -> None:
         out.info(f"{host}: {stage}")
@@ -81,12 +80,14 @@ def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
         return
-    rows = []
+    rows: list[tuple[str, Any, str, str]] = []
     for o in result:
         if o.value is None:
-            rows.append((o.host.name, "[red]failed[/]", "-", str(o.error.message if o.error else "")))
+            rows.append((o.host.name, styled("failed", "red"), "-", str(o.error.message if o.error else "")))
             continue
         test = o.value.selftest or {}
         detail = f"selftest {test.get('tokens')} tokens, {test.get('tps')} tok/s" if test else ""
+        if o.value.status == "up-to-date":
+            detail = "already in place; nothing ran (`bench` measures it)"
         rows.append((o.host.name, o.value.status, o.value.version, detail))
     out.table("deploy", ["host", "result", "runtime version", "detail"], rows)

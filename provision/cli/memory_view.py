@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from provision.cli.errors import Exit
-from provision.cli.output import Output
+from provision.cli.output import Output, styled
 from provision.errors import ConnectError
 from provision.fleet import FleetResult, SkippedError
 from provision.inventory.hosts import Host
@@ -68,13 +68,15 @@ def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> Non
     rows = []
     for p in planned:
         if p.plan is None:
-            rows.append((p.host.name, "[magenta]error[/]", "-", "-", "-", p.error.message if p.error else ""))
+            rows.append(
+                (p.host.name, styled("error", "magenta"), "-", "-", "-", p.error.message if p.error else "")
+            )
             continue
         plan = p.plan
         rows.append(
             (
                 plan.host,
-                f"[{ACTION_STYLE[plan.action]}]{plan.action.value}[/]",
+                styled(plan.action.value, ACTION_STYLE[plan.action]),
                 str(plan.current or "-"),
                 str(plan.target or "-"),
                 str(plan.max or "unknown"),
@@ -107,7 +109,7 @@ def stage_display(out: Output, hosts: list[str]) -> Iterator[Callable[[str, Stag
     def table() -> Table:
         grid = Table.grid(padding=(0, 2))
         for name, (stage, detail) in state.items():
-            grid.add_row(name, f"[bold]{stage}[/]", detail)
+            grid.add_row(styled(name), styled(stage, "bold"), styled(detail))
         return grid
 
     with Live(table(), console=out.err, refresh_per_second=8) as live:

@@ -17,6 +17,7 @@ from provision.errors import FactError
 from provision.facts.probe import MARK, probe_script
 from provision.memory.layout import HEAPS, MAX_PLAUSIBLE_DDR_MIB, MIB, Layout, layout_of, snippet
 from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
+from provision.ssh import sudo
 from provision.ssh.transport import Transport, quote_command
 
 # ---------------------------------------------------------------------------------------------- data
@@ -85,6 +86,7 @@ class Facts:
     assets: tuple[Asset, ...]
     problems: tuple[str, ...] = field(default=())
     replayed: tuple[str, ...] = ()  # kept parts the box replayed from this boot: "root", "box" (probe.py)
+    sudo_refusal: str | None = None  # "wrong-password" | "no-password" | "not-allowed" (ssh/sudo.py)
 
     @property
     def chip(self) -> str | None:
@@ -160,6 +162,9 @@ def parse_probe(output: str) -> Facts:
     root = attempt(parse_root, "root") or RootFacts(None, None, "root part did not run")
     if root.error:
         problems.append(f"heaps: {root.error}")
+    refusal = _refusal(sections, root)
+    if refusal is not None and not root.error:  # the heaps were replayed; sudo refused its check
+        problems.append(f"sudo: {sudo.describe(refusal)}")
     me = root.memory_edit
     heaps_now = root.heaps_now or (me.now if me else None)
     return Facts(
@@ -185,6 +190,7 @@ def parse_probe(output: str) -> Facts:
         assets=parse_assets(section("assets")),
         problems=tuple(problems),
         replayed=tuple(line.strip() for line in section("replayed").splitlines() if line.strip()),
+        sudo_refusal=refusal.value if refusal is not None else None,
     )
 
 
@@ -304,10 +310,21 @@ def parse_root(text: str) -> RootFacts:
     return RootFacts(heaps, report, error)
 
 
+def _refusal(sections: Mapping[str, str], root: RootFacts) -> sudo.SudoRefusal | None:
+    """sudo's refusal: in the root part when it ran, else in the check a replayed root part is followed by."""
+    if "sudo" in sections:
+        check = sections["sudo"]
+        return None if re.search(r"^exit=0\s*$", check, re.MULTILINE) else sudo.classify(check)
+    return sudo.classify(sections.get("root", "")) if root.error else None
+
+
 def _sudo_problem(text: str) -> str | None:
+    refusal = sudo.classify(text)
+    if refusal is not None:
+        return sudo.describe(refusal)
     for line in text.splitlines():
         if line.startswith("sudo:"):
-            return f"sudo refused ({line[5:].strip()}): give become_password_env/_file or -K"
+            return f"sudo failed ({line[5:].strip()})"
     return None
 
 

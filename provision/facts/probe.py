@@ -158,11 +158,14 @@ def _box_sections() -> str:
 
 def _root_sections(sudo: str) -> str:
     """Ion heap sizes (debugfs) and, with a kit, `memory_edit.sh -p`: the same until a reboot, another boot
-    image or another kit. Run via sudo with the password on fd 3 (nothing else can read it)."""
+    image or another kit. Run via sudo with the password on fd 3 (nothing else can read it). A replayed part
+    is followed by `sudo -k true`, so a wrong password is noticed even when the heaps need no sudo."""
     ask = _section("root", f'{sudo} -- sh -c {quote_command([_ROOT])} sh "$kit" <&3 2>&1; echo "exit=$?"')
+    check = _section("sudo", f'{sudo} -k -- true <&3 2>&1; echo "exit=$?"')
     return (
         f'c="{ROOT_CACHE}"\nif ! replay "$c" "$kroot" root; then\nout=$(\n{ask})\nprintf \'%s\\n\' "$out"\n'
-        'case "$out" in *" ?"*) ;; *"exit=0") keep "$c" "" "$kroot";; esac\nfi\n'
+        'case "$out" in *" ?"*) ;; *"exit=0") keep "$c" "" "$kroot";; esac\n'
+        f"else\n{check}fi\n"
     )
 
 

@@ -7,6 +7,7 @@ Every problem is a ConfigError naming file, line and key.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -64,9 +65,33 @@ def load_source(path: Path) -> tuple[list[Entry], dict[str, list[str]]]:
     if path.suffix in (".ini", ".cfg", "") and not _looks_like_yaml(text):
         return parse_ansible_ini(text, str(path))
     doc = parse_yaml(text, str(path))
-    if isinstance(doc.data, dict) and doc.data and set(doc.data) <= {"defaults", "groups", "hosts"}:
+    if _own_format(doc):
         return parse_own_yaml(doc)
     return parse_ansible_yaml(doc)
+
+
+def _own_format(doc: Located) -> bool:
+    return isinstance(doc.data, dict) and bool(doc.data) and set(doc.data) <= OWN_KEYS
+
+
+def fleet_model(path: Path) -> tuple[tuple[Path, ...], str | None]:
+    """Our YAML's `models: DIR` (or a list; where this fleet's manifests live, relative to the file) and
+    `model: NAME` (the manifest its commands take unless told).
+
+    `sim up` writes both, so the simulated fleet's inventory alone points every command at its stand-ins
+    and its mirror."""
+    if path.suffix not in (".yml", ".yaml"):
+        return (), None
+    doc = parse_yaml(read_text_file(path, "inventory"), str(path))
+    if not _own_format(doc):
+        return (), None
+    value, model = doc.data.get("models"), doc.data.get("model")
+    items = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise doc.error(("models",), f"must be a directory or a list of directories, not {type_name(value)}")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise doc.error(("model",), f"must be a manifest name, not {type_name(model)}")
+    return tuple(path.parent / os.path.expanduser(v) for v in items), model
 
 
 def _looks_like_yaml(text: str) -> bool:
@@ -78,6 +103,9 @@ def _looks_like_yaml(text: str) -> bool:
 
 
 # ---- own YAML format
+
+
+OWN_KEYS = {"defaults", "groups", "hosts", "models", "model"}
 
 
 def parse_own_yaml(doc: Located) -> tuple[list[Entry], dict[str, list[str]]]:
@@ -200,8 +228,8 @@ def var_problem(key: str, value: Any) -> str | None:
         )
         if not ok or not 0 < int(value) < 65536:
             return f"must be a port number 1-65535, not {value!r}"
-    if key == "variant" and value not in (None, "auto", "int8", "int4"):
-        return f"must be int8, int4 or auto, not {value!r}"
+    if key == "variant" and value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", str(value)):
+        return f"must be auto or a variant name of the model's manifest (int8, int4, ...), not {value!r}"
     return None
 
 

@@ -31,6 +31,7 @@ from provision.errors import (
     FleetError,
     IntegrityError,
     RemoteError,
+    SudoError,
 )
 from provision.memory import kit as memory_kit
 from provision.memory.bootimage import (
@@ -208,6 +209,7 @@ def apply_box(
     run.enter(Stage.LOCK)
     held: boxlock.Held | None = None
     try:
+        transport.check_sudo()  # before anything changes, so a wrong password is told as such
         with boxlock.box_lock(transport, LOCK_NAME, "memory apply", break_lock=options.break_lock) as held:
             return _apply_locked(run, box, request, options)
     except ApplyFailed as exc:
@@ -470,8 +472,18 @@ def rollback_box(
     run = _Box(transport, progress, cancel, options)
     run.enter(Stage.LOCK)
     try:
+        transport.check_sudo()
         with boxlock.box_lock(transport, LOCK_NAME, "memory rollback", break_lock=options.break_lock):
             return _rollback_locked(run, options)
+    except SudoError as exc:
+        raise ApplyFailed(
+            f"{exc.message}; {describe_image('old')}",
+            host=run.name,
+            stage=Stage.LOCK,
+            image="old",
+            hint=exc.hint,
+            refused=True,
+        ) from exc
     except boxlock.LockedError as exc:
         raise ApplyFailed(
             exc.message, host=run.name, stage=Stage.LOCK, image="unknown", hint=exc.hint, refused=True

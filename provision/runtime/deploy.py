@@ -41,6 +41,7 @@ from provision.boxside import box_install
 from provision.errors import FactError, FleetError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
+from provision.runtime.serve import restart_if_serving
 from provision.runtime.wheelhouse import Wheelhouse, ensure_wheelhouse
 from provision.ssh.transport import Transport
 
@@ -137,7 +138,7 @@ def model_paths(manifest: Manifest, variant: str) -> tuple[str, str]:
 def deployed_variant(facts: Facts, manifest: Manifest) -> str | None:
     """The best variant whose files are verified on the box (int8 before int4)."""
     verified = {a.variant for a in facts.assets if a.model == manifest.model and a.verified}
-    return next((v for v in ("int8", "int4") if v in verified and v in manifest.variants), None)
+    return next((v.name for v in manifest.by_preference if v.name in verified), None)
 
 
 class Deployer:
@@ -287,7 +288,8 @@ def _deploy_locked(
     previous = facts.runtime
     done = deployer.marker(bundle.version) if previous == bundle.version else None
     if done is not None:
-        return DeployResult(host, bundle.version, "up-to-date", previous, done.get("selftest"))
+        # nothing ran: the selftest of the deploy that put it there would pass old numbers off as new
+        return DeployResult(host, bundle.version, "up-to-date", previous, None)
     deployer.progress(host, "push")
     transferred = deployer.push(bundle, on_push)
     deployer.progress(host, "install")
@@ -296,6 +298,7 @@ def _deploy_locked(
     report = deployer.selftest(bundle.version, *model_paths(manifest, variant))
     deployer.progress(host, "switch")
     deployer.switch(bundle.version, {"version": bundle.version, "variant": variant, "selftest": report})
+    restart_if_serving(deployer.transport)  # only now: the new version passed its selftest
     deployer.prune(keep, current=bundle.version)
     return DeployResult(host, bundle.version, "deployed", previous, report, transferred)
 

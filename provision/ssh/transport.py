@@ -41,8 +41,10 @@ from provision.errors import (
     UnreachableError,
 )
 from provision.inventory.hosts import Host, parse_adhoc_host
+from provision.ssh.sudo import sudo_error
 
 log = logging.getLogger(__name__)
+wire_log = logging.getLogger(f"{__name__}.wire")  # whole command texts (the probe is ~4 KB): -vv only
 
 # AES-GCM measured +30-40% throughput over paramiko's CTR default on these machines.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
@@ -51,12 +53,6 @@ CHUNK = 1 << 20
 # What one command may print before we stop reading: facts and scripts print kilobytes; a box printing
 # without end (a hostile or broken `bm_version`) must not fill the controller's memory.
 MAX_OUTPUT = 8 << 20
-SUDO_FAILURES = (
-    "incorrect password",
-    "a password is required",
-    "no password was provided",
-    "is not in the sudoers",
-)
 
 
 @dataclass(frozen=True)
@@ -125,12 +121,13 @@ def quote_command(argv: Sequence[str]) -> str:
     return shlex.join(str(word) for word in argv)
 
 
-def sudo_wrap(command: str, *, with_password: bool) -> str:
+def sudo_wrap(command: str, *, with_password: bool, reauth: bool = False) -> str:
     """Run `command` as root. With a password `sudo -S -p ''` reads it from stdin; without one `sudo -n`
     fails fast instead of hanging. The root command's stdin is /dev/null, so a password sudo did not need
-    (NOPASSWD) can never reach it."""
+    (NOPASSWD) can never reach it. `reauth` (-k) ignores a cached sudo ticket, so the password is checked."""
     inner = f"exec </dev/null; {command}"
     flags = ["-S", "-p", ""] if with_password else ["-n"]
+    flags = ["-k", *flags] if reauth else flags
     return quote_command(["sudo", *flags, "--", "sh", "-c", inner])
 
 
@@ -146,6 +143,8 @@ class Transport(Protocol):
     def connect(self) -> None: ...
 
     def reconnect(self) -> None: ...
+
+    def check_sudo(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -196,6 +195,7 @@ class SshTransport:
         self._jump = jump
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._sudo_checked = False
 
     def __repr__(self) -> str:
         return f"SshTransport({self.host.name} {self.host.target})"
@@ -241,9 +241,17 @@ class SshTransport:
 
     def _connect_with_retries(self) -> paramiko.SSHClient:
         delays = self.retry.delays()
+        started = time.monotonic()
         while True:
             try:
-                return self._connect_once()
+                client = self._connect_once()
+                log.debug(
+                    "%s: connected to %s in %.3f s",
+                    self.host.name,
+                    self.host.target,
+                    time.monotonic() - started,
+                )
+                return client
             except (
                 ConnectionRefusedError,
                 ConnectionResetError,
@@ -343,6 +351,23 @@ class SshTransport:
 
     # ---- commands
 
+    def check_sudo(self) -> None:
+        """Once per Transport, before the first root command: does sudo take this box's password (or need
+        none)? Raises SudoError ("sudo refused this password" / "none was given"), ConnectError."""
+        if self._sudo_checked:
+            return
+        password = self._become_password
+        result = self._exec(
+            sudo_wrap("true", with_password=password is not None, reauth=True),
+            (password + "\n").encode() if password is not None else b"",
+            "sudo true",
+            self.timeouts.command,
+            MAX_OUTPUT,
+        )
+        if not result.ok:
+            raise sudo_error(self.host.name, result.stderr) or command_failed(self.host, result, sudo=True)
+        self._sudo_checked = True
+
     def run(
         self,
         command: str | Sequence[str],
@@ -366,11 +391,21 @@ class SshTransport:
         if sudo:
             if stdin is not None:
                 raise ValueError("run(sudo=True) takes no stdin: the sudo password uses it")
+            self.check_sudo()
             wire = sudo_wrap(text, with_password=self._become_password is not None)
             payload = (self._become_password + "\n").encode() if self._become_password is not None else b""
         limit = self.timeouts.command if timeout is None else timeout
+        log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", _short(text, 160))
+        wire_log.debug("%s: the whole command: %s", self.host.name, text)
+        result = self._exec(wire, payload, text, limit, max_output)
+        log.debug("%s: exit %d after %.3f s", self.host.name, result.exit_code, result.seconds)
+        if check and not result.ok:
+            raise command_failed(self.host, result, sudo=sudo)
+        return result
+
+    def _exec(self, wire: str, payload: bytes, text: str, limit: float, max_output: int) -> Result:
+        """Run the command line `wire` (shown as `text`), send `payload` on stdin, wait up to `limit` s."""
         started = time.monotonic()
-        log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", text)
         channel = self._session(limit)
         try:
             channel.exec_command(wire)
@@ -394,12 +429,9 @@ class SshTransport:
             raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`: {exc}") from exc
         finally:
             channel.close()
-        result = Result(
+        return Result(
             text, code, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started
         )
-        if check and not result.ok:
-            raise command_failed(self.host, result, sudo=sudo)
-        return result
 
     def put_stream(
         self,
@@ -461,6 +493,9 @@ class SshTransport:
         except TimeoutError as exc:
             part.unlink(missing_ok=True)
             raise RemoteError(f"{self.host.name}: reading {remote_path} timed out after {limit:g} s") from exc
+        except (paramiko.SSHException, EOFError, ConnectionError) as exc:  # the connection broke mid-file
+            part.unlink(missing_ok=True)
+            raise ConnectError(f"{self.host.name}: connection lost reading {remote_path}: {exc!r}") from exc
         finally:
             channel.close()
         if code != 0:
@@ -775,6 +810,11 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
         first = next(iter(exc.errors.values()))
         if not isinstance(first, paramiko.ssh_exception.NoValidConnectionsError):
             return _connect_error(host, first, timeouts)
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(
+            f"{host.name}: cannot resolve the name {host.address!r} (DNS: {exc.strerror or exc})",
+            hint="check the spelling; a name from an inventory needs -i INVENTORY, an address works as it is",
+        )
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
         return ConnectError(f"{where}: connection refused", hint="is sshd running on the box, on this port?")
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -787,11 +827,9 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
 def command_failed(host: Host, result: Result, *, sudo: bool = False) -> RemoteError:
     """The RemoteError for a command that exited non-zero (stderr tail included)."""
     tail = result.stderr.strip().splitlines()[-3:]
-    if sudo and any(marker in result.stderr for marker in SUDO_FAILURES):
-        return RemoteError(
-            f"{host.name}: sudo refused: {' '.join(tail)}",
-            hint="give the sudo password with become_password_env / become_password_file, or -K to be asked",
-        )
+    refused = sudo_error(host.name, result.stderr, doing=_short(result.command)) if sudo else None
+    if refused is not None:
+        return refused
     return RemoteError(
         f"{host.name}: `{_short(result.command)}` exited {result.exit_code}: {' / '.join(tail)}"
     )

@@ -358,7 +358,7 @@ def test_confirmation_is_required_and_an_unreachable_box_does_not_stop_the_other
     assert not ssh_banner(fleet.state.box("se7-2").address), "se7-2 still answers after its power-off"
     inv = str(fleet.inventory_path)
     code, output = invoke("memory", "apply", "-i", inv, "--kit", kit, *FAST)
-    assert code == 2 and "boxes would be rebooted (se7-1)" in output and "--yes" in output
+    assert code == 2 and "1 box would be rebooted (se7-1)" in output and "--yes" in output
     assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
     code, doc = apply_json(fleet, kit)
     assert code == 4, doc
