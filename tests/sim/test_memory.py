@@ -533,3 +533,37 @@ def test_a_swap_into_a_too_full_boot_is_refused_before_anything_is_replaced(sim_
     status, out = run(client, "ls -a /boot")
     client.close()
     assert sorted(out.split()) == [".", "..", "emmcboot.itb", "filler", "multi.its"], out
+
+
+@pytest.mark.parametrize("stage", ["edit", "waiting"])
+def test_kill_9_at_a_stage_then_break_lock_finishes_the_job(sim_fleet, kit, stage):
+    """SIGKILL of the CLI once it reports `stage` (awaited in its progress output): the lock stays, a run
+    that must change the box is refused naming it, `--break-lock` (the owner's pid is gone) brings the box to
+    its target, and the factory backup keeps its layout."""
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "memedit-slow")  # holds the edit stage for 3 s
+    factory = boot_sha(fleet, "se7-1")
+    proc = start_apply(fleet, kit)
+    seen = []
+    try:
+        read_until(proc, stage, seen)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    fleet.fault("se7-1", "heal")
+    if stage == "waiting":  # the box was already rebooting into the new image: let it come up
+        deadline = time.monotonic() + 60
+        while fleet.hardware("se7-1").boot_count < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fleet.wait_ready(timeout=60, names=["se7-1"])
+    code, doc = apply_json(fleet, kit)
+    if stage == "waiting":  # it booted the new image: at target, nothing to do (no lock needed for that)
+        assert code == 0 and doc["hosts"][0]["result"] == "unchanged", doc
+        code, doc = apply_json(fleet, kit, "--npu", "7000", "--vpu", "2048", "--vpp", "2048")
+    assert code == 3 and "is locked: memory apply by" in doc["hosts"][0]["error"], doc
+    code, doc = apply_json(fleet, kit, "--break-lock")
+    assert code == 0, doc
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+    backups = backups_json(fleet)["backups"]
+    assert backups[0]["sha256"] == factory and backups[0]["layout"] == [3950, 2048, 3072]
