@@ -374,6 +374,55 @@ def build_standin(
     )
 
 
+HF_CONFIG_KEYS = {
+    "layers": "num_layers",
+    "hidden": "hidden_size",
+    "heads": "num_attention_heads",
+    "kv_heads": "multi_query_group_num",
+    "head_dim": "kv_channels",
+    "ffn": "ffn_hidden_size",
+    "padded_vocab": "padded_vocab_size",
+    "rope_ratio": "rope_ratio",
+    "eps": "layernorm_epsilon",
+    "seqlen": "seq_length",
+}
+
+
+def write_hf_checkpoint(
+    out_dir: Path, *, seed: int = 0, bf16: bool = False, vocab_ranks: int = 600, **config_overrides: Any
+) -> Path:
+    """The tiny GLM-4 as a Hugging Face-format directory in THUDM's glm-4-9b-chat layout (config.json with
+    model_type chatglm, model.safetensors with `transformer.*` names, tokenizer.model and
+    tokenizer_config.json): the input of `sophon-fleet model compile`. Same seed, same float weights as
+    `build_standin`, so a compiled bmodel and the emulator's stand-in hold the same model. Returns out_dir.
+    """
+    from provision.compile.checkpoint import hf_name
+    from provision.compile.safetensors import write_safetensors
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranks = _seed_ranks(seed, vocab_ranks)
+    config = model_config(len(ranks), **config_overrides)
+    write_token_config(out_dir, ranks)
+    hf_config = {theirs: config[ours] for ours, theirs in HF_CONFIG_KEYS.items()}
+    hf_config.update(
+        model_type="chatglm",
+        architectures=["ChatGLMModel"],
+        add_qkv_bias=True,
+        multi_query_attention=True,
+        rmsnorm=True,
+        torch_dtype="bfloat16" if bf16 else "float32",
+        eos_token_id=[
+            len(ranks) + GLM4_SPECIAL_TOKENS.index(t)
+            for t in ("<|endoftext|>", "<|user|>", "<|observation|>")
+        ],
+    )
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    weights = float_weights(config, seed, ranks)
+    write_safetensors(out_dir / "model.safetensors", {hf_name(k): v for k, v in weights.items()}, bf16=bf16)
+    return out_dir
+
+
 # Where sophon-demo's download.sh finds the ChatGLM4 assets on the dfss server (FACTS.md §4).
 MIRROR_PATHS = {
     "int4": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int4_1dev.bmodel",
