@@ -9,7 +9,8 @@
     ├── NotReadyError             a box is not ready for what was asked (exit 3)
     ├── IntegrityError            a size or sha256 does not match (exit 5)
     ├── DiskFullError             not enough free space (exit 6)
-    └── SimError                  the simulated fleet cannot do what was asked (exit 7)
+    ├── SimError                  the simulated fleet cannot do what was asked (exit 7)
+    └── CompileError              the model compiler failed (exit 1)
 
 Core code raises these with the data a user needs (file, line, key, host, fix); only `cli/` turns them into
 text and exit codes.
@@ -76,3 +77,7 @@ class DiskFullError(FleetError):
 
 class SimError(FleetError):
     """The simulated fleet cannot do what was asked."""
+
+
+class CompileError(FleetError):
+    """The model compiler (tpu-mlir, its venv, the graph export) failed; the message says which step."""

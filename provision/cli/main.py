@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "bench": "provision.cli.bench:bench",
     "play": "provision.cli.play:play",
     "memory": "provision.cli.memory:memory",
+    "model": "provision.cli.model:model",
 }
 
 EPILOG = """\b

@@ -35,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from provision.compile.checkpoint import Checkpoint, load_checkpoint
+from provision.compile.onnx_graph_names import graph_names  # noqa: F401  (re-exported)
 
 OPSET = 15
 TOP_K = 50
@@ -253,14 +254,6 @@ def build_penalty_sample_head(vocab: int, seqlen: int) -> onnx.ModelProto:
     g.output(g.op("Softmax", [filtered], axis=1), "probs", FLOAT, [1, TOP_K])
     g.output(token, "token", INT64, [1, TOP_K])
     return g.model()
-
-
-def graph_names(layers: int) -> list[str]:
-    """Every graph of the export, in the order `model_tool --combine` gets them (the seed's order)."""
-    names = ["embedding", "embedding_cache", "lm_head", "greedy_head", "penalty_sample_head"]
-    for layer in range(layers):
-        names += [f"block_{layer}", f"block_cache_{layer}"]
-    return names
 
 
 def build_graph(ckpt: Checkpoint, name: str, seqlen: int) -> onnx.ModelProto:
