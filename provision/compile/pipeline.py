@@ -157,10 +157,14 @@ def compile_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     bmodel = out_dir / f"{name}_{variant}_1dev.bmodel"
     begun = time.monotonic()
-    _combine(toolchain, [variant_dir / f"{j.name}.bmodel" for j in jobs], bmodel, variant_dir)
-    progress(
-        CompileEvent(bmodel.name, "combined", time.monotonic() - begun, f"{bmodel.stat().st_size} bytes")
-    )
+    stamp = variant_dir / "combined.json"
+    if compiled == 0 and _same_file(stamp, bmodel):
+        progress(CompileEvent(bmodel.name, "cached", 0.0))  # recombining would change its timestamp bytes
+    else:
+        _combine(toolchain, [variant_dir / f"{j.name}.bmodel" for j in jobs], bmodel, variant_dir)
+        stamp.write_text(json.dumps(_file_stamp(bmodel)) + "\n")
+        size = bmodel.stat().st_size
+        progress(CompileEvent(bmodel.name, "combined", time.monotonic() - begun, f"{size} bytes"))
     token_dir, token_zip = write_token_config(ckpt, out_dir)
     return CompileResult(
         bmodel=bmodel,
@@ -173,6 +177,18 @@ def compile_model(
         compiled=compiled,
         seconds=time.monotonic() - started,
     )
+
+
+def _file_stamp(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _same_file(stamp: Path, path: Path) -> bool:
+    try:
+        return path.is_file() and json.loads(stamp.read_text()) == _file_stamp(path)
+    except (OSError, ValueError):
+        return False
 
 
 def _fingerprint(ckpt: Checkpoint, seqlen: int, variant: str | None) -> dict:
