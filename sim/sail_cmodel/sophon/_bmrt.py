@@ -8,9 +8,11 @@ carry RUNPATH `$ORIGIN`, so loading `libbmrt.so` by path finds `libbmlib.so.0`, 
 `dlopen("libcmodel.so")` finds the cmodel, without LD_LIBRARY_PATH. Python 3.8, stdlib only.
 """
 
+import collections
 import ctypes
 import os
 import sys
+import threading
 
 LIB_DIR_ENV = "SOPHON_SAIL_LIB_DIR"
 NATIVE_LOG_ENV = "SOPHON_SAIL_NATIVE_LOG"  # where the runtime's own prints go (default: stderr)
@@ -85,25 +87,65 @@ class NetInfo(ctypes.Structure):
     ]
 
 
-def divert_native_stdout(log_path=None):
-    """The cmodel and libbmrt print progress on file descriptor 1, which would corrupt a JSON-lines server
-    on stdout. Point fd 1 at stderr (or `log_path`) for native code, and give Python a `sys.stdout` on a
+class NativeLog(object):
+    """The cmodel and libbmrt print on file descriptor 1, which would corrupt a JSON-lines server on stdout.
+    Native fd 1 becomes a pipe: a thread forwards every line to stderr (or `log_path`) and keeps the last
+    ones, so a failed call can say what the runtime printed (`recent()`); Python's `sys.stdout` moves to a
     duplicate of the original stdout, so everything Python writes still goes where it went."""
-    sys.stdout.flush()
-    original = os.dup(1)
-    if log_path:
-        target = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(target, 1)
-        os.close(target)
-    else:
-        os.dup2(2, 1)
-    sys.stdout = os.fdopen(
-        original,
-        "w",
-        buffering=1,
-        encoding=sys.stdout.encoding or "utf-8",
-        errors=sys.stdout.errors or "strict",
-    )
+
+    KEEP = 40
+
+    def __init__(self, log_path=None):
+        sys.stdout.flush()
+        original = os.dup(1)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.close(write_end)
+        sys.stdout = os.fdopen(
+            original,
+            "w",
+            buffering=1,
+            encoding=sys.stdout.encoding or "utf-8",
+            errors=sys.stdout.errors or "strict",
+        )
+        if log_path:
+            self._sink = open(log_path, "ab", buffering=0)  # noqa: SIM115 (lives as long as the process)
+        else:
+            self._sink = os.fdopen(os.dup(2), "wb", buffering=0)
+        self._lines = collections.deque(maxlen=self.KEEP)
+        self._marks = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._libc = ctypes.CDLL(None)
+        thread = threading.Thread(
+            target=self._pump, args=(os.fdopen(read_end, "rb", buffering=0),), daemon=True
+        )
+        thread.start()
+
+    def _pump(self, pipe):
+        for line in iter(pipe.readline, b""):
+            if line.startswith(b"\x00mark "):
+                event = self._marks.pop(line[6:].strip(), None)
+                if event is not None:
+                    event.set()
+                continue
+            self._lines.append(line.decode("utf-8", "replace").rstrip())
+            try:
+                self._sink.write(line)
+            except OSError:
+                pass
+
+    def recent(self, timeout=5.0):
+        """The lines the runtime printed most recently (C buffers flushed and drained first)."""
+        with self._lock:
+            self._counter += 1
+            key = str(self._counter).encode()
+        event = threading.Event()
+        self._marks[key] = event
+        self._libc.fflush(None)
+        os.write(1, b"\x00mark " + key + b"\n")
+        event.wait(timeout)
+        return list(self._lines)
 
 
 def _declare(lib, name, restype, *argtypes):
@@ -124,7 +166,7 @@ class Runtime(object):
                 "vendor runtime not found: %s missing in %s (set %s)"
                 % (", ".join(missing), lib_dir, LIB_DIR_ENV)
             )
-        divert_native_stdout(os.environ.get(NATIVE_LOG_ENV))
+        self.log = NativeLog(os.environ.get(NATIVE_LOG_ENV))
         mode = ctypes.RTLD_GLOBAL
         loaded = [ctypes.CDLL(os.path.join(lib_dir, name), mode=mode) for name in LIBRARIES]
         self.lib_dir = lib_dir

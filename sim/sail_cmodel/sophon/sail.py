@@ -109,6 +109,13 @@ def _shutdown():
 atexit.register(_shutdown)
 
 
+def _why(rt):
+    """The runtime's own error lines ([BMRT] FATAL/WRONG, [BMODEL] FATAL, [bmlib...][error]), if any."""
+    markers = ("FATAL", "WRONG", "[error]", "ASSERT")
+    lines = [line for line in rt.log.recent() if any(m in line for m in markers)]
+    return (": " + " | ".join(lines[-4:])) if lines else ""
+
+
 class Handle(object):
     """A device handle (`sail.Handle(dev_id)`)."""
 
@@ -297,7 +304,7 @@ class Engine(object):
         _LIVE_ENGINES.add(self)
         if not bmrt.bmrt_load_bmodel(pointer, os.fsencode(bmodel_path)):
             self._destroy()
-            raise RuntimeError("Engine: load bmodel %s failed (bmrt_load_bmodel)" % bmodel_path)
+            raise RuntimeError("Engine: load bmodel %s failed%s" % (bmodel_path, _why(self._device.rt)))
         self._order = [
             bmrt.bmrt_get_network_name(pointer, i).decode()
             for i in range(bmrt.bmrt_get_network_number(pointer))
@@ -436,7 +443,7 @@ class Engine(object):
             self._bmrt, graph_name.encode(), inputs, len(inputs), outputs, len(outputs), True, False
         )
         if not ok:
-            raise RuntimeError("Engine.process(%s): bmrt_launch_tensor_ex failed" % graph_name)
+            raise RuntimeError("Engine.process(%s): bmrt_launch_tensor_ex failed%s" % (graph_name, _why(rt)))
         status = rt.bmlib.bm_thread_sync(self._device.ptr)
         if status != 0:
             raise RuntimeError("Engine.process(%s): bm_thread_sync failed (status %d)" % (graph_name, status))
