@@ -76,6 +76,7 @@ def ensure_runtime(sim_cache: Path) -> Path:
     def build(tmp: Path) -> None:
         wheel_dir = tmp / "wheel"
         command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check"]
+        command += ["--python-version", "3.10", "--only-binary=:all:"]  # the wheel is py3, cp310-only
         done = subprocess.run(
             [*command, "-d", str(wheel_dir), f"tpu-mlir=={TPU_MLIR_VERSION}"], capture_output=True, text=True
         )
