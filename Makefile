@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check provision sim tests benchmarks chat
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/boxside/receiver.py provision/boxside/box_install.py
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/sail_cmodel sim/itb.py sim/kit provision/boxside/receiver.py provision/boxside/box_install.py
 
 pytest: setup
 	$(BIN)/python -m pytest -q -m "not reference"
