@@ -11,6 +11,7 @@ from provision.assets.cache import Cache
 from provision.cli.errors import reports_errors
 from provision.cli.options import json_option
 from provision.cli.output import Output
+from provision.compile.checkpoint import load_checkpoint
 from provision.compile.pipeline import VARIANTS, CompileEvent, compile_model
 from provision.compile.register import register_compiled
 from provision.compile.toolchain import ensure_toolchain
@@ -52,6 +53,7 @@ def compile_cmd(out: Output, checkpoint, name, variant, seqlen, out_dir, build_d
     out_dir = out_dir or cache_root / "compiled" / name
     build_dir = build_dir or cache_root / "compile-build" / f"{name}-seq{seqlen}"
     base_manifest = load_manifest(base)
+    load_checkpoint(checkpoint)  # a bad weight is reported before minutes of installing the compiler
     toolchain = ensure_toolchain(cache_root, progress=lambda line: out.info(escape(line)))
 
     def on_event(event: CompileEvent) -> None:
