@@ -361,6 +361,7 @@ def build_standin(
     pad_to: int = 0,
     bmodel_name: str | None = None,
     vocab_ranks: int = 600,
+    chip: str = "BM1684X",
     **config_overrides: Any,
 ) -> StandIn:
     """Generate `<out_dir>/glm4-9b_<variant>_1dev.bmodel`, `<out_dir>/token_config/` and
@@ -381,6 +382,7 @@ def build_standin(
     config = model_config(len(ranks), **config_overrides)
     header = {
         "kind": "tinyglm4",
+        "chip": chip,
         "variant": variant,
         "seed": seed,
         "config": config,
