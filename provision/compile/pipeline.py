@@ -141,7 +141,7 @@ def compile_model(
     onnx_dir = _stage(build_dir / "onnx", _fingerprint(ckpt, seqlen, None))
     variant_dir = _stage(build_dir / variant, _fingerprint(ckpt, seqlen, variant))
     jobs = plan_graphs(cfg["layers"], seqlen, cfg["hidden"], variant)
-    _export(toolchain, ckpt, onnx_dir, seqlen, [j.name for j in jobs], build_dir, progress)
+    export_graphs(toolchain, ckpt, onnx_dir, seqlen, [j.name for j in jobs], build_dir, progress)
     compiled = 0
     for job in jobs:
         target = variant_dir / f"{job.name}.bmodel"
@@ -220,7 +220,7 @@ def _stage(directory: Path, fingerprint: dict) -> Path:
     return directory
 
 
-def _export(
+def export_graphs(
     toolchain: Toolchain,
     ckpt: Checkpoint,
     onnx_dir: Path,

@@ -17,6 +17,7 @@ import pytest
 from sim import box as boxmod
 from sim import vendor
 from sim.fleet import ensure_site
+from tests.sim.conftest import sim_fleet  # noqa: F401 (the simulated-fleet fixture, for test_sim_cmodel)
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "sim" / "sail") not in sys.path:

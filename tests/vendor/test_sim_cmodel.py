@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.sim.conftest import connect, needs_root, run, sim_fleet  # noqa: F401 (fixture)
+from tests.sim.conftest import connect, needs_root, run
 from tests.sim.flows import invoke, pull_and_push, use_fleet
 
 pytestmark = [pytest.mark.vendor, pytest.mark.sim, needs_root]
