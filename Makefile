@@ -25,12 +25,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 lint: setup
 	$(BIN)/ruff check provision sim tests benchmarks chat
 	$(BIN)/ruff format --check provision sim tests benchmarks chat
+	$(BIN)/mypy provision chat
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/sail_cmodel sim/itb.py sim/kit provision/boxside/receiver.py provision/boxside/box_install.py
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/sail_cmodel sim/itb.py sim/kit provision/boxside
 
 pytest: setup
-	$(BIN)/python -m pytest -q -m "not reference and not vendor"
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m "not reference and not vendor"
 
 test: lint compat pytest
 
@@ -44,7 +45,7 @@ test-reference: setup
 # compiled bmodels of the tiny GLM-4. Serial: the cmodel keeps two cores busy.
 test-vendor: setup
 	$(BIN)/python -m pip install -q -e '.[reference]'
-	$(BIN)/python -m pytest -q -m vendor tests/vendor
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m vendor tests/vendor
 
 demo: setup
 	$(BIN)/python -m sim.demo

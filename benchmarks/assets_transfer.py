@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
-from provision.assets.pins import load_lock  # noqa: E402
+from provision.assets.pins import load_pins  # noqa: E402
 from provision.assets.push import BoxPusher, plan_push  # noqa: E402
 from provision.inventory.hosts import load_inventory  # noqa: E402
 from provision.manifest import load_manifest  # noqa: E402
@@ -84,7 +84,7 @@ def bench_hashing(path: Path, runs: int) -> None:
 def setup_controller(work: Path, tree) -> tuple:
     (work / "glm4-9b.yaml").write_text(tree.manifest_yaml(pin=True))
     manifest = load_manifest(work / "glm4-9b.yaml")
-    return manifest, load_lock(manifest)
+    return manifest, load_pins(manifest)
 
 
 def bench_interrupted(work: Path, tree, size: int) -> None:
@@ -149,10 +149,10 @@ PULL_CHILD = """
 import sys
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.manifest import load_manifest
 m = load_manifest(sys.argv[1])
-pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_lock(m), mirrors=[sys.argv[3]], use_dfss=False)
+pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_pins(m), mirrors=[sys.argv[3]], use_dfss=False)
 """
 
 

@@ -81,17 +81,21 @@ class Manifest:
     source: str
     tokenizer: str = "tiktoken"  # the format of token_config/tokenizer.model: tiktoken | sentencepiece
 
-    @property
-    def lock_path(self) -> Path:
-        """`<model>.lock.yaml` beside the manifest: sizes and sha256 pinned after a verified download."""
-        path = Path(self.source)
-        stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-        return path.with_name(f"{stem}.lock.yaml")
-
     def files_for(self, variant_names: list[str] | tuple[str, ...]) -> list[AssetFile]:
         """The distinct files the named variants need, in manifest order."""
         wanted = {f.id for name in variant_names for f in self.variant(name).files}
         return [f for fid, f in self.files.items() if fid in wanted]
+
+    @property
+    def by_preference(self) -> tuple[Variant, ...]:
+        """The variants, best first: the one needing the most TPU memory (int8 before int4)."""
+        return tuple(sorted(self.variants.values(), key=lambda v: -v.min_heap_mib))
+
+    def check_variant(self, name: str) -> str:
+        """`name` if it is `auto` or one of the manifest's variants. Raises ConfigError (naming them)."""
+        if name != "auto":
+            self.variant(name)
+        return name
 
     def variant(self, name: str) -> Variant:
         try:

@@ -11,7 +11,7 @@ import click
 
 from provision.cli.errors import reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.errors import ConfigError
 from provision.facts.parse import gather
@@ -26,10 +26,10 @@ HELP_LINE = (
 @click.command("chat")
 @click.argument("host")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Which deployed variant (auto: int8 when verified on the box, else int4).",
@@ -65,6 +65,7 @@ def chat(
     if len(inv.hosts) != 1:
         raise ConfigError(f"{host!r} matches {len(inv.hosts)} hosts; chat talks to exactly one", key="HOST")
     manifest = load_manifest(model)
+    manifest.check_variant(variant)
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])
         chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)

@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.facts.doctor import doctor_json, support_block
 from provision.facts.parse import gather
@@ -31,14 +31,12 @@ STYLE = {
 @host_options
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Judge for this variant (auto: int8 if the heaps allow, else int4).",
 )
-@click.option(
-    "--model", default="glm4-9b", show_default=True, help="Model manifest (models/<name>.yaml or a path)."
-)
+@model_option
 @click.option(
     "--fresh",
     is_flag=True,
@@ -67,6 +65,7 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
     """
     reach = reach_from(kwargs)
     manifest = load_manifest(model)
+    manifest.check_variant(variant)
     inv = resolve_inventory(reach)
     with connector_for(reach, inv) as connector:
         report = run_preflight(
@@ -126,15 +125,13 @@ def lock_sizes(manifest: Manifest) -> dict[str, int]:
 
     Raises ConfigError (file, line, key) when the lock is malformed.
     """
-    return {fid: entry.size for fid, entry in load_lock(manifest).entries.items()}
+    return {fid: entry.size for fid, entry in load_pins(manifest).entries.items()}
 
 
 @click.command("doctor")
 @click.argument("host")
 @host_options
-@click.option(
-    "--model", default="glm4-9b", show_default=True, help="Model manifest to judge the box against."
-)
+@model_option
 @json_option
 @click.pass_obj
 @reports_errors

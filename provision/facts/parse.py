@@ -9,17 +9,15 @@ function from captured text to a frozen dataclass (or a plain value), tested on 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from provision.errors import FactError
 from provision.facts.probe import MARK, probe_script
-from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.memory.layout import HEAPS, MIB, Layout, layout_of, snippet
+from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
 from provision.ssh.transport import Transport, quote_command
-
-MIB = 1024 * 1024
-HEAPS = ("npu", "vpu", "vpp")
-
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -36,28 +34,6 @@ class BmVersion:
     kernel: str | None
     hw_version: str | None
     mcu_version: str | None
-
-
-@dataclass(frozen=True)
-class MemoryEditReport:
-    """`memory_edit.sh -p` output (FACTS.md §1.5); sizes in MiB keyed by heap (`npu+vpp` on BM1688)."""
-
-    version: str | None
-    dts: str | None
-    ddr_mib: Mapping[str, int]
-    max_mib: Mapping[str, int]
-    now_mib: Mapping[str, int]
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def max(self) -> Layout | None:
-        return _layout(self.max_mib)
-
-    @property
-    def now(self) -> Layout | None:
-        """Current heaps, or None when they read as 0x0 (the script's silent sign that sudo failed)."""
-        layout = _layout(self.now_mib)
-        return None if layout is None or layout.total == 0 else layout
 
 
 @dataclass(frozen=True)
@@ -172,7 +148,7 @@ def parse_probe(output: str) -> Facts:
     def section(name: str) -> str:
         return sections.get(name, "")
 
-    def attempt(parser, name: str):  # type: ignore[no-untyped-def]
+    def attempt(parser: Callable[[str], Any], name: str) -> Any:
         try:
             return parser(section(name))
         except FactError as exc:
@@ -222,12 +198,6 @@ def _first_line(text: str) -> str | None:
     return None
 
 
-def _layout(sizes: Mapping[str, int]) -> Layout | None:
-    if all(key in sizes for key in HEAPS):
-        return Layout(*(sizes[key] for key in HEAPS))
-    return None
-
-
 def parse_uname(text: str) -> tuple[str | None, str | None, str | None]:
     """(machine, release, version) from `uname -rvm` (one line) or `uname -m; -r; -v` (three lines)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -274,7 +244,7 @@ def parse_bm_version(text: str) -> BmVersion:
         elif match := _PACKAGE.match(line):
             packages[match.group("name")] = match.group("version")
     if sdk_line is None and not packages:
-        raise FactError(f"not bm_version output: {_snippet(text)}")
+        raise FactError(f"not bm_version output: {snippet(text)}")
     return BmVersion(sdk, sdk_line, bm1688, packages, chip, kernel, hw, mcu)
 
 
@@ -290,38 +260,6 @@ def parse_libsophon(readlink: str, bm: BmVersion | None) -> str | None:
     return None
 
 
-_ME_SIZE = re.compile(r"^Info: (max|now) ([a-z+]+) size: 0x([0-9a-fA-F]+) \[(\d+) MiB\]\s*$")
-_ME_DDR = re.compile(r"^Info: (ddr\w*)_size (\d+) Byte")
-
-
-def parse_memory_edit_p(text: str) -> MemoryEditReport:
-    """`memory_edit.sh -p` (v1.6 … v2.12; BM1684/X and BM1688 lines). Error lines or no `max` block raise."""
-    version = dts = None
-    ddr: dict[str, int] = {}
-    sizes: dict[str, dict[str, int]] = {"max": {}, "now": {}}
-    warnings = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.lower().startswith("error"):
-            raise FactError(f"memory_edit.sh -p failed: {line}")
-        if line.startswith("Warning"):
-            warnings.append(line)
-        elif line.upper().startswith("INFO: VERSION:"):
-            version = line.split(":", 2)[2].strip()
-        elif line.startswith("Info: use dts file "):
-            dts = line[len("Info: use dts file ") :].rsplit("/", 1)[-1]
-        elif match := _ME_DDR.match(line):
-            ddr[match.group(1)] = int(match.group(2)) // MIB
-        elif match := _ME_SIZE.match(line):
-            kind, key, hex_bytes, _ = match.groups()
-            sizes[kind][key] = int(hex_bytes, 16) // MIB
-    if not sizes["max"]:
-        raise FactError(f"memory_edit.sh -p printed no max sizes: {_snippet(text)}")
-    if "npu" not in sizes["max"] or ("vpu" not in sizes["max"] and "npu+vpp" not in sizes["max"]):
-        raise FactError("memory_edit.sh -p output is truncated (max sizes incomplete)")
-    return MemoryEditReport(version, dts, ddr, sizes["max"], sizes["now"], tuple(warnings))
-
-
 def parse_total_mem(text: str) -> Layout:
     """Root part of the probe: `npu <bytes>` lines from debugfs total_mem (`?` when unreadable)."""
     sizes: dict[str, int] = {}
@@ -331,9 +269,9 @@ def parse_total_mem(text: str) -> Layout:
             if not words[1].isdigit():
                 raise FactError(f"cannot read /sys/kernel/debug/ion/bm_{words[0]}_heap_dump/total_mem")
             sizes[words[0]] = int(words[1]) // MIB
-    layout = _layout(sizes)
+    layout = layout_of(sizes)
     if layout is None:
-        raise FactError(f"heap sizes incomplete: {_snippet(text)}")
+        raise FactError(f"heap sizes incomplete: {snippet(text)}")
     return layout
 
 
@@ -421,11 +359,6 @@ def parse_assets(text: str) -> tuple[Asset, ...]:
         if state in ("verified", "present") and len(parts) >= 2:
             assets.append(Asset(parts[-2], parts[-1], state == "verified"))
     return tuple(assets)
-
-
-def _snippet(text: str, limit: int = 60) -> str:
-    flat = " ".join(text.split())
-    return repr(flat if len(flat) <= limit else flat[:limit] + "…")
 
 
 # ---------------------------------------------------------------------------------------------- versions

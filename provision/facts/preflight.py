@@ -285,8 +285,7 @@ def _memory(
     now: Layout, maximum: Layout, max_source: str, manifest: Manifest, variant: str
 ) -> tuple[str, list[Reason], Suggestion | None]:
     """(variant, why the heaps are not enough ([] when ready), the layout to suggest (None if none fits))."""
-    order = sorted(manifest.variants.values(), key=lambda v: -v.min_heap_mib)  # int8 first
-    candidates = order if variant == "auto" else [manifest.variant(variant)]
+    candidates = manifest.by_preference if variant == "auto" else (manifest.variant(variant),)
     for candidate in candidates:
         if now.total >= candidate.min_heap_mib:
             return candidate.name, [], None

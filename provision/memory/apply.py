@@ -23,8 +23,7 @@ from enum import Enum
 
 from provision import boxlock
 from provision.boxpaths import BOOT_IMAGE
-from provision.errors import FactError, FleetError, IntegrityError, RemoteError
-from provision.facts.parse import MemoryEditReport, parse_memory_edit_p
+from provision.errors import ApplyFailed, FactError, FleetError, IntegrityError, RemoteError
 from provision.memory import kit as memory_kit
 from provision.memory.bootimage import (
     MEMEDIT_BAK,
@@ -35,7 +34,8 @@ from provision.memory.bootimage import (
     sha256_on_box,
     swap_in,
 )
-from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.memory.layout import Layout
+from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
 from provision.memory.plan import Action, BoxMemory, BoxPlan, Request, plan_box
 from provision.memory.reboot import (
     Cancelled,
@@ -86,27 +86,6 @@ class BoxResult:
     backup: Backup | None = None
     boot_id: str | None = None
     note: str = ""
-
-
-class ApplyFailed(FleetError):
-    """A box that did not end well; `image` says which boot image it was left with, `recovery` what to do."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        host: str,
-        stage: Stage,
-        image: str,
-        backup: Backup | None = None,
-        recovery: tuple[str, ...] = (),
-        hint: str | None = None,
-        refused: bool = False,
-        cancelled: bool = False,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.host, self.stage, self.image, self.backup = host, stage, image, backup
-        self.recovery, self.refused, self.cancelled = recovery, refused, cancelled
 
 
 @dataclass(frozen=True)

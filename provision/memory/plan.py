@@ -84,7 +84,7 @@ def request_for(manifest: Manifest, *, variant: str | None = None, layout: Layou
     if layout is not None:
         threshold = manifest.variant(variant).min_heap_mib if variant else None
         return Request(layout, explicit=True, min_total=threshold, variant=variant)
-    name = variant or max(manifest.variants, key=lambda v: manifest.variants[v].min_heap_mib)
+    name = variant or manifest.by_preference[0].name
     return Request(
         manifest.recommended_layout,
         explicit=False,

@@ -10,49 +10,34 @@ command timeouts.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provision.errors import ConnectError, FleetError, NotReadyError, RemoteError
+from provision.backoff import backoff_delay
+from provision.errors import Cancelled, ConnectError, RebootTimeout, RemoteError
 from provision.ssh.transport import SUDO_FAILURES, Transport
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+DEFAULT_REBOOT_TIMEOUT = 600.0  # seconds a box may take to come back: memory apply, rollback and play
 
 
 @dataclass(frozen=True)
 class RebootPolicy:
     """Seconds: `timeout` for the whole wait; polls start after `first_poll` and back off to `cap`."""
 
-    timeout: float = 600.0
+    timeout: float = DEFAULT_REBOOT_TIMEOUT
     first_poll: float = 1.0
     cap: float = 10.0
     command_timeout: float = 15.0
     readiness: str = "whoami"  # what ansible runs (`test_command`) before it calls a box back
 
     def delays(self, rng: random.Random) -> Callable[[], float]:
-        state = {"next": self.first_poll}
-
-        def next_delay() -> float:
-            delay = state["next"]
-            state["next"] = min(self.cap, delay * 2)
-            return delay * rng.uniform(0.5, 1.0)  # jitter: a rebooted fleet does not poll in lockstep
-
-        return next_delay
-
-
-class Cancelled(FleetError):
-    """The operator interrupted the run; `state` says where the box was left."""
-
-
-class RebootTimeout(NotReadyError):
-    """The box did not come back (new boot_id + readiness) within the timeout."""
-
-    def __init__(self, message: str, *, host: str, waited: float, last_error: str | None, hint: str) -> None:
-        super().__init__(message, hint=hint)
-        self.host, self.waited, self.last_error = host, waited, last_error
+        polls = itertools.count(1)
+        return lambda: backoff_delay(next(polls), self.first_poll, self.cap, rng)
 
 
 def read_boot_id(transport: Transport, *, timeout: float = 15.0) -> str:

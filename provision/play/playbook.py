@@ -1,7 +1,7 @@
 """Playbooks: YAML fleet recipes, checked completely at load time (unknown keys, wrong types → file:line:key).
 
     name: ChatGLM4-9B, best variant per box
-    model: glm4-9b
+    model: glm4-9b        # optional: default play's --model (SOPHON_FLEET_MODEL, else glm4-9b)
     serial: 1                # or "25%": rolling batches for steps that reboot
     max_fail_percent: 0
     steps:
@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.errors import ConfigError
+from provision.manifest import Manifest
+from provision.memory.reboot import DEFAULT_REBOOT_TIMEOUT
 from provision.yamlfile import KeyPath, Located, load_yaml, type_name
-
-VARIANTS = ("auto", "int4", "int8")
 
 
 @dataclass(frozen=True)
@@ -47,20 +48,21 @@ class Option:
         return value
 
 
+# `variant` options are `auto` or a variant of the manifest: checked by check_variants once it is known
 STEPS: dict[str, dict[str, Option]] = {
-    "preflight": {"variant": Option(str, "auto", VARIANTS)},
+    "preflight": {"variant": Option(str, "auto")},
     "memory": {
-        "variant": Option(str, "auto", VARIANTS),
+        "variant": Option(str, "auto"),
         # nothing-fits: change the layout only where no variant fits as the box is (the auto playbook)
         "when": Option(str, "needed", ("needed", "nothing-fits")),
         "npu": Option(int),
         "vpu": Option(int),
         "vpp": Option(int),
         "auto_rollback": Option(bool, True),
-        "reboot_timeout": Option(int, 300),
+        "reboot_timeout": Option(int, int(DEFAULT_REBOOT_TIMEOUT)),
     },
     "assets": {
-        "variant": Option(str, "auto", VARIANTS),
+        "variant": Option(str, "auto"),
         "from_mirror": Option(str),
         "reverify": Option(bool, False),
     },
@@ -76,7 +78,7 @@ STEPS: dict[str, dict[str, Option]] = {
 
 TOP: dict[str, Option] = {
     "name": Option(str, ""),
-    "model": Option(str, "glm4-9b"),
+    "model": Option(str),  # None: the command's --model (SOPHON_FLEET_MODEL, else glm4-9b)
     "serial": Option((int, str)),
     "max_fail_percent": Option(int, 100),
     "forks": Option(int, 16),
@@ -95,11 +97,28 @@ class Step:
 class Playbook:
     file: str
     name: str
-    model: str
+    model: str | None
     serial: int | str | None
     max_fail_percent: int
     forks: int
     steps: tuple[Step, ...] = field(default_factory=tuple)
+
+
+def check_variants(playbook: Playbook, manifest: Manifest) -> None:
+    """Every step's `variant` is `auto` or one of the manifest's (checked once the model is known).
+
+    Raises:
+        ConfigError: naming the playbook's file, the step's line and the variants the manifest has.
+    """
+    for i, step in enumerate(playbook.steps):
+        variant = step.options.get("variant", "auto")
+        if variant != "auto" and variant not in manifest.variants:
+            raise ConfigError(
+                f"unknown variant {variant!r} (model {manifest.model} has: {', '.join(manifest.variants)})",
+                file=playbook.file,
+                line=step.line,
+                key=f"steps[{i}].{step.kind}.variant",
+            )
 
 
 def load_playbook(path: Path | str) -> Playbook:

@@ -13,23 +13,24 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.pins import Lock, load_lock
+from provision.assets.pins import Pins, load_pins
 from provision.assets.push import BoxPusher, plan_push, transport_opener
 from provision.errors import ConnectError, FleetError, NotReadyError
 from provision.facts.parse import Facts, gather
 from provision.facts.preflight import Status, Verdict, judge
-from provision.fleet import run_fleet
+from provision.fleet import over_budget, run_fleet
 from provision.inventory.hosts import Host
 from provision.manifest import Manifest
 from provision.memory import apply as memory_apply
 from provision.memory import kit as memory_kit
 from provision.memory import plan as memory_plan
 from provision.memory.layout import Layout
-from provision.play.playbook import Playbook, Step
+from provision.memory.rollout import plan_one
+from provision.play.playbook import STEPS, Playbook, Step
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box
 from provision.runtime.deploy import Deployer, deploy_box
 from provision.runtime.remote_chat import answer_text, choose_variant, runtime_session
@@ -48,6 +49,15 @@ class BoxState:
     verdict: Verdict | None = None
     variant: str | None = None
     out: bool = False  # failed a step: left the play
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """How a step ended on one box that did not fail it."""
+
+    outcome: Literal["ok", "changed", "skipped"]
+    message: str
+    data: Any = None  # e.g. a BoxBench for the recap's bench table
 
 
 @dataclass(frozen=True)
@@ -108,13 +118,14 @@ class Play:
         )
         self.forks = forks or playbook.forks
         self.cache = Cache(settings.cache_dir)
-        self._lock: Lock | None = None
+        self._lock: Pins | None = None
         self._guard = threading.Lock()
+        self._kit = memory_kit.shared_kit(manifest, settings)  # one kit download for the whole play
 
     @property
-    def lock(self) -> Lock:
+    def lock(self) -> Pins:
         if self._lock is None:
-            self._lock = load_lock(self.manifest)
+            self._lock = load_pins(self.manifest)
         return self._lock
 
     def run(self) -> PlayReport:
@@ -130,7 +141,7 @@ class Play:
                 if result.outcome in ("failed", "unreachable"):
                     self.states[result.host].out = True
             failed = sum(1 for s in self.states.values() if s.out)
-            if failed * 100 > self.max_fail_percent * len(self.states):
+            if over_budget(failed, len(self.states), self.max_fail_percent):
                 report.aborted = (
                     f"stopped after step {step.kind}: {failed} of {len(self.states)} boxes failed "
                     f"(max_fail_percent {self.max_fail_percent})"
@@ -139,29 +150,25 @@ class Play:
         return report
 
     def _run_step(self, step: Step, boxes: list[BoxState]) -> list[StepResult]:
-        runner = getattr(self, "_" + step.kind.replace("-", "_"))
-        prepare = getattr(self, "_prepare_" + step.kind.replace("-", "_"), None)
-        if prepare is not None and not self.dry_run:
+        kind = STEP_RUNNERS[step.kind]
+        if kind.prepare is not None and not self.dry_run:
             try:
-                prepare(step.options, boxes)
+                kind.prepare(self, step.options, boxes)
             except FleetError as exc:  # nothing could start (e.g. a download failed): every box fails it
                 return [StepResult(step.kind, b.host.name, "failed", exc.message, exc) for b in boxes]
-        serial = self.serial if step.kind == "memory" else None
         outcomes = run_fleet(
             [b.host for b in boxes],
-            lambda h: runner(step.options, self.states[h.name]),
+            lambda h: kind.run(self, step.options, self.states[h.name]),
             forks=self.forks,
-            serial=serial,
+            serial=self.serial if kind.rolling else None,
         )
         results = []
         for o in outcomes:
             if o.value is not None:
-                results.append(
-                    o.value
-                    if isinstance(o.value, StepResult)
-                    else StepResult(step.kind, o.host.name, *o.value)
-                )
+                done = o.value
+                results.append(StepResult(step.kind, o.host.name, done.outcome, done.message, data=done.data))
             else:
+                assert o.error is not None
                 outcome = "unreachable" if isinstance(o.error, ConnectError) else "failed"
                 results.append(StepResult(step.kind, o.host.name, outcome, o.error.message, o.error))
         for result in results:
@@ -175,41 +182,40 @@ class Play:
         state.facts = gather(self._transport(state))
         return state.facts
 
-    # ---- steps ---------------------------------------------------------------------------------------
-    # Each returns (outcome, message) or (outcome, message, error, data), or raises a FleetError.
+    # ---- steps (registered in STEP_RUNNERS below) ----------------------------------------------------
+    # Each returns a StepDone for one box, or raises a FleetError (the box fails the step).
 
-    def _preflight(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _preflight(self, options: dict[str, Any], state: BoxState) -> StepDone:
         facts = self._refresh(state)
         verdict = judge(state.host, facts, self.manifest, variant=options["variant"])
         state.verdict, state.variant = verdict, verdict.variant
         reasons = "; ".join(r.message for r in verdict.reasons)
         if verdict.status.ready:
-            return "ok", f"ready for {verdict.variant} ({facts.heaps_now} = {facts.heaps_now.total} MiB)"
+            total = facts.heaps_now.total if facts.heaps_now else "?"
+            return StepDone("ok", f"ready for {verdict.variant} ({facts.heaps_now} = {total} MiB)")
         if verdict.status is Status.NEEDS_LAYOUT and verdict.suggestion is not None:
-            return (
-                "ok",
-                f"needs the memory layout {verdict.suggestion.layout} for {verdict.variant}: {reasons}",
+            return StepDone(
+                "ok", f"needs the memory layout {verdict.suggestion.layout} for {verdict.variant}: {reasons}"
             )
         raise NotReadyError(f"{state.host.name}: {verdict.status.value}: {reasons}", hint=verdict.hint)
 
-    def _memory(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _memory(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if options["when"] == "nothing-fits" and (state.verdict is None or state.verdict.status.ready):
-            return "ok", "a variant fits the current layout: left alone"
+            return StepDone("ok", "a variant fits the current layout: left alone")
         variant = options["variant"] if options["variant"] != "auto" else None
         layout = (
             Layout(options["npu"], options["vpu"], options["vpp"]) if options["npu"] is not None else None
         )
         request = memory_plan.request_for(self.manifest, variant=variant, layout=layout)
-        box = memory_plan.box_memory(state.host.name, state.facts or self._refresh(state))
-        plan = memory_plan.plan_box(box, request)
+        box, plan = plan_one(state.host.name, state.facts or self._refresh(state), request)
         if plan.action is memory_plan.Action.NOTHING:
-            return "ok", plan.reason
+            return StepDone("ok", plan.reason)
         if plan.action is memory_plan.Action.REFUSED:
             raise NotReadyError(f"{state.host.name}: memory layout refused: {plan.reason}")
         if self.dry_run:
-            return "changed", f"would apply {plan.target} and reboot ({plan.reason})"
+            return StepDone("changed", f"would apply {plan.target} and reboot ({plan.reason})")
         options_ = memory_apply.ApplyOptions(
-            kit_resolver=self._kit_resolver(),
+            kit_resolver=self._kit,
             auto_rollback=options["auto_rollback"],
             reboot=memory_apply.RebootPolicy(timeout=options["reboot_timeout"]),
         )
@@ -224,19 +230,8 @@ class Play:
         self._refresh(state)
         state.variant = request.variant or state.variant
         if result.status is memory_apply.Status.UNCHANGED:  # a `check` box whose own max showed it at target
-            return "ok", result.note
-        return "changed", f"{result.before} → {result.after}, rebooted and verified"
-
-    def _kit_resolver(self) -> Callable[[], memory_kit.LocalKit]:
-        found: list[memory_kit.LocalKit] = []
-
-        def resolve() -> memory_kit.LocalKit:
-            with self._guard:  # one download for the whole play
-                if not found:
-                    found.append(memory_kit.resolve_kit(None, self.manifest, self.settings))
-                return found[0]
-
-        return resolve
+            return StepDone("ok", result.note)
+        return StepDone("changed", f"{result.before} → {result.after}, rebooted and verified")
 
     def _asset_variant(self, options: dict[str, Any], state: BoxState) -> str:
         variant = options["variant"] if options["variant"] != "auto" else state.variant
@@ -252,10 +247,10 @@ class Play:
             self.say(f"  cache: {', '.join(variants)} (downloaded once, verified, resumable)")
             pull(self.manifest, variants, cache=self.cache, lock=self.lock, mirrors=self.settings.mirrors)
 
-    def _assets(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _assets(self, options: dict[str, Any], state: BoxState) -> StepDone:
         variant = self._asset_variant(options, state)
         if self.dry_run:
-            return "skipped", f"would push {variant} (dry run)"
+            return StepDone("skipped", f"would push {variant} (dry run)")
         items = plan_push(
             self.manifest, variant, cache=self.cache, lock=self.lock, mirror=options["from_mirror"]
         )
@@ -270,12 +265,14 @@ class Play:
         )
         result = pusher.run()
         if result.skipped:
-            return "ok", f"{variant}: every file already verified on the box"
-        return "changed", f"{variant}: {result.transferred / 2**20:.1f} MiB sent, verified on the box"
+            return StepDone("ok", f"{variant}: every file already verified on the box")
+        return StepDone(
+            "changed", f"{variant}: {result.transferred / 2**20:.1f} MiB sent, verified on the box"
+        )
 
-    def _deploy(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _deploy(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if self.dry_run:
-            return "skipped", "would deploy the runtime (dry run)"
+            return StepDone("skipped", "would deploy the runtime (dry run)")
         deployer = Deployer(self._transport(state), state.host.name)
         result = deploy_box(
             deployer,
@@ -288,12 +285,12 @@ class Play:
         test = result.selftest or {}
         detail = f"selftest {test.get('tokens')} tokens at {test.get('tps')} tok/s"
         if result.status == "up-to-date":
-            return "ok", f"runtime {result.version} up to date"
-        return "changed", f"runtime {result.version} deployed, {detail}"
+            return StepDone("ok", f"runtime {result.version} up to date")
+        return StepDone("changed", f"runtime {result.version} deployed, {detail}")
 
-    def _bench(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _bench(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if self.dry_run:
-            return "skipped", "no benchmark in a dry run"
+            return StepDone("skipped", "no benchmark in a dry run")
         result = bench_box(
             self._transport(state),
             state.host.name,
@@ -302,16 +299,13 @@ class Play:
             prompt=options["prompt"] or SEED_PROMPT,
             max_new_tokens=options["max_new_tokens"],
         )
-        return (
-            "ok",
-            f"{result.variant}: FTL {result.ftl.median:.3f} s, {result.tps.median:.2f} tok/s",
-            None,
-            result,
+        return StepDone(
+            "ok", f"{result.variant}: FTL {result.ftl.median:.3f} s, {result.tps.median:.2f} tok/s", result
         )
 
-    def _chat_check(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _chat_check(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if self.dry_run:
-            return "skipped", "no chat in a dry run"
+            return StepDone("skipped", "no chat in a dry run")
         variant = choose_variant(self._refresh(state), self.manifest, "auto", state.host.name)
         with runtime_session(self._transport(state), self.manifest, variant, state.host.name) as client:
             client.wait_ready()
@@ -320,9 +314,29 @@ class Play:
             raise FleetError(
                 f"{state.host.name}: the model answered nothing ({done.tokens} tokens, {done.stop})"
             )
-        return (
+        return StepDone(
             "ok",
             f"{options['prompt']!r} → {text.strip()[:60]!r}",
-            None,
             {"prompt": options["prompt"], "answer": text},
         )
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """How `play` runs one kind of step: per box, after an optional fleet-wide preparation; `rolling` steps
+    (they reboot) go in `serial` batches."""
+
+    run: Callable[[Play, dict[str, Any], BoxState], StepDone]
+    prepare: Callable[[Play, dict[str, Any], list[BoxState]], None] | None = None
+    rolling: bool = False
+
+
+STEP_RUNNERS: dict[str, StepKind] = {
+    "preflight": StepKind(Play._preflight),
+    "memory": StepKind(Play._memory, rolling=True),
+    "assets": StepKind(Play._assets, prepare=Play._prepare_assets),
+    "deploy": StepKind(Play._deploy),
+    "bench": StepKind(Play._bench),
+    "chat-check": StepKind(Play._chat_check),
+}
+assert set(STEP_RUNNERS) == set(STEPS), "every step kind the schema knows is run, and only those"

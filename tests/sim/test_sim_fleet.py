@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from sim import itb
-from sim.fleet import Fleet
+from sim.fleet import Fleet, pid_alive
+from tests.py38 import box_python_version
 from tests.sim.conftest import assert_nothing_left, connect, needs_root, run, sudo
 
 pytestmark = [pytest.mark.sim, needs_root]
@@ -32,7 +35,7 @@ def test_three_boxes_answer_over_ssh_each_with_its_own_identity(sim_fleet):
         assert status == 0
         hostname, boot_id, python = out.split("\n")[:3]
         seen[record.name] = (hostname, boot_id)
-        assert python.startswith("Python 3.")
+        assert python.startswith(f"Python {box_python_version()}.")
         client.close()
     assert [h for h, _ in seen.values()] == ["se7-1", "se7-2", "se7-3"]
     assert len({b for _, b in seen.values()}) == 3
@@ -174,7 +177,8 @@ def test_link_down_makes_the_box_unreachable_until_link_up(sim_fleet):
     with pytest.raises((OSError, paramiko.SSHException)):
         connect(fleet, "se7-1", timeout=1.0)
     fleet.fault("se7-1", "link-up")
-    run(connect(fleet, "se7-1"), "true")
+    with contextlib.closing(connect(fleet, "se7-1")) as client:
+        assert run(client, "true")[0] == 0
 
 
 def test_rate_limits_the_link(sim_fleet):
@@ -243,7 +247,10 @@ def test_inventory_lists_every_box_with_auth_references(sim_fleet):
 def test_down_cleans_up_after_the_simulator_crashed(tmp_path):
     fleet = Fleet.up(tmp_path / "fleet", ["se7-factory", "se7-factory"])
     os.kill(fleet.state.daemon_pid, signal.SIGKILL)  # the sim dies; the boxes keep running
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while pid_alive(fleet.state.daemon_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(fleet.state.daemon_pid)
     again = Fleet.load(tmp_path / "fleet")
     assert again.down() == []
     assert_nothing_left(again)
@@ -261,7 +268,9 @@ def test_cli_up_status_fault_reboot_down(tmp_path):
 
         up = json.loads(result.stdout)
         assert [b["profile"] for b in up["boxes"]] == ["se7-small", "se7-int4-only"]
-        assert up["mirror"].startswith("http://10.213.") and up["manifest"].endswith("models/glm4-9b.yaml")
+        assert up["mirror"].startswith("http://10.213.") and up["manifest"].endswith(
+            "models/glm4-9b-sim.yaml"
+        )
         result = runner.invoke(cli, ["sim", "reboot", "se7-2", "--state-dir", state])
         assert result.exit_code == 0, result.output
         result = runner.invoke(cli, ["sim", "status", "--json", "--state-dir", state])
@@ -275,3 +284,32 @@ def test_cli_up_status_fault_reboot_down(tmp_path):
         result = runner.invoke(cli, ["sim", "down", "--state-dir", state])
     assert result.exit_code == 0, result.output
     assert not Path(state).exists()
+
+
+def test_without_python_3_8_boxes_run_the_hosts_python_with_a_working_sail_and_a_warning(
+    tmp_path, monkeypatch
+):
+    """The fallback on a machine without CPython 3.8 (forced here with SOPHON_FLEET_SIM_PYTHON): the boxes
+    run the host's interpreter, with numpy for the SAIL emulator from the sim's site cache, and `sim up`
+    says the boxes are not 3.8 — no boot loop, no missing site."""
+    host_python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    monkeypatch.setenv("SOPHON_FLEET_SIM_PYTHON", host_python)
+    state = str(tmp_path / "fleet")
+    result = CliRunner().invoke(
+        cli, ["sim", "up", "--profile", "se7-factory:1", "--no-mirror", "--state-dir", state]
+    )
+    fleet = Fleet.load(state)
+    try:
+        assert result.exit_code == 0, result.output
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        assert f"the boxes run Python {version}, not 3.8" in result.stderr
+        assert fleet.state.python_version == version
+        with contextlib.closing(connect(fleet, "se7-1")) as client:
+            code, out = run(
+                client, "python3 -c 'import sys, sophon.sail; print(\"%d.%d\" % sys.version_info[:2])'"
+            )
+        assert (code, out.strip()) == (0, version)
+        assert fleet.hardware("se7-1").boot_count == 1  # booted once: no reboot loop
+    finally:
+        assert fleet.down() == []
+        assert_nothing_left(fleet)

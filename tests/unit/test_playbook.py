@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ConfigError
-from provision.play.playbook import load_playbook, parse_playbook
+from provision.manifest import load_manifest
+from provision.play.playbook import check_variants, load_playbook, parse_playbook
 from provision.yamlfile import parse_yaml
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
@@ -13,7 +14,13 @@ PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 def test_shipped_playbooks_load(name):
     playbook = load_playbook(PLAYBOOKS / name)
     assert playbook.steps[0].kind == "preflight"
-    assert playbook.model == "glm4-9b"
+    assert playbook.model is None  # the command's --model: the same playbook runs on a simulated fleet
+
+
+def test_a_playbook_may_name_its_model(tmp_path):
+    book = tmp_path / "b.yml"
+    book.write_text("model: chatglm3-6b\nsteps:\n  - preflight: {}\n")
+    assert load_playbook(book).model == "chatglm3-6b"
 
 
 def test_auto_playbook_changes_layouts_only_where_nothing_fits():
@@ -43,8 +50,17 @@ def test_unknown_option_and_wrong_type():
     assert error_of("steps:\n  - bench:\n      runs: three\n") == (
         "p.yml:3: steps[0].bench.runs: must be a number, not text"
     )
-    assert "must be one of auto, int4, int8" in error_of("steps:\n  - assets: {variant: fp16}\n")
     assert "must be a boolean, not text" in error_of("steps:\n  - memory: {auto_rollback: 'no'}\n")
+
+
+def test_variants_come_from_the_manifest():
+    book = parse_playbook(parse_yaml("steps:\n  - preflight: {}\n  - assets: {variant: fp16}\n", "p.yml"))
+    check_variants(book, load_manifest("chatglm3-6b"))  # it has an fp16 variant
+    with pytest.raises(ConfigError) as caught:
+        check_variants(book, load_manifest("glm4-9b"))
+    assert caught.value.message == (
+        "p.yml:3: steps[1].assets.variant: unknown variant 'fp16' (model glm4-9b has: int4, int8)"
+    )
 
 
 def test_top_level_errors():
