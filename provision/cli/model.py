@@ -71,7 +71,7 @@ def compile_cmd(out: Output, checkpoint, name, variant, seqlen, out_dir, build_d
         progress=on_event,
     )
     manifest_path = out_dir / f"{name}.yaml"
-    manifest = register_compiled(
+    manifest, pins = register_compiled(
         result, name=name, cache=Cache(cache_root), base=base_manifest, manifest_path=manifest_path
     )
     document = {
@@ -79,7 +79,7 @@ def compile_cmd(out: Output, checkpoint, name, variant, seqlen, out_dir, build_d
         "token_config": str(result.token_dir),
         "token_zip": str(result.token_zip),
         "manifest": str(manifest_path),
-        "lock": str(manifest.lock_path),
+        "pins": str(pins.path),
         "variant": variant,
         "seqlen": seqlen,
         "graphs": result.graphs,

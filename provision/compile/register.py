@@ -1,8 +1,8 @@
 """A compiled model becomes an asset like a downloaded one: its files go into the content-addressed cache,
-and a manifest `<out>/<name>.yaml` with a lock beside it names them, so `assets push -m <out>/<name>.yaml`
-and `deploy` take it. Everything else (chip, SDK minimums, layout, dfss servers, the SAIL wheel, the
-memory_edit kit) comes from the base manifest (glm4-9b). Compiling a second variant adds it to the same
-manifest.
+a manifest `<out>/<name>.yaml` names them (sizes and sha256 pinned in it and in its pins file), so
+`assets push -m <out>/<name>.yaml` and `deploy -m <out>/<name>.yaml` take it. Everything else (chip, SDK
+minimums, layout, dfss servers, the SAIL wheel, the memory_edit kit) comes from the base manifest (glm4-9b).
+Compiling a second variant adds it to the same manifest.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from provision.assets.cache import Cache, sha256_file
-from provision.assets.pins import load_lock
+from provision.assets.pins import Pins, load_pins
 from provision.compile.pipeline import CompileResult
 from provision.errors import ConfigError
 from provision.manifest import AssetFile, Manifest, load_manifest
@@ -40,18 +40,19 @@ def min_heap_mib(result: CompileResult, base: Manifest) -> int:
 
 def register_compiled(
     result: CompileResult, *, name: str, cache: Cache, base: Manifest, manifest_path: Path
-) -> Manifest:
+) -> tuple[Manifest, Pins]:
     """Put the bmodel and token_config.zip into `cache` under model `name`, write or extend the manifest at
-    `manifest_path` and pin both files in its lock. Returns the loaded manifest.
+    `manifest_path` and pin both files in its pins file. Returns the loaded manifest and its pins.
 
     Raises:
         ConfigError: the manifest exists for another model or another SEQLEN.
     """
+    origin = f"compiled by sophon-fleet model compile (tpu-mlir) into {result.bmodel.parent}"
     files = {
         f"bmodel-{result.variant}": (result.bmodel.name, result.bmodel),
         "token-config": ("token_config.zip", result.token_zip),
     }
-    pins = {fid: _cache_copy(cache, name, path, source) for fid, (path, source) in files.items()}
+    pins = {fid: _cache_copy(cache, name, path, source, origin) for fid, (path, source) in files.items()}
     doc = _existing(manifest_path, name, result.seqlen) or _from_base(base, name, result)
     doc["files"][f"bmodel-{result.variant}"] = {
         "path": result.bmodel.name,
@@ -74,20 +75,20 @@ def register_compiled(
     part.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     part.replace(manifest_path)
     manifest = load_manifest(manifest_path)
-    lock = load_lock(manifest)
+    pinned = load_pins(manifest)
     for fid, pin in pins.items():
-        lock.entries.pop(fid, None)  # a recompile replaces the file: the new one is the one pinned
-        lock.record(manifest.files[fid], pin["size"], pin["sha256"])
-    lock.save()
-    return manifest
+        pinned.entries.pop(fid, None)  # a recompile replaces the file: the new one is the one pinned
+        pinned.record(manifest.files[fid], pin["size"], pin["sha256"])
+    pinned.save()
+    return manifest, pinned
 
 
-def _cache_copy(cache: Cache, model: str, path: str, source: Path) -> dict:
+def _cache_copy(cache: Cache, model: str, path: str, source: Path, origin: str) -> dict:
     part = cache.part_path(model, path)
     part.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, part)
     sha = sha256_file(part)
-    placed = cache.place(part, model, path, sha)
+    placed = cache.place(part, model, path, sha, origin)
     return {"size": placed.size, "sha256": sha}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from provision.errors import ConfigError
 
-DTYPES = {
+DTYPES: dict[str, type] = {
     "F32": np.float32,
     "F16": np.float16,
     "F64": np.float64,
@@ -67,7 +67,7 @@ class SafetensorsFile:
             ConfigError: unknown dtype, or offsets outside the file (a truncated download).
         """
         entry = self.entries[name]
-        dtype_name = entry.get("dtype")
+        dtype_name = str(entry.get("dtype"))
         begin, end = (int(x) for x in entry["data_offsets"])
         shape = self.shape(name)
         if self.data_start + end > self.size or begin > end:
@@ -75,9 +75,9 @@ class SafetensorsFile:
                 f"{name}: data [{begin}, {end}) lies outside the file ({self.size} bytes): truncated?",
                 file=str(self.path),
             )
-        item = 2 if dtype_name == BF16 else np.dtype(DTYPES.get(dtype_name, np.uint8)).itemsize
         if dtype_name != BF16 and dtype_name not in DTYPES:
             raise ConfigError(f"{name}: unsupported dtype {dtype_name!r}", file=str(self.path))
+        item = 2 if dtype_name == BF16 else np.dtype(DTYPES[dtype_name]).itemsize
         count = int(np.prod(shape)) if shape else 1
         if end - begin != count * item:
             raise ConfigError(

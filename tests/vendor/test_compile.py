@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from provision.assets.cache import Cache, sha256_file
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.compile.onnx_graph_names import graph_names
 from provision.manifest import load_manifest
 from sim.tinyglm import write_hf_checkpoint
@@ -72,9 +72,9 @@ def test_a_killed_compile_resumes_and_registers_the_model(shared_cache, tmp_path
     assert manifest.model == "tiny-ft" and manifest.seqlen == 64 and manifest.chip == "bm1684x"
     variant = manifest.variant("int4")
     assert [f.id for f in variant.files] == ["bmodel-int4", "token-config", "sail-wheel"]
-    lock = load_lock(manifest)
+    lock = load_pins(manifest)
     assert lock.entries["bmodel-int4"].sha256 == sha256_file(bmodel)
-    cached = Cache(shared_cache).lookup("tiny-ft", bmodel.name)
+    cached = Cache(shared_cache).lookup("tiny-ft", bmodel.name, sha256_file(bmodel))
     assert cached is not None and cached.sha256 == sha256_file(bmodel)
     assert (out / "token_config" / "tokenizer.model").read_bytes() == (
         checkpoint / "tokenizer.model"
