@@ -63,17 +63,21 @@ def venv_dir(cache_dir: Path) -> Path:
 
 
 def find_python(candidates: list[str] | None = None) -> str:
-    """A CPython 3.10 interpreter: `python3.10` on PATH, else pyenv's.
+    """A working CPython 3.10: `python3.10` on PATH, else pyenv's installs (a pyenv shim on PATH may answer
+    "command not found", so every candidate is run once to check its version).
 
     Raises:
         CompileError: none found, with how to get one.
     """
-    found = candidates or [shutil.which(f"python{PYTHON_VERSION}") or ""]
-    found += sorted(
-        glob.glob(os.path.expanduser(f"~/.pyenv/versions/{PYTHON_VERSION}.*/bin/python{PYTHON_VERSION}"))
-    )
+    found = list(candidates or [shutil.which(f"python{PYTHON_VERSION}") or ""])
+    pattern = f"~/.pyenv/versions/{PYTHON_VERSION}.*/bin/python{PYTHON_VERSION}"
+    found += sorted(glob.glob(os.path.expanduser(pattern)))
+    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
     for path in found:
-        if path and os.access(path, os.X_OK):
+        if not path or not os.access(path, os.X_OK):
+            continue
+        done = subprocess.run([path, "-c", probe], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() == PYTHON_VERSION:
             return path
     raise CompileError(
         f"tpu-mlir {TPU_MLIR_VERSION} needs CPython {PYTHON_VERSION}, and none was found",
