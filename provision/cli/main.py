@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "memory": "provision.cli.memory:memory",
     "serve": "provision.cli.serve:serve",
     "gateway": "provision.cli.gateway:gateway",
+    "model": "provision.cli.model:model",
 }
 
 EPILOG = """\b
