@@ -1,0 +1,126 @@
+"""Shared by the preflight benchmarks: every figure is a whole process timed from outside, as a user meets it.
+
+`floor_command` is the baseline: a bare paramiko script (no sophon-fleet code) run the same way, as a fresh
+`python` process that imports paramiko, connects to every box at once from a thread pool, authenticates with
+the inventory's key, runs one command (optionally handing it the sudo password on stdin) and exits. Rows are
+run round-robin (`interleaved`) so load from elsewhere hits them alike, and each row's median is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from provision.inventory.hosts import Host
+
+# The floor: what any tool must at least do, written as plainly as paramiko allows.
+FLOOR_SCRIPT = r"""
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+import paramiko
+
+spec = json.load(open(sys.argv[1]))
+
+def run(host):
+    address, user, key = host
+    client = paramiko.SSHClient()
+    client.load_host_keys(spec["known_hosts"])
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(address, username=user, key_filename=key, look_for_keys=False, allow_agent=False,
+                   timeout=10)
+    try:
+        stdin, stdout, _ = client.exec_command(spec["command"])
+        try:
+            if spec["password"] is not None:
+                stdin.write(spec["password"] + "\n")
+            stdin.channel.shutdown_write()
+        except OSError:  # a command that exits without reading its stdin
+            pass
+        out = stdout.read().decode()
+        return stdout.channel.recv_exit_status() == 0 and spec["expect"] in out
+    finally:
+        client.close()
+
+with ThreadPoolExecutor(max_workers=len(spec["hosts"])) as pool:
+    ok = sum(pool.map(run, spec["hosts"]))
+print(ok)
+sys.exit(0 if ok == len(spec["hosts"]) else 1)
+"""
+
+
+def floor_command(
+    work: Path, name: str, hosts: Sequence[Host], command: str, password: str | None, expect: str = ""
+) -> list[str]:
+    """The argv of a bare paramiko process running `command` on every host (spec and script under `work`)."""
+    script = work / "floor.py"
+    if not script.exists():
+        script.write_text(FLOOR_SCRIPT)
+    spec = work / f"floor-{name}.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "hosts": [[h.address, h.user, h.keys[0]] for h in hosts],
+                "known_hosts": hosts[0].known_hosts[0],
+                "command": command,
+                "password": password,
+                "expect": expect,
+            }
+        )
+    )
+    return [sys.executable, str(script), str(spec)]
+
+
+def run_process(
+    argv: list[str], env: dict[str, str], check: Callable[[subprocess.CompletedProcess[str]], None]
+):
+    """Seconds from fork to exit of one process; `check` asserts it did the work (after the clock stops)."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    took = time.perf_counter() - started
+    check(done)
+    return took
+
+
+def exit_ok(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, (done.args[:3], done.returncode, done.stdout[-1500:], done.stderr[-1500:])
+
+
+def interleaved(rows: Sequence[tuple[str, Callable[[], float]]], runs: int) -> dict[str, list[float]]:
+    """Every row once per round, `runs` rounds; the samples per row."""
+    samples: dict[str, list[float]] = {label: [] for label, _ in rows}
+    for _ in range(runs):
+        for label, fn in rows:
+            samples[label].append(fn())
+    return samples
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def machine() -> str:
+    """nproc, CPU model, Python, load average now: the line every benchmark prints at its start and end."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, load average {load}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
