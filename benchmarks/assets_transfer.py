@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.wholeprocess import machine  # noqa: E402
+from benchmarks.wholeprocess import child_env, machine  # noqa: E402
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
 from provision.assets.pins import load_lock  # noqa: E402
@@ -183,7 +183,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
         ssh_opts = ["-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes"]
         host = load_inventory([fleet.inventory_path]).hosts[0]
         gcm = ["-c", "aes128-gcm@openssh.com"]
-        env = dict(os.environ, SOPHON_FLEET_HOME=str(work / "cli-home"))
+        env = child_env(work, SOPHON_FLEET_HOME=str(work / "cli-home"))
         cli = [
             str(Path(sys.executable).with_name("sophon-fleet")), "assets", "push",
             "-i", str(fleet.inventory_path), "--model", str(work / "glm4-9b.yaml"),

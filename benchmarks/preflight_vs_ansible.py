@@ -19,7 +19,6 @@ Run as root:  .venv/bin/python benchmarks/preflight_vs_ansible.py [--boxes 16] [
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -30,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.preflight_scale import PROFILES, SOPHON_FLEET, preflight_ok  # noqa: E402
 from benchmarks.wholeprocess import (  # noqa: E402
+    BYTECODE_NOTE,
+    child_env,
     exit_ok,
     floor_command,
     interleaved,
@@ -93,8 +94,9 @@ def main() -> None:
     print(f"{version.stdout.splitlines()[0]}, {args.boxes} simulated boxes, median of {args.runs} rounds")
     with tempfile.TemporaryDirectory(prefix="ansible-bench-") as tmp:
         work = Path(tmp)
-        env = dict(
-            os.environ,
+        print(BYTECODE_NOTE)
+        env = child_env(
+            work,
             SOPHON_FLEET_HOME=str(work / "home"),
             ANSIBLE_HOME=str(work / "ansible-home"),
             ANSIBLE_LOCAL_TEMP=str(work / "ansible-local"),

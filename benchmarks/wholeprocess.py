@@ -77,6 +77,24 @@ def floor_command(
     return [sys.executable, str(script), str(spec)]
 
 
+def child_env(work: Path, **extra: str) -> dict[str, str]:
+    """The environment of every timed process: this one's, with bytecode cached under `work`.
+
+    Some machines (this one) set PYTHONDONTWRITEBYTECODE=1, so an editable checkout would compile every
+    module from source at every start while paramiko and Ansible (installed by pip, which compiles their
+    bytecode) would not. A user's install has its bytecode, so the children get a bytecode cache of their
+    own (PYTHONPYCACHEPREFIX under `work`, never the source tree), warmed by the first, untimed run.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return dict(env, PYTHONPYCACHEPREFIX=str(work / "pycache"), **extra)
+
+
+BYTECODE_NOTE = (
+    "timed processes cache bytecode under the run's temp dir (PYTHONPYCACHEPREFIX), as an installed "
+    "package has it"
+)
+
+
 def run_process(
     argv: list[str], env: dict[str, str], check: Callable[[subprocess.CompletedProcess[str]], None]
 ):

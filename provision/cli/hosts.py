@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,7 +13,9 @@ from provision.errors import ConfigError
 from provision.fleet import DEFAULT_FORKS
 from provision.inventory.hosts import Inventory, load_inventory
 from provision.settings import Settings, load_settings
-from provision.ssh.transport import Connector, Timeouts, Trust
+
+if TYPE_CHECKING:  # paramiko is imported when a command connects, not for --help
+    from provision.ssh.transport import Connector
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ def resolve_inventory(
 
 def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None = None) -> Connector:
     """A Connector for this run; asks once for the sudo password (-K, or on a terminal if needed)."""
+    from provision.ssh.transport import Connector, Timeouts, Trust
+
     settings = settings or load_settings()
     password = None
     needs = any(h.become_password is None for h in inventory.hosts)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:  # rich is imported on first output, not for --help or --json
+    from rich.console import Console
 
 
 @dataclass
@@ -19,8 +19,18 @@ class Output:
 
     json: bool = False
     verbosity: int = 0
-    console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
-    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True))
+
+    @functools.cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
+        return Console(highlight=False, soft_wrap=True)
+
+    @functools.cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
 
     def emit_json(self, document: Any) -> None:
         sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n")
@@ -33,6 +43,8 @@ class Output:
     def warn(self, text: str) -> None:
         """A warning for people (stderr, even with --json; silent with -q)."""
         if self.verbosity >= 0:
+            from rich.text import Text
+
             self.err.print(Text(f"warning: {text}", style="yellow"))
 
     def debug(self, text: str) -> None:
@@ -48,6 +60,9 @@ class Output:
         keep_whole: Sequence[str] = (),
     ) -> None:
         """A table; columns named in `keep_whole` are never wrapped or cut (e.g. 7615/3071/3071)."""
+        from rich.table import Table
+        from rich.text import Text
+
         cells = [[str(cell) for cell in row] for row in rows]
         table = Table(title=title, show_lines=False, header_style="bold")
         for i, column in enumerate(columns):

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from provision.assets.pins import load_lock
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option
 from provision.cli.output import Output
-from provision.facts.doctor import doctor_json, support_block
-from provision.facts.parse import gather
-from provision.facts.preflight import PreflightReport, Status, judge, report_json, run_preflight
-from provision.manifest import Manifest, load_manifest
+
+if TYPE_CHECKING:  # the core modules (and paramiko) are imported when a command runs, not for --help
+    from provision.facts.preflight import PreflightReport
+    from provision.manifest import Manifest
 
 EXIT_BY_RESULT = {"ready": Exit.OK, "not-ready": Exit.NOT_READY, "unreachable": Exit.UNREACHABLE}
-STYLE = {
-    Status.READY_INT8: "green",
-    Status.READY_INT4: "green",
-    Status.NEEDS_LAYOUT: "yellow",
-    Status.BLOCKED: "red",
-    Status.ERROR: "red",
-    Status.UNREACHABLE: "magenta",
+STYLE = {  # by Status value
+    "ready-int8": "green",
+    "ready-int4": "green",
+    "needs-memory-layout": "yellow",
+    "blocked": "red",
+    "error": "red",
+    "unreachable": "magenta",
 }
 
 
@@ -65,6 +64,9 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
       sophon-fleet preflight -i hosts.ini --fresh
       sophon-fleet preflight -H linaro@192.168.150.1 -K --accept-new
     """
+    from provision.facts.preflight import report_json, run_preflight
+    from provision.manifest import load_manifest
+
     reach = reach_from(kwargs)
     manifest = load_manifest(model)
     inv = resolve_inventory(reach)
@@ -86,6 +88,8 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
 
 
 def render(out: Output, report: PreflightReport) -> None:
+    from provision.facts.preflight import Status
+
     rows = []
     for v in report.verdicts:
         facts = v.facts
@@ -99,7 +103,7 @@ def render(out: Output, report: PreflightReport) -> None:
         rows.append(
             (
                 v.host.name,
-                f"[{STYLE[v.status]}]{v.status.value}[/]",
+                f"[{STYLE[v.status.value]}]{v.status.value}[/]",
                 f"{now} = {now.total}" if now else "-",
                 layout,
                 reasons + (f" (hint: {v.hint})" if v.hint else ""),
@@ -126,6 +130,8 @@ def lock_sizes(manifest: Manifest) -> dict[str, int]:
 
     Raises ConfigError (file, line, key) when the lock is malformed.
     """
+    from provision.assets.pins import load_lock
+
     return {fid: entry.size for fid, entry in load_lock(manifest).entries.items()}
 
 
@@ -148,6 +154,11 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
       sophon-fleet doctor se7-1 -i /run/sophon-fleet-sim/inventory.yml
       sophon-fleet doctor linaro@192.168.150.1 -K --json
     """
+    from provision.facts.doctor import doctor_json, support_block
+    from provision.facts.parse import gather
+    from provision.facts.preflight import judge
+    from provision.manifest import load_manifest
+
     reach = reach_from(kwargs)
     manifest = load_manifest(model)
     inv = resolve_inventory(reach) if reach.inventories or reach.adhoc else None
