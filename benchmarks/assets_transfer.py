@@ -44,15 +44,6 @@ MB = 1_000_000
 MIB = 1 << 20
 
 
-def timed(func, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def interleaved(rows, runs: int, prepare=lambda: None) -> dict[str, float]:
     """Median seconds per row, running the rows round-robin so load from elsewhere hits them alike;
     `prepare` runs before each row, untimed. A row that returns a float timed itself (its set-up excluded)."""
@@ -77,9 +68,9 @@ def plain_hashlib(path: Path) -> str:
 def bench_hashing(path: Path, runs: int) -> None:
     size = path.stat().st_size
     plain_hashlib(path)  # warm the page cache
-    plain = timed(lambda: plain_hashlib(path), runs)
-    ours = timed(lambda: sha256_file(path), runs)
-    print("1. hashing a page-cached file")
+    times = interleaved([("plain", lambda: plain_hashlib(path)), ("ours", lambda: sha256_file(path))], runs)
+    plain, ours = times["plain"], times["ours"]
+    print(f"1. hashing a page-cached file, {runs} rounds (median)")
     print(f"   plain hashlib loop (1 MiB reads)   {size / plain / MB:7.0f} MB/s")
     print(f"   cache.sha256_file                  {size / ours / MB:7.0f} MB/s   ratio {plain / ours:.2f}x")
 

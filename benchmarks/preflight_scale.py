@@ -124,26 +124,39 @@ def main() -> None:
                 limit = ",".join(h.name for h in hosts)
                 argv = [SOPHON_FLEET, "preflight", "-i", inventory, "--limit", limit]
 
-                def row(command: list[str], check=exit_ok):
-                    return lambda: run_process(command, env, check)
-
-                rows = [
-                    ("true", row(floor_command(work, f"true{size}", hosts, "true", None))),
-                    ("ours", row(argv, preflight_ok(size))),
-                    ("fresh_floor", row(floor_command(work, f"f{size}", hosts, probe(True), password, end))),
-                    ("fresh", row([*argv, "--fresh"], preflight_ok(size))),
+                commands = [  # label, argv, check
+                    ("true", floor_command(work, f"true{size}", hosts, "true", None), exit_ok),
+                    ("ours", argv, preflight_ok(size)),
+                    (
+                        "fresh_floor",
+                        floor_command(work, f"f{size}", hosts, probe(True), password, end),
+                        exit_ok,
+                    ),
+                    ("fresh", [*argv, "--fresh"], preflight_ok(size)),
                     (
                         "replay_floor",
-                        row(floor_command(work, f"r{size}", hosts, probe(False), password, end)),
+                        floor_command(work, f"r{size}", hosts, probe(False), password, end),
+                        exit_ok,
                     ),
                 ]
+                cpu: dict[str, list[float]] = {label: [] for label, *_ in commands}
+                rows = [
+                    (label, lambda a=command, c=check, s=cpu[label]: run_process(a, env, c, s))
+                    for label, command, check in commands
+                ]
                 t = {label: median(values) for label, values in interleaved(rows, args.runs).items()}
+                c = {label: median(values) for label, values in cpu.items()}
                 fresh_ratio = t["fresh"] / t["fresh_floor"]
                 print(
                     f"{size:>5} {t['true']:>11.3f}s {t['ours']:>9.3f}s {t['ours'] / t['true']:>5.2f}x | "
                     f"{t['fresh_floor']:>17.3f}s {t['fresh']:>7.3f}s {fresh_ratio:>5.2f}x | "
                     f"{t['replay_floor']:>20.3f}s"
                 )
+                print(
+                    f"{'CPU':>5} {c['true']:>11.3f}s {c['ours']:>9.3f}s {'':>6} | {c['fresh_floor']:>17.3f}s "
+                    f"{c['fresh']:>7.3f}s {'':>6} | {c['replay_floor']:>20.3f}s"
+                )
+            print("CPU: user + system seconds of the timed process and its children (the controller side)")
             print("goals: replayed preflight <= 1.3x floor(true); --fresh <= 1.3x floor(fresh probe)")
         finally:
             fleet.down()

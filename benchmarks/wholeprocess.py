@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -96,13 +97,24 @@ BYTECODE_NOTE = (
 
 
 def run_process(
-    argv: list[str], env: dict[str, str], check: Callable[[subprocess.CompletedProcess[str]], None]
-):
-    """Seconds from fork to exit of one process; `check` asserts it did the work (after the clock stops)."""
+    argv: list[str],
+    env: dict[str, str],
+    check: Callable[[subprocess.CompletedProcess[str]], None],
+    cpu: list[float] | None = None,
+) -> float:
+    """Seconds from fork to exit of one process; `check` asserts it did the work (after the clock stops).
+
+    `cpu` gets the CPU seconds (user + system) of the process and every child it waited for: the controller
+    side only, since the simulated boxes' sshd and probes are not its children.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     took = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     check(done)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     return took
 
 
