@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision.inventory.hosts import Host
@@ -96,17 +97,24 @@ BYTECODE_NOTE = (
 )
 
 
+@dataclass
+class Cpu:
+    """CPU seconds per run of one row: the controller's (the process and the children it waited for) and,
+    with `boxes`, the simulated boxes' (see BoxCpu)."""
+
+    boxes: BoxCpu | None = None
+    controller: list[float] = field(default_factory=list)
+    box: list[float] = field(default_factory=list)
+
+
 def run_process(
     argv: list[str],
     env: dict[str, str],
     check: Callable[[subprocess.CompletedProcess[str]], None],
-    cpu: list[float] | None = None,
+    cpu: Cpu | None = None,
 ) -> float:
-    """Seconds from fork to exit of one process; `check` asserts it did the work (after the clock stops).
-
-    `cpu` gets the CPU seconds (user + system) of the process and every child it waited for: the controller
-    side only, since the simulated boxes' sshd and probes are not its children.
-    """
+    """Seconds from fork to exit of one process; `check` asserts it did the work (after the clock stops)."""
+    boxes_before = cpu.boxes.seconds() if cpu and cpu.boxes else 0.0
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -114,8 +122,55 @@ def run_process(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     check(done)
     if cpu is not None:
-        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        cpu.controller.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        if cpu.boxes:
+            cpu.box.append(cpu.boxes.seconds() - boxes_before)
     return took
+
+
+class BoxCpu:
+    """CPU seconds spent on the simulated boxes of one fleet: the sshd listeners' own and reaped children's.
+
+    Every box process an SSH session starts (sshd, the shell, sudo, python3) descends from its box's sshd
+    listener and is reaped up that chain, so the listeners' cumulative times (utime+stime+cutime+cstime)
+    grow by what each finished session cost. On this machine the boxes share the controller's cores.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        marker = f"{state_dir}/boxes/".encode()
+        self.pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            except OSError:
+                continue
+            # the listener, whose title sshd sets to "sshd: /usr/sbin/sshd -D -e -f <box>/etc/sshd_config ..."
+            if cmdline.startswith(b"sshd") and b" -D " in cmdline and marker in cmdline:
+                self.pids.append(int(entry.name))
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(self) -> float:
+        """Now, once every session that had ended has been reaped (bounded wait)."""
+        deadline = time.monotonic() + 2
+        while self._children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        total = 0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        return total / self.tick
+
+    def _children(self) -> bool:
+        wanted = set(self.pids)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid in wanted:
+                    return True
+        return False
 
 
 def exit_ok(done: subprocess.CompletedProcess[str]) -> None:
