@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shlex
 import signal
 import statistics
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.wholeprocess import child_env, machine  # noqa: E402
+from benchmarks.wholeprocess import BoxCpu, child_env, machine  # noqa: E402
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
 from provision.assets.pins import load_lock  # noqa: E402
@@ -44,17 +45,27 @@ MB = 1_000_000
 MIB = 1 << 20
 
 
-def interleaved(rows, runs: int, prepare=lambda: None) -> dict[str, float]:
+def interleaved(rows, runs: int, prepare=lambda: None, snapshot=None, cpu=None) -> dict[str, float]:
     """Median seconds per row, running the rows round-robin so load from elsewhere hits them alike;
-    `prepare` runs before each row, untimed. A row that returns a float timed itself (its set-up excluded)."""
+    `prepare` runs before each row, untimed. A row that returns a float timed itself (its set-up excluded).
+    With `snapshot` (-> CPU seconds so far, e.g. (controller, boxes)), `cpu[label]` gets each run's deltas."""
     samples: dict[str, list[float]] = {label: [] for label, _fn in rows}
     for _ in range(runs):
         for label, fn in rows:
             prepare()
+            before = snapshot() if snapshot else ()
             started = time.perf_counter()
             took = fn()
             samples[label].append(took if isinstance(took, float) else time.perf_counter() - started)
+            if snapshot:
+                cpu.setdefault(label, []).append([b - a for a, b in zip(before, snapshot(), strict=True)])
     return {label: statistics.median(values) for label, values in samples.items()}
+
+
+def controller_cpu() -> float:
+    """CPU seconds of this process (every thread) and of the children it waited for."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def plain_hashlib(path: Path) -> str:
@@ -196,8 +207,11 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
             ssh = ["ssh", *ssh_opts, *mux, *gcm, f"linaro@{box.address}", command]
             return LocalChannel(" ".join(shlex.quote(a) for a in ssh))
 
-        def push_openssh() -> None:
+        def push_openssh() -> (
+            None
+        ):  # the master starts in the timed span and ends in it, like scp's connection
             BoxPusher(box.name, openssh, "glm4-9b", "int4", items).run()
+            subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{box.address}"], capture_output=True)
 
         def scp(*extra: str, files=items) -> None:
             subprocess.run(["ssh", *ssh_opts, f"linaro@{box.address}", "mkdir -p /data/scp"], check=True)
@@ -225,7 +239,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
         scp_gcm = "scp -c aes128-gcm@openssh.com (the baseline: scp at its best)"
         rows = [
             ("assets push, this process (CLI's transport, connect included)", push),
-            ("assets push via the OpenSSH client + ControlMaster (info)", push_openssh),
+            ("assets push via the OpenSSH client, one ControlMaster (info)", push_openssh),
             (scp_gcm, lambda: scp(*gcm)),
             ("scp, OpenSSH default cipher", scp),
             ("sophon-fleet assets push --variant int4 (whole process)", push_cli),
@@ -237,14 +251,26 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
             print(f"4. the same box behind a {link_mbit} Mbit link (tbf), {runs} rounds (median)")
         else:
             print(f"3. push to a simulated box vs scp (same box, page-cached source), {runs} rounds (median)")
-        times = interleaved(rows, runs, clean)
+        clean()
+        push_cli()  # warm-up, untimed: the CLI's bytecode cache, its known_hosts
+        boxes = BoxCpu(fleet.state.dir)
+        cpu: dict[str, list[list[float]]] = {}
+        times = interleaved(rows, runs, clean, lambda: (controller_cpu(), boxes.seconds()), cpu)
         link = link_mbit * 1e6 / 8
+        print(
+            "   (columns: rate, "
+            + ("fraction of the link, " if link_mbit else "")
+            + "ratio, CPU s: controller, box)"
+        )
         for i, (label, took) in enumerate(times.items()):
             nbytes = total if i in (4, 5) else size
             of_link = f"{nbytes / took / link:.3f} of the link  " if link_mbit else ""
             base = times[scp_gcm] if i < 4 else times[rows[5][0]]
-            ratio = f"{base / took:.2f}x scp-gcm" if i != 6 else ""
-            print(f"   {label:64} {nbytes / took / MB:6.0f} MB/s  {of_link}{ratio}")
+            ratio = f"{base / took:.2f}x scp-gcm" if i != 6 else "             "
+            ctl, box_s = (statistics.median(run[k] for run in cpu[label]) for k in (0, 1))
+            print(
+                f"   {label:64} {nbytes / took / MB:6.0f} MB/s  {of_link}{ratio}  {ctl:5.2f} s {box_s:5.2f} s"
+            )
         push_t, cli_t = times[rows[0][0]], times[rows[4][0]]
         best_scp = min(times[scp_gcm], times[rows[3][0]])
         ratio = f"{times[scp_gcm] / push_t:.2f}x scp -c aes128-gcm (goal >= 1.0x)"
