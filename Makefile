@@ -25,12 +25,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 lint: setup
 	$(BIN)/ruff check provision sim tests benchmarks chat
 	$(BIN)/ruff format --check provision sim tests benchmarks chat
+	$(BIN)/mypy provision chat
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/boxside/receiver.py provision/boxside/box_install.py
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/boxside
 
 pytest: setup
-	$(BIN)/python -m pytest -q -m "not reference"
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m "not reference"
 
 test: lint compat pytest
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.wholeprocess import BoxCpu, child_env, machine  # noqa: E402
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
-from provision.assets.pins import load_lock  # noqa: E402
+from provision.assets.pins import load_pins  # noqa: E402
 from provision.assets.push import BoxPusher, plan_push  # noqa: E402
 from provision.inventory.hosts import load_inventory  # noqa: E402
 from provision.manifest import load_manifest  # noqa: E402
@@ -89,7 +89,7 @@ def bench_hashing(path: Path, runs: int) -> None:
 def setup_controller(work: Path, tree) -> tuple:
     (work / "glm4-9b.yaml").write_text(tree.manifest_yaml(pin=True))
     manifest = load_manifest(work / "glm4-9b.yaml")
-    return manifest, load_lock(manifest)
+    return manifest, load_pins(manifest)
 
 
 def bench_interrupted(work: Path, tree, size: int) -> None:
@@ -144,8 +144,8 @@ def bench_interrupted(work: Path, tree, size: int) -> None:
             return n
 
     root = str(work / "box")
-    BoxPusher("box", Killing, "glm4-9b", "int4", items, root=root, retries=1, backoff=0).run_safely()
-    result = BoxPusher("box", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    BoxPusher("box", Killing, manifest.model, "int4", items, root=root, retries=1, backoff=0).run_safely()
+    result = BoxPusher("box", LocalChannel, manifest.model, "int4", items, root=root).run()
     resent = sent[0] + result.transferred - size
     print(f"   push, receiver killed at 50%          re-sent {max(resent, 0)} bytes")
 
@@ -154,10 +154,10 @@ PULL_CHILD = """
 import sys
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.manifest import load_manifest
 m = load_manifest(sys.argv[1])
-pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_lock(m), mirrors=[sys.argv[3]], use_dfss=False)
+pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_pins(m), mirrors=[sys.argv[3]], use_dfss=False)
 """
 
 
@@ -200,7 +200,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
         def push() -> None:  # the CLI's own transport (provision/ssh/transport.py: AES-GCM first)
             with Connector(Trust(work / "own_known_hosts")) as connector:
                 BoxPusher(
-                    box.name, transport_opener(connector.transport(host)), "glm4-9b", "int4", items
+                    box.name, transport_opener(connector.transport(host)), manifest.model, "int4", items
                 ).run()
 
         def openssh(command: str) -> LocalChannel:
@@ -210,7 +210,7 @@ def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0
         def push_openssh() -> (
             None
         ):  # the master starts in the timed span and ends in it, like scp's connection
-            BoxPusher(box.name, openssh, "glm4-9b", "int4", items).run()
+            BoxPusher(box.name, openssh, manifest.model, "int4", items).run()
             subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{box.address}"], capture_output=True)
 
         def scp(*extra: str, files=items) -> None:

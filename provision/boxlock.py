@@ -17,16 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from provision.boxpaths import LOCK_DIR
-from provision.errors import FleetError, RemoteError
+from provision.errors import FleetError, LockedError, RemoteError
 from provision.ssh.transport import Transport, quote_command
-
-
-class LockedError(FleetError):
-    """Another run holds the box's lock."""
-
-    def __init__(self, message: str, *, owner: dict[str, object] | None, hint: str) -> None:
-        super().__init__(message, hint=hint)
-        self.owner = owner
 
 
 def owner_info(operation: str) -> dict[str, object]:

@@ -81,13 +81,6 @@ class Manifest:
     source: str
     tokenizer: str = "tiktoken"  # the format of token_config/tokenizer.model: tiktoken | sentencepiece
 
-    @property
-    def lock_path(self) -> Path:
-        """`<model>.lock.yaml` beside the manifest: sizes and sha256 pinned after a verified download."""
-        path = Path(self.source)
-        stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-        return path.with_name(f"{stem}.lock.yaml")
-
     def files_for(self, variant_names: list[str] | tuple[str, ...]) -> list[AssetFile]:
         """The distinct files the named variants need, in manifest order."""
         wanted = {f.id for name in variant_names for f in self.variant(name).files}

@@ -77,7 +77,7 @@ def _convert(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: st
             if key in result:
                 line = key_node.start_mark.line + 1
                 raise ConfigError("duplicate key", file=file, line=line, key=dotted((*path, key)))
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            lines[tuple((*path, key))] = key_node.start_mark.line + 1
             result[key] = _convert(value_node, (*path, key), lines, file)
         return result
     if isinstance(node, yaml.SequenceNode):

@@ -108,7 +108,8 @@ def up(
         out.info(
             f"mirror: {fleet.mirror_url} (and sftp://open@{fleet.mirror.address}); "
             f"manifest pinned to its stand-ins: {fleet.manifest_path}\n"
-            f"use it with: export SOPHON_FLEET_MODELS={fleet.manifest_path.parent}"
+            f"use it with: export SOPHON_FLEET_MODELS={fleet.manifest_path.parent} "
+            f"SOPHON_FLEET_MODEL={fleet.manifest_path.stem}"
         )
     out.text(fleet.inventory_path.read_text())
 

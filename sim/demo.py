@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sim.mirror import SIM_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = "se7-small:1,se7-ready-int8:1,se7-int4-only:1"
 
@@ -44,6 +46,7 @@ def main() -> None:
         **os.environ,
         "SOPHON_FLEET_SIM_DIR": str(state),
         "SOPHON_FLEET_MODELS": str(state / "models"),
+        "SOPHON_FLEET_MODEL": SIM_MODEL,
         "SOPHON_FLEET_CACHE": str(work / "cache"),
         "SOPHON_FLEET_HOME": str(work / "home"),
         "SOPHON_FLEET_SSH_CONFIG": str(work / "no-ssh-config"),

@@ -28,6 +28,7 @@ from sim import box as boxmod
 from sim import hw as hwmod
 from sim import itb, mirrornode, net
 from sim.hw import BoxHardware
+from sim.mirror import SIM_MODEL
 from sim.profiles import Profile, get_profile
 from sim.state import BoxRecord, FleetState, hw_lock, read_status
 
@@ -308,8 +309,8 @@ class Fleet:
 
     @property
     def manifest_path(self) -> Path:
-        """The glm4-9b manifest pinned to the mirror's stand-ins (written when the fleet has a mirror)."""
-        return self.state.dir / "models" / "glm4-9b.yaml"
+        """The glm4-9b-sim manifest pinned to the mirror's stand-ins (written when the fleet has a mirror)."""
+        return self.state.dir / "models" / f"{SIM_MODEL}.yaml"
 
     def hardware(self, name: str) -> BoxHardware:
         return BoxHardware.load(self.state.box_paths(self.state.box(name).name).dir)

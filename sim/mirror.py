@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 GLM4_DIR = "sophon-demo/ChatGLM4"
+SIM_MODEL = "glm4-9b-sim"  # the stand-ins' own model name (never the real glm4-9b)
 BMODELS = {
     "int4": f"{GLM4_DIR}/models/BM1684X/glm4-9b_int4_1dev.bmodel",
     "int8": f"{GLM4_DIR}/models/BM1684X/glm4-9b_int8_1dev.bmodel",
@@ -130,9 +131,11 @@ class AssetTree:
     token_members: dict[str, tuple[int, str]]
 
     def manifest_yaml(
-        self, model: str = "glm4-9b", pin: bool = False, mirrors: list[str] | None = None
+        self, model: str = SIM_MODEL, pin: bool = False, mirrors: list[str] | None = None
     ) -> str:
-        """A glm4-9b manifest for this tree (pinned sizes/sha256 if `pin`), e.g. for tests and demos."""
+        """A manifest of the ChatGLM4-9B stand-ins in this tree (pinned sizes/sha256 if `pin`), for tests
+        and demos. Its model is `glm4-9b-sim`, never `glm4-9b`: caches, pins and box folders are keyed by
+        the model, so the stand-ins can never be taken for the vendor's files."""
         ids = {BMODELS["int4"]: "bmodel-int4", BMODELS["int8"]: "bmodel-int8"}
         ids |= {TOKEN_ZIP: "token-config", SAIL_WHEEL: "sail-wheel"}
         lines = [f"model: {model}", "chip: bm1684x", "min_libsophon: 0.5.1", "min_sdk: V24.04.01"]

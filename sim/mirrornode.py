@@ -60,7 +60,7 @@ def _zip_members(path: Path) -> dict[str, tuple[int, str]]:
 
 
 def manifest_text(tree: mirror.AssetTree, url: str, address: str) -> str:
-    """The glm4-9b manifest of the simulated fleet: mirror first, the mirror's SFTP as the dfss server,
+    """The glm4-9b-sim manifest of the simulated fleet: mirror first, the mirror's SFTP as the dfss server,
     every file pinned (size + sha256), and the memory_edit kit."""
     text = tree.manifest_yaml(pin=True, mirrors=[url])
     kit_size, kit_sha = tree.files[kit_archive.KIT_NAME]
@@ -68,7 +68,7 @@ def manifest_text(tree: mirror.AssetTree, url: str, address: str) -> str:
         f"dfss_servers:\n  - {{host: {address}, port: 22, user: {SFTP_USER}}}\n"
         f"memory_edit_kit:\n  path: {kit_archive.KIT_NAME}\n  size: {kit_size}\n  sha256: {kit_sha}\n"
     )
-    return "# The simulated fleet's ChatGLM4-9B (stand-ins served by its mirror)\n" + text
+    return "# The simulated fleet's stand-in for ChatGLM4-9B (served by its mirror)\n" + text
 
 
 def http_command(netns: str, root: Path, address: str) -> list[str]:

@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+hypothesis_settings.register_profile("no-database", database=None)  # no .hypothesis/ in the source tree
+hypothesis_settings.load_profile("no-database")
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +47,12 @@ def isolated_settings(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, str(value))
-    for name in ("SOPHON_FLEET_MODELS", "SOPHON_FLEET_MIRRORS", "SSH_AUTH_SOCK"):
+    for name in (
+        "SOPHON_FLEET_MODELS",
+        "SOPHON_FLEET_MODEL",
+        "SOPHON_FLEET_MIRRORS",
+        "SOPHON_FLEET_SIM_PYTHON",
+        "SSH_AUTH_SOCK",
+    ):
         monkeypatch.delenv(name, raising=False)
     return home

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from provision.errors import ConfigError, DiskFullError
 
 CHUNK = 1 << 20  # 1 MiB reads: hashlib's fast path (SIM-NOTES §6g)
 DISK_MARGIN = 64 << 20  # keep this much free beyond what a download needs
+ORIGIN_SUFFIX = ".origin"  # beside a name link: the source label it was downloaded from
 
 
 @dataclass(frozen=True)
@@ -106,22 +107,47 @@ class Cache:
     def part_path(self, model: str, path: str) -> Path:
         return self._inside("partial", model, path + ".part")
 
-    def lookup(self, model: str, path: str, sha256: str | None = None) -> CachedFile | None:
-        """The cached file for `model/path`, if present (and matching `sha256` when given)."""
-        if sha256 is not None and self.blob_path(sha256).is_file():
+    def lookup(
+        self, model: str, path: str, sha256: str | None, origins: Collection[str] = ()
+    ) -> CachedFile | None:
+        """The cached file for `model/path`: the blob `sha256` names when the entry is pinned; unpinned,
+        only the file its name links to *and* that was downloaded from one of the entry's own `origins`
+        (source labels). A blob is never served by its file name alone: another manifest of the same model
+        name (a simulator's stand-ins, a fork) may have cached different bytes under it."""
+        if sha256 is not None:
             blob = self.blob_path(sha256)
+            if not blob.is_file():
+                return None
         else:
             link = self.link_path(model, path)
-            if not link.is_symlink() or not link.resolve().is_file():
+            if (
+                not link.is_symlink()
+                or not link.resolve().is_file()
+                or self.origin(model, path) not in origins
+            ):
                 return None
             blob = link.resolve()
-            if sha256 is not None and blob.name != sha256:
-                return None
         size = blob.stat().st_size
         return CachedFile(model=model, path=path, size=size, sha256=blob.name, blob=blob)
 
-    def place(self, part: Path, model: str, path: str, sha256: str) -> CachedFile:
-        """Move a verified `.part` into `blobs/` (atomic rename) and point the model's name at it."""
+    def named(self, model: str, path: str) -> CachedFile | None:
+        """Whatever the name `model/path` links to, pinned or not: for diagnostics only, never to serve."""
+        link = self.link_path(model, path)
+        if not link.is_symlink() or not link.resolve().is_file():
+            return None
+        blob = link.resolve()
+        return CachedFile(model=model, path=path, size=blob.stat().st_size, sha256=blob.name, blob=blob)
+
+    def origin(self, model: str, path: str) -> str | None:
+        """The source label the file at `model/path` was downloaded from."""
+        try:
+            return self.link_path(model, path + ORIGIN_SUFFIX).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+
+    def place(self, part: Path, model: str, path: str, sha256: str, origin: str) -> CachedFile:
+        """Move a verified `.part` into `blobs/` (atomic rename) and point the model's name at it, noting
+        the source it came from (`origin`)."""
         blob = self.blob_path(sha256)
         blob.parent.mkdir(parents=True, exist_ok=True)
         with open(part, "rb") as f:
@@ -131,6 +157,7 @@ class Cache:
         meta = part.with_name(part.name + ".json")
         meta.unlink(missing_ok=True)
         self._link(model, path, blob)
+        self.link_path(model, path + ORIGIN_SUFFIX).write_text(origin + "\n", encoding="utf-8")
         return CachedFile(model=model, path=path, size=blob.stat().st_size, sha256=sha256, blob=blob)
 
     def _link(self, model: str, path: str, blob: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from provision.assets.cache import Cache
-from provision.assets.pins import Lock
+from provision.assets.pins import Pins
 from provision.assets.push import DEFAULT_ROOT, BoxPush, BoxTarget, PushEvent, push_fleet
 from provision.errors import ConnectError, FleetError, NotReadyError
 from provision.facts.preflight import run_preflight
@@ -25,7 +25,7 @@ PUSHABLE = ("ready-int8", "ready-int4", "needs-memory-layout")
 
 
 def choose_variants(
-    hosts: Sequence[Host], connector: Connector, manifest: Manifest, variant: str, *, lock: Lock, forks: int
+    hosts: Sequence[Host], connector: Connector, manifest: Manifest, variant: str, *, lock: Pins, forks: int
 ) -> tuple[dict[str, str], dict[str, FleetError]]:
     """host -> variant to push, and host -> why nothing is pushed there (auto: from preflight)."""
     if variant != "auto":
@@ -54,7 +54,7 @@ def push_to_hosts(
     *,
     variant: str,
     cache: Cache,
-    lock: Lock,
+    lock: Pins,
     mirror: str | None = None,
     reverify: bool = False,
     max_parallel: int = 8,

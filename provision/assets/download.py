@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix, sha256_file
-from provision.assets.pins import Lock
+from provision.assets.pins import Pins
 from provision.assets.sources import Source, SourceUnavailable, TransferInterrupted, sources_for
-from provision.errors import DiskFullError, FleetError, IntegrityError
+from provision.errors import DiskFullError, FleetError, IntegrityError, Mismatch
 from provision.manifest import AssetFile, Manifest
 
 
@@ -63,12 +63,8 @@ class FileResult:
 class PullReport:
     model: str
     files: list[FileResult] = field(default_factory=list)
-    lock_path: Path | None = None
+    pins_path: Path | None = None
     lock_updated: bool = False
-
-
-class _Mismatch(Exception):
-    pass
 
 
 @dataclass
@@ -77,7 +73,7 @@ class FileDownload:
 
     model: str
     file: AssetFile
-    lock: Lock
+    lock: Pins
     cache: Cache
     sources: Sequence[Source]
     progress: ProgressFn = _no_progress
@@ -88,6 +84,10 @@ class FileDownload:
     attempts: int = 0
     set_aside: list[str] = field(default_factory=list)
 
+    @property
+    def origins(self) -> list[str]:
+        return [source.label for source in self.sources]
+
     def run(self) -> FileResult:
         """Return the verified cached file, downloading it if needed.
 
@@ -97,7 +97,7 @@ class FileDownload:
             FleetError: no source could deliver the file at all.
         """
         want = self.lock.expected(self.file)
-        cached = self.cache.lookup(self.model, self.file.path, want.sha256)
+        cached = self.cache.lookup(self.model, self.file.path, want.sha256, self.origins)
         if cached and (want.size is None or cached.size == want.size):
             self._emit("cached", cached.size, cached.size)
             return self._result(cached, "cached", None, 0)
@@ -118,7 +118,7 @@ class FileDownload:
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
                     time.sleep(self.backoff * attempt)
-                except _Mismatch as exc:
+                except Mismatch as exc:
                     mismatches += 1
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
@@ -167,7 +167,7 @@ class FileDownload:
             stream.close()
         if total is not None and offset < total:
             raise TransferInterrupted(f"{source.label}: stream ended at byte {offset} of {total}")
-        return self._verify_and_place(part, offset, digest.hexdigest())
+        return self._verify_and_place(part, offset, digest.hexdigest(), source.label)
 
     def _hash_existing(self, part: Path, offset: int, total: int | None):
         if not offset:
@@ -193,7 +193,7 @@ class FileDownload:
                     break
         return offset
 
-    def _verify_and_place(self, part: Path, size: int, sha256: str) -> CachedFile:
+    def _verify_and_place(self, part: Path, size: int, sha256: str, origin: str) -> CachedFile:
         try:
             self.lock.check(self.file, size, sha256)
         except IntegrityError as exc:
@@ -202,8 +202,8 @@ class FileDownload:
             else:
                 part.unlink(missing_ok=True)
             part.with_name(part.name + ".json").unlink(missing_ok=True)
-            raise _Mismatch(exc.message) from exc
-        placed = self.cache.place(part, self.model, self.file.path, sha256)
+            raise Mismatch(exc.message) from exc
+        placed = self.cache.place(part, self.model, self.file.path, sha256, origin)
         self._emit("done", size, size)
         return placed
 
@@ -237,7 +237,7 @@ def pull(
     variants: Sequence[str],
     *,
     cache: Cache,
-    lock: Lock,
+    lock: Pins,
     mirrors: Sequence[str] = (),
     known_hosts: Path | None = None,
     sftp_identity: Path | None = None,
@@ -259,7 +259,7 @@ def pull(
     """
     files = manifest.files_for(list(variants))
     _check_disk_for(files, manifest.model, cache, lock)
-    report = PullReport(model=manifest.model, lock_path=lock.path)
+    report = PullReport(model=manifest.model, pins_path=lock.path)
     guard = threading.Lock()
 
     def one(file: AssetFile) -> FileResult:
@@ -294,7 +294,7 @@ def pull(
     return report
 
 
-def _check_disk_for(files: Sequence[AssetFile], model: str, cache: Cache, lock: Lock) -> None:
+def _check_disk_for(files: Sequence[AssetFile], model: str, cache: Cache, lock: Pins) -> None:
     need = 0
     for file in files:
         want = lock.expected(file)
@@ -320,14 +320,15 @@ def verify(
     variants: Sequence[str],
     *,
     cache: Cache,
-    lock: Lock,
+    lock: Pins,
+    mirrors: Sequence[str] = (),
     progress: ProgressFn = _no_progress,
 ) -> list[VerifyResult]:
     """Re-hash every cached file of `variants` and compare with its blob name and the lock."""
 
     results = []
     for file in manifest.files_for(list(variants)):
-        cached = cache.lookup(manifest.model, file.path)
+        cached = _lookup(manifest, file, cache, lock, mirrors)
         if cached is None:
             results.append(VerifyResult(file.id, file.path, "missing"))
             continue
@@ -353,7 +354,9 @@ def verify(
     return results
 
 
-def pin(manifest: Manifest, variants: Sequence[str], *, cache: Cache, lock: Lock) -> list[str]:
+def pin(
+    manifest: Manifest, variants: Sequence[str], *, cache: Cache, lock: Pins, mirrors: Sequence[str] = ()
+) -> list[str]:
     """Write the sizes and sha256 of the cached files of `variants` into the lock (re-hashing them).
 
     Returns the ids newly pinned or changed.
@@ -365,7 +368,7 @@ def pin(manifest: Manifest, variants: Sequence[str], *, cache: Cache, lock: Lock
 
     changed = []
     for file in manifest.files_for(list(variants)):
-        cached = cache.lookup(manifest.model, file.path)
+        cached = _lookup(manifest, file, cache, lock, mirrors)
         if cached is None:
             raise FleetError(f"{file.path} is not in the cache", hint="run `sophon-fleet assets pull` first")
         sha = sha256_file(cached.blob)
@@ -376,3 +379,12 @@ def pin(manifest: Manifest, variants: Sequence[str], *, cache: Cache, lock: Lock
     if changed:
         lock.save()
     return changed
+
+
+def _lookup(
+    manifest: Manifest, file: AssetFile, cache: Cache, lock: Pins, mirrors: Sequence[str]
+) -> CachedFile | None:
+    """The cached file of a manifest entry: its pinned blob, or unpinned the one downloaded from the entry's
+    own sources."""
+    origins = [s.label for s in sources_for(manifest, file, mirrors=tuple(mirrors))]
+    return cache.lookup(manifest.model, file.path, lock.expected(file).sha256, origins)

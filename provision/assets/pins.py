@@ -1,11 +1,14 @@
-"""The lock file: size and sha256 of every file of a model, pinned after its first verified download.
+"""The pins file: size and sha256 of every file of a model, pinned after its first verified download.
 
-`models/<model>.lock.yaml` sits beside the manifest and may be committed and shared. Every later download
-and every box is checked against it; a manifest that pins a different value than the lock is refused.
+It lives in the user's config dir, one per manifest (`<home>/pins/<model>-<key>.yaml`, the key naming the
+manifest's path), or where `--pins PATH` says; it may be committed and shared that way. It is never written
+beside the manifest, which may sit in an installed package or a source tree. Every later download and every
+box is checked against it; a manifest that pins a different value than the pins file is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ import yaml
 
 from provision.errors import ConfigError, IntegrityError
 from provision.manifest import SHA256, AssetFile, Manifest, Pinned
+from provision.settings import load_settings
 from provision.yamlfile import load_yaml
 
 HEADER = """\
@@ -24,7 +28,7 @@ HEADER = """\
 
 
 @dataclass(frozen=True)
-class LockEntry:
+class PinEntry:
     path: str
     size: int
     sha256: str
@@ -35,12 +39,12 @@ class LockEntry:
 
 
 @dataclass
-class Lock:
+class Pins:
     """The pinned files of one model; `save()` writes it atomically."""
 
     model: str
     path: Path
-    entries: dict[str, LockEntry] = field(default_factory=dict)
+    entries: dict[str, PinEntry] = field(default_factory=dict)
 
     def expected(self, file: AssetFile) -> Pinned:
         """What `file` must be: the manifest's pins merged with the lock's.
@@ -88,7 +92,7 @@ class Lock:
             IntegrityError: the file is already pinned to something else.
         """
         self.check(file, size, sha256)
-        entry = LockEntry(path=file.path, size=size, sha256=sha256)
+        entry = PinEntry(path=file.path, size=size, sha256=sha256)
         if self.entries.get(file.id) == entry:
             return False
         self.entries[file.id] = entry
@@ -111,15 +115,22 @@ class Lock:
         os.replace(tmp, self.path)
 
 
-def load_lock(manifest: Manifest, path: Path | None = None) -> Lock:
-    """The lock of `manifest` (empty when there is none yet), validated with located errors.
+def default_pins_path(manifest: Manifest, home: Path | None = None) -> Path:
+    """`<home>/pins/<model>-<key>.yaml`: one pins file per manifest (two manifests of one model name, e.g.
+    the shipped one and a copy, never share pins)."""
+    key = hashlib.sha256(str(Path(manifest.source).resolve()).encode()).hexdigest()[:12]
+    return (home or load_settings().home) / "pins" / f"{manifest.model}-{key}.yaml"
+
+
+def load_pins(manifest: Manifest, path: Path | None = None) -> Pins:
+    """The pins of `manifest` (empty when there are none yet), validated with located errors.
 
     Raises:
-        ConfigError: the lock is malformed or belongs to another model (file, line and key named).
+        ConfigError: the file is malformed or belongs to another model (file, line and key named).
     """
-    path = path or manifest.lock_path
+    path = path or default_pins_path(manifest)
     if not path.exists():
-        return Lock(model=manifest.model, path=path)
+        return Pins(model=manifest.model, path=path)
     doc = load_yaml(path)
     data = doc.data or {}
     if not isinstance(data, dict):
@@ -129,7 +140,7 @@ def load_lock(manifest: Manifest, path: Path | None = None) -> Lock:
     files = data.get("files") or {}
     if not isinstance(files, dict):
         raise doc.error(("files",), "must be a mapping of file id to path, size, sha256")
-    lock = Lock(model=manifest.model, path=path)
+    lock = Pins(model=manifest.model, path=path)
     known = {**manifest.files, **({manifest.kit.id: manifest.kit} if manifest.kit else {})}  # + memedit kit
     for fid, item in files.items():
         where = ("files", fid)
@@ -142,5 +153,5 @@ def load_lock(manifest: Manifest, path: Path | None = None) -> Lock:
             raise doc.error((*where, "size"), "must be a number of bytes")
         if not isinstance(sha, str) or not SHA256.match(sha):
             raise doc.error((*where, "sha256"), "must be 64 lowercase hex digits")
-        lock.entries[fid] = LockEntry(path=str(item.get("path") or known[fid].path), size=size, sha256=sha)
+        lock.entries[fid] = PinEntry(path=str(item.get("path") or known[fid].path), size=size, sha256=sha)
     return lock

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import json
 import shlex
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from provision.assets.cache import Cache
-from provision.assets.pins import Lock
+from provision.assets.pins import Pins
 from provision.boxpaths import MODELS_DIR
 from provision.boxside import receiver
 from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.fleet import run_fleet
 from provision.manifest import AssetFile, Manifest
 from provision.ssh.channels import (  # re-exported: deploy and tests take them from here
     Channel,
@@ -92,7 +91,7 @@ class PushItem:
 
 
 def plan_push(
-    manifest: Manifest, variant: str, *, cache: Cache, lock: Lock, mirror: str | None = None
+    manifest: Manifest, variant: str, *, cache: Cache, lock: Pins, mirror: str | None = None
 ) -> list[PushItem]:
     """What a box running `variant` needs, each file checked against the lock before anything is sent.
 
@@ -108,8 +107,15 @@ def plan_push(
                 f"{file.path} is not pinned: boxes are checked against the lock",
                 hint="run `sophon-fleet assets pull` (or `assets pin`) first",
             )
-        cached = cache.lookup(manifest.model, file.path)
+        cached = cache.lookup(manifest.model, file.path, want.sha256)
         if cached is None and mirror is None:
+            other = cache.named(manifest.model, file.path)
+            if other is not None:
+                raise IntegrityError(
+                    f"{file.path}: the cached copy ({other.sha256[:16]}…) does not match the pinned "
+                    f"{want.sha256[:16]}… ({lock.path.name})",
+                    hint="run `sophon-fleet assets pull` to fetch the pinned file",
+                )
             raise FleetError(f"{file.path} is not in the cache", hint="run `sophon-fleet assets pull` first")
         if cached is not None:
             lock.check(file, cached.size, cached.sha256)
@@ -212,13 +218,6 @@ class BoxPusher:
                 result.files.append(self._transfer(item))
         return result
 
-    def run_safely(self) -> BoxPush | FleetError:
-        """`run`, with a failure returned instead of raised (what `push_fleet` records per box)."""
-        try:
-            return self.run()
-        except FleetError as exc:
-            return exc
-
     # -- the conversation --------------------------------------------------------------------------
 
     def _probe(self) -> dict[str, Any]:
@@ -270,7 +269,7 @@ class BoxPusher:
                     mismatches += 1
                     self._emit(item.name, "retry", 0, item.size, "sha256 mismatch on the box")
                     continue
-                commit = {"op": "commit", "sha256": item.sha256}
+                commit: dict[str, Any] = {"op": "commit", "sha256": item.sha256}
                 if item.file.unpack:
                     commit |= {"unpack": item.file.unpack, "contains": self._contains(item)}
                 channel.send(json.dumps(commit).encode() + b"\n")
@@ -417,13 +416,17 @@ class BoxTarget:
     open_exec: Opener
     variant: str
 
+    @property
+    def name(self) -> str:  # what the fleet engine keys results by
+        return self.host
+
 
 def push_fleet(
     manifest: Manifest,
     targets: Sequence[BoxTarget],
     *,
     cache: Cache,
-    lock: Lock,
+    lock: Pins,
     root: str = DEFAULT_ROOT,
     mirror: str | None = None,
     reverify: bool = False,
@@ -433,10 +436,11 @@ def push_fleet(
     backoff: float = 0.5,
     dry_run: bool = False,
 ) -> dict[str, BoxPush | FleetError]:
-    """Push each box its variant, `max_parallel` boxes at a time; returns host -> result or error.
+    """Push each box its variant, `max_parallel` boxes at a time (through the fleet engine); returns
+    host -> result or error.
 
     Plans (and checks against the lock) once per variant before any box is touched, so a lock mismatch
-    is refused for the whole fleet. Per-box failures are returned, never raised.
+    is refused for the whole fleet. Per-box failures — whatever a box raised — are returned, never raised.
 
     Raises:
         IntegrityError / FleetError: from planning (nothing was sent).
@@ -444,11 +448,9 @@ def push_fleet(
     plans = {
         v: plan_push(manifest, v, cache=cache, lock=lock, mirror=mirror) for v in {t.variant for t in targets}
     }
-    results: dict[str, BoxPush | FleetError] = {}
-    guard = threading.Lock()
 
-    def one(target: BoxTarget) -> None:
-        pusher = BoxPusher(
+    def one(target: BoxTarget) -> BoxPush:
+        return BoxPusher(
             target.host,
             target.open_exec,
             manifest.model,
@@ -461,11 +463,7 @@ def push_fleet(
             retries=retries,
             backoff=backoff,
             dry_run=dry_run,
-        )
-        outcome = pusher.run_safely()
-        with guard:
-            results[target.host] = outcome
+        ).run()
 
-    with ThreadPoolExecutor(max_workers=max(1, max_parallel), thread_name_prefix="push") as pool:
-        list(pool.map(one, targets))
-    return {t.host: results[t.host] for t in targets}
+    result = run_fleet(targets, one, forks=max(1, max_parallel))
+    return {o.host.host: o.result for o in result}

@@ -6,15 +6,13 @@ ignores Range starts at 0, and the caller then restarts cleanly instead of appen
 The dfss SFTP servers are public vendor mirrors with a published login (open/open). They publish no host
 keys, so a key is trusted on first use and pinned in `<home>/dfss_known_hosts`; a changed key is refused
 for that server. Integrity never rests on the SSH channel: every file is checked against the sha256 of the
-manifest or the lock before it reaches its final path. This module talks to vendor servers, not boxes, so
-it uses paramiko directly (box access goes through `provision/ssh/transport.py` only).
+manifest or the pins before it reaches its final path. SFTP goes through the tool's one SSH stack
+(`provision/ssh/sftp.py`).
 """
 
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -25,19 +23,12 @@ from typing import Protocol
 import requests
 import urllib3
 
+from provision.errors import ConnectError, SourceUnavailable, TransferFailed, TransferInterrupted
 from provision.manifest import AssetFile, DfssServer, Manifest
+from provision.ssh.sftp import SftpLogin, open_remote_file
 
 CHUNK = 1 << 20
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-GCM_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # +30-40% over CTR (SIM-NOTES §6)
-
-
-class SourceUnavailable(Exception):
-    """This source cannot serve the file (missing, refused, unreachable): try the next one."""
-
-
-class TransferInterrupted(Exception):
-    """The stream stopped early (dropped connection, timeout): resume from the bytes on disk."""
 
 
 @dataclass
@@ -168,7 +159,6 @@ class SftpSource:
         self.identity = identity
         self.timeout = timeout
         self.label = f"sftp:{path}"
-        self._hostkeys_lock = threading.Lock()
 
     def open(self, offset: int, validator: str | None = None) -> Stream:
         if not self.servers:
@@ -198,97 +188,32 @@ class SftpSource:
 
     def _start(self, server: DfssServer, offset: int) -> Stream:
         """Connect, stat, seek and read the first block: a server 'delivers' once that block is here."""
-        import paramiko
-
         where = f"sftp://{server.user}@{server.host}:{server.port}/{self.path}"
-        transport = None
+        login = SftpLogin(server.host, server.port, server.user, server.password, self.identity)
         try:
-            sock = socket.create_connection((server.host, server.port), timeout=self.timeout)
-            transport = paramiko.Transport(sock)
-            options = transport.get_security_options()
-            options.ciphers = [c for c in GCM_FIRST if c in options.ciphers] + [
-                c for c in options.ciphers if c not in GCM_FIRST
-            ]
-            transport.start_client(timeout=self.timeout)
-            self._check_host_key(server, transport.get_remote_server_key())
-            self._authenticate(transport, server)
-            sftp = paramiko.SFTPClient.from_transport(transport)
-            sftp.get_channel().settimeout(self.timeout)
-            size = sftp.stat(self.path).st_size
-            f = sftp.open(self.path, "rb")
-            offset = min(offset, size)
-            f.seek(offset)
-            # Uncapped prefetch: a low max_concurrent_requests (64) collapses to ~5 MB/s (SIM-NOTES §6).
-            f.prefetch(size)
-            first = f.read(CHUNK) if offset < size else b""
-        except SourceUnavailable:
-            if transport:
-                transport.close()
-            raise
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            if transport:
-                transport.close()
-            raise SourceUnavailable(f"{where}: {exc}") from exc
-
-        def close() -> None:
-            transport.close()
+            remote = open_remote_file(
+                login, self.path, offset, known_hosts=self.known_hosts, timeout=self.timeout
+            )
+        except ConnectError as exc:  # unreachable, refused, no such file, or a changed host key
+            raise SourceUnavailable(f"{where}: {exc.message}") from exc
+        try:
+            first = remote.read(CHUNK) if remote.offset < remote.size else b""
+        except TransferFailed as exc:
+            remote.close()
+            raise SourceUnavailable(f"{where}: {exc.message}") from exc
 
         def chunks() -> Iterator[bytes]:
             try:
                 if first:
                     yield first
-                while block := f.read(CHUNK):
+                while block := remote.read(CHUNK):
                     yield block
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise TransferInterrupted(f"{where}: {exc}") from exc
+            except TransferFailed as exc:
+                raise TransferInterrupted(f"{where}: {exc.message}") from exc
             finally:
-                transport.close()
+                remote.close()
 
-        return Stream(offset=offset, size=size, chunks=chunks(), close=close)
-
-    def _authenticate(self, transport, server: DfssServer) -> None:
-        import paramiko
-
-        try:
-            if self.identity:
-                key = _load_key(self.identity)
-                transport.auth_publickey(server.user, key)
-            else:
-                transport.auth_password(server.user, server.password or "")
-        except paramiko.AuthenticationException as exc:
-            raise SourceUnavailable(f"{server.host}:{server.port}: login as {server.user} refused") from exc
-
-    def _check_host_key(self, server: DfssServer, key) -> None:
-        """Trust on first use, pinned in known_hosts; a changed key fails this server only."""
-        if self.known_hosts is None:
-            return
-        import paramiko
-
-        name = server.host if server.port == 22 else f"[{server.host}]:{server.port}"
-        with self._hostkeys_lock:
-            keys = paramiko.HostKeys()
-            if self.known_hosts.exists():
-                keys.load(str(self.known_hosts))
-            known = keys.lookup(name)
-            if known is None or key.get_name() not in known:
-                keys.add(name, key.get_name(), key)
-                self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-                keys.save(str(self.known_hosts))
-            elif known[key.get_name()] != key:
-                raise SourceUnavailable(
-                    f"{name}: host key changed (pinned in {self.known_hosts}); refusing this server"
-                )
-
-
-def _load_key(path: Path):
-    import paramiko
-
-    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return cls.from_private_key_file(str(path))
-        except paramiko.SSHException:
-            continue
-    raise SourceUnavailable(f"{path}: not a private key paramiko can read")
+        return Stream(offset=remote.offset, size=remote.size, chunks=chunks(), close=remote.close)
 
 
 def _close_if_stream(future) -> None:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from provision.assets.cache import Cache
 from provision.assets.distribute import push_to_hosts
 from provision.assets.download import ProgressEvent, pin, pull, verify
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.assets.push import DEFAULT_ROOT, BoxPush, PushEvent
 from provision.cli.errors import Exit, exit_code_for, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.cli.progress import progress_bars
 from provision.errors import FleetError
@@ -26,7 +27,7 @@ Examples:
   sophon-fleet assets pull --mirror http://10.0.0.5:8080 --variant all
   sophon-fleet assets verify                           # re-hash the cache against the lock
   sophon-fleet assets ls
-  sophon-fleet assets pin --variant all                # write sizes + sha256 into models/<model>.lock.yaml
+  sophon-fleet assets pin --variant all                # write sizes + sha256 into the pins file
   sophon-fleet assets push -i inventory.yml            # each box its variant (from preflight), verified
   sophon-fleet assets push -i inventory.yml --from-mirror http://10.0.0.5:8080/   # boxes fetch themselves
 """
@@ -38,13 +39,17 @@ def assets() -> None:
 
 
 def model_options(func):
-    func = click.option(
-        "-m", "--model", default="glm4-9b", show_default=True, help="Manifest name in models/, or a path."
-    )(func)
+    func = model_option(func)
     func = click.option(
         "--cache-dir",
         type=click.Path(path_type=Path, file_okay=False),
         help="Cache directory (default: SOPHON_FLEET_CACHE or $XDG_CACHE_HOME/sophon-fleet).",
+    )(func)
+    func = click.option(
+        "--pins",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The pins file (sizes + sha256) to check and update; default: one per manifest in the tool's "
+        "home (SOPHON_FLEET_HOME/pins/).",
     )(func)
     return func
 
@@ -65,10 +70,10 @@ def _variants(manifest: Manifest, name: str) -> list[str]:
     return [name]
 
 
-def _setup(model: str, cache_dir: Path | None):
+def _setup(model: str, cache_dir: Path | None, pins: Path | None):
     settings = load_settings()
     manifest = load_manifest(model)
-    return settings, manifest, load_lock(manifest), Cache(cache_dir or settings.cache_dir)
+    return settings, manifest, load_pins(manifest, pins), Cache(cache_dir or settings.cache_dir)
 
 
 @assets.command("pull", epilog=EPILOG)
@@ -89,9 +94,11 @@ def _setup(model: str, cache_dir: Path | None):
 @json_option
 @click.pass_obj
 @reports_errors
-def pull_cmd(out: Output, model, cache_dir, variant, mirrors, no_dfss, parallel, keep_corrupt, sftp_identity):
+def pull_cmd(
+    out: Output, model, cache_dir, pins, variant, mirrors, no_dfss, parallel, keep_corrupt, sftp_identity
+):
     """Download the files of a variant into the cache: resumable, verified, in parallel."""
-    settings, manifest, lock, cache = _setup(model, cache_dir)
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
     with progress_bars(out) as bar:
 
         def on_progress(event: ProgressEvent) -> None:
@@ -110,7 +117,7 @@ def pull_cmd(out: Output, model, cache_dir, variant, mirrors, no_dfss, parallel,
             keep_corrupt=keep_corrupt,
             progress=on_progress,
         )
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "file": f.path,
             "status": f.status,
@@ -143,15 +150,16 @@ def pull_cmd(out: Output, model, cache_dir, variant, mirrors, no_dfss, parallel,
 @json_option
 @click.pass_obj
 @reports_errors
-def verify_cmd(out: Output, model, cache_dir, variant):
+def verify_cmd(out: Output, model, cache_dir, pins, variant):
     """Re-hash the cached files and compare them with their names and the lock (exit 5 on a mismatch)."""
-    _settings, manifest, lock, cache = _setup(model, cache_dir)
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
     with progress_bars(out) as bar:
         results = verify(
             manifest,
             _variants(manifest, variant),
             cache=cache,
             lock=lock,
+            mirrors=settings.mirrors,
             progress=lambda e: bar(manifest.files[e.file_id].path, e.phase, e.done, e.total),
         )
     if out.json:
@@ -197,10 +205,10 @@ def ls_cmd(out: Output, cache_dir):
 @json_option
 @click.pass_obj
 @reports_errors
-def pin_cmd(out: Output, model, cache_dir, variant):
-    """Write size and sha256 of the cached files into the lock (models/<model>.lock.yaml)."""
-    _settings, manifest, lock, cache = _setup(model, cache_dir)
-    changed = pin(manifest, _variants(manifest, variant), cache=cache, lock=lock)
+def pin_cmd(out: Output, model, cache_dir, pins, variant):
+    """Write size and sha256 of the cached files into the pins file (see --pins)."""
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
+    changed = pin(manifest, _variants(manifest, variant), cache=cache, lock=lock, mirrors=settings.mirrors)
     if out.json:
         out.emit_json({"lock": str(lock.path), "pinned": changed})
     else:
@@ -235,7 +243,7 @@ def _mib(size: int | None) -> str:
 @click.pass_obj
 @reports_errors
 def push_cmd(
-    out: Output, model, cache_dir, variant, mirror, max_parallel, reverify, dry_run, dest_root, **kwargs
+    out: Output, model, cache_dir, pins, variant, mirror, max_parallel, reverify, dry_run, dest_root, **kwargs
 ):
     """Distribute the model to boxes: resumable, verified on the box against the lock, skips what is there.
 
@@ -243,7 +251,7 @@ def push_cmd(
     4 unreachable, 5 a sha256 mismatch, 6 a box's disk is full, 1 other failures).
     """
     reach = reach_from(kwargs)
-    settings, manifest, lock, cache = _setup(model, cache_dir)
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
     inventory = resolve_inventory(reach, settings)
     with connector_for(reach, inventory, settings) as connector, progress_bars(out) as bar:
 

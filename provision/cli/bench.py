@@ -9,16 +9,17 @@ import click
 
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.fleet import FleetResult, run_fleet
+from provision.inventory.hosts import Host
 from provision.manifest import load_manifest
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box, write_chart
 
 
 @click.command("bench")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option("--prompt", default=SEED_PROMPT, show_default=True, help="What to ask (the seed's prompt).")
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Answers per box.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Cap each answer.")
@@ -69,7 +70,7 @@ def bench(
     exit_with_worst(o.error for o in result)
 
 
-def render(out: Output, result: FleetResult[BoxBench]) -> None:
+def render(out: Output, result: FleetResult[Host, BoxBench]) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
         return

@@ -11,7 +11,7 @@ import click
 
 from provision.cli.errors import reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.errors import ConfigError
 from provision.facts.parse import gather
@@ -26,7 +26,7 @@ HELP_LINE = (
 @click.command("chat")
 @click.argument("host")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option(
     "--variant",
     type=click.Choice(["auto", "int8", "int4"]),

@@ -7,13 +7,14 @@ from typing import Any
 import click
 
 from provision.assets.cache import Cache
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
+from provision.inventory.hosts import Host
 from provision.manifest import load_manifest
 from provision.runtime.deploy import Deployer, DeployResult, deploy_box, rollback_box
 from provision.settings import load_settings
@@ -21,7 +22,7 @@ from provision.settings import load_settings
 
 @click.command("deploy")
 @host_options
-@click.option("--model", default="glm4-9b", show_default=True, help="Model manifest (name or path).")
+@model_option
 @click.option(
     "--keep",
     type=click.IntRange(min=1),
@@ -50,7 +51,7 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
     reach = reach_from(kwargs)
     manifest = load_manifest(model)
     settings = load_settings()
-    cache, lock = Cache(settings.cache_dir), load_lock(manifest)
+    cache, lock = Cache(settings.cache_dir), load_pins(manifest)
     inv = resolve_inventory(reach, settings)
 
     def progress(host: str, stage: str) -> None:
@@ -71,7 +72,7 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
     exit_with_worst(o.error for o in result)
 
 
-def render(out: Output, result: FleetResult[DeployResult]) -> None:
+def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
         return

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from provision.cli.output import Output
+from provision.settings import DEFAULT_MODEL, load_settings
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -26,4 +27,16 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
         callback=set_json,
         is_eager=True,
         help="Machine-readable output (one JSON document on stdout).",
+    )(func)
+
+
+def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`-m/--model`: the model manifest, by name (SOPHON_FLEET_MODELS first, then the shipped models/) or
+    by path; default SOPHON_FLEET_MODEL, else glm4-9b."""
+    return click.option(
+        "-m",
+        "--model",
+        default=lambda: load_settings().model,
+        show_default=f"SOPHON_FLEET_MODEL, else {DEFAULT_MODEL}",
+        help="Model manifest: a name (models/<name>.yaml, SOPHON_FLEET_MODELS first) or a path.",
     )(func)

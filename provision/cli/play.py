@@ -9,7 +9,7 @@ import click
 
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.manifest import load_manifest
 from provision.play.playbook import load_playbook
@@ -22,6 +22,7 @@ COLOURS = {"ok": "green", "changed": "yellow", "skipped": "cyan", "failed": "red
 @click.command("play")
 @click.argument("playbook", type=click.Path(dir_okay=False, path_type=Path))
 @host_options
+@model_option
 @click.option("--dry-run", is_flag=True, help="Only read: preflight and plans; nothing is changed.")
 @click.option(
     "--serial", help="Boxes per rolling batch for steps that reboot (N or N%); overrides the playbook."
@@ -35,6 +36,7 @@ COLOURS = {"ok": "green", "changed": "yellow", "skipped": "cyan", "failed": "red
 def play(
     out: Output,
     playbook: Path,
+    model: str,
     dry_run: bool,
     serial: str | None,
     max_fail_percent: int | None,
@@ -54,7 +56,7 @@ def play(
     book = load_playbook(playbook)  # schema errors: file:line:key, exit 2, nothing connects
     reach = reach_from(kwargs)
     settings = load_settings()
-    manifest = load_manifest(book.model)
+    manifest = load_manifest(book.model or model)
     inv = resolve_inventory(reach, settings)
     out.info(
         f"play {book.name or playbook.name}: {len(book.steps)} steps on {len(inv.hosts)} boxes"

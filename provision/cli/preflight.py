@@ -8,7 +8,7 @@ import click
 
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option
+from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 
 if TYPE_CHECKING:  # the core modules (and paramiko) are imported when a command runs, not for --help
@@ -35,9 +35,7 @@ STYLE = {  # by Status value
     show_default=True,
     help="Judge for this variant (auto: int8 if the heaps allow, else int4).",
 )
-@click.option(
-    "--model", default="glm4-9b", show_default=True, help="Model manifest (models/<name>.yaml or a path)."
-)
+@model_option
 @click.option(
     "--fresh",
     is_flag=True,
@@ -130,17 +128,15 @@ def lock_sizes(manifest: Manifest) -> dict[str, int]:
 
     Raises ConfigError (file, line, key) when the lock is malformed.
     """
-    from provision.assets.pins import load_lock
+    from provision.assets.pins import load_pins
 
-    return {fid: entry.size for fid, entry in load_lock(manifest).entries.items()}
+    return {fid: entry.size for fid, entry in load_pins(manifest).entries.items()}
 
 
 @click.command("doctor")
 @click.argument("host")
 @host_options
-@click.option(
-    "--model", default="glm4-9b", show_default=True, help="Model manifest to judge the box against."
-)
+@model_option
 @json_option
 @click.pass_obj
 @reports_errors

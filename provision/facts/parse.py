@@ -9,8 +9,9 @@ function from captured text to a frozen dataclass (or a plain value), tested on 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from provision.errors import FactError
 from provision.facts.probe import MARK, probe_script
@@ -172,7 +173,7 @@ def parse_probe(output: str) -> Facts:
     def section(name: str) -> str:
         return sections.get(name, "")
 
-    def attempt(parser, name: str):  # type: ignore[no-untyped-def]
+    def attempt(parser: Callable[[str], Any], name: str) -> Any:
         try:
             return parser(section(name))
         except FactError as exc:

@@ -31,7 +31,7 @@ HOST_VARS = {
     "proxy_jump",
 }
 # Ansible's names for the same things
-ANSIBLE_VARS = {
+ANSIBLE_VARS: dict[str, str] = {
     "ansible_host": "address",
     "ansible_ssh_host": "address",
     "ansible_port": "port",
@@ -159,8 +159,8 @@ def _vars(doc: Located, path: KeyPath, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise doc.error(path, f"must be a mapping of variables, not {type_name(value)}")
     result = {}
-    for key, item in value.items():
-        key = ANSIBLE_VARS.get(key, key)
+    for name, item in value.items():
+        key = ANSIBLE_VARS.get(str(name), str(name))
         if key not in HOST_VARS and key not in ("password", "become_password"):
             known = ", ".join(sorted(HOST_VARS))
             raise doc.error((*path, key), f"unknown variable (expected one of: {known})")
@@ -243,9 +243,11 @@ def _ansible_vars(doc: Located, path: KeyPath, value: Any) -> dict[str, Any]:
     """Ansible vars: known connection vars are translated, anything else is kept as an extra var."""
     if not isinstance(value, dict):
         raise doc.error(path, f"must be a mapping of variables, not {type_name(value)}")
-    return {
-        ANSIBLE_VARS.get(k, k): _checked(doc, (*path, k), ANSIBLE_VARS.get(k, k), v) for k, v in value.items()
-    }
+    result = {}
+    for name, item in value.items():
+        key = ANSIBLE_VARS.get(str(name), str(name))
+        result[key] = _checked(doc, (*path, str(name)), key, item)
+    return result
 
 
 # ---- Ansible INI

@@ -23,7 +23,7 @@ from enum import Enum
 
 from provision import boxlock
 from provision.boxpaths import BOOT_IMAGE
-from provision.errors import FactError, FleetError, IntegrityError, RemoteError
+from provision.errors import ApplyFailed, FactError, FleetError, IntegrityError, RemoteError
 from provision.facts.parse import MemoryEditReport, parse_memory_edit_p
 from provision.memory import kit as memory_kit
 from provision.memory.bootimage import (
@@ -86,27 +86,6 @@ class BoxResult:
     backup: Backup | None = None
     boot_id: str | None = None
     note: str = ""
-
-
-class ApplyFailed(FleetError):
-    """A box that did not end well; `image` says which boot image it was left with, `recovery` what to do."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        host: str,
-        stage: Stage,
-        image: str,
-        backup: Backup | None = None,
-        recovery: tuple[str, ...] = (),
-        hint: str | None = None,
-        refused: bool = False,
-        cancelled: bool = False,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.host, self.stage, self.image, self.backup = host, stage, image, backup
-        self.recovery, self.refused, self.cancelled = recovery, refused, cancelled
 
 
 @dataclass(frozen=True)

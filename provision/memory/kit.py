@@ -21,13 +21,15 @@ import io
 import os
 import shlex
 import tarfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 from provision.assets.cache import Cache
 from provision.assets.download import FileDownload
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.assets.sources import source_for_url, sources_for
 from provision.boxpaths import KIT_DIR, WORK_DIR
 from provision.errors import ConfigError, IntegrityError, RemoteError
@@ -80,12 +82,27 @@ def resolve_kit(spec: str | None, manifest: Manifest, settings: Settings) -> Loc
     )
     if not sources:
         raise ConfigError("the manifest's memory_edit kit has no source", hint="give one with --kit FILE|URL")
-    lock = load_lock(manifest)
+    lock = load_pins(manifest)
     got = FileDownload(manifest.model, kit_file, lock, Cache(settings.cache_dir), sources).run()
     if lock.record(kit_file, got.size, got.sha256):
         lock.save()  # pinned on first download; later downloads must match
     tarball = _inner_tarball(got.blob, settings.cache_dir / "memedit")
     return LocalKit(tarball, sha256_file(tarball), got.source or str(got.blob))
+
+
+def shared_kit(manifest: Manifest, settings: Settings) -> Callable[[], LocalKit]:
+    """The manifest's kit, resolved (downloaded, verified) on first call and shared by every box after:
+    what a box without a kit of its own gets, one download for the whole run."""
+    guard = threading.Lock()
+    found: list[LocalKit] = []
+
+    def resolve() -> LocalKit:
+        with guard:
+            if not found:
+                found.append(resolve_kit(None, manifest, settings))
+            return found[0]
+
+    return resolve
 
 
 def _inner_tarball(path: Path, cache: Path) -> Path:

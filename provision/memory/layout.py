@@ -55,7 +55,7 @@ def plan_layout(recommended: Layout, maximum: Layout, min_total: int) -> Layout 
         same = min(target.vpu, target.vpp)
         target = Layout(target.npu, same, same)
     if target.total < min_total:
-        target = maximum if maximum.total >= min_total else None
+        return maximum if maximum.total >= min_total else None
     return target
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provision.errors import ConnectError, FleetError, NotReadyError, RemoteError
+from provision.errors import Cancelled, ConnectError, RebootTimeout, RemoteError
 from provision.ssh.transport import SUDO_FAILURES, Transport
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -41,18 +41,6 @@ class RebootPolicy:
             return delay * rng.uniform(0.5, 1.0)  # jitter: a rebooted fleet does not poll in lockstep
 
         return next_delay
-
-
-class Cancelled(FleetError):
-    """The operator interrupted the run; `state` says where the box was left."""
-
-
-class RebootTimeout(NotReadyError):
-    """The box did not come back (new boot_id + readiness) within the timeout."""
-
-    def __init__(self, message: str, *, host: str, waited: float, last_error: str | None, hint: str) -> None:
-        super().__init__(message, hint=hint)
-        self.host, self.waited, self.last_error = host, waited, last_error
 
 
 def read_boot_id(transport: Transport, *, timeout: float = 15.0) -> str:

@@ -1,7 +1,7 @@
 """Playbooks: YAML fleet recipes, checked completely at load time (unknown keys, wrong types → file:line:key).
 
     name: ChatGLM4-9B, best variant per box
-    model: glm4-9b
+    model: glm4-9b        # optional: default play's --model (SOPHON_FLEET_MODEL, else glm4-9b)
     serial: 1                # or "25%": rolling batches for steps that reboot
     max_fail_percent: 0
     steps:
@@ -76,7 +76,7 @@ STEPS: dict[str, dict[str, Option]] = {
 
 TOP: dict[str, Option] = {
     "name": Option(str, ""),
-    "model": Option(str, "glm4-9b"),
+    "model": Option(str),  # None: the command's --model (SOPHON_FLEET_MODEL, else glm4-9b)
     "serial": Option((int, str)),
     "max_fail_percent": Option(int, 100),
     "forks": Option(int, 16),
@@ -95,7 +95,7 @@ class Step:
 class Playbook:
     file: str
     name: str
-    model: str
+    model: str | None
     serial: int | str | None
     max_fail_percent: int
     forks: int

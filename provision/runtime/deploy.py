@@ -26,7 +26,7 @@ from typing import Any
 
 from provision import __version__
 from provision.assets.cache import Cache
-from provision.assets.pins import Lock
+from provision.assets.pins import Pins
 from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
 from provision.boxpaths import MODELS_DIR, RUNTIME_DIR, RUNTIME_LINK, WORK_DIR
 from provision.boxside import box_install
@@ -106,12 +106,12 @@ def build_bundle(cache_dir: Path, house: Wheelhouse, sail: PushItem | None) -> B
     return Bundle(f"{__version__}-{identity}{'-sail' if sail else ''}", tuple(items), tuple(wheels))
 
 
-def sail_item(manifest: Manifest, cache: Cache, lock: Lock) -> PushItem:
+def sail_item(manifest: Manifest, cache: Cache, lock: Pins) -> PushItem:
     """The manifest's SoC SAIL wheel from the cache, checked against the lock."""
     file = next((f for f in manifest.files.values() if f.path.endswith(".whl")), None)
     if file is None:
         raise NotReadyError(f"`import sophon.sail` fails and {manifest.model}'s manifest has no SAIL wheel")
-    cached = cache.lookup(manifest.model, file.path)
+    cached = cache.lookup(manifest.model, file.path, lock.expected(file).sha256)
     if cached is None:
         raise NotReadyError(f"{file.path} is not in the cache", hint="run `sophon-fleet assets pull` first")
     lock.check(file, cached.size, cached.sha256)
@@ -223,7 +223,7 @@ def deploy_box(
     manifest: Manifest,
     *,
     cache: Cache,
-    lock: Lock,
+    lock: Pins,
     keep: int = 3,
     on_push: Callable[[PushEvent], None] = lambda _e: None,
 ) -> DeployResult:

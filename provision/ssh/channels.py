@@ -13,12 +13,8 @@ import subprocess
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from provision.errors import ConnectError
+from provision.errors import ChannelBroken, ConnectError
 from provision.ssh.transport import send_all
-
-
-class ChannelBroken(Exception):
-    """The channel closed or failed mid-conversation: reopen and resume."""
 
 
 class Channel(Protocol):
@@ -45,21 +41,23 @@ class LocalChannel:
         self.proc = subprocess.Popen(
             ["bash", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
 
     def send(self, data: bytes) -> None:
         try:
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
+            self._stdin.write(data)
+            self._stdin.flush()
         except (BrokenPipeError, ValueError) as exc:
             raise ChannelBroken(str(exc)) from exc
 
     def recv_line(self) -> bytes:
-        return self.proc.stdout.readline()
+        return self._stdout.readline()
 
     def send_file(self, f: Any, offset: int, count: int) -> int:
         """Zero-copy fast path: `sendfile` from the cached blob into the command's stdin pipe."""
         try:
-            return os.sendfile(self.proc.stdin.fileno(), f.fileno(), offset, count)
+            return os.sendfile(self._stdin.fileno(), f.fileno(), offset, count)
         except (BrokenPipeError, ValueError) as exc:
             raise ChannelBroken(str(exc)) from exc
 
@@ -69,7 +67,8 @@ class LocalChannel:
     def close(self) -> None:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             except OSError:
                 pass
         if self.proc.poll() is None:

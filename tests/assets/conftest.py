@@ -1,7 +1,7 @@
 import pytest
 
 from provision.assets.cache import Cache
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.manifest import load_manifest
 from sim.mirror import BMODELS, Mirror, build_asset_tree
 
@@ -27,10 +27,10 @@ def cache(tmp_path):
 
 
 def write_manifest(directory, tree, *, pin=False, mirrors=None):
-    path = directory / "glm4-9b.yaml"
+    path = directory / "glm4-9b-sim.yaml"
     path.write_text(tree.manifest_yaml(pin=pin, mirrors=mirrors))
     manifest = load_manifest(path)
-    return manifest, load_lock(manifest)
+    return manifest, load_pins(manifest)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ def test_pull_ls_verify_pin_json(tmp_path, tree, mirror):
 
     ls = json.loads(run("assets", "ls", "--json", env=env).stdout)
     assert len(ls["blobs"]) == 4 and ls["partial"] == []
-    assert any("glm4-9b/glm4-9b_int8_1dev.bmodel" in b["names"] for b in ls["blobs"])
+    assert any("glm4-9b-sim/glm4-9b_int8_1dev.bmodel" in b["names"] for b in ls["blobs"])
 
     verified = run("assets", "verify", *m, "--json", env=env)
     assert verified.exit_code == 0 and {r["status"] for r in json.loads(verified.stdout)} == {"ok"}

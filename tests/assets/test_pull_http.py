@@ -19,7 +19,7 @@ def test_pull_fetches_verifies_and_pins(tmp_path, tree, mirror, cache):
     assert by_id["bmodel-int4"].transferred == BMODEL_SIZE
     assert report.lock_updated and lock.path.exists()
     assert "bmodel-int4" in lock.path.read_text()
-    link = cache.link_path("glm4-9b", "glm4-9b_int4_1dev.bmodel")
+    link = cache.link_path("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel")
     assert link.is_symlink() and link.read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
     assert [r.status for r in verify(manifest, ["int4"], cache=cache, lock=lock)] == ["ok"] * 3
 
@@ -42,7 +42,7 @@ def test_resume_after_drop_refetches_nothing_twice(tmp_path, tree, mirror, cache
 
 def test_interrupted_part_resumes_in_a_later_pull(tmp_path, tree, mirror, cache):
     manifest, lock = write_manifest(tmp_path, tree, pin=True, mirrors=[mirror.url])
-    part = cache.part_path("glm4-9b", "glm4-9b_int4_1dev.bmodel")
+    part = cache.part_path("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel")
     part.parent.mkdir(parents=True)
     part.write_bytes((tree.root / BMODELS["int4"]).read_bytes()[: 3 << 20])
     events = []
@@ -69,14 +69,14 @@ def test_persistent_corruption_never_reaches_the_cache(tmp_path, tree, mirror, c
     mirror.faults = Faults(flip_at=10, times=0, path=BMODELS["int4"])
     with pytest.raises(IntegrityError, match="no source delivered the pinned content"):
         pull(manifest, ["int4"], cache=cache, lock=lock, **FAST)
-    assert cache.lookup("glm4-9b", "glm4-9b_int4_1dev.bmodel") is None
-    assert not cache.part_path("glm4-9b", "glm4-9b_int4_1dev.bmodel").exists()
+    assert cache.named("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel") is None
+    assert not cache.part_path("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel").exists()
     assert not (cache.root / "corrupt").exists()  # not kept unless asked
 
 
 def test_server_ignoring_range_restarts_cleanly(tmp_path, tree, mirror, cache):
     manifest, lock = write_manifest(tmp_path, tree, pin=True, mirrors=[mirror.url])
-    part = cache.part_path("glm4-9b", "glm4-9b_int4_1dev.bmodel")
+    part = cache.part_path("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel")
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * (1 << 20))  # a wrong prefix would corrupt the file if appended to
     mirror.faults = Faults(ignore_range=True, times=0)
@@ -91,12 +91,12 @@ def test_lock_mismatch_is_refused(tmp_path, tree, mirror, cache):
     pull(manifest, ["int4"], cache=cache, lock=lock, **FAST)
     text = lock.path.read_text().replace(tree.files[BMODELS["int4"]][1], "a" * 64)
     lock.path.write_text(text)
-    from provision.assets.pins import load_lock
+    from provision.assets.pins import load_pins
 
     other = type(cache)(tmp_path / "other-cache")
     with pytest.raises(IntegrityError, match="does not match the pinned"):
-        pull(manifest, ["int4"], cache=other, lock=load_lock(manifest), **FAST)
-    assert other.lookup("glm4-9b", "glm4-9b_int4_1dev.bmodel") is None
+        pull(manifest, ["int4"], cache=other, lock=load_pins(manifest), **FAST)
+    assert other.named("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel") is None
 
 
 def test_second_mirror_is_used_when_the_first_lacks_the_file(tmp_path, tree, mirror, cache):

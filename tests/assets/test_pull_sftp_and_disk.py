@@ -8,7 +8,7 @@ import pytest
 
 from provision.assets.cache import Cache
 from provision.assets.download import pull
-from provision.assets.pins import load_lock
+from provision.assets.pins import load_pins
 from provision.errors import DiskFullError
 from provision.manifest import load_manifest
 from sim.mirror import BMODELS
@@ -21,10 +21,10 @@ needs_root = pytest.mark.skipif(not is_root() or not os.path.exists("/usr/sbin/s
 def sftp_manifest(directory, tree, servers):
     text = tree.manifest_yaml(pin=True)
     entries = "".join(f"  - {{host: {h}, port: {p}, user: root}}\n" for h, p in servers)
-    path = directory / "glm4-9b.yaml"
+    path = directory / "glm4-9b-sim.yaml"
     path.write_text(text + "dfss_servers:\n" + entries)
     manifest = load_manifest(path)
-    return manifest, load_lock(manifest)
+    return manifest, load_pins(manifest)
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_pull_over_sftp_first_server_that_delivers_wins(tmp_path, tree, sftpd):
 def test_sftp_resumes_by_seek(tmp_path, tree, sftpd):
     manifest, lock = sftp_manifest(tmp_path, tree, [("127.0.0.9", sftpd.port)])
     cache = Cache(tmp_path / "cache")
-    part = cache.part_path("glm4-9b", "glm4-9b_int4_1dev.bmodel")
+    part = cache.part_path("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel")
     part.parent.mkdir(parents=True)
     part.write_bytes((tree.root / BMODELS["int4"]).read_bytes()[: (4 << 20) + 7])
     report = pull(manifest, ["int4"], cache=cache, lock=lock, sftp_identity=sftpd.client_key, backoff=0)
@@ -107,7 +107,7 @@ def test_disk_full_before_starting_when_sizes_are_pinned(tmp_path, tree, mirror,
     with pytest.raises(DiskFullError, match="needs"):
         pull(manifest, ["int4"], cache=cache, lock=lock, use_dfss=False, backoff=0)
     assert mirror.bytes_served() == 0  # nothing was fetched
-    assert cache.lookup("glm4-9b", "glm4-9b_int4_1dev.bmodel") is None
+    assert cache.named("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel") is None
 
 
 def test_disk_full_while_writing_keeps_no_partial_as_complete(
@@ -121,7 +121,7 @@ def test_disk_full_while_writing_keeps_no_partial_as_complete(
     (small_tmpfs / "filler").write_bytes(b"\0" * (free - (3 << 20)))
     with pytest.raises(DiskFullError, match="disk full"):
         pull(manifest, ["int4"], cache=cache, lock=lock, use_dfss=False, backoff=0, parallel=1)
-    assert cache.lookup("glm4-9b", "glm4-9b_int4_1dev.bmodel") is None
+    assert cache.named("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel") is None
     assert not cache.blob_path(tree.files[BMODELS["int4"]][1]).exists()
-    part = cache.part_path("glm4-9b", "glm4-9b_int4_1dev.bmodel")
+    part = cache.part_path("glm4-9b-sim", "glm4-9b_int4_1dev.bmodel")
     assert 0 < part.stat().st_size < BMODEL_SIZE  # kept for a resume, never at a final path

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,9 +16,9 @@ from provision.ssh.channels import ChannelBroken, LocalChannel
 from sim.mirror import BMODELS, Faults
 from sim.sftpd import is_root
 from tests.assets.conftest import BMODEL_SIZE, write_manifest
+from tests.py38 import PY38, need_py38
 
-PY38 = shutil.which("python3.8") and "/root/.pyenv/versions/3.8.18/bin/python3.8"
-PYTHON = PY38 if PY38 and os.path.exists(PY38) else sys.executable
+PYTHON = PY38 or sys.executable  # the receiver as a box runs it, where this machine has 3.8
 
 
 @pytest.fixture
@@ -70,11 +69,12 @@ def targets(tmp_path, n, variant="int4"):
 
 
 def test_receiver_is_python38_and_reports_usage():
+    py38 = need_py38()
     out = subprocess.run(
-        [PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+        [py38, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
     )
-    assert out.stdout.strip() in ("(3, 8)", f"({sys.version_info[0]}, {sys.version_info[1]})")
-    command = receiver_command("nonsense", {}, python=PYTHON)
+    assert out.stdout.strip() == "(3, 8)"
+    command = receiver_command("nonsense", {}, python=py38)
     done = subprocess.run(["bash", "-c", command], input="", capture_output=True, text=True)
     assert done.returncode == 2 and json.loads(done.stdout)["code"] == "usage"
 
@@ -102,7 +102,7 @@ def test_push_three_boxes_one_link_cut_then_second_push_skipped(tmp_path, pulled
         )
     for host, result in results.items():
         assert not isinstance(result, Exception), result
-        vdir = roots[host] / "glm4-9b" / result.variant
+        vdir = roots[host] / "glm4-9b-sim" / result.variant
         bmodel = BMODELS[result.variant].rsplit("/", 1)[1]
         assert (vdir / bmodel).read_bytes() == (tree.root / BMODELS[result.variant]).read_bytes()
         marker = json.loads((vdir / f"{bmodel}.verified").read_text())
@@ -124,13 +124,13 @@ def test_push_three_boxes_one_link_cut_then_second_push_skipped(tmp_path, pulled
 
 def test_push_resumes_a_part_left_on_the_box(tmp_path, pulled, tree):
     manifest, lock, cache = pulled
-    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir = tmp_path / "box" / "glm4-9b-sim" / "int4"
     vdir.mkdir(parents=True)
     data = (tree.root / BMODELS["int4"]).read_bytes()
     (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes(data[: 5 << 20])
     items = plan_push(manifest, "int4", cache=cache, lock=lock)
     result = BoxPusher(
-        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), python=PYTHON
+        "b", LocalChannel, "glm4-9b-sim", "int4", items, root=str(tmp_path / "box"), python=PYTHON
     ).run()
     bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
     assert bmodel.resumed_from == 5 << 20 and bmodel.transferred == BMODEL_SIZE - (5 << 20)
@@ -138,12 +138,12 @@ def test_push_resumes_a_part_left_on_the_box(tmp_path, pulled, tree):
 
 def test_corrupt_prefix_on_the_box_is_aborted_and_resent(tmp_path, pulled, tree):
     manifest, lock, cache = pulled
-    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir = tmp_path / "box" / "glm4-9b-sim" / "int4"
     vdir.mkdir(parents=True)
     (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes(b"\x00" * (2 << 20))
     items = plan_push(manifest, "int4", cache=cache, lock=lock)
     result = BoxPusher(
-        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), backoff=0
+        "b", LocalChannel, "glm4-9b-sim", "int4", items, root=str(tmp_path / "box"), backoff=0
     ).run()
     bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
     assert bmodel.attempts == 2 and bmodel.transferred == BMODEL_SIZE + BMODEL_SIZE - (2 << 20)
@@ -154,14 +154,14 @@ def test_reverify_finds_a_file_changed_on_the_box(tmp_path, pulled):
     manifest, lock, cache = pulled
     items = plan_push(manifest, "int4", cache=cache, lock=lock)
     root = str(tmp_path / "box")
-    BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root).run()
-    target = tmp_path / "box" / "glm4-9b" / "int4" / "glm4-9b_int4_1dev.bmodel"
+    BoxPusher("b", LocalChannel, "glm4-9b-sim", "int4", items, root=root).run()
+    target = tmp_path / "box" / "glm4-9b-sim" / "int4" / "glm4-9b_int4_1dev.bmodel"
     data = bytearray(target.read_bytes())
     data[12345] ^= 0xFF
     target.write_bytes(bytes(data))
-    trusting = BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    trusting = BoxPusher("b", LocalChannel, "glm4-9b-sim", "int4", items, root=root).run()
     assert trusting.skipped  # the marker is trusted without --reverify
-    checked = BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root, reverify=True).run()
+    checked = BoxPusher("b", LocalChannel, "glm4-9b-sim", "int4", items, root=root, reverify=True).run()
     bmodel = next(f for f in checked.files if f.name.endswith(".bmodel"))
     assert bmodel.status == "sent" and bmodel.transferred == BMODEL_SIZE
 
@@ -170,12 +170,12 @@ def test_lock_mismatch_is_refused_before_sending(tmp_path, pulled, tree):
     manifest, lock, cache = pulled
     sha = tree.files[BMODELS["int4"]][1]
     lock.path.write_text(lock.path.read_text().replace(sha, "b" * 64))
-    from provision.assets.pins import load_lock
+    from provision.assets.pins import load_pins
 
     opened = CutLink()
     with pytest.raises(IntegrityError, match="does not match the pinned"):
         push_fleet(
-            manifest, [BoxTarget("b", opened, "int4")], cache=cache, lock=load_lock(manifest), backoff=0
+            manifest, [BoxTarget("b", opened, "int4")], cache=cache, lock=load_pins(manifest), backoff=0
         )
     assert opened.commands == []
 
@@ -198,7 +198,7 @@ def test_push_from_mirror_fetches_on_the_box_and_resumes(tmp_path, pulled, tree,
     bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
     assert bmodel.status == "fetched" and bmodel.attempts == 2
     assert mirror.bytes_served(BMODELS["int8"]) == BMODEL_SIZE + 123
-    vdir = tmp_path / "box" / "glm4-9b" / "int8"
+    vdir = tmp_path / "box" / "glm4-9b-sim" / "int8"
     assert (vdir / "token_config" / "tokenizer.model").is_file()
 
 
@@ -235,18 +235,18 @@ def test_unsafe_zip_is_refused_by_the_receiver(tmp_path):
 
 def test_loadable_standins_pulled_and_pushed_run_the_chat_runtime(tmp_path):
     """The mirror's loadable assets survive pull + push and the runtime loads them on the 'box'."""
-    from provision.assets.pins import load_lock
+    from provision.assets.pins import load_pins
     from provision.manifest import load_manifest
     from sim.mirror import build_asset_tree
 
     tree = build_asset_tree(tmp_path / "mirror", bmodel_size=0, loadable=True)
     (tmp_path / "glm4-9b.yaml").write_text(tree.manifest_yaml(pin=True))
     manifest = load_manifest(tmp_path / "glm4-9b.yaml")
-    lock, cache = load_lock(manifest), Cache(tmp_path / "cache")
+    lock, cache = load_pins(manifest), Cache(tmp_path / "cache")
     pull(manifest, ["int4"], cache=cache, lock=lock, mirrors=[f"file://{tree.root}"], use_dfss=False)
     items = plan_push(manifest, "int4", cache=cache, lock=lock)
-    BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box")).run()
-    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    BoxPusher("b", LocalChannel, "glm4-9b-sim", "int4", items, root=str(tmp_path / "box")).run()
+    vdir = tmp_path / "box" / "glm4-9b-sim" / "int4"
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(repo, "sim", "sail"), repo]))
     done = subprocess.run(
@@ -274,13 +274,13 @@ def test_box_holding_a_file_the_lock_no_longer_pins_gets_the_new_one(tmp_path, p
     manifest, lock, cache = pulled
     root = str(tmp_path / "box")
     items = plan_push(manifest, "int4", cache=cache, lock=lock)
-    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir = tmp_path / "box" / "glm4-9b-sim" / "int4"
     vdir.mkdir(parents=True)
     old = b"an older vendor build"
     (vdir / "glm4-9b_int4_1dev.bmodel").write_bytes(old)
     marker = {"size": len(old), "sha256": "c" * 64}
     (vdir / "glm4-9b_int4_1dev.bmodel.verified").write_text(json.dumps(marker))
-    result = BoxPusher("b", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    result = BoxPusher("b", LocalChannel, "glm4-9b-sim", "int4", items, root=root).run()
     bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
     assert bmodel.status == "sent"
     assert (vdir / "glm4-9b_int4_1dev.bmodel").read_bytes() == (tree.root / BMODELS["int4"]).read_bytes()
@@ -288,13 +288,13 @@ def test_box_holding_a_file_the_lock_no_longer_pins_gets_the_new_one(tmp_path, p
 
 def test_dry_run_plans_without_touching_the_box(tmp_path, pulled, tree):
     manifest, lock, cache = pulled
-    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir = tmp_path / "box" / "glm4-9b-sim" / "int4"
     vdir.mkdir(parents=True)
     (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes((tree.root / BMODELS["int4"]).read_bytes()[:1000])
     before = sorted(p.name for p in vdir.iterdir())
     items = plan_push(manifest, "int4", cache=cache, lock=lock)
     plan = BoxPusher(
-        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), dry_run=True
+        "b", LocalChannel, "glm4-9b-sim", "int4", items, root=str(tmp_path / "box"), dry_run=True
     ).run()
     assert plan.planned and not plan.skipped
     bmodel = next(f for f in plan.files if f.name.endswith(".bmodel"))
@@ -327,13 +327,13 @@ def test_controller_gone_before_commit_keeps_the_complete_part(tmp_path, pulled,
 
 def test_fetch_mode_restarts_cleanly_when_the_mirror_ignores_range(tmp_path, pulled, tree, mirror):
     manifest, lock, cache = pulled
-    vdir = tmp_path / "box" / "glm4-9b" / "int4"
+    vdir = tmp_path / "box" / "glm4-9b-sim" / "int4"
     vdir.mkdir(parents=True)
     (vdir / "glm4-9b_int4_1dev.bmodel.part").write_bytes(b"\xff" * (1 << 20))  # wrong bytes, if appended to
     mirror.faults = Faults(ignore_range=True, times=0)
     items = plan_push(manifest, "int4", cache=cache, lock=lock, mirror=mirror.url)
     pusher = BoxPusher(
-        "b", LocalChannel, "glm4-9b", "int4", items, root=str(tmp_path / "box"), from_mirror=True
+        "b", LocalChannel, "glm4-9b-sim", "int4", items, root=str(tmp_path / "box"), from_mirror=True
     )
     result = pusher.run()
     bmodel = next(f for f in result.files if f.name.endswith(".bmodel"))
@@ -383,5 +383,5 @@ def test_two_pushes_never_write_one_part(tmp_path):
         first.close()
     assert dest.read_bytes() == data and not (tmp_path / "box" / "f.bin.part").exists()
     with pytest.raises(RemoteError, match="another push") as refused:
-        BoxPusher("box", None, "glm4-9b", "int4", [])._check(json.loads(second.stdout), "ready")
+        BoxPusher("box", None, "glm4-9b-sim", "int4", [])._check(json.loads(second.stdout), "ready")
     assert "retry when it is done" in refused.value.hint

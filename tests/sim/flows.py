@@ -10,6 +10,7 @@ from provision.cli.main import cli
 def use_fleet(fleet, tmp_path, monkeypatch) -> None:
     """Environment of a user of this fleet: its manifest, a private cache, home and no ~/.ssh/config."""
     monkeypatch.setenv("SOPHON_FLEET_MODELS", str(fleet.manifest_path.parent))
+    monkeypatch.setenv("SOPHON_FLEET_MODEL", fleet.manifest_path.stem)
     monkeypatch.setenv("SOPHON_FLEET_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SOPHON_FLEET_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SOPHON_FLEET_SSH_CONFIG", str(tmp_path / "no-ssh-config"))

@@ -7,13 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from provision.assets.pins import default_pins_path
 from provision.cli.main import cli
 from provision.manifest import load_manifest
 from tests.sim.conftest import connect, needs_root, run
 
 pytestmark = [pytest.mark.sim, needs_root]
 
-ROOT = "/data/sophon-fleet/models/glm4-9b"
+ROOT = "/data/sophon-fleet/models/glm4-9b-sim"
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_pull_over_sftp_then_push_auto_skip_and_from_mirror(fleet, tmp_path):
     m = ["-m", str(fleet.manifest_path)]
     inv = ["-i", str(fleet.inventory_path)]
     manifest = load_manifest(fleet.manifest_path)
-    manifest.lock_path.unlink(missing_ok=True)
+    default_pins_path(manifest, tmp_path / "home").unlink(missing_ok=True)
 
     # the mirror node's SFTP (user open, password open) as the dfss server: no HTTP mirror given
     sftp_only = fleet.manifest_path.with_name("sftp-only.yaml")

@@ -82,5 +82,5 @@ def test_no_model_on_the_box_says_what_to_run(sim_fleet, tmp_path, monkeypatch):
     use_fleet(fleet, tmp_path, monkeypatch)
     code, hosts = deploy_json(fleet)
     assert code == 3
-    assert "no verified glm4-9b model" in hosts["se7-1"]["error"]
+    assert "no verified glm4-9b-sim model" in hosts["se7-1"]["error"]
     assert "assets push" in hosts["se7-1"]["hint"]

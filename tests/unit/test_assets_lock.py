@@ -1,11 +1,12 @@
-"""Lock file, manifest extensions (mirrors, tokenizer, second manifest), cache path safety."""
+"""Pins file, manifest extensions (mirrors, tokenizer, second manifest), cache path safety."""
 
 import pytest
 
 from provision.assets.cache import Cache
-from provision.assets.pins import load_lock
+from provision.assets.pins import default_pins_path, load_pins
 from provision.errors import ConfigError, IntegrityError
 from provision.manifest import MODELS_DIR, load_manifest, parse_manifest
+from provision.settings import load_settings
 from provision.yamlfile import parse_yaml
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
@@ -19,18 +20,21 @@ def manifest(tmp_path):
 
 
 def write_lock(manifest, body):
-    manifest.lock_path.write_text(body)
-    return load_lock(manifest)
+    path = default_pins_path(manifest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    return load_pins(manifest)
 
 
 def test_lock_round_trip_and_expected(manifest):
-    lock = load_lock(manifest)
-    assert lock.entries == {} and lock.path.name == "glm4-9b.lock.yaml"
+    lock = load_pins(manifest)
+    assert lock.entries == {} and lock.path == default_pins_path(manifest)
+    assert lock.path.is_relative_to(load_settings().home / "pins")  # never beside the manifest
     bmodel = manifest.files["bmodel-int4"]
     assert lock.record(bmodel, 10, SHA_A) is True
     assert lock.record(bmodel, 10, SHA_A) is False
     lock.save()
-    again = load_lock(manifest)
+    again = load_pins(manifest)
     assert again.expected(bmodel).sha256 == SHA_A and again.expected(bmodel).size == 10
     with pytest.raises(IntegrityError, match="does not match the pinned"):
         again.check(bmodel, 10, SHA_B)
@@ -44,7 +48,7 @@ def test_lock_errors_name_file_line_and_key(manifest):
             manifest, f"model: glm4-9b\nfiles:\n  bmodel-int4:\n    size: 10\n    sha256: {SHA_A[:10]}\n"
         )
     assert str(info.value).endswith(
-        "glm4-9b.lock.yaml:5: files.bmodel-int4.sha256: must be 64 lowercase hex digits"
+        f"{default_pins_path(manifest).name}:5: files.bmodel-int4.sha256: must be 64 lowercase hex digits"
     )
     with pytest.raises(ConfigError, match=r":3: files.bmodel-int9: unknown file id"):
         write_lock(manifest, f"model: glm4-9b\nfiles:\n  bmodel-int9: {{size: 1, sha256: {SHA_A}}}\n")

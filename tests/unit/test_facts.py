@@ -143,13 +143,10 @@ def test_version_tuple(text, expected):
 
 def test_gather_runs_one_probe_with_the_password_on_stdin():
     from provision.facts.parse import gather
-    from provision.inventory.hosts import Host
-    from tests.fakes import FakeTransport, Script
+    from tests.fakes import Reply, ScriptedTransport
 
     case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
-    fake = FakeTransport(
-        Host(name="se7-1", address="10.0.0.1"), [Script(r"^sh -c ", case["output"])], "s3cr3t-Pw"
-    )
+    fake = ScriptedTransport([Reply(r"^sh -c ", case["output"])], become_password="s3cr3t-Pw")
     facts = gather(fake)
     assert facts.heaps_now == Layout(3950, 2048, 3072) and facts.libsophon == "0.5.1"
     [(command, sudo, stdin)] = fake.calls
@@ -160,9 +157,9 @@ def test_gather_runs_one_probe_with_the_password_on_stdin():
 def test_gather_without_a_password_uses_sudo_n():
     from provision.facts.parse import gather
     from provision.inventory.hosts import Host
-    from tests.fakes import FakeTransport, Script
+    from tests.fakes import Reply, ScriptedTransport
 
-    fake = FakeTransport(Host(name="b", address="b"), [Script(r"sudo -n", "garbage without end marker")])
+    fake = ScriptedTransport([Reply(r"sudo -n", "garbage without end marker")], host=Host("b", "b"))
     with pytest.raises(FactError, match="truncated"):
         gather(fake)
     assert fake.calls[0][2] is None

@@ -2,14 +2,14 @@
 (any command it was not told about fails the test)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from provision.inventory.hosts import Host
 from provision.memory.apply import ApplyFailed, _Box, edit
 from provision.memory.layout import Layout
-from provision.ssh.transport import Result
+from tests.fakes import Reply, ScriptedTransport
 
 FIXTURES = Path(__file__).parent.parent / "facts" / "memory_edit_c"
 OLD_SHA = "0" * 64
@@ -21,29 +21,12 @@ def captured(name):
     return json.loads((FIXTURES / f"{name}.json").read_text())["output"]
 
 
-class Scripted:
-    """Answers by the first (substring, stdout, exit) whose substring is in the command."""
-
-    def __init__(self, answers):
-        self.host = Host("se7-1", "10.0.0.1")
-        self.answers = answers
-        self.commands = []
-
-    def run(self, command, *, sudo=False, timeout=None, check=True, stdin=None):
-        text = command if isinstance(command, str) else " ".join(command)
-        self.commands.append(text)
-        for needle, stdout, code in self.answers:
-            if needle in text:
-                return Result(text, code, stdout, "", 0.0)
-        raise AssertionError(f"unscripted command: {text}")
-
-
 def box(output, code=0, new_sha=NEW_SHA):
-    transport = Scripted(
+    transport = ScriptedTransport(
         [
-            ("memory_edit.sh -c", output, code),
-            ("sha256sum -- /boot/emmcboot.itb", f"{OLD_SHA}  /boot/emmcboot.itb\n", 0),
-            ("sha256sum -- /data/sophon-fleet/memory_edit/emmcboot.itb", f"{new_sha}  x\n", 0),
+            Reply(re.escape("memory_edit.sh -c"), output, exit_code=code),
+            Reply(re.escape("sha256sum -- /boot/emmcboot.itb"), f"{OLD_SHA}  /boot/emmcboot.itb\n"),
+            Reply(re.escape("sha256sum -- /data/sophon-fleet/memory_edit/emmcboot.itb"), f"{new_sha}  x\n"),
         ]
     )
     run = _Box(transport, progress=lambda *a: None, cancel=None)

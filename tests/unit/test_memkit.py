@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from provision.assets.pins import default_pins_path
 from provision.errors import ConfigError, FleetError
 from provision.manifest import MODELS_DIR, load_manifest
 from provision.memory.kit import resolve_kit, sha256_file
@@ -49,7 +50,7 @@ def test_a_url_is_downloaded_once_and_pinned_in_the_lock(kit, manifest, tmp_path
     url = kit.tarball.as_uri()
     first = resolve_kit(url, manifest, load_settings())
     assert first.sha256 == sha256_file(kit.tarball)
-    assert "memory-edit-kit" in manifest.lock_path.read_text()
+    assert "memory-edit-kit" in default_pins_path(manifest).read_text()
     kit.tarball.write_bytes(b"changed upstream")
     again = resolve_kit(url, load_manifest(manifest.source), load_settings())  # from the cache: no download
     assert again.sha256 == first.sha256

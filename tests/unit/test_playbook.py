@@ -13,7 +13,13 @@ PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 def test_shipped_playbooks_load(name):
     playbook = load_playbook(PLAYBOOKS / name)
     assert playbook.steps[0].kind == "preflight"
-    assert playbook.model == "glm4-9b"
+    assert playbook.model is None  # the command's --model: the same playbook runs on a simulated fleet
+
+
+def test_a_playbook_may_name_its_model(tmp_path):
+    book = tmp_path / "b.yml"
+    book.write_text("model: chatglm3-6b\nsteps:\n  - preflight: {}\n")
+    assert load_playbook(book).model == "chatglm3-6b"
 
 
 def test_auto_playbook_changes_layouts_only_where_nothing_fits():

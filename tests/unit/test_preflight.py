@@ -180,7 +180,7 @@ def test_failed_hosts_and_json_schema():
 
 def test_run_preflight_never_stops_on_a_bad_box():
     from provision.facts.preflight import run_preflight
-    from tests.fakes import FakeTransport, Script
+    from tests.fakes import Reply, ScriptedTransport
 
     case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
     hosts = [Host(name=n, address=n) for n in ("good", "down", "garbage", "good-int4")]
@@ -190,7 +190,7 @@ def test_run_preflight_never_stops_on_a_bad_box():
             if host.name == "down":
                 raise ConnectError(f"{host.name}: connection refused", hint="is sshd running")
             output = "no marker" if host.name == "garbage" else case["output"]
-            return FakeTransport(host, [Script(r"^sh -c ", output)])
+            return ScriptedTransport([Reply(r"^sh -c ", output)], host=host)
 
     hosts[3] = dataclasses.replace(hosts[3], variant="int4")
     report = run_preflight(hosts, FakeConnector(), MANIFEST, forks=2)
@@ -204,7 +204,7 @@ def test_run_preflight_never_stops_on_a_bad_box():
     assert report.verdicts[2].reasons[0].code == "probe-failed"
 
 
-def test_lock_sizes_come_from_the_models_lock(tmp_path):
+def test_sizes_come_from_the_models_pins(tmp_path):
     from provision.cli.preflight import lock_sizes
     from provision.manifest import MODELS_DIR
 
@@ -212,7 +212,11 @@ def test_lock_sizes_come_from_the_models_lock(tmp_path):
     manifest_path.write_text((MODELS_DIR / "glm4-9b.yaml").read_text())
     manifest = load_manifest(str(manifest_path))
     assert lock_sizes(manifest) == {}
-    (tmp_path / "glm4-9b.lock.yaml").write_text(
+    from provision.assets.pins import default_pins_path
+
+    pins = default_pins_path(manifest)
+    pins.parent.mkdir(parents=True)
+    pins.write_text(
         "model: glm4-9b\nfiles:\n  bmodel-int8:\n    size: 10737418240\n    sha256: " + "a" * 64 + "\n"
     )
     assert lock_sizes(load_manifest(str(manifest_path))) == {"bmodel-int8": 10 * GiB}

@@ -7,7 +7,6 @@ import threading
 import pytest
 
 from provision.errors import ConnectError, RemoteError
-from provision.inventory.hosts import Host
 from provision.memory.reboot import (
     BOOT_ID,
     Cancelled,
@@ -17,35 +16,18 @@ from provision.memory.reboot import (
     wait_for_new_boot,
 )
 from provision.ssh.transport import Result
+from tests.fakes import Reply, ScriptedTransport, exactly
 
 
-class Scripted:
-    """A Transport stand-in: `script` is a list of (expected command, reply); a reply that is an exception
-    is raised. `reconnect` may be scripted to fail too."""
-
-    def __init__(self, script, reconnects=()):
-        self.host = Host("se7-1", "10.0.0.1")
-        self.script = list(script)
-        self.reconnects = list(reconnects)
-        self.closed = 0
-
-    def run(self, command, *, sudo=False, timeout=None, check=True, stdin=None):
-        text = command if isinstance(command, str) else " ".join(command)
-        assert self.script, f"unscripted command: {text}"
-        expected, reply = self.script.pop(0)
-        assert text == expected, f"expected {expected!r}, got {text!r}"
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
-    def reconnect(self):
-        if self.reconnects:
-            error = self.reconnects.pop(0)
-            if error is not None:
-                raise error
-
-    def close(self):
-        self.closed += 1
+def Scripted(script, reconnects=()):
+    """The scripted transport, in order: (the exact command, its Result or the exception it raises)."""
+    replies = [
+        Reply(exactly(command), raises=reply)
+        if isinstance(reply, BaseException)
+        else Reply(exactly(command), reply.stdout, reply.stderr, reply.exit_code)
+        for command, reply in script
+    ]
+    return ScriptedTransport(replies, ordered=True, reconnects=list(reconnects))
 
 
 def ok(stdout="", code=0, stderr=""):
@@ -75,7 +57,7 @@ def test_waits_through_the_drop_and_the_old_boot_until_a_new_boot_id_and_readine
     polls = []
     assert wait_for_new_boot(box, "old", FAST, on_poll=lambda n, why: polls.append(why)) == "new"
     assert polls == ["refused", "refused", "still the old boot (the reboot has not started yet)"]
-    assert box.script == []
+    assert box.replies == []
 
 
 def test_timeout_is_explicit_and_says_what_was_seen_last():

@@ -11,7 +11,7 @@ import pytest
 
 from provision.errors import ConnectError, HostKeyError, RemoteError
 from provision.inventory.hosts import Host
-from provision.ssh.transport import Connector, Retry, Timeouts, Transport, Trust, quote_command, sudo_wrap
+from provision.ssh.transport import Connector, Retry, SshTransport, Timeouts, Trust, quote_command, sudo_wrap
 from tests.sshd import available, start_sshd
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs root and /usr/sbin/sshd")
@@ -44,7 +44,7 @@ FAST = Timeouts(connect=2, banner=1, auth=2, command=10)
 
 @pytest.fixture
 def box(sshd, trust):
-    with Transport(host_for(sshd), trust=trust, timeouts=FAST) as transport:
+    with SshTransport(host_for(sshd), trust=trust, timeouts=FAST) as transport:
         yield transport
 
 
@@ -90,7 +90,7 @@ def test_hostile_remote_path_is_a_literal_file_name(box, tmp_path):
 
 
 def test_sudo_password_goes_on_stdin_never_argv_nor_to_the_command(sshd, trust):
-    with Transport(host_for(sshd), trust=trust, timeouts=FAST, become_password="hunter2-secret") as box:
+    with SshTransport(host_for(sshd), trust=trust, timeouts=FAST, become_password="hunter2-secret") as box:
         result = box.run("cat; ps -eo args", sudo=True)  # root: sudo needs no password, so it stays unread
     assert "hunter2-secret" not in result.stdout + result.stderr
     assert "sudo" in result.stdout
@@ -137,7 +137,7 @@ def test_reconnect(box):
 def test_unknown_host_key_is_refused(sshd, tmp_path):
     trust = Trust(own_known_hosts=tmp_path / "own", user_known_hosts=tmp_path / "user")
     with pytest.raises(HostKeyError, match=r"unknown host key ssh-ed25519 SHA256:\S+, refusing") as info:
-        Transport(host_for(sshd), trust=trust, timeouts=FAST).connect()
+        SshTransport(host_for(sshd), trust=trust, timeouts=FAST).connect()
     assert "--accept-new" in info.value.hint
     assert not (tmp_path / "own").exists()
 
@@ -145,12 +145,12 @@ def test_unknown_host_key_is_refused(sshd, tmp_path):
 def test_accept_new_pins_to_the_tools_known_hosts(sshd, tmp_path):
     own = tmp_path / "home" / "known_hosts"
     trust = Trust(own_known_hosts=own, user_known_hosts=tmp_path / "user", accept_new=True)
-    with Transport(host_for(sshd), trust=trust, timeouts=FAST) as box:
+    with SshTransport(host_for(sshd), trust=trust, timeouts=FAST) as box:
         assert box.run(["true"]).ok
     assert own.read_text() == sshd.known_hosts_line()
     assert own.stat().st_mode & 0o777 == 0o600
     strict = Trust(own_known_hosts=own, user_known_hosts=tmp_path / "user")
-    with Transport(host_for(sshd), trust=strict, timeouts=FAST) as box:
+    with SshTransport(host_for(sshd), trust=strict, timeouts=FAST) as box:
         assert box.run(["true"]).ok
     assert own.read_text() == sshd.known_hosts_line()  # pinned once
 
@@ -158,12 +158,12 @@ def test_accept_new_pins_to_the_tools_known_hosts(sshd, tmp_path):
 def test_user_and_inventory_known_hosts_are_honoured(sshd, tmp_path):
     user = tmp_path / "user"
     user.write_text(sshd.known_hosts_line())
-    with Transport(host_for(sshd), trust=Trust(tmp_path / "own", user), timeouts=FAST) as box:
+    with SshTransport(host_for(sshd), trust=Trust(tmp_path / "own", user), timeouts=FAST) as box:
         assert box.run(["true"]).ok
     extra = tmp_path / "sim_known_hosts"
     extra.write_text(sshd.known_hosts_line())
     host = host_for(sshd, known_hosts=(str(extra),))
-    with Transport(host, trust=Trust(tmp_path / "own", tmp_path / "none"), timeouts=FAST) as box:
+    with SshTransport(host, trust=Trust(tmp_path / "own", tmp_path / "none"), timeouts=FAST) as box:
         assert box.run(["true"]).ok
 
 
@@ -195,9 +195,9 @@ def test_a_key_in_the_users_known_hosts_wins_over_the_tools_own(sshd, tmp_path):
     user.write_text(f"[{sshd.address}]:{sshd.port} ssh-ed25519 {other}\n")
     own.write_text(sshd.known_hosts_line())
     with pytest.raises(HostKeyError, match="HOST KEY CHANGED"):
-        Transport(host_for(sshd), trust=Trust(own, user), timeouts=FAST).connect()
+        SshTransport(host_for(sshd), trust=Trust(own, user), timeouts=FAST).connect()
     user.write_text(sshd.known_hosts_line())  # the file changed: read again
-    with Transport(host_for(sshd), trust=Trust(own, user), timeouts=FAST) as box:
+    with SshTransport(host_for(sshd), trust=Trust(own, user), timeouts=FAST) as box:
         assert box.run(["true"]).ok
 
 
@@ -208,7 +208,7 @@ def test_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path):
     own.write_text(f"{name} ssh-ed25519 {other}\n")
     trust = Trust(own_known_hosts=own, user_known_hosts=tmp_path / "user", accept_new=True)
     with pytest.raises(HostKeyError) as info:
-        Transport(host_for(sshd), trust=trust, timeouts=FAST).connect()
+        SshTransport(host_for(sshd), trust=trust, timeouts=FAST).connect()
     message = str(info.value)
     assert "HOST KEY CHANGED" in message
     assert message.count("SHA256:") == 2
@@ -225,7 +225,7 @@ def test_refused_connection_is_retried_then_reported(sshd, trust):
     host = host_for(sshd, port=free_port(sshd.address))
     started = time.monotonic()
     with pytest.raises(ConnectError, match="connection refused") as info:
-        Transport(host, trust=trust, timeouts=FAST, retry=Retry(attempts=3, backoff=0.1)).connect()
+        SshTransport(host, trust=trust, timeouts=FAST, retry=Retry(attempts=3, backoff=0.1)).connect()
     assert 0.1 < time.monotonic() - started < 2
     assert "sshd" in info.value.hint
 
@@ -249,7 +249,7 @@ def test_silent_server_hits_the_banner_timeout(trust):
     started = time.monotonic()
     try:
         with pytest.raises(ConnectError, match="mute"):
-            Transport(
+            SshTransport(
                 host, trust=trust, timeouts=Timeouts(connect=1, banner=0.3), retry=Retry(attempts=2)
             ).connect()
         assert time.monotonic() - started < 3
@@ -266,7 +266,7 @@ def test_wrong_key_is_an_authentication_error(sshd, trust, tmp_path):
 
     keygen(tmp_path / "stranger")
     with pytest.raises(ConnectError, match="authentication failed") as info:
-        Transport(host_for(sshd, keys=(str(tmp_path / "stranger"),)), trust=trust, timeouts=FAST).connect()
+        SshTransport(host_for(sshd, keys=(str(tmp_path / "stranger"),)), trust=trust, timeouts=FAST).connect()
     assert not isinstance(info.value, HostKeyError)
 
 
