@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.wholeprocess import BoxCpu, child_env, machine  # noqa: E402
+from benchmarks.wholeprocess import BYTECODE_NOTE, BoxCpu, child_env, machine  # noqa: E402
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
 from provision.assets.pins import load_pins  # noqa: E402
@@ -414,6 +414,7 @@ def main() -> None:
         work = Path(tmp)
         tree = build_asset_tree(work / "mirror", bmodel_size=size, int8_size=MIB)
         print(f"machine: {machine()}")
+        print(f"the CLI rows: {BYTECODE_NOTE}")
         print(f"file: {size / MIB:.0f} MiB, {args.runs} runs each (median), rows round-robin\n")
         parts = set(args.only.split(","))
         if "1" in parts:

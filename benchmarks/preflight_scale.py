@@ -12,7 +12,9 @@ Before the boxes, CLI start-up: `sophon-fleet --help` and `preflight --help` aga
 `python -c 'import paramiko'`, also whole processes.
 
 Rows run round-robin (`--runs` rounds) so load from elsewhere hits them alike; medians are printed, with
-the load average before and after.
+the load average before and after, and under each size the CPU seconds of the controller side (`ctl`: the
+timed process and its children) and of the boxes (`box`: their sessions; on this machine the simulated boxes
+share the controller's cores, so box work lengthens every row's wall time).
 
 Run as root:  .venv/bin/python benchmarks/preflight_scale.py [--sizes 1,16,32] [--runs 5]
 """

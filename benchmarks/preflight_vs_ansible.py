@@ -11,6 +11,9 @@ every fact asked again (nothing replayed) with the root part run through sudo wi
   - sophon-fleet: `sophon-fleet preflight --fresh` (table output) and, for information, replayed preflight.
   - floors: a bare paramiko script (benchmarks/wholeprocess.py), run the same way, with connect + `true`
     and with the same `--fresh` probe.
+Each row also shows CPU seconds: the controller's (the process and its children: Ansible's workers, ssh
+clients) and the boxes' (their sessions; the simulated boxes share this machine's cores, so box work
+lengthens wall time here, where on a real fleet each box has its own CPU).
 Goal (issue 11): `--fresh` >= 3x faster than pipelined Ansible on 16 boxes.
 
 Run as root:  .venv/bin/python benchmarks/preflight_vs_ansible.py [--boxes 16] [--runs 5]

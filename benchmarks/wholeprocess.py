@@ -86,14 +86,23 @@ def child_env(work: Path, **extra: str) -> dict[str, str]:
     module from source at every start while paramiko and Ansible (installed by pip, which compiles their
     bytecode) would not. A user's install has its bytecode, so the children get a bytecode cache of their
     own (PYTHONPYCACHEPREFIX under `work`, never the source tree), warmed by the first, untimed run.
+    Nor do they read this machine's ~/.ssh/known_hosts and ~/.ssh/config: other sessions leave entries
+    there for simulated addresses (10.213.K.x) that a later fleet reuses with new keys, and the floor does
+    not read them either.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return dict(env, PYTHONPYCACHEPREFIX=str(work / "pycache"), **extra)
+    return dict(
+        env,
+        PYTHONPYCACHEPREFIX=str(work / "pycache"),
+        SOPHON_FLEET_USER_KNOWN_HOSTS=str(work / "no-user-known_hosts"),
+        SOPHON_FLEET_SSH_CONFIG=str(work / "no-ssh-config"),
+        **extra,
+    )
 
 
 BYTECODE_NOTE = (
     "timed processes cache bytecode under the run's temp dir (PYTHONPYCACHEPREFIX), as an installed "
-    "package has it"
+    "package has it, and read no ~/.ssh/known_hosts or ~/.ssh/config"
 )
 
 
