@@ -64,7 +64,10 @@ def preflight_ok(boxes: int):
     return check
 
 
-def startup(env: dict[str, str], runs: int) -> None:
+CLI_FROM = "import sys; sys.path.insert(0, sys.argv.pop(1)); from provision.cli.main import main; main()"
+
+
+def startup(env: dict[str, str], runs: int, baseline: Path | None = None) -> None:
     py = sys.executable
     rows = [
         ("python -c pass", [py, "-c", "pass"]),
@@ -72,6 +75,11 @@ def startup(env: dict[str, str], runs: int) -> None:
         ("sophon-fleet --help", [SOPHON_FLEET, "--help"]),
         ("sophon-fleet preflight --help", [SOPHON_FLEET, "preflight", "--help"]),
     ]
+    if baseline:  # both checkouts started the same way: python -c, the checkout first on sys.path
+        here = Path(__file__).resolve().parent.parent
+        for tree, name in ((baseline, "baseline"), (here, "this tree")):
+            rows.append((f"--help, {name}", [py, "-c", CLI_FROM, str(tree), "--help"]))
+            rows.append((f"preflight --help, {name}", [py, "-c", CLI_FROM, str(tree), "preflight", "--help"]))
     for _label, argv in rows:  # warm-up: bytecode cache, page cache
         run_process(argv, env, exit_ok)
     timed = [(label, lambda argv=argv: run_process(argv, env, exit_ok)) for label, argv in rows]
@@ -95,6 +103,11 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="1,16,32")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also time the CLI start-up of this checkout (e.g. `git worktree add /tmp/before main`)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {machine()}")
@@ -102,7 +115,7 @@ def main() -> None:
         work = Path(tmp)
         env = child_env(work, SOPHON_FLEET_HOME=str(work / "home"))
         print(BYTECODE_NOTE)
-        startup(env, args.runs * 2)
+        startup(env, args.runs * 2, args.baseline_tree)
         fleet = Fleet.up(work / "fleet", [PROFILES[i % len(PROFILES)] for i in range(max(sizes))])
         try:
             inventory = str(fleet.inventory_path)
