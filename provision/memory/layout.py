@@ -27,7 +27,7 @@ class Layout:
 
 
 # The max heaps of a 16 GB BM1684X (ddr12 8192, ddr3 4096, ddr4 4096 MiB) under memory_edit v2.10+
-# (FACTS.md §1.5: npu 7615, vpu 3071 after the 1 MiB reserve, vpp 4096). Used only as a labelled
+# (npu 7615, vpu 3071 after v2.10's 1 MiB vpu reserve, vpp 4096). Used only as a labelled
 # assumption when a box has no memory_edit kit to print its own max.
 ASSUMED_MAX_16GB_BM1684X = Layout(7615, 3071, 4096)
 
@@ -71,7 +71,8 @@ _NEW_IMAGE = re.compile(r"^sudo cp (\S+/emmcboot\.itb) /boot/emmcboot\.itb")
 
 @dataclass(frozen=True)
 class ConfigureReport:
-    """What `memory_edit.sh -c -npu N -vpu N -vpp N` printed (FACTS.md §1.6–1.7).
+    """What `memory_edit.sh -c -npu N -vpu N -vpp N` printed (configuration and check blocks, or the one
+    `Error: <heap> size 0x… error` line and exit 255 of a size over the maximum).
 
     `errors` holds every `Error…` line (over-max sizes, usage, en_emmcfile, ...); `check` the sizes the
     script re-read from the edited device tree; `ok` is True only when it printed both `check edit size ok`

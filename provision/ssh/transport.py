@@ -35,7 +35,7 @@ from provision.inventory.hosts import Host, parse_adhoc_host
 
 log = logging.getLogger(__name__)
 
-# AES-GCM measured +30-40% throughput over the CTR default (SIM-NOTES §6).
+# AES-GCM measured +30-40% throughput over paramiko's AES-CTR default (1 GiB over loopback sshd).
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 PREFERRED_KEX = ("curve25519-sha256", "curve25519-sha256@libssh.org")
 CHUNK = 1 << 20
