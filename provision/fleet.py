@@ -1,8 +1,11 @@
-"""Run one function per host over a fleet: bounded parallelism, rolling batches, a failure budget.
+"""The one fleet engine: run one function per box, with bounded parallelism, rolling batches and a
+failure budget. Every multi-box operation (preflight, memory, push, deploy, bench, play) goes through it.
 
-A host's failure never stops the others (fabric's GroupResult, but as data): `run_fleet` returns a
-`FleetResult` mapping every host to its value or its error, in inventory order. Only `--max-fail-percent`
-stops starting new batches; hosts never started are recorded as skipped.
+A box's failure never stops the others (fabric's GroupResult, but as data): `run_fleet` returns a
+`FleetResult` mapping every box to its value or its error, in inventory order. Whatever a box's task
+raises becomes that box's result: our errors as they are, anything else (a library's error, a bug) as a
+FleetError naming it. Only the failure budget (`--max-fail-percent`) stops starting new batches; boxes
+never started are recorded as skipped.
 """
 
 from __future__ import annotations
@@ -12,13 +15,22 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from provision.errors import ConfigError, ConnectError, FleetError
-from provision.inventory.hosts import Host
 
 T = TypeVar("T")
 DEFAULT_FORKS = 32
+
+
+class Named(Protocol):
+    """What the engine runs a task for: a Host, or anything else named after one (a push target)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=Named)
 
 
 class SkippedError(FleetError):
@@ -26,10 +38,10 @@ class SkippedError(FleetError):
 
 
 @dataclass(frozen=True)
-class HostOutcome(Generic[T]):
-    """One host's value or error, and how long it took."""
+class HostOutcome(Generic[N, T]):
+    """One box's value or error, and how long it took."""
 
-    host: Host
+    host: N
     value: T | None
     error: FleetError | None
     seconds: float
@@ -44,10 +56,10 @@ class HostOutcome(Generic[T]):
 
 
 @dataclass(frozen=True)
-class FleetResult(Generic[T]):
+class FleetResult(Generic[N, T]):
     """Every host's outcome, in inventory order."""
 
-    outcomes: tuple[HostOutcome[T], ...]
+    outcomes: tuple[HostOutcome[N, T], ...]
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.outcomes)
@@ -55,22 +67,22 @@ class FleetResult(Generic[T]):
     def __len__(self) -> int:
         return len(self.outcomes)
 
-    def __getitem__(self, name: str) -> HostOutcome[T]:
+    def __getitem__(self, name: str) -> HostOutcome[N, T]:
         for outcome in self.outcomes:
             if outcome.host.name == name:
                 return outcome
         raise KeyError(name)
 
     @property
-    def succeeded(self) -> list[HostOutcome[T]]:
+    def succeeded(self) -> list[HostOutcome[N, T]]:
         return [o for o in self.outcomes if o.ok]
 
     @property
-    def failed(self) -> list[HostOutcome[T]]:
+    def failed(self) -> list[HostOutcome[N, T]]:
         return [o for o in self.outcomes if not o.ok]
 
     @property
-    def unreachable(self) -> list[HostOutcome[T]]:
+    def unreachable(self) -> list[HostOutcome[N, T]]:
         return [o for o in self.outcomes if o.unreachable]
 
 
@@ -94,13 +106,13 @@ def parse_serial(value: str | int | None, total: int) -> int:
 
 
 def run_fleet(
-    hosts: Sequence[Host],
-    task: Callable[[Host], T],
+    hosts: Sequence[N],
+    task: Callable[[N], T],
     *,
     forks: int = DEFAULT_FORKS,
     serial: str | int | None = None,
     max_fail_percent: float | None = None,
-) -> FleetResult[T]:
+) -> FleetResult[N, T]:
     """Run `task(host)` for every host, at most `forks` at a time, batch by batch.
 
     After each batch, if more than `max_fail_percent` of all hosts have failed, later batches are skipped.
@@ -109,11 +121,12 @@ def run_fleet(
     if forks < 1:
         raise ConfigError("must be at least 1", key="--forks")
     size = parse_serial(serial, len(hosts))
-    outcomes: dict[str, HostOutcome[T]] = {}
+    outcomes: dict[str, HostOutcome[N, T]] = {}
     with ThreadPoolExecutor(max_workers=min(forks, max(size, 1)), thread_name_prefix="fleet") as pool:
         for start in range(0, len(hosts), size):
             batch = hosts[start : start + size]
-            if _over_budget(outcomes, len(hosts), max_fail_percent):
+            failed = sum(1 for o in outcomes.values() if not o.ok)
+            if over_budget(failed, len(hosts), max_fail_percent):
                 for host in batch:
                     outcomes[host.name] = HostOutcome(host, None, _skipped(max_fail_percent), 0.0)
                 continue
@@ -122,7 +135,7 @@ def run_fleet(
     return FleetResult(tuple(outcomes[h.name] for h in hosts))
 
 
-def _attempt(host: Host, task: Callable[[Host], T]) -> HostOutcome[T]:
+def _attempt(host: N, task: Callable[[N], T]) -> HostOutcome[N, T]:
     started = time.monotonic()
     try:
         return HostOutcome(host, task(host), None, time.monotonic() - started)
@@ -134,11 +147,10 @@ def _attempt(host: Host, task: Callable[[Host], T]) -> HostOutcome[T]:
         return HostOutcome(host, None, error, time.monotonic() - started)
 
 
-def _over_budget(outcomes: dict[str, HostOutcome], total: int, max_fail_percent: float | None) -> bool:
-    if max_fail_percent is None or not outcomes:
-        return False
-    failed = sum(1 for o in outcomes.values() if not o.ok)
-    return failed * 100 > max_fail_percent * total
+def over_budget(failed: int, total: int, max_fail_percent: float | None) -> bool:
+    """More than `max_fail_percent` of `total` boxes failed: the one rule for stopping a rolling run
+    (`run_fleet` between batches, `play` between steps)."""
+    return max_fail_percent is not None and failed * 100 > max_fail_percent * total
 
 
 def _skipped(max_fail_percent: float | None) -> SkippedError:

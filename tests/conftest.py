@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+hypothesis_settings.register_profile("no-database", database=None)  # no .hypothesis/ in the source tree
+hypothesis_settings.load_profile("no-database")
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,6 +28,7 @@ from provision.assets.pins import Pins
 from provision.boxpaths import MODELS_DIR
 from provision.boxside import receiver
 from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.fleet import run_fleet
 from provision.manifest import AssetFile, Manifest
 from provision.ssh.channels import (  # re-exported: deploy and tests take them from here
     Channel,
@@ -218,13 +217,6 @@ class BoxPusher:
             else:
                 result.files.append(self._transfer(item))
         return result
-
-    def run_safely(self) -> BoxPush | FleetError:
-        """`run`, with a failure returned instead of raised (what `push_fleet` records per box)."""
-        try:
-            return self.run()
-        except FleetError as exc:
-            return exc
 
     # -- the conversation --------------------------------------------------------------------------
 
@@ -424,6 +416,10 @@ class BoxTarget:
     open_exec: Opener
     variant: str
 
+    @property
+    def name(self) -> str:  # what the fleet engine keys results by
+        return self.host
+
 
 def push_fleet(
     manifest: Manifest,
@@ -440,10 +436,11 @@ def push_fleet(
     backoff: float = 0.5,
     dry_run: bool = False,
 ) -> dict[str, BoxPush | FleetError]:
-    """Push each box its variant, `max_parallel` boxes at a time; returns host -> result or error.
+    """Push each box its variant, `max_parallel` boxes at a time (through the fleet engine); returns
+    host -> result or error.
 
     Plans (and checks against the lock) once per variant before any box is touched, so a lock mismatch
-    is refused for the whole fleet. Per-box failures are returned, never raised.
+    is refused for the whole fleet. Per-box failures — whatever a box raised — are returned, never raised.
 
     Raises:
         IntegrityError / FleetError: from planning (nothing was sent).
@@ -451,11 +448,9 @@ def push_fleet(
     plans = {
         v: plan_push(manifest, v, cache=cache, lock=lock, mirror=mirror) for v in {t.variant for t in targets}
     }
-    results: dict[str, BoxPush | FleetError] = {}
-    guard = threading.Lock()
 
-    def one(target: BoxTarget) -> None:
-        pusher = BoxPusher(
+    def one(target: BoxTarget) -> BoxPush:
+        return BoxPusher(
             target.host,
             target.open_exec,
             manifest.model,
@@ -468,11 +463,7 @@ def push_fleet(
             retries=retries,
             backoff=backoff,
             dry_run=dry_run,
-        )
-        outcome = pusher.run_safely()
-        with guard:
-            results[target.host] = outcome
+        ).run()
 
-    with ThreadPoolExecutor(max_workers=max(1, max_parallel), thread_name_prefix="push") as pool:
-        list(pool.map(one, targets))
-    return {t.host: results[t.host] for t in targets}
+    result = run_fleet(targets, one, forks=max(1, max_parallel))
+    return {o.host.host: o.value if o.error is None else o.error for o in result}

@@ -12,6 +12,7 @@ from provision.cli.hosts import connector_for, host_options, reach_from, resolve
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.fleet import FleetResult, run_fleet
+from provision.inventory.hosts import Host
 from provision.manifest import load_manifest
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box, write_chart
 
@@ -69,7 +70,7 @@ def bench(
     exit_with_worst(o.error for o in result)
 
 
-def render(out: Output, result: FleetResult[BoxBench]) -> None:
+def render(out: Output, result: FleetResult[Host, BoxBench]) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
         return

@@ -14,6 +14,7 @@ from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
+from provision.inventory.hosts import Host
 from provision.manifest import load_manifest
 from provision.runtime.deploy import Deployer, DeployResult, deploy_box, rollback_box
 from provision.settings import load_settings
@@ -71,7 +72,7 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, **kwargs: Any) ->
     exit_with_worst(o.error for o in result)
 
 
-def render(out: Output, result: FleetResult[DeployResult]) -> None:
+def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
         return

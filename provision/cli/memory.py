@@ -14,7 +14,6 @@ import click
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.memory_view import (
-    PlannedBox,
     plan_exit,
     plan_json,
     render_plan,
@@ -25,17 +24,15 @@ from provision.cli.memory_view import (
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output
 from provision.errors import ConfigError
-from provision.facts.parse import gather
 from provision.fleet import run_fleet
-from provision.inventory.hosts import Host, Inventory
 from provision.manifest import load_manifest
-from provision.memory.apply import ApplyOptions, BoxResult, apply_box, rollback_box
-from provision.memory.kit import LocalKit, resolve_kit
+from provision.memory.apply import ApplyOptions, rollback_box
+from provision.memory.kit import resolve_kit, shared_kit
 from provision.memory.layout import Layout
-from provision.memory.plan import Action, BoxMemory, BoxPlan, Request, box_memory, plan_box, request_for
+from provision.memory.plan import Action, BoxPlan, Request, request_for
 from provision.memory.reboot import RebootPolicy
-from provision.settings import Settings, load_settings
-from provision.ssh.transport import Connector
+from provision.memory.rollout import PlannedBox, apply_fleet, plan_fleet
+from provision.settings import load_settings
 
 
 @click.group("memory")
@@ -91,21 +88,6 @@ def request_from(kwargs: dict[str, Any]) -> Request:
     return request_for(manifest, variant=variant, layout=layout)
 
 
-def plan_hosts(inventory: Inventory, connector: Connector, request: Request, forks: int) -> list[PlannedBox]:
-    """Gather facts on every box in parallel (one round trip each) and plan each."""
-
-    def task(host: Host) -> BoxMemory:
-        return box_memory(host.name, gather(connector.transport(host)))
-
-    result = run_fleet(inventory.hosts, task, forks=forks)
-    planned = []
-    for outcome in result:
-        box = outcome.value
-        plan = plan_box(box, request) if box is not None else None
-        planned.append(PlannedBox(outcome.host, box, plan, outcome.error))
-    return planned
-
-
 @memory.command("plan")
 @host_options
 @layout_options
@@ -122,7 +104,7 @@ def plan_command(out: Output, **kwargs: Any) -> None:
     request = request_from(kwargs)
     inv = resolve_inventory(reach)
     with connector_for(reach, inv) as connector:
-        planned = plan_hosts(inv, connector, request, reach.forks)
+        planned = plan_fleet(inv.hosts, connector.transport, request, reach.forks)
     render_plan(out, request, planned)
     raise SystemExit(int(plan_exit(planned)))
 
@@ -175,9 +157,10 @@ def apply_command(
     request = request_from(kwargs)
     inv = resolve_inventory(reach)
     settings = load_settings()
-    local_kit = resolve_kit(kit, load_manifest(manifest_name), settings) if kit else None
+    manifest = load_manifest(manifest_name)
+    local_kit = resolve_kit(kit, manifest, settings) if kit else None
     with connector_for(reach, inv) as connector:
-        planned = plan_hosts(inv, connector, request, reach.forks)
+        planned = plan_fleet(inv.hosts, connector.transport, request, reach.forks)
         if dry_run or not out.json:
             render_plan(out, request, planned)
         if dry_run:
@@ -185,47 +168,25 @@ def apply_command(
         confirm_reboots(out, planned, yes)
         options = ApplyOptions(
             kit=local_kit,
-            kit_resolver=_lazy_kit(manifest_name, settings),
+            kit_resolver=shared_kit(manifest, settings),
             auto_rollback=auto_rollback,
             reboot=RebootPolicy(timeout=reboot_timeout),
             break_lock=break_lock,
         )
-        by_name = {p.host.name: p for p in planned}
         with interruptible(out) as cancel, stage_display(out, inv.names()) as progress:
-
-            def task(host: Host) -> BoxResult:
-                p = by_name[host.name]
-                if p.error is not None:
-                    raise p.error
-                assert p.plan is not None and p.box is not None
-                return apply_box(
-                    connector.transport(host),
-                    p.plan,
-                    request,
-                    p.box,
-                    options,
-                    progress=progress,
-                    cancel=cancel,
-                )
-
-            result = run_fleet(
-                inv.hosts, task, forks=reach.forks, serial=serial, max_fail_percent=max_fail_percent
+            result = apply_fleet(
+                planned,
+                connector.transport,
+                request,
+                options,
+                forks=reach.forks,
+                serial=serial,
+                max_fail_percent=max_fail_percent,
+                progress=progress,
+                cancel=cancel,
             )
     render_results(out, "memory apply", result, plan=plan_json(request, planned))
     raise SystemExit(int(results_exit(result)))
-
-
-def _lazy_kit(model: str, settings: Settings) -> Callable[[], LocalKit]:
-    lock = threading.Lock()
-    found: list[LocalKit] = []
-
-    def resolve() -> LocalKit:
-        with lock:  # one download for the whole fleet
-            if not found:
-                found.append(resolve_kit(None, load_manifest(model), settings))
-            return found[0]
-
-    return resolve
 
 
 def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:

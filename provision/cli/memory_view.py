@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from rich.live import Live
@@ -14,12 +13,13 @@ from rich.table import Table
 
 from provision.cli.errors import Exit
 from provision.cli.output import Output
-from provision.errors import ConnectError, FleetError
+from provision.errors import ConnectError
 from provision.fleet import FleetResult, SkippedError
 from provision.inventory.hosts import Host
 from provision.memory.apply import ApplyFailed, BoxResult, Stage
 from provision.memory.layout import Layout
-from provision.memory.plan import Action, BoxMemory, BoxPlan, Request
+from provision.memory.plan import Action, Request
+from provision.memory.rollout import PlannedBox
 
 ACTION_STYLE = {
     Action.NOTHING: "green",
@@ -27,14 +27,6 @@ ACTION_STYLE = {
     Action.CHECK: "yellow",
     Action.REFUSED: "red",
 }
-
-
-@dataclass(frozen=True)
-class PlannedBox:
-    host: Host
-    box: BoxMemory | None
-    plan: BoxPlan | None
-    error: FleetError | None
 
 
 def plan_exit(planned: list[PlannedBox]) -> Exit:
@@ -127,7 +119,7 @@ def stage_display(out: Output, hosts: list[str]) -> Iterator[Callable[[str, Stag
         yield show
 
 
-def results_exit(result: FleetResult[BoxResult]) -> Exit:
+def results_exit(result: FleetResult[Host, BoxResult]) -> Exit:
     """Worst outcome first: interrupted 130, failed/rolled back/skipped 1, unreachable 4, refused 3."""
     errors = [o.error for o in result if o.error is not None]
     refused = [e for e in errors if isinstance(e, ApplyFailed) and e.refused]
@@ -142,7 +134,7 @@ def results_exit(result: FleetResult[BoxResult]) -> Exit:
 
 
 def results_json(
-    command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
+    command: str, result: FleetResult[Host, BoxResult], plan: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     planned = {h["host"]: h for h in plan["hosts"]} if plan else {}
     hosts = []
@@ -182,7 +174,7 @@ def results_json(
 
 
 def render_results(
-    out: Output, command: str, result: FleetResult[BoxResult], plan: dict[str, Any] | None = None
+    out: Output, command: str, result: FleetResult[Host, BoxResult], plan: dict[str, Any] | None = None
 ) -> None:
     doc = results_json(command, result, plan)
     if out.json:

@@ -21,6 +21,8 @@ import io
 import os
 import shlex
 import tarfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -86,6 +88,21 @@ def resolve_kit(spec: str | None, manifest: Manifest, settings: Settings) -> Loc
         lock.save()  # pinned on first download; later downloads must match
     tarball = _inner_tarball(got.blob, settings.cache_dir / "memedit")
     return LocalKit(tarball, sha256_file(tarball), got.source or str(got.blob))
+
+
+def shared_kit(manifest: Manifest, settings: Settings) -> Callable[[], LocalKit]:
+    """The manifest's kit, resolved (downloaded, verified) on first call and shared by every box after:
+    what a box without a kit of its own gets, one download for the whole run."""
+    guard = threading.Lock()
+    found: list[LocalKit] = []
+
+    def resolve() -> LocalKit:
+        with guard:
+            if not found:
+                found.append(resolve_kit(None, manifest, settings))
+            return found[0]
+
+    return resolve
 
 
 def _inner_tarball(path: Path, cache: Path) -> Path:

@@ -22,13 +22,14 @@ from provision.assets.push import BoxPusher, plan_push, transport_opener
 from provision.errors import ConnectError, FleetError, NotReadyError
 from provision.facts.parse import Facts, gather
 from provision.facts.preflight import Status, Verdict, judge
-from provision.fleet import run_fleet
+from provision.fleet import over_budget, run_fleet
 from provision.inventory.hosts import Host
 from provision.manifest import Manifest
 from provision.memory import apply as memory_apply
 from provision.memory import kit as memory_kit
 from provision.memory import plan as memory_plan
 from provision.memory.layout import Layout
+from provision.memory.rollout import plan_one
 from provision.play.playbook import Playbook, Step
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box
 from provision.runtime.deploy import Deployer, deploy_box
@@ -110,6 +111,7 @@ class Play:
         self.cache = Cache(settings.cache_dir)
         self._lock: Pins | None = None
         self._guard = threading.Lock()
+        self._kit = memory_kit.shared_kit(manifest, settings)  # one kit download for the whole play
 
     @property
     def lock(self) -> Pins:
@@ -130,7 +132,7 @@ class Play:
                 if result.outcome in ("failed", "unreachable"):
                     self.states[result.host].out = True
             failed = sum(1 for s in self.states.values() if s.out)
-            if failed * 100 > self.max_fail_percent * len(self.states):
+            if over_budget(failed, len(self.states), self.max_fail_percent):
                 report.aborted = (
                     f"stopped after step {step.kind}: {failed} of {len(self.states)} boxes failed "
                     f"(max_fail_percent {self.max_fail_percent})"
@@ -200,8 +202,7 @@ class Play:
             Layout(options["npu"], options["vpu"], options["vpp"]) if options["npu"] is not None else None
         )
         request = memory_plan.request_for(self.manifest, variant=variant, layout=layout)
-        box = memory_plan.box_memory(state.host.name, state.facts or self._refresh(state))
-        plan = memory_plan.plan_box(box, request)
+        box, plan = plan_one(state.host.name, state.facts or self._refresh(state), request)
         if plan.action is memory_plan.Action.NOTHING:
             return "ok", plan.reason
         if plan.action is memory_plan.Action.REFUSED:
@@ -209,7 +210,7 @@ class Play:
         if self.dry_run:
             return "changed", f"would apply {plan.target} and reboot ({plan.reason})"
         options_ = memory_apply.ApplyOptions(
-            kit_resolver=self._kit_resolver(),
+            kit_resolver=self._kit,
             auto_rollback=options["auto_rollback"],
             reboot=memory_apply.RebootPolicy(timeout=options["reboot_timeout"]),
         )
@@ -226,17 +227,6 @@ class Play:
         if result.status is memory_apply.Status.UNCHANGED:  # a `check` box whose own max showed it at target
             return "ok", result.note
         return "changed", f"{result.before} → {result.after}, rebooted and verified"
-
-    def _kit_resolver(self) -> Callable[[], memory_kit.LocalKit]:
-        found: list[memory_kit.LocalKit] = []
-
-        def resolve() -> memory_kit.LocalKit:
-            with self._guard:  # one download for the whole play
-                if not found:
-                    found.append(memory_kit.resolve_kit(None, self.manifest, self.settings))
-                return found[0]
-
-        return resolve
 
     def _asset_variant(self, options: dict[str, Any], state: BoxState) -> str:
         variant = options["variant"] if options["variant"] != "auto" else state.variant

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,9 +16,9 @@ from provision.ssh.channels import ChannelBroken, LocalChannel
 from sim.mirror import BMODELS, Faults
 from sim.sftpd import is_root
 from tests.assets.conftest import BMODEL_SIZE, write_manifest
+from tests.py38 import PY38, need_py38
 
-PY38 = shutil.which("python3.8") and "/root/.pyenv/versions/3.8.18/bin/python3.8"
-PYTHON = PY38 if PY38 and os.path.exists(PY38) else sys.executable
+PYTHON = PY38 or sys.executable  # the receiver as a box runs it, where this machine has 3.8
 
 
 @pytest.fixture
@@ -70,11 +69,12 @@ def targets(tmp_path, n, variant="int4"):
 
 
 def test_receiver_is_python38_and_reports_usage():
+    py38 = need_py38()
     out = subprocess.run(
-        [PYTHON, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+        [py38, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
     )
-    assert out.stdout.strip() in ("(3, 8)", f"({sys.version_info[0]}, {sys.version_info[1]})")
-    command = receiver_command("nonsense", {}, python=PYTHON)
+    assert out.stdout.strip() == "(3, 8)"
+    command = receiver_command("nonsense", {}, python=py38)
     done = subprocess.run(["bash", "-c", command], input="", capture_output=True, text=True)
     assert done.returncode == 2 and json.loads(done.stdout)["code"] == "usage"
 

@@ -4,13 +4,11 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.chat.conftest import ROOT, subprocess_env
-
-PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
+from tests.py38 import need_py38, unavailable
 
 
 def run_chat(*args, stdin="", python=sys.executable, env=None, timeout=60):
@@ -96,10 +94,9 @@ def test_repl_is_seed_compatible_with_reset_and_exit(standin):
 @pytest.fixture(scope="module")
 def py38_venv(tmp_path_factory):
     """A Python 3.8 venv with only numpy and tiktoken from PyPI: what a box has."""
-    if not PY38.exists():
-        pytest.skip(f"CPython 3.8 not found at {PY38}")
+    py38 = need_py38()
     venv = tmp_path_factory.mktemp("py38") / "venv"
-    subprocess.run([str(PY38), "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([py38, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "numpy", "tiktoken"],
@@ -109,7 +106,7 @@ def py38_venv(tmp_path_factory):
     )
     if install.returncode != 0:
         shutil.rmtree(venv, ignore_errors=True)
-        pytest.skip(f"could not install numpy/tiktoken for Python 3.8 from PyPI: {install.stderr[-300:]}")
+        unavailable(f"could not install numpy/tiktoken for Python 3.8 from PyPI: {install.stderr[-300:]}")
     return python
 
 

@@ -85,7 +85,8 @@ def test_penalty_sampling_is_repeatable_by_seed_and_draws_from_the_heads_top_50(
     assert runs[0] == runs[1]
     other = list(generate(model, tokenizer, prompt, 12, sampling._replace(seed=7)))[-1].token_ids
     greedy = list(generate(model, tokenizer, prompt, 12))[-1].token_ids
-    assert other != runs[0] or greedy != runs[0]
+    assert other != runs[0]  # another seed draws another answer
+    assert greedy != runs[0]  # and sampling is not greedy decoding
     model.prefill(prompt)
     allowed = set(model.logits().argsort()[::-1][:50].tolist())
     model.prefill(prompt)

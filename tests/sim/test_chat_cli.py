@@ -22,7 +22,19 @@ SOPHON_FLEET = str(Path(sys.executable).with_name("sophon-fleet"))
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+def user_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("user")
+
+
+@pytest.fixture(autouse=True)
+def as_fleet_user(fleet, user_dir, monkeypatch):
+    """Each test runs as the user the module's fleet was set up for (the root conftest gives every test
+    a fresh home and cache; this module's fleet was pulled and pushed with this one)."""
+    use_fleet(fleet, user_dir, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, user_dir):
     """One fleet for the module (deploying is the slow part): an int8-ready box with the int4 stand-in
     pushed and the runtime deployed, and a bare box."""
     from sim.fleet import Fleet
@@ -30,7 +42,7 @@ def fleet(tmp_path_factory):
     fleet = Fleet.up(tmp_path_factory.mktemp("fleet"), ["se7-ready-int8", "se7-int4-only"], mirror=True)
     with pytest.MonkeyPatch.context() as monkeypatch:
         try:
-            use_fleet(fleet, tmp_path_factory.mktemp("user"), monkeypatch)
+            use_fleet(fleet, user_dir, monkeypatch)
             pull_and_push(fleet, "int4", names=["se7-1"])
             code, out, err = invoke("deploy", "-i", str(fleet.inventory_path), "--limit", "se7-1")
             assert code == 0, out + err
@@ -49,7 +61,8 @@ def slow_tpu(fleet):
 
 
 def chat_processes(fleet, name="se7-1"):
-    _, out = run(connect(fleet, name), "pgrep -f '[c]hat serve --stdio' || true")
+    with contextlib.closing(connect(fleet, name)) as client:
+        _, out = run(client, "pgrep -f '[c]hat serve --stdio' || true")
     return out.split()
 
 
@@ -86,7 +99,10 @@ def test_json_emits_the_protocol_events(fleet):
     events = [json.loads(line) for line in out.splitlines()]
     assert events[0]["event"] == "ready" and events[-1]["event"] == "done"
     assert {e["event"] for e in events[1:-1]} == {"token"}
-    assert events[-1]["tokens"] == len(events) - 2 or events[-1]["tokens"] >= 1
+    done, tokens = events[-1], events[1:-1]
+    assert (done["stop"], done["tokens"]) in (("length", 5), *(("eos", n) for n in range(1, 5)))
+    # a token event carries whole UTF-8 text: a token that ends mid-character waits for the next one
+    assert 1 <= len(tokens) <= done["tokens"] and "".join(t["text"] for t in tokens)
 
 
 def test_scripted_repl_with_reset_stats_and_exit(fleet):
@@ -119,10 +135,10 @@ def spawn_chat(fleet, *args):
     )
 
 
-def read_until(stream, marker: bytes, timeout=30.0) -> bytes:
+def read_until(stream, marker: bytes, timeout=30.0, min_bytes=0) -> bytes:
     os.set_blocking(stream.fileno(), False)
     seen, deadline = b"", time.monotonic() + timeout
-    while marker not in seen:
+    while marker not in seen or len(seen) < min_bytes:
         assert time.monotonic() < deadline, f"never saw {marker!r} in {seen[-300:]!r}"
         chunk = stream.read()
         seen += chunk or b""
@@ -140,6 +156,7 @@ def answering(fleet, question: bytes):
         proc.stdin.write(question + b"\n")
         proc.stdin.flush()
         read_until(proc.stdout, b"Answer: ")
+        read_until(proc.stdout, b"", min_bytes=1)  # the first token is out
         yield proc
     finally:
         proc.kill()
@@ -159,10 +176,17 @@ def test_ctrl_c_cancels_the_answer_then_eof_exits_cleanly(fleet, slow_tpu):
     assert wait_no_chat_process(fleet) == []
 
 
+def assert_still_answering(proc) -> None:
+    """The answer has started and not ended: no FTL/TPS line yet (the REPL prints it after each answer)."""
+    err = proc.stderr.read() or b""  # non-blocking (read_until set it)
+    assert b"FTL:" not in err, err
+
+
 def test_losing_the_connection_mid_answer_leaves_nothing_on_the_box(fleet, slow_tpu):
-    with answering(fleet, b"tell me everything") as proc:
+    with answering(fleet, b"tell me a very long story about boxes") as proc:
         assert chat_processes(fleet)
-        proc.kill()  # the controller dies: its TCP connection goes with it
+        assert_still_answering(proc)
+        proc.kill()  # the controller dies mid-answer: its TCP connection goes with it
     assert wait_no_chat_process(fleet) == []
 
 
@@ -196,9 +220,11 @@ def test_bench_json_table_and_chart(fleet, tmp_path):
 
 
 def test_box_going_down_mid_answer_is_a_clear_error(fleet, slow_tpu):
-    with answering(fleet, b"tell me everything") as proc:
-        fleet.request("se7-1", "reboot")  # the box loses power: every session drops
+    with answering(fleet, b"tell me a very long story about boxes") as proc:
+        assert_still_answering(proc)
+        fleet.request("se7-1", "reboot")  # the box loses power mid-answer: every session drops
         assert proc.wait(timeout=30) == 4
+        os.set_blocking(proc.stderr.fileno(), True)
         err = proc.stderr.read().decode()
-        assert "connection to the chat runtime lost" in err
+        assert "connection to the chat runtime lost" in err and "FTL:" not in err
     fleet.wait_ready(timeout=30)

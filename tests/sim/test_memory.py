@@ -312,6 +312,7 @@ def test_confirmation_is_required_and_an_unreachable_box_does_not_stop_the_other
     deadline = time.monotonic() + 10
     while ssh_banner(fleet.state.box("se7-2").address) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not ssh_banner(fleet.state.box("se7-2").address), "se7-2 still answers after its power-off"
     inv = str(fleet.inventory_path)
     code, output = invoke("memory", "apply", "-i", inv, "--kit", kit, *FAST)
     assert code == 2 and "boxes would be rebooted (se7-1)" in output and "--yes" in output

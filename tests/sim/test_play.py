@@ -28,7 +28,20 @@ def outcomes(doc, step):
 
 
 @pytest.fixture(scope="module")
-def mixed_fleet(tmp_path_factory):
+def user_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("user")
+
+
+@pytest.fixture
+def as_fleet_user(mixed_fleet, user_dir, monkeypatch):
+    """A test of the module's fleet runs as the user the fleet was set up for (the root conftest gives
+    every test a fresh home and cache)."""
+    use_fleet(mixed_fleet, user_dir, monkeypatch)
+    return mixed_fleet
+
+
+@pytest.fixture(scope="module")
+def mixed_fleet(tmp_path_factory, user_dir):
     """A small box that needs a layout, one ready for int8, one whose layout fits int4 only."""
     from sim.fleet import Fleet
 
@@ -37,15 +50,15 @@ def mixed_fleet(tmp_path_factory):
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
         try:
-            use_fleet(fleet, tmp_path_factory.mktemp("user"), monkeypatch)
+            use_fleet(fleet, user_dir, monkeypatch)
             yield fleet
         finally:
             assert fleet.down() == []
             assert_nothing_left(fleet)
 
 
-def test_auto_playbook_end_to_end_then_a_second_run_changes_nothing(mixed_fleet):
-    fleet = mixed_fleet
+def test_auto_playbook_end_to_end_then_a_second_run_changes_nothing(as_fleet_user):
+    fleet = as_fleet_user
     boot_before = {b.name: fleet.hardware(b.name).boot_id for b in fleet.boxes}
     code, doc, err = play_json(fleet, "glm4-auto.yml")
     assert code == 0, err
@@ -73,8 +86,8 @@ def test_auto_playbook_end_to_end_then_a_second_run_changes_nothing(mixed_fleet)
     assert code == 0 and "no changes" in out and "PLAY RECAP" in out
 
 
-def test_dry_run_reads_only(mixed_fleet):
-    fleet = mixed_fleet
+def test_dry_run_reads_only(as_fleet_user):
+    fleet = as_fleet_user
     code, doc, _ = play_json(fleet, "glm4-int4.yml", "--dry-run")
     assert code == 0
     assert {r["step"] for r in doc["results"] if r["outcome"] == "skipped"} >= {

@@ -32,6 +32,7 @@ def wait_down(fleet, name, timeout=10.0):
     deadline = time.monotonic() + timeout
     while ssh_banner(address) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not ssh_banner(address), f"{name} still answers SSH {timeout} s after its power-off"
 
 
 def by_host(doc):

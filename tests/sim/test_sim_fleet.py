@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -15,7 +16,8 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from sim import itb
-from sim.fleet import Fleet
+from sim.fleet import Fleet, pid_alive
+from tests.py38 import box_python_version
 from tests.sim.conftest import assert_nothing_left, connect, needs_root, run, sudo
 
 pytestmark = [pytest.mark.sim, needs_root]
@@ -32,7 +34,7 @@ def test_three_boxes_answer_over_ssh_each_with_its_own_identity(sim_fleet):
         assert status == 0
         hostname, boot_id, python = out.split("\n")[:3]
         seen[record.name] = (hostname, boot_id)
-        assert python.startswith("Python 3.")
+        assert python.startswith(f"Python {box_python_version()}.")
         client.close()
     assert [h for h, _ in seen.values()] == ["se7-1", "se7-2", "se7-3"]
     assert len({b for _, b in seen.values()}) == 3
@@ -174,7 +176,8 @@ def test_link_down_makes_the_box_unreachable_until_link_up(sim_fleet):
     with pytest.raises((OSError, paramiko.SSHException)):
         connect(fleet, "se7-1", timeout=1.0)
     fleet.fault("se7-1", "link-up")
-    run(connect(fleet, "se7-1"), "true")
+    with contextlib.closing(connect(fleet, "se7-1")) as client:
+        assert run(client, "true")[0] == 0
 
 
 def test_rate_limits_the_link(sim_fleet):
@@ -243,7 +246,10 @@ def test_inventory_lists_every_box_with_auth_references(sim_fleet):
 def test_down_cleans_up_after_the_simulator_crashed(tmp_path):
     fleet = Fleet.up(tmp_path / "fleet", ["se7-factory", "se7-factory"])
     os.kill(fleet.state.daemon_pid, signal.SIGKILL)  # the sim dies; the boxes keep running
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while pid_alive(fleet.state.daemon_pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(fleet.state.daemon_pid)
     again = Fleet.load(tmp_path / "fleet")
     assert again.down() == []
     assert_nothing_left(again)

@@ -79,14 +79,18 @@ def test_runtime_errors_are_typed(server, standin):
         answer_text(client.chat("word " * (standin.seqlen * 4)))
 
 
+@pytest.mark.parametrize("server", [150], indirect=True)  # 150 ms a graph run: the answer is still going
 def test_connection_loss_mid_answer_is_a_connect_error(server):
     client = client_of(server)
     client.wait_ready()
     events = client.chat("keep talking", max_new_tokens=10_000)
-    next(events)
+    assert isinstance(next(events), Token)
     server.kill()
+    seen = []
     with pytest.raises(ConnectError, match="connection to the chat runtime lost"):
-        list(events)
+        for event in events:
+            seen.append(event)
+    assert not any(isinstance(e, Done) for e in seen)  # the runtime died mid-answer, not after it
 
 
 def test_quit_ends_the_runtime(server):
