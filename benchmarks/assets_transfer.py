@@ -1,4 +1,4 @@
-"""Asset transfer numbers, measured side by side in one run (issue 5).
+"""Asset transfer numbers, measured side by side in one run.
 
     .venv/bin/python benchmarks/assets_transfer.py [--size-mib 1024] [--runs 3] [--no-sim]
 
