@@ -24,7 +24,7 @@ from tests.sim.conftest import needs_root
 pytestmark = [pytest.mark.sim, needs_root]
 
 CONNECT_TIMEOUT = 2.0
-BOUND = CONNECT_TIMEOUT + 60.0  # the bound: connect timeout + at most 60 s idle by default
+BOUND = CONNECT_TIMEOUT + 60.0  # the bound: connect timeout + at most 60 s idle by default
 
 
 def invoke(*args: str):

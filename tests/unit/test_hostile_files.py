@@ -1,4 +1,4 @@
-"""Hostile inventories, playbooks and manifests (issue 13, item 6): exit 2 naming the file, in under a second.
+"""Hostile inventories, playbooks and manifests: exit 2 naming the file, in under a second.
 
 Each case runs the real CLI in a child process with its address space capped at 1 GiB (an unbounded
 expansion fails there instead of exhausting the machine) and a 20 s timeout. The child imports the command
