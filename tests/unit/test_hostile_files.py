@@ -130,7 +130,7 @@ HOSTILE_VALUES = [
 @pytest.mark.parametrize(("key", "value"), HOSTILE_VALUES)
 @pytest.mark.parametrize("kind", ["own.yml", "ansible.ini"])
 def test_shell_metacharacters_in_connection_values_are_refused(tmp_path, kind, key, value):
-    """Issue 13 item 9: nothing ran with them, but they are invalid input: exit 2, file and line named."""
+    """Nothing ran with them, but they are invalid input: exit 2, file and line named."""
     path = tmp_path / kind
     if kind == "own.yml":
         path.write_text("hosts:\n  se7-1:\n    address: 10.0.0.1\n" + f"    {key}: {json.dumps(value)}\n")
