@@ -1,4 +1,4 @@
-"""Issue 13: hostile manifests, kits, inventories and boxes against the simulated fleet.
+"""Hostile manifests, kits, inventories and boxes against the simulated fleet.
 
 Each test reproduces one finding of the adversarial run and asserts what must hold instead: refused with
 exit 2 (or the documented code) before anything touches a box, bounded in time and memory.

@@ -253,7 +253,7 @@ def test_a_lock_held_by_another_run_is_named(sim_fleet, kit):
 
 
 def test_break_lock_refuses_while_the_owner_runs_on_this_controller(sim_fleet, kit):
-    """Issue 13 item 2: --break-lock checks the owner's pid when the lock was taken on this controller."""
+    """--break-lock checks the owner's pid when the lock was taken on this controller."""
     fleet = sim_fleet(["se7-factory"])
     fleet.fault("se7-1", "memedit-slow")
     first = start_apply(fleet, kit)
@@ -393,7 +393,7 @@ def test_without_the_sudo_password_the_heaps_are_unknown_and_the_box_is_refused(
 
 
 def test_a_deleted_vpu_heap_is_planned_applied_verified_and_rolled_back(sim_fleet, kit):
-    """Issue 13 item 10: `--vpu 0` drops vpp's max to 4095 (refused before any change, exit 3); with 4095
+    """`--vpu 0` drops vpp's max to 4095 (refused before any change, exit 3); with 4095
     the box boots with no vpu heap and no debugfs dir, verify reads it as 0, and rollback works from there."""
     fleet = sim_fleet(["se7-factory"])
     before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
