@@ -39,7 +39,7 @@ def error_of(text):
 def test_unknown_step_names_file_line_and_key():
     assert error_of("steps:\n  - preflight: {}\n  - reboot-all: {}\n") == (
         "p.yml:3: steps[1].reboot-all: unknown step "
-        "(known: preflight, memory, assets, deploy, bench, chat-check)"
+        "(known: preflight, memory, assets, deploy, bench, chat-check, serve)"
     )
 
 
