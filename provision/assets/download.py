@@ -100,6 +100,7 @@ class FileDownload:
         want = self.lock.expected(self.file)
         cached = self.cache.lookup(self.model, self.file.path, want.sha256, self.origins)
         if cached and (want.size is None or cached.size == want.size):
+            self.cache.point_name(self.model, self.file.path, cached.blob)  # repair a stale or lost name
             self._emit("cached", cached.size, cached.size)
             return self._result(cached, "cached", None, 0)
         part = self.cache.part_path(self.model, self.file.path)
@@ -343,7 +344,11 @@ def verify(
         sha = sha256_file(cached.blob, on_bytes)
         status, detail = "ok", ""
         if sha != cached.sha256:
-            status, detail = "corrupt", f"content hashes to {sha[:16]}…, its name says {cached.sha256[:16]}…"
+            # set aside, so the next `assets pull` downloads it again instead of calling it cached
+            moved = cache.set_aside(cached.blob, manifest.model, file.path, sha)
+            cache.link_path(manifest.model, file.path).unlink(missing_ok=True)
+            status = "corrupt"
+            detail = f"content hashes to {sha[:16]}…, its name says {cached.sha256[:16]}…; moved to {moved}"
         else:
             try:
                 lock.check(file, cached.size, sha)

@@ -8,13 +8,20 @@ import click
 
 from provision.assets.pins import load_pins
 from provision.cli.errors import Exit, reports_errors
-from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import (
+    connector_for,
+    fleet_manifest,
+    host_options,
+    one_host,
+    reach_from,
+    resolve_inventory,
+)
 from provision.cli.options import json_option, model_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural, styled
 from provision.facts.doctor import doctor_json, support_block
 from provision.facts.parse import gather
 from provision.facts.preflight import PreflightReport, Status, judge, report_json, run_preflight
-from provision.manifest import Manifest, load_manifest
+from provision.manifest import Manifest
 
 EXIT_BY_RESULT = {"ready": Exit.OK, "not-ready": Exit.NOT_READY, "unreachable": Exit.UNREACHABLE}
 STYLE = {
@@ -64,9 +71,9 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
       sophon-fleet preflight -H linaro@192.168.150.1 -K --accept-new
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
-    manifest.check_variant(variant)
     inv = resolve_inventory(reach)
+    manifest = fleet_manifest(model, inv)
+    manifest.check_variant(variant)
     with connector_for(reach, inv) as connector:
         report = run_preflight(
             inv.hosts,
@@ -98,7 +105,7 @@ def render(out: Output, report: PreflightReport) -> None:
         rows.append(
             (
                 v.host.name,
-                f"[{STYLE[v.status]}]{v.status.value}[/]",
+                styled(v.status.value, STYLE[v.status]),
                 f"{now} = {now.total}" if now else "-",
                 layout,
                 reasons + (f" (hint: {v.hint})" if v.hint else ""),
@@ -108,7 +115,7 @@ def render(out: Output, report: PreflightReport) -> None:
     for message, hosts in grouped_warnings(report).items():
         out.text(f"warning ({', '.join(hosts)}): {message}")
     summary = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
-    out.info(f"{len(report.verdicts)} boxes in {report.seconds:.2f} s: {summary}")
+    out.info(f"{plural(len(report.verdicts), 'box')} in {report.seconds:.2f} s: {summary}")
 
 
 def grouped_warnings(report: PreflightReport) -> dict[str, list[str]]:
@@ -146,13 +153,8 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
       sophon-fleet doctor linaro@192.168.150.1 -K --json
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
-    inv = resolve_inventory(reach) if reach.inventories or reach.adhoc else None
-    if inv is None or host not in inv.names():
-        inv = resolve_inventory(
-            Reach(**{**reach.__dict__, "inventories": (), "adhoc": (), "limit": None}), extra_adhoc=(host,)
-        )
-    target = inv.get(host) if host in inv.names() else inv.hosts[0]
+    inv, target = one_host(reach, host)
+    manifest = fleet_manifest(model, inv)
     with connector_for(reach, inv) as connector:
         facts = gather(connector.transport(target), fresh=True)
     verdict = judge(target, facts, manifest, file_sizes=lock_sizes(manifest))

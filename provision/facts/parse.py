@@ -15,8 +15,9 @@ from typing import Any
 
 from provision.errors import FactError
 from provision.facts.probe import MARK, probe_script
-from provision.memory.layout import HEAPS, MIB, Layout, layout_of, snippet
+from provision.memory.layout import HEAPS, MAX_PLAUSIBLE_DDR_MIB, MIB, Layout, layout_of, snippet
 from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
+from provision.ssh import sudo
 from provision.ssh.transport import Transport, quote_command
 
 # ---------------------------------------------------------------------------------------------- data
@@ -24,7 +25,7 @@ from provision.ssh.transport import Transport, quote_command
 
 @dataclass(frozen=True)
 class BmVersion:
-    """`bm_version` output (FACTS.md §3)."""
+    """`bm_version` output: the SDK line, `package : version` lines, the U-Boot chip line."""
 
     sdk: str | None  # "V24.04.01", "v23.09 LTS-SP5", "2.1" (BM1688 line)
     sdk_line: str | None
@@ -85,6 +86,7 @@ class Facts:
     assets: tuple[Asset, ...]
     problems: tuple[str, ...] = field(default=())
     replayed: tuple[str, ...] = ()  # kept parts the box replayed from this boot: "root", "box" (probe.py)
+    sudo_refusal: str | None = None  # "wrong-password" | "no-password" | "not-allowed" (ssh/sudo.py)
 
     @property
     def chip(self) -> str | None:
@@ -160,6 +162,9 @@ def parse_probe(output: str) -> Facts:
     root = attempt(parse_root, "root") or RootFacts(None, None, "root part did not run")
     if root.error:
         problems.append(f"heaps: {root.error}")
+    refusal = _refusal(sections, root)
+    if refusal is not None and not root.error:  # the heaps were replayed; sudo refused its check
+        problems.append(f"sudo: {sudo.describe(refusal)}")
     me = root.memory_edit
     heaps_now = root.heaps_now or (me.now if me else None)
     return Facts(
@@ -185,6 +190,7 @@ def parse_probe(output: str) -> Facts:
         assets=parse_assets(section("assets")),
         problems=tuple(problems),
         replayed=tuple(line.strip() for line in section("replayed").splitlines() if line.strip()),
+        sudo_refusal=refusal.value if refusal is not None else None,
     )
 
 
@@ -223,7 +229,7 @@ _PACKAGE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]+)\s*:\s*(?P<version>\S+)$")
 
 
 def parse_bm_version(text: str) -> BmVersion:
-    """`bm_version` output (FACTS.md §3; also the BM1688-style first line `SophonSDK(BM1688) 2.1`)."""
+    """`bm_version` output (also the BM1688-style first line `SophonSDK(BM1688) 2.1`)."""
     sdk = sdk_line = chip = kernel = hw = mcu = None
     bm1688 = False
     packages: dict[str, str] = {}
@@ -266,9 +272,16 @@ def parse_total_mem(text: str) -> Layout:
     for line in text.splitlines():
         words = line.split()
         if len(words) == 2 and words[0] in HEAPS:
+            if words[1] == "absent":  # ion has no such heap: deleted (memory_edit -vpu 0), i.e. 0 MiB
+                sizes[words[0]] = 0
+                continue
             if not words[1].isdigit():
                 raise FactError(f"cannot read /sys/kernel/debug/ion/bm_{words[0]}_heap_dump/total_mem")
             sizes[words[0]] = int(words[1]) // MIB
+            if sizes[words[0]] > MAX_PLAUSIBLE_DDR_MIB:
+                raise FactError(
+                    f"debugfs claims a {words[0]} heap of {sizes[words[0]]} MiB, more than any DDR"
+                )
     layout = layout_of(sizes)
     if layout is None:
         raise FactError(f"heap sizes incomplete: {snippet(text)}")
@@ -297,10 +310,21 @@ def parse_root(text: str) -> RootFacts:
     return RootFacts(heaps, report, error)
 
 
+def _refusal(sections: Mapping[str, str], root: RootFacts) -> sudo.SudoRefusal | None:
+    """sudo's refusal: in the root part when it ran, else in the check a replayed root part is followed by."""
+    if "sudo" in sections:
+        check = sections["sudo"]
+        return None if re.search(r"^exit=0\s*$", check, re.MULTILINE) else sudo.classify(check)
+    return sudo.classify(sections.get("root", "")) if root.error else None
+
+
 def _sudo_problem(text: str) -> str | None:
+    refusal = sudo.classify(text)
+    if refusal is not None:
+        return sudo.describe(refusal)
     for line in text.splitlines():
         if line.startswith("sudo:"):
-            return f"sudo refused ({line[5:].strip()}): give become_password_env/_file or -K"
+            return f"sudo failed ({line[5:].strip()})"
     return None
 
 

@@ -26,13 +26,16 @@ from provision.fleet import DEFAULT_FORKS, run_fleet
 from provision.inventory.hosts import Host
 from provision.manifest import Manifest
 from provision.memory.layout import ASSUMED_MAX_16GB_BM1684X, Layout, plan_layout
+from provision.ssh.sudo import SudoRefusal
+from provision.ssh.sudo import describe as sudo_describe
 from provision.ssh.transport import Connector
 
 SCHEMA = "sophon-fleet/preflight/v1"
 MIB = 1024 * 1024
 # With no known file sizes, /data must still have room to unpack anything at all.
 MIN_DATA_FREE_MIB = 256
-# Sizes estimated from the model's parameters (FACTS.md §2: ~6 GB int4, ~10 GB int8), used only in a warning.
+# Sizes estimated from the model's parameters (~8.2 B in 40 blocks plus an F16 embedding: ~6 GB int4,
+# ~10 GB int8), used only in a warning.
 ESTIMATED_BMODEL_MIB = {"int4": 6 * 1024, "int8": 10 * 1024}
 
 
@@ -152,10 +155,14 @@ def judge(
     sizes = dict(file_sizes or {})
     blockers = _platform_blockers(facts, manifest)
     warnings = _platform_warnings(facts, manifest)
+    if facts.sudo_refusal is not None:
+        refusal = SudoRefusal(facts.sudo_refusal)
+        blockers.append(Reason(f"sudo-{refusal.value}", f"{sudo_describe(refusal)}"))
     if facts.heaps_now is None:
-        blockers.append(
-            Reason("heaps-unknown", "cannot read the ion heap sizes (" + _heaps_problem(facts) + ")")
-        )
+        if facts.sudo_refusal is None:
+            blockers.append(
+                Reason("heaps-unknown", "cannot read the ion heap sizes (" + _heaps_problem(facts) + ")")
+            )
         return _verdict(host, facts, blockers, warnings, [], None, None)
     maximum, max_source = _max_of(facts)
     chosen, memory_reasons, suggestion = _memory(facts.heaps_now, maximum, max_source, manifest, variant)
@@ -415,6 +422,7 @@ def facts_json(facts: Facts) -> dict[str, Any]:
         "assets": [{"model": a.model, "variant": a.variant, "verified": a.verified} for a in facts.assets],
         "problems": list(facts.problems),
         "replayed": list(facts.replayed),
+        "sudo": facts.sudo_refusal or "ok",
     }
 
 

@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from provision.errors import FactError
-from provision.memory.layout import MIB, Layout, layout_of, snippet
+from provision.memory.layout import MAX_PLAUSIBLE_DDR_MIB, MIB, Layout, layout_of, snippet
 
 
 @dataclass(frozen=True)
 class MemoryEditReport:
-    """`memory_edit.sh -p` output (FACTS.md §1.5); sizes in MiB keyed by heap (`npu+vpp` on BM1688)."""
+    """`memory_edit.sh -p` output (`Info: max|now <heap> size: 0x… [N MiB]` lines); sizes in MiB keyed
+    by heap (`npu+vpp` on BM1688)."""
 
     version: str | None
     dts: str | None
@@ -64,7 +65,24 @@ def parse_memory_edit_p(text: str) -> MemoryEditReport:
         raise FactError(f"memory_edit.sh -p printed no max sizes: {snippet(text)}")
     if "npu" not in sizes["max"] or ("vpu" not in sizes["max"] and "npu+vpp" not in sizes["max"]):
         raise FactError("memory_edit.sh -p output is truncated (max sizes incomplete)")
+    _check_against_ddr(ddr, sizes)
     return MemoryEditReport(version, dts, ddr, sizes["max"], sizes["now"], tuple(warnings))
+
+
+def _check_against_ddr(ddr: Mapping[str, int], sizes: Mapping[str, Mapping[str, int]]) -> None:
+    """Every size `-p` claims must fit the DDR it reports (its banks), and that must be plausible."""
+    banks = {k: v for k, v in ddr.items() if k != "ddr"}
+    total = sum(banks.values()) if banks else MAX_PLAUSIBLE_DDR_MIB
+    if total > MAX_PLAUSIBLE_DDR_MIB:
+        raise FactError(f"memory_edit.sh -p claims {total} MiB of DDR, more than any BM1684/X board has")
+    for kind, heaps in sizes.items():
+        for heap, mib in heaps.items():
+            if mib > total:
+                raise FactError(
+                    f"memory_edit.sh -p claims {kind} {heap} {mib} MiB, more than the box's DDR "
+                    f"({total} MiB)",
+                    hint="the kit or the box is broken (or hostile): check it with `doctor`",
+                )
 
 
 _CHECK = re.compile(r"^Info: check (npu|vpu|vpp) size: 0x([0-9a-fA-F]+) \[(\d+) MiB\]\s*$")
@@ -75,7 +93,8 @@ _NEW_IMAGE = re.compile(r"^sudo cp (\S+/emmcboot\.itb) /boot/emmcboot\.itb")
 
 @dataclass(frozen=True)
 class ConfigureReport:
-    """What `memory_edit.sh -c -npu N -vpu N -vpp N` printed (FACTS.md §1.6–1.7).
+    """What `memory_edit.sh -c -npu N -vpu N -vpp N` printed: its configuration and check
+    blocks, or an `Error: <heap> size 0x… error` line and exit 255.
 
     `errors` holds every `Error…` line (over-max sizes, usage, en_emmcfile, ...); `check` the sizes the
     script re-read from the edited device tree; `ok` is True only when it printed both `check edit size ok`

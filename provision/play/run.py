@@ -109,10 +109,12 @@ class Play:
         max_fail_percent: int | None = None,
         forks: int | None = None,
         say: Callable[[str], None] = lambda _line: None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.playbook, self.connector, self.manifest, self.settings = playbook, connector, manifest, settings
         self.states = {h.name: BoxState(h) for h in hosts}
         self.dry_run, self.say = dry_run, say
+        self.cancel = cancel or threading.Event()  # Ctrl-C: no box starts another step (cli/interrupt.py)
         self.serial = serial if serial is not None else playbook.serial
         self.max_fail_percent = (
             max_fail_percent if max_fail_percent is not None else playbook.max_fail_percent
@@ -132,6 +134,9 @@ class Play:
     def run(self) -> PlayReport:
         report = PlayReport(self.playbook)
         for step in self.playbook.steps:
+            if self.cancel.is_set():
+                report.aborted = f"interrupted: stopped before step {step.kind}"
+                break
             boxes = [s for s in self.states.values() if not s.out]
             if not boxes:
                 break
@@ -159,7 +164,7 @@ class Play:
                 return [StepResult(step.kind, b.host.name, "failed", exc.message, exc) for b in boxes]
         outcomes = run_fleet(
             [b.host for b in boxes],
-            lambda h: kind.run(self, step.options, self.states[h.name]),
+            lambda h: self._unless_cancelled(kind, step, self.states[h.name]),
             forks=self.forks,
             serial=self.serial if kind.rolling else None,
         )
@@ -175,6 +180,11 @@ class Play:
         for result in results:
             self.say(f"  {result.host}: {result.outcome} — {result.message}")
         return results
+
+    def _unless_cancelled(self, kind: Any, step: Step, state: BoxState) -> StepDone:
+        if self.cancel.is_set():  # Ctrl-C: a box that has not started this step does not start it
+            return StepDone("skipped", "interrupted before this step")
+        return kind.run(self, step.options, state)
 
     def _transport(self, state: BoxState):
         return self.connector.transport(state.host)
@@ -208,7 +218,15 @@ class Play:
             Layout(options["npu"], options["vpu"], options["vpp"]) if options["npu"] is not None else None
         )
         request = memory_plan.request_for(self.manifest, variant=variant, layout=layout)
-        box, plan = plan_one(state.host.name, state.facts or self._refresh(state), request)
+        facts = state.facts or self._refresh(state)
+        now = facts.heaps_now
+        if layout is None and now is not None and request.min_total and now.total >= request.min_total:
+            # `when: needed`: only boxes below the variant's threshold get a layout (and a reboot)
+            return StepDone(
+                "ok",
+                f"{now} = {now.total} MiB already fits {request.variant} (>= {request.min_total} MiB)",
+            )
+        box, plan = plan_one(state.host.name, facts, request)
         if plan.action is memory_plan.Action.NOTHING:
             return StepDone("ok", plan.reason)
         if plan.action is memory_plan.Action.REFUSED:
@@ -227,6 +245,7 @@ class Play:
             box,
             options_,
             progress=lambda host, stage, detail: self.say(f"  {host}: {stage.value} {detail}"),
+            cancel=self.cancel,
         )
         self._refresh(state)
         state.variant = request.variant or state.variant

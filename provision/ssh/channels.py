@@ -2,7 +2,7 @@
 
 `Channel` is anything with `send`, `recv_line`, `exit_status`, `close` (and optionally `send_file`, a
 zero-copy fast path): `LocalChannel` runs a local subprocess (tests, or the OpenSSH client as a bulk
-transport), `ExecChannel` adapts an SSH exec channel (`provision.ssh.transport.Transport.open_exec`), and
+transport); an SSH exec channel is `provision.ssh.transport.Exec` itself (from `Transport.open_exec`), and
 `transport_opener` turns a Transport into an `Opener` (command -> Channel) that reopens a lost connection.
 """
 
@@ -13,8 +13,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from provision.errors import ChannelBroken, ConnectError
-from provision.ssh.transport import send_all
+from provision.errors import ChannelBroken, ConnectError, UnreachableError
 
 
 class Channel(Protocol):
@@ -76,49 +75,17 @@ class LocalChannel:
         self.proc.wait()
 
 
-class ExecChannel:
-    """Adapts an SSH exec channel: a paramiko-style channel (sendall, makefile, recv_exit_status, close)
-    or anything holding one as `.channel` (e.g. `provision.ssh.transport.Exec` from `Transport.open_exec`)."""
-
-    def __init__(self, channel: Any, timeout: float | None = 300.0) -> None:
-        # Keep the wrapper alive: a garbage-collected `Exec` closes its stdin file, which shuts down our
-        # side of the channel (paramiko's ChannelStdinFile.close -> shutdown_write).
-        self._owner = channel
-        self.channel = getattr(channel, "channel", channel)
-        # A link that goes silent must end in ChannelBroken, not hang forever; 300 s leaves room for a box
-        # hashing a multi-GB prefix before it answers (paramiko cannot time out a blocked socket write).
-        if timeout is not None:
-            self.channel.settimeout(timeout)
-        self._stdout = self.channel.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        try:
-            send_all(self.channel, data)  # packet-sized pieces: paramiko's `sendall` alone re-copies
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def recv_line(self) -> bytes:
-        try:
-            return self._stdout.readline()
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
-
-    def exit_status(self) -> int:
-        return self.channel.recv_exit_status()
-
-    def close(self) -> None:
-        self.channel.close()
-
-
 def transport_opener(transport: Any, timeout: float = 300.0) -> Opener:
     """Exec channels from a `provision.ssh.transport.Transport`; a lost connection is reopened once
     per call."""
 
     def open_exec(command: str) -> Channel:
         try:
-            return ExecChannel(transport.open_exec(command), timeout=timeout)
+            return transport.open_exec(command, timeout=timeout)
+        except UnreachableError:
+            raise  # no answer within the connect timeout: another connect now only doubles the wait
         except ConnectError:
             transport.reconnect()
-            return ExecChannel(transport.open_exec(command), timeout=timeout)
+            return transport.open_exec(command, timeout=timeout)
 
     return open_exec

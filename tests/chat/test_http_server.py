@@ -37,7 +37,7 @@ def client(base: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=30)
 
 
-USER = [{"role": "user", "content": "hello box"}]
+USER = [{"role": "user", "content": "tell me about the box"}]  # the stand-in answers this at length
 
 
 def test_non_streaming_answer_with_usage_and_length(server, tokenizer):

@@ -276,7 +276,7 @@ def test_limit(tmp_path, pattern, expected):
 
 
 def test_limit_matching_nothing_is_an_error(tmp_path):
-    assert "--limit 'nope' matches no host" in error_of([write(tmp_path, "inv.yml", OWN)], limit="nope")
+    assert "--limit: no host or group nope in" in error_of([write(tmp_path, "inv.yml", OWN)], limit="nope")
 
 
 def test_hosts_are_hashable_and_comparable(tmp_path):

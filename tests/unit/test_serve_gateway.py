@@ -28,7 +28,7 @@ def test_the_unit_runs_the_current_runtime_as_the_box_user_and_restarts_on_failu
     assert "--model-name glm4-9b --variant int4" in unit
 
 
-def unit_state_reply(enabled: str, active: str) -> Reply:
+def unit_state_script(enabled: str, active: str) -> Reply:
     return Reply(
         r"systemctl is-enabled",
         f"installed=yes\nenabled={enabled}\nActiveState={active}\nSubState=running\nMainPID=42\nNRestarts=0\n",
@@ -36,21 +36,24 @@ def unit_state_reply(enabled: str, active: str) -> Reply:
 
 
 def test_plan_up_changes_nothing_on_a_box_already_serving_as_planned():
+    host = Host("se7-1", "10.0.0.1")
     unit = serve_core.render_unit(load_manifest("glm4-9b"), "int4", "linaro")
     box = ScriptedTransport(
         [
             Reply(r"^cat /etc/systemd", unit),
             Reply(r"^cat /data", "sk-box-1\n"),
-            unit_state_reply("enabled", "active"),
+            unit_state_script("enabled", "active"),
         ],
+        host=host,
     )
     assert serve_core.plan_up(box, unit, "sk-box-1") == []
     stale = ScriptedTransport(
         [
             Reply(r"^cat /etc/systemd", "old"),
             Reply(r"^cat /data", "sk-old"),
-            unit_state_reply("disabled", "failed"),
+            unit_state_script("disabled", "failed"),
         ],
+        host=host,
     )
     assert serve_core.plan_up(stale, unit, "sk-box-1") == ["unit", "key", "enable", "start"]
 
