@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from provision.assets.pins import load_pins
+from provision.cli.completion import complete_hosts
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import (
     connector_for,
@@ -136,7 +137,7 @@ def lock_sizes(manifest: Manifest) -> dict[str, int]:
 
 
 @click.command("doctor")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_hosts)
 @host_options
 @model_option
 @json_option
