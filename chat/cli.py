@@ -3,6 +3,8 @@
     python3 -m chat --bmodel B --token T [--dev-id N]      interactive, like the seed: Question:/Answer:,
                                                           `exit` quits, `/reset` forgets the history
     python3 -m chat serve --stdio [--bmodel B --token T]   JSON-lines server (chat/protocol.py)
+    python3 -m chat serve --http ADDR:PORT [--api-key-file F] [--queue 8] [--model-name M] [--variant V]
+                                                          OpenAI Chat Completions (chat/http_server.py)
     python3 -m chat selftest [--bmodel B --token T]        load, generate a few tokens, print one JSON line
     python3 -m chat info --bmodel B [--json]               graph summary of a bmodel
 
@@ -18,9 +20,12 @@ import sys
 import time
 from typing import List, Optional, TextIO
 
-from .errors import ChatError, PromptTooLongError
+from . import bmodel_info
+from .errors import ChatError, ModelError, PromptTooLongError
 from .generate import ChatSession, Done, generate
+from .http_server import serve_http
 from .model import GlmModel
+from .openai_api import split_addr
 from .server import StdioServer
 from .template import apply_chat_template
 from .tokenizer import load_tokenizer
@@ -48,14 +53,54 @@ def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
     )
     _add_model_options(parser, token=command != "info")
     if command == "serve":
+        mode = parser.add_mutually_exclusive_group(required=True)
+        mode.add_argument("--stdio", action="store_true", help="serve JSON lines on stdin/stdout")
+        mode.add_argument("--http", metavar="ADDR:PORT", type=_address, help="serve the OpenAI API over HTTP")
         parser.add_argument(
-            "--stdio", action="store_true", required=True, help="serve JSON lines on stdin/stdout"
+            "--api-key-file",
+            help="file holding the API key required off loopback (default: $SOPHON_CHAT_API_KEY_FILE)",
+            default=os.environ.get("SOPHON_CHAT_API_KEY_FILE"),
         )
+        parser.add_argument("--queue", type=int, default=8, help="requests that may wait (default: 8)")
+        parser.add_argument("--model-name", help="model id clients ask for (default: the bmodel's name)")
+        parser.add_argument("--variant", default="", help="variant reported by /health (int4, int8)")
     elif command == "selftest":
         parser.add_argument("--tokens", type=int, default=8, help="how many tokens to generate")
     elif command == "info":
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
+
+
+def _address(value: str):
+    try:
+        return split_addr(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
+def read_api_keys(path: Optional[str]) -> List[str]:
+    """The keys in `path` (one per line); none when no file is given.
+
+    Raises:
+        ChatError: the file cannot be read or holds no key.
+    """
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            keys = [line.strip() for line in handle if line.strip()]
+    except OSError as error:
+        raise ChatError("cannot read the API key file %s: %s" % (path, error.strerror))
+    if not keys:
+        raise ChatError("the API key file %s holds no key" % path)
+    return keys
+
+
+def serve_http_command(args: argparse.Namespace) -> None:
+    keys = read_api_keys(args.api_key_file)
+    model_id = args.model_name or os.path.basename(args.bmodel).rsplit(".bmodel", 1)[0]
+    sys.stderr.write("chat: serving %s on http://%s:%d\n" % (model_id, args.http[0], args.http[1]))
+    serve_http(args.http, lambda: load_session(args)[0], model_id, args.variant, keys, args.queue)
 
 
 def load_session(args: argparse.Namespace):
@@ -116,6 +161,22 @@ def selftest(args: argparse.Namespace) -> dict:
 
 
 def info(args: argparse.Namespace, stdout: TextIO) -> None:
+    """A real bmodel is read from its bytes (no SAIL needed): what `model_tool --info` prints. Anything else
+    (the emulator's stand-ins) is loaded through SAIL and summarised from the engine."""
+    try:
+        real = bmodel_info.read_bmodel_info(args.bmodel)
+    except bmodel_info.BmodelError as error:
+        if "magic" not in str(error):
+            raise ModelError(str(error))
+        real = None
+    except OSError as error:
+        raise ModelError("%s: %s" % (args.bmodel, error))
+    if real is not None:
+        if args.json:
+            stdout.write(json.dumps(bmodel_info.summary(real)) + "\n")
+        else:
+            stdout.write("\n".join(bmodel_info.format_info(real)) + "\n")
+        return
     model = GlmModel(args.bmodel, args.dev_id)
     summary = model.summary()
     if args.json:
@@ -141,6 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0 if report["ok"] else 1
         if command == "info":
             info(args, sys.stdout)
+            return 0
+        if command == "serve" and args.http:
+            serve_http_command(args)
             return 0
         session, load_s = load_session(args)
         if command == "serve":

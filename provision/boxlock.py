@@ -2,8 +2,9 @@
 
 The lock is a directory made with `mkdir` (atomic) under /data, which survives the reboots an operation
 makes; an `owner` file inside says who holds it (controller host, user, pid, operation, since). A second
-run refuses with the owner named. A lock left by a run that was killed can be removed with
-`--break-lock` once you are sure that run is gone.
+run refuses with the owner named. A lock left by a run that was killed is removed with `--break-lock`,
+which refuses while the owner is alive: its pid when it runs on this controller, otherwise its heartbeat
+(`<lock>/heartbeat`, touched every HEARTBEAT_S while the run holds the lock) must be older than STALE_S.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import getpass
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from provision.boxpaths import LOCK_DIR
 from provision.errors import FleetError, LockedError, RemoteError
@@ -36,16 +39,63 @@ def lock_path(name: str) -> str:
     return f"{LOCK_DIR}/{name}.lock"
 
 
+HEARTBEAT_S = 15.0  # the holder touches <lock>/heartbeat this often while it runs (not while a box reboots)
+# a lock whose heartbeat is older than this counts as abandoned when its owner's liveness cannot be checked
+# directly (another controller): longer than any reboot a run waits for
+STALE_S = 600.0
+
+
 def acquire(transport: Transport, name: str, owner: dict[str, object], *, break_lock: bool = False) -> None:
-    """Take the lock `name` on the box, or raise LockedError naming who holds it."""
+    """Take the lock `name` on the box, or raise LockedError naming who holds it. With `break_lock`, a lock
+    whose owner is gone is removed first; one whose owner is alive is refused all the same: on this
+    controller its pid is checked, from elsewhere its heartbeat must be older than STALE_S."""
     path = lock_path(name)
+    try:
+        _take(transport, path, owner)
+    except LockedError as exc:
+        if not break_lock:
+            raise
+        alive = owner_alive(exc.owner, exc.heartbeat_age)
+        if alive:
+            raise LockedError(
+                f"{exc.message}; not breaking it: {alive}",
+                owner=exc.owner,
+                heartbeat_age=exc.heartbeat_age,
+                hint="wait for that run to finish (or stop it): --break-lock removes only an abandoned lock",
+            ) from None
+        transport.run(["rm", "-rf", "--", path])
+        _take(transport, path, owner)
+
+
+def owner_alive(owner: dict[str, object] | None, heartbeat_age: float | None) -> str | None:
+    """Why the lock's owner counts as alive, or None when it is gone."""
+    pid = owner.get("pid") if owner else None
+    if owner and owner.get("controller") == socket.gethostname() and isinstance(pid, int):
+        return f"its run (pid {pid}) is still running on this controller" if pid_running(pid) else None
+    if heartbeat_age is not None and heartbeat_age < STALE_S:
+        return f"its heartbeat is {heartbeat_age:.0f} s old (a lock is abandoned after {STALE_S:.0f} s)"
+    return None
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _take(transport: Transport, path: str, owner: dict[str, object]) -> None:
     owner_text = json.dumps(owner, sort_keys=True)
     script = (
         f"mkdir -p {LOCK_DIR} && "
-        + (f"rm -rf -- {path}; " if break_lock else "")
-        + f"if mkdir -- {path} 2>/dev/null; then "
-        f'if printf "%s\\n" "$1" > {path}/owner; then echo acquired; else rm -rf -- {path}; exit 1; fi; '
-        f"else echo held; cat -- {path}/owner 2>/dev/null; fi"
+        f"if mkdir -- {path} 2>/dev/null; then "
+        f'if printf "%s\\n" "$1" > {path}/owner && touch {path}/heartbeat; then echo acquired; '
+        f"else rm -rf -- {path}; exit 1; fi; "
+        f"else echo held; t=$(stat -c %Y {path}/heartbeat 2>/dev/null || stat -c %Y {path}); "
+        f"echo $(( $(date +%s) - t )); cat -- {path}/owner 2>/dev/null; fi"
     )
     result = transport.run(quote_command(["sh", "-c", script, "sh", owner_text]), check=False)
     if not result.ok:
@@ -59,7 +109,8 @@ def acquire(transport: Transport, name: str, owner: dict[str, object], *, break_
         return
     if not lines or lines[0] != "held":
         raise RemoteError(f"{transport.host.name}: cannot take the lock {path}: {result.stdout.strip()}")
-    held_by = _owner(lines[1:])
+    age = float(lines[1]) if len(lines) > 1 and lines[1].lstrip("-").isdigit() else None
+    held_by = _owner(lines[2:])
     who = (
         f"{held_by.get('operation')} by {held_by.get('user')}@{held_by.get('controller')} "
         f"(pid {held_by.get('pid')}) since {held_by.get('since')}"
@@ -69,6 +120,7 @@ def acquire(transport: Transport, name: str, owner: dict[str, object], *, break_
     raise LockedError(
         f"{transport.host.name} is locked: {who}",
         owner=held_by,
+        heartbeat_age=age,
         hint=f"wait for that run to finish; if it was killed, run again with --break-lock (removes {path})",
     )
 
@@ -77,18 +129,43 @@ def release(transport: Transport, name: str) -> None:
     transport.run(["rm", "-rf", "--", lock_path(name)])
 
 
+@dataclass
+class Held:
+    """A lock taken by this run; after the block, `released` says whether it could be removed again."""
+
+    path: str
+    released: bool = False
+
+
 @contextmanager
-def box_lock(transport: Transport, name: str, operation: str, *, break_lock: bool = False) -> Iterator[None]:
+def box_lock(transport: Transport, name: str, operation: str, *, break_lock: bool = False) -> Iterator[Held]:
     """Hold the lock for the duration of the block; released however the block ends (best effort when
-    the box cannot be reached: the lock then says who left it)."""
+    the box cannot be reached: the lock then says who left it, and `Held.released` stays False)."""
     acquire(transport, name, owner_info(operation), break_lock=break_lock)
+    held = Held(lock_path(name))
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(transport, held.path, stop), daemon=True)
+    beat.start()
     try:
-        yield
+        yield held
     finally:
+        stop.set()
+        beat.join()
         try:
             release(transport, name)
+            held.released = True
         except FleetError:
             pass  # unreachable box: the owner file tells the next run who left the lock
+
+
+def _heartbeat(transport: Transport, path: str, stop: threading.Event) -> None:
+    """Touch <lock>/heartbeat every HEARTBEAT_S while the lock is held (a box that is rebooting or
+    unreachable simply misses beats)."""
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            transport.run(["touch", "--", f"{path}/heartbeat"], check=False, timeout=HEARTBEAT_S)
+        except FleetError:
+            continue
 
 
 def _owner(lines: list[str]) -> dict[str, object] | None:

@@ -4,9 +4,11 @@
     ├── ConfigError               a bad file or flag: inventory, manifest, playbook (exit 2)
     ├── ConnectError              a box cannot be reached or authenticated (exit 4)
     │   ├── HostKeyError          unknown or changed host key
-    │   └── TransferFailed        a download server stopped mid-file (resumable)
+    │   ├── TransferFailed        a download server stopped mid-file (resumable)
+    │   └── UnreachableError      no answer within the timeouts (dark box, dead link): retrying now won't help
     ├── RemoteError               a command on a box failed (exit 1)
-    │   └── FactError             a box's output cannot be understood (garbage, truncated)
+    │   ├── FactError             a box's output cannot be understood (garbage, truncated)
+    │   └── SudoError             sudo refused: a wrong password, none given, or not a sudoer
     ├── NotReadyError             a box is not ready for what was asked (exit 3)
     │   └── RebootTimeout         a box did not come back from its reboot in time
     ├── IntegrityError            a size or sha256 does not match (exit 5)
@@ -16,6 +18,7 @@
     ├── SkippedError              a box not tried: the failure budget (--max-fail-percent) was spent
     ├── Cancelled                 the operator interrupted the run
     ├── ApplyFailed               a memory layout change did not end well (which image the box has)
+    ├── CompileError              the model compiler failed (exit 1)
     └── Retry                     internal: caught by a retry loop, never shown as such
         ├── ChannelBroken         a channel to a box broke mid-conversation: reopen and resume
         ├── SourceUnavailable     a download source cannot serve a file: try the next one
@@ -72,12 +75,24 @@ class HostKeyError(ConnectError):
     """The box's host key is unknown (and not accepted) or has changed."""
 
 
+class UnreachableError(ConnectError):
+    """No answer from the box within the connect timeout, or its link went dead mid-operation."""
+
+
 class RemoteError(FleetError):
     """A command on a box failed."""
 
 
 class FactError(RemoteError):
     """Output gathered from a box cannot be parsed (garbage, truncated, an error line)."""
+
+
+class SudoError(RemoteError):
+    """sudo refused: `refusal` is "wrong-password", "no-password" or "not-allowed" (provision/ssh/sudo.py)."""
+
+    def __init__(self, message: str, *, refusal: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.refusal = refusal
 
 
 class NotReadyError(FleetError):
@@ -111,9 +126,12 @@ class RebootTimeout(NotReadyError):
 class LockedError(FleetError):
     """Another run holds the box's lock."""
 
-    def __init__(self, message: str, *, owner: dict[str, object] | None, hint: str) -> None:
+    def __init__(
+        self, message: str, *, owner: dict[str, object] | None, hint: str, heartbeat_age: float | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.owner = owner
+        self.heartbeat_age = heartbeat_age  # seconds since the holder last touched <lock>/heartbeat
 
 
 class SkippedError(FleetError):
@@ -139,10 +157,16 @@ class ApplyFailed(FleetError):
         hint: str | None = None,
         refused: bool = False,
         cancelled: bool = False,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message, hint=hint)
         self.host, self.stage, self.image, self.backup = host, stage, image, backup
         self.recovery, self.refused, self.cancelled = recovery, refused, cancelled
+        self.unreachable = unreachable  # the box stopped answering (dark, or its link went dead)
+
+
+class CompileError(FleetError):
+    """The model compiler (tpu-mlir, its venv, the graph export) failed; the message says which step."""
 
 
 class Retry(FleetError):

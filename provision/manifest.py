@@ -6,10 +6,12 @@ Loading validates the whole file up front; every problem is a ConfigError naming
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from provision.boxpaths import UnsafePath, plain_name, relative_parts
 from provision.errors import ConfigError
 from provision.memory.layout import Layout
 from provision.settings import load_settings
@@ -86,6 +88,17 @@ class Manifest:
         wanted = {f.id for name in variant_names for f in self.variant(name).files}
         return [f for fid, f in self.files.items() if fid in wanted]
 
+    @property
+    def by_preference(self) -> tuple[Variant, ...]:
+        """The variants, best first: the one needing the most TPU memory (int8 before int4)."""
+        return tuple(sorted(self.variants.values(), key=lambda v: -v.min_heap_mib))
+
+    def check_variant(self, name: str) -> str:
+        """`name` if it is `auto` or one of the manifest's variants. Raises ConfigError (naming them)."""
+        if name != "auto":
+            self.variant(name)
+        return name
+
     def variant(self, name: str) -> Variant:
         try:
             return self.variants[name]
@@ -94,12 +107,13 @@ class Manifest:
             raise ConfigError(f"model {self.model} has no variant {name!r} (known: {known})") from None
 
 
-def load_manifest(name_or_path: str | Path) -> Manifest:
-    """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS (e.g. the simulated fleet's, which
-    `sim up` writes) and then the built-in `models/`; validated completely."""
+def load_manifest(name_or_path: str | Path, search_first: Sequence[Path] = ()) -> Manifest:
+    """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS, then `search_first` (the directories
+    an inventory names, e.g. the simulated fleet's, which `sim up` writes), then the built-in `models/`;
+    validated completely."""
     path = Path(name_or_path)
     if not path.suffix:
-        search = (*load_settings().models_path, MODELS_DIR)
+        search = (*load_settings().models_path, *search_first, MODELS_DIR)
         path = next(
             (d / f"{name_or_path}.yaml" for d in search if (d / f"{name_or_path}.yaml").exists()),
             MODELS_DIR / f"{name_or_path}.yaml",
@@ -247,21 +261,37 @@ def _file(r: _Reader, path: KeyPath, fid: str) -> AssetFile:
     contains = r.get((*path, "contains"), dict, required=False) or {}
     for member in contains:
         _check_relative(r, (*path, "contains", member), member)
+    dfss = r.get((*path, "dfss"), str, required=False)
+    if dfss is not None:
+        _check_relative(r, (*path, "dfss"), dfss)
+    unpack = r.get((*path, "unpack"), str, required=False)
+    if unpack is not None:
+        _check_name(r, (*path, "unpack"), unpack)
     return AssetFile(
         id=fid,
         path=rel,
-        dfss=r.get((*path, "dfss"), str, required=False),
+        dfss=dfss,
         urls=urls,
         pinned=_pinned(r, path),
-        unpack=r.get((*path, "unpack"), str, required=False),
+        unpack=unpack,
         contains={member: _pinned(r, (*path, "contains", member)) for member in contains},
     )
 
 
 def _check_relative(r: _Reader, path: KeyPath, value: str) -> None:
-    pure = PurePosixPath(value)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts or "\\" in value:
-        raise r.doc.error(path, f"{value!r} must be a relative path inside the cache")
+    """Paths land in the cache, below a box's model directory and under a mirror's base: never outside."""
+    try:
+        relative_parts(value)
+    except UnsafePath as exc:
+        raise r.doc.error(path, f"{value!r} must be a relative path inside the cache: {exc}") from None
+
+
+def _check_name(r: _Reader, path: KeyPath, value: str) -> None:
+    """`unpack:` is a directory beside the archive on the box: one plain name, nothing else."""
+    try:
+        plain_name(value)
+    except UnsafePath as exc:
+        raise r.doc.error(path, f"{value!r} must be a directory name beside the archive: {exc}") from None
 
 
 def _variant(r: _Reader, name: str, files: dict[str, AssetFile]) -> Variant:

@@ -24,7 +24,7 @@ class Settings:
     sim_cache: Path  # the simulator's per-machine installs (the boxes' Python site), SOPHON_FLEET_SIM_CACHE
     ssh_config: Path  # ~/.ssh/config, for Host aliases (SOPHON_FLEET_SSH_CONFIG; tests point it elsewhere)
     user_known_hosts: Path  # ~/.ssh/known_hosts, trusted besides our own (SOPHON_FLEET_USER_KNOWN_HOSTS)
-    model: str = DEFAULT_MODEL  # the manifest commands take unless told (SOPHON_FLEET_MODEL)
+    model: str | None = None  # SOPHON_FLEET_MODEL; else the inventory's `model:`, else DEFAULT_MODEL
     sim_python: str | None = None  # the boxes' python3 (SOPHON_FLEET_SIM_PYTHON); default: CPython 3.8
     mirrors: tuple[str, ...] = ()  # asset mirrors tried before the manifest's (SOPHON_FLEET_MIRRORS)
     models_path: tuple[
@@ -52,7 +52,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sim_dir=sim_dir,
         sim_cache=sim_cache,
         sim_python=env.get("SOPHON_FLEET_SIM_PYTHON") or None,
-        model=env.get("SOPHON_FLEET_MODEL") or DEFAULT_MODEL,
+        model=env.get("SOPHON_FLEET_MODEL") or None,
         ssh_config=Path(env.get("SOPHON_FLEET_SSH_CONFIG") or ssh_dir / "config"),
         user_known_hosts=Path(env.get("SOPHON_FLEET_USER_KNOWN_HOSTS") or ssh_dir / "known_hosts"),
         mirrors=tuple((env.get("SOPHON_FLEET_MIRRORS") or "").replace(",", " ").split()),

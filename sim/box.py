@@ -14,12 +14,14 @@ changes inside the box (users, installed packages) persist across reboots and ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +60,80 @@ MaxStartups 100:30:200
 MaxSessions 50
 ClientAliveInterval 2
 ClientAliveCountMax 3
+"""
+
+# systemd units of a simulated box (its /etc/systemd/system is an opaque overlay directory, so none of the
+# host's enabled services leak in). Masked: whatever would touch the host's kernel state or /dev (udev,
+# sysctl, modules, binfmt, static device nodes), consoles and logind (a box is reached over SSH only), the
+# kernel file systems the box already has (its /sys/kernel/debug is the simulated ION view), and boot-time
+# bookkeeping a simulated box does without (each costs 50-200 ms of CPU per boot, and 16 boxes boot at once
+# on 2 cores): the journal stays volatile in /run, no utmp, no sysusers (the accounts are prepared).
+MASKED_UNITS = (
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-udevd-control.socket",
+    "systemd-udevd-kernel.socket",
+    "getty@tty1.service",
+    "console-getty.service",
+    "getty.target",
+    "systemd-logind.service",
+    "ssh.service",
+    "sshd.service",
+    "systemd-timesyncd.service",
+    "systemd-sysctl.service",
+    "systemd-binfmt.service",
+    "systemd-modules-load.service",
+    "kmod-static-nodes.service",
+    "systemd-tmpfiles-setup-dev.service",
+    "systemd-remount-fs.service",
+    "modprobe@.service",
+    "systemd-random-seed.service",
+    "systemd-firstboot.service",
+    "systemd-repart.service",
+    "systemd-pcrphase.service",
+    "systemd-pcrphase-sysinit.service",
+    "systemd-ask-password-wall.path",
+    "systemd-ask-password-console.path",
+    "systemd-hwdb-update.service",
+    "ldconfig.service",
+    "systemd-journal-catalog-update.service",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+    "e2scrub_reap.service",
+    "postgresql.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "systemd-journal-flush.service",
+    "systemd-sysusers.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-user-sessions.service",
+    "systemd-tmpfiles-setup.service",
+    "systemd-tmpfiles-clean.timer",
+)
+
+SSHD_UNIT = """\
+[Unit]
+Description=OpenSSH server of the simulated box
+# first thing at boot, in parallel with the rest (a box's network is up before its PID 1 starts)
+DefaultDependencies=no
+
+[Service]
+ExecStart=/usr/sbin/sshd -D -e -f {etc}/sshd_config
+StandardOutput=append:{run}/sshd.log
+StandardError=append:{run}/sshd.log
+RuntimeDirectory=sshd
+RuntimeDirectoryPreserve=yes
+Restart=always
+RestartSec=0.2
+
+[Install]
+WantedBy=sysinit.target
 """
 
 REBOOT = """\
@@ -224,6 +300,27 @@ def _root_layer(
     (sbin / "bm_version").write_text(f"#!/bin/sh\ncat {paths.dir / 'hw' / 'bm_version.txt'}\n")
     (sbin / "bm_version").chmod(0o755)
     _python(up, python)
+    _systemd_layer(up, paths)
+
+
+def _systemd_layer(up: Path, paths: BoxPaths) -> None:
+    """The box's systemd configuration: multi-user.target with sshd, a machine-id of its own, nothing else."""
+    units = up / "etc" / "systemd" / "system"
+    if units.is_dir():
+        return  # a box's own /etc survives `prepare` again (its enabled services are its state)
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    os.setxattr(units, "trusted.overlay.opaque", b"y")  # hide the host's enabled units from the box
+    (units / "default.target").symlink_to("/lib/systemd/system/multi-user.target")
+    for unit in MASKED_UNITS:
+        (units / unit).symlink_to("/dev/null")
+    (units / "sim-sshd.service").write_text(SSHD_UNIT.format(etc=paths.dir / "etc", run=paths.dir / "run"))
+    (units / "sysinit.target.wants").mkdir()
+    (units / "sysinit.target.wants" / "sim-sshd.service").symlink_to("../sim-sshd.service")
+    generators = up / "etc" / "systemd" / "system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    for generator in Path("/lib/systemd/system-generators").glob("*"):
+        (generators / generator.name).symlink_to("/dev/null")  # no fstab, sysv or gpt units from the host
+    (up / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
 
 
 def _python(up: Path, python: BoxPython) -> None:
@@ -305,8 +402,8 @@ def boot_image(paths: BoxPaths) -> itb.BootImage:
 class PowerState:
     """A running box's process tree: `unshare` whose child is the box's PID 1 (sshd)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
+    def __init__(self, proc: subprocess.Popen[bytes], netns: str) -> None:
+        self.proc, self.netns = proc, netns
 
     @classmethod
     def start(cls, paths: BoxPaths, name: str, netns: str, site: Path | None) -> PowerState:
@@ -314,6 +411,8 @@ class PowerState:
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "HOST_UTS": os.readlink("/proc/self/ns/uts"),
             "SIM_SITE": str(site) if site else "",
+            "SIM_CGROUP": cgroup_name(netns),
+            "SIM_CGROUP_LAYOUT": "hybrid" if os.path.isdir("/sys/fs/cgroup/unified") else "unified",
         }
         log = open(paths.dir / "run" / "console.log", "ab")  # noqa: SIM115 - owned by the child
         cmd = [
@@ -337,7 +436,7 @@ class PowerState:
         ]
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        return cls(proc)
+        return cls(proc, netns)
 
     def init_pid(self, timeout: float = 5.0) -> int | None:
         """PID (in the host's view) of the box's PID 1."""
@@ -367,3 +466,37 @@ class PowerState:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        remove_cgroup(self.netns)
+
+
+CGROUP_ROOTS = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def cgroup_name(netns: str) -> str:
+    """The box's cgroup below each hierarchy root: its systemd manages everything under it."""
+    return f"sophon-sim/{netns}"
+
+
+def remove_cgroup(netns: str, timeout: float = 3.0) -> bool:
+    """Remove the cgroup tree a powered-off box's systemd left (deepest first); False if some stayed busy.
+
+    A killed box's processes leave their cgroups a moment after PID 1 is reaped, hence the short retry."""
+    deadline = time.monotonic() + timeout
+    for root in CGROUP_ROOTS:
+        top = Path(root) / cgroup_name(netns)
+        if not top.is_dir():
+            continue
+        for current, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+            while True:
+                try:
+                    os.rmdir(current)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.01)
+        with contextlib.suppress(OSError):  # still holds another fleet's boxes
+            top.parent.rmdir()
+    return True

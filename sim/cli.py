@@ -9,7 +9,7 @@ import click
 
 from provision.cli.errors import reports_errors
 from provision.cli.options import json_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural
 from provision.errors import SimError
 from provision.settings import load_settings
 from sim.fleet import FAULTS, Fleet, describe
@@ -32,7 +32,7 @@ def sim() -> None:
     """Simulated BM1684X boxes to build, test and rehearse on.
 
     \b
-    Each box is a set of Linux namespaces with a real OpenSSH sshd as PID 1 on its own address
+    Each box is a set of Linux namespaces booting real systemd (sshd a unit) on its own address
     (10.213.K.0/24, reachable only from this machine), its own /boot, /data, /opt/sophon, heaps,
     boot_id and reboots. Needs root.
 
@@ -66,12 +66,26 @@ def sim() -> None:
 @click.option(
     "--bmodel-size", type=int, default=0, help="Pad the mirror's stand-in bmodels to this many bytes."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["emulator", "cmodel"]),
+    default="emulator",
+    show_default=True,
+    help="The boxes' sophon.sail: the numpy emulator (fast), or the vendor's libbmrt on the BM1684X cmodel "
+    "with real compiled bmodels (the first time per machine: tpu-mlir install and compile, minutes).",
+)
 @state_dir_option
 @json_option
 @click.pass_obj
 @reports_errors
 def up(
-    out: Output, boxes: int | None, profile: str, mirror: bool, bmodel_size: int, state_dir: Path | None
+    out: Output,
+    boxes: int | None,
+    profile: str,
+    mirror: bool,
+    bmodel_size: int,
+    engine: str,
+    state_dir: Path | None,
 ) -> None:
     """Bring a simulated fleet up and print its inventory.
 
@@ -79,12 +93,13 @@ def up(
     Examples:
       sophon-fleet sim up --boxes 16
       sophon-fleet sim up --profile se7-small:1,se7-ready-int8:1 --state-dir /tmp/fleet
-      sophon-fleet -i /run/sophon-fleet-sim/inventory.yml preflight
+      sophon-fleet sim up --boxes 1 --engine cmodel   # the vendor runtime, real compiled bmodels
+      sophon-fleet preflight -i /run/sophon-fleet-sim/inventory.yml
     """
     profiles = parse_profile_spec(profile, boxes if boxes is not None or ":" in profile else 3)
     started = time.monotonic()
-    out.info(f"bringing up {len(profiles)} simulated boxes ...")
-    fleet = Fleet.up(_state_dir(state_dir), profiles, mirror=mirror, bmodel_size=bmodel_size)
+    out.info(f"bringing up {plural(len(profiles), 'simulated box')} ...")
+    fleet = Fleet.up(_state_dir(state_dir), profiles, mirror=mirror, bmodel_size=bmodel_size, engine=engine)
     elapsed = time.monotonic() - started
     if fleet.state.python_version != "3.8":
         out.warn(
@@ -103,13 +118,15 @@ def up(
             }
         )
         return
-    out.info(f"{len(profiles)} boxes answering SSH after {elapsed:.2f} s; inventory: {fleet.inventory_path}")
+    out.info(
+        f"{plural(len(profiles), 'box')} answering SSH after {elapsed:.2f} s; "
+        f"inventory: {fleet.inventory_path}"
+    )
     if fleet.mirror:
         out.info(
             f"mirror: {fleet.mirror_url} (and sftp://open@{fleet.mirror.address}); "
-            f"manifest pinned to its stand-ins: {fleet.manifest_path}\n"
-            f"use it with: export SOPHON_FLEET_MODELS={fleet.manifest_path.parent} "
-            f"SOPHON_FLEET_MODEL={fleet.manifest_path.stem}"
+            f"manifest pinned to its stand-ins: {fleet.manifest_path} (the inventory names it)\n"
+            f"try: sophon-fleet preflight -i {fleet.inventory_path}"
         )
     out.text(fleet.inventory_path.read_text())
 
@@ -149,7 +166,7 @@ def status(out: Output, state_dir: Path | None) -> None:
                 v.profile,
                 f"{v.state} ({v.detail})",
                 "/".join(map(str, v.heaps)),
-                f"#{v.boot_count} {v.boot_id[:8]}",
+                f"#{v.boot_count} {v.boot_id}",
                 ", ".join(v.faults) or "-",
             )
             for v in views
@@ -193,6 +210,7 @@ def down(out: Output, state_dir: Path | None) -> None:
 @click.argument("box")
 @click.option("--no-wait", is_flag=True, help="Return at once instead of waiting for the new boot.")
 @state_dir_option
+@json_option
 @click.pass_obj
 @reports_errors
 def reboot(out: Output, box: str, no_wait: bool, state_dir: Path | None) -> None:
@@ -203,6 +221,9 @@ def reboot(out: Output, box: str, no_wait: bool, state_dir: Path | None) -> None
       sophon-fleet sim reboot se7-1
     """
     boot_id = Fleet.load(_state_dir(state_dir)).reboot(box, wait=not no_wait)
+    if out.json:
+        out.emit_json({"box": box, "waited": not no_wait, "boot_id": None if no_wait else boot_id})
+        return
     out.info(f"{box}: reboot requested" if no_wait else f"{box}: up again, boot_id {boot_id}")
 
 
@@ -211,6 +232,7 @@ def reboot(out: Output, box: str, no_wait: bool, state_dir: Path | None) -> None
 @click.argument("fault", type=click.Choice(FAULTS))
 @click.argument("arg", required=False)
 @state_dir_option
+@json_option
 @click.pass_obj
 @reports_errors
 def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | None) -> None:
@@ -239,4 +261,10 @@ def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | 
       sophon-fleet sim fault se7-3 dark && sophon-fleet sim reboot se7-3 --no-wait
       sophon-fleet sim fault se7-3 heal
     """
-    out.info(Fleet.load(_state_dir(state_dir)).fault(box, fault, arg))
+    fleet = Fleet.load(_state_dir(state_dir))
+    said = fleet.fault(box, fault, arg)
+    if out.json:
+        faults = next((v.faults for v in fleet.status() if v.name == box), [])
+        out.emit_json({"box": box, "fault": fault, "arg": arg, "result": said, "faults": faults})
+        return
+    out.info(said)

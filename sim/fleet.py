@@ -22,11 +22,11 @@ from pathlib import Path
 
 import yaml
 
-from provision.errors import SimError
+from provision.errors import ConfigError, SimError
 from provision.settings import load_settings
 from sim import box as boxmod
 from sim import hw as hwmod
-from sim import itb, mirrornode, net
+from sim import itb, mirrornode, net, vendor
 from sim.hw import BoxHardware
 from sim.mirror import SIM_MODEL
 from sim.profiles import Profile, get_profile
@@ -35,6 +35,7 @@ from sim.state import BoxRecord, FleetState, hw_lock, read_status
 PASSWORD = "linaro"  # the factory password of real boxes (linaro/linaro)
 SITE_PACKAGES = {"3.8": ("numpy==1.24.4",)}  # numpy as the boxes' Ubuntu 20.04 + pip has it
 SITE_PACKAGES_OTHER = ("numpy>=1.26,<3",)  # a host interpreter standing in for 3.8
+MIRROR_FAULTS = ("link-down", "link-up", "rate", "heal")
 FAULTS = (
     "dark",
     "slow-boot",
@@ -87,18 +88,25 @@ class Fleet:
         mirror: bool = False,
         bmodel_size: int = 0,
         ready_timeout: float = 30.0,
+        engine: str = "emulator",
     ) -> Fleet:
         """Create and boot one box per profile (and the mirror node when asked); returns when every sshd
-        (and the mirror's HTTP server) answers. `bmodel_size` pads the mirror's stand-in bmodels."""
+        (and the mirror's HTTP server) answers. `bmodel_size` pads the mirror's stand-in bmodels. `engine`
+        is the boxes' sophon.sail: the numpy emulator, or the vendor runtime on the cmodel, whose mirror then
+        serves real compiled bmodels (see sim/vendor.py; the first such fleet of a machine installs them)."""
         require_root()
+        if engine not in vendor.ENGINES:
+            raise SimError(f"unknown engine {engine!r} (expected one of: {', '.join(vendor.ENGINES)})")
         state_dir = Path(state_dir)
         if (state_dir / "fleet.json").exists():
             raise SimError(
-                f"a simulated fleet is already up in {state_dir}", hint="run `sophon-fleet sim down` first"
+                f"a simulated fleet is already up in {state_dir}",
+                hint=f"use it (-i {state_dir / 'inventory.yml'}), remove it with `sophon-fleet sim down "
+                f"--state-dir {state_dir}`, or give another --state-dir for a second fleet",
             )
         state_dir.mkdir(parents=True, exist_ok=True)
         with net.allocation_lock():
-            state = FleetState(dir=state_dir, k=net.free_fleet_index())
+            state = FleetState(dir=state_dir, k=net.free_fleet_index(), engine=engine)
             state.save()
             fleet = cls(state)
             fleet._claim_network()
@@ -130,6 +138,12 @@ class Fleet:
         python = boxmod.box_python(settings.sim_python)
         st.python_version = python.version
         st.site = str(ensure_site(settings.sim_cache, python))
+        compiled = None
+        if st.engine == "cmodel":
+            st.runtime_dir = str(vendor.ensure_runtime(settings.sim_cache))
+            if bmodel_size:
+                raise SimError("--bmodel-size pads stand-ins; the cmodel engine serves real compiled bmodels")
+            compiled = vendor.ensure_compiled_standins(settings.sim_cache, settings.cache_dir)
         pub = key.with_suffix(".pub").read_text()
         for i, profile in enumerate(profiles, start=1):
             record = BoxRecord(f"se7-{i}", i, fleet_net.box_address(i), fleet_net.box_ns(i), profile.name)
@@ -142,10 +156,11 @@ class Fleet:
             boxmod.prepare(
                 paths, record.name, profile, operator_pub=pub, password_hash=password_hash, python=python
             )
+            self._install_engine(paths, profile.libsophon)
             os.chown(paths.data, boxmod.LINARO_UID, boxmod.LINARO_UID)  # like bmrt_setup.sh at every boot
             net.attach(fleet_net, record.netns, record.address)
         if mirror:
-            self._create_mirror(fleet_net, pub, password_hash, bmodel_size, python)
+            self._create_mirror(fleet_net, pub, password_hash, bmodel_size, python, compiled)
         self._write_known_hosts()
         self._write_inventory()
         self._start_daemon()
@@ -159,6 +174,7 @@ class Fleet:
         password_hash: str,
         bmodel_size: int,
         python: boxmod.BoxPython,
+        compiled: Path | None = None,
     ) -> None:
         """The mirror node: a box-like namespace with the SFTP account `open`, then the asset tree."""
         st = self.state
@@ -179,10 +195,15 @@ class Fleet:
         )
         sftp_hash = shadow_hash(mirrornode.SFTP_PASSWORD)
         boxmod.add_sftp_user(paths, mirrornode.SFTP_USER, sftp_hash)
-        tree = mirrornode.build_tree(paths.dir / "fs" / "srv", bmodel_size=bmodel_size)
+        tree = mirrornode.build_tree(paths.dir / "fs" / "srv", bmodel_size=bmodel_size, compiled=compiled)
         (st.dir / "models").mkdir(exist_ok=True)
         self.manifest_path.write_text(mirrornode.manifest_text(tree, self.mirror_url, record.address))
         net.attach(fleet_net, record.netns, record.address)
+
+    def _install_engine(self, paths: boxmod.BoxPaths, libsophon: str) -> None:
+        """A cmodel box's sophon.sail is the vendor runtime's (the emulator is what `prepare` put there)."""
+        if self.state.engine == "cmodel" and self.state.runtime_dir:
+            vendor.install_cmodel_sail(paths.opt_sophon, libsophon, Path(self.state.runtime_dir))
 
     def _start_mirror_http(self) -> None:
         record = self.mirror
@@ -260,12 +281,16 @@ class Fleet:
     def down(self) -> list[str]:
         """Remove everything the fleet made; returns what could not be removed (empty when clean)."""
         st = self.state
+        left: list[str] = []
         self._stop_daemon()
         for pid in st.helper_pids:
             stop_process(pid)
         for ns in st.namespaces:
             kill_namespace_processes(ns)
-        left = net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
+        for record in st.boxes:
+            if not boxmod.remove_cgroup(record.netns):
+                left.append(f"cgroup {boxmod.cgroup_name(record.netns)}")
+        left += net.destroy(net.FleetNet(st.k), [b.netns for b in st.boxes])
         for where in reversed(st.mounts):
             if os.path.ismount(where) and not unmount(where):
                 left.append(f"mount {where}")
@@ -378,7 +403,13 @@ class Fleet:
         paths = self.state.box_paths(name)
         fleet_net = net.FleetNet(self.state.k)
         if fault not in FAULTS:
-            raise SimError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
+            raise ConfigError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})", key="FAULT")
+        if record.role == "mirror" and fault not in MIRROR_FAULTS:
+            raise ConfigError(
+                f"the mirror node takes only {', '.join(MIRROR_FAULTS)}, not {fault!r}", key="FAULT"
+            )
+        if record.role == "mirror":
+            return self._mirror_fault(record, fleet_net, fault, arg)
         with hw_lock(paths.dir):
             hw = BoxHardware.load(paths.dir)
             message = self._apply_fault(hw, paths, record, fleet_net, fault, arg)
@@ -387,6 +418,17 @@ class Fleet:
         if fault == "heal":
             self.request(name, "heal")
         return message
+
+    def _mirror_fault(self, record: BoxRecord, fleet_net: net.FleetNet, fault: str, arg: str | None) -> str:
+        """The mirror node has no hardware: only its link can be cut or limited."""
+        if fault == "rate":
+            mbit = _int_arg(fault, arg)
+            net.set_rate(fleet_net, record.netns, mbit or None)
+            return f"mirror: link limited to {mbit} Mbit/s" if mbit else "mirror: link unlimited"
+        net.set_link(fleet_net, record.netns, up=fault != "link-down")
+        if fault == "heal":
+            net.set_rate(fleet_net, record.netns, None)
+        return {"link-down": "mirror: link down", "link-up": "mirror: link up"}.get(fault, "mirror: healed")
 
     def _apply_fault(
         self,
@@ -397,9 +439,8 @@ class Fleet:
         fault: str,
         arg: str | None,
     ) -> str:
-        profile = get_profile(record.profile)
         if fault == "heal":
-            return self._heal(hw, paths, record, fleet_net, profile)
+            return self._heal(hw, paths, record, fleet_net, get_profile(record.profile))
         if fault in ("link-down", "link-up"):
             net.set_link(fleet_net, record.netns, up=fault == "link-up")
             _toggle(hw, "link-down", fault == "link-down")
@@ -452,6 +493,7 @@ class Fleet:
         hw.tpu_delay_ms = 0
         boxmod.install_libsophon(paths.opt_sophon, hw.libsophon)
         boxmod.install_sail(paths.opt_sophon)
+        self._install_engine(paths, hw.libsophon)
         try:
             boxmod.boot_image(paths)
         except itb.InvalidImage:
@@ -483,6 +525,9 @@ class Fleet:
             "groups": {"sim": {"hosts": [b.name for b in self.boxes]}},
             "hosts": {b.name: {"address": b.address} for b in self.boxes},
         }
+        if self.mirror is not None:  # its manifest, pinned to the mirror: the inventory alone is enough
+            doc["models"] = str(self.manifest_path.parent)
+            doc["model"] = self.manifest_path.stem
         header = f"# Simulated fleet (sophon-fleet sim up), state in {st.dir}\n"
         self.inventory_path.write_text(header + yaml.safe_dump(doc, sort_keys=False))
 
@@ -496,7 +541,7 @@ def _toggle(hw: BoxHardware, fault: str, on: bool) -> None:
 
 def _int_arg(fault: str, arg: str | None) -> int:
     if arg is None or not arg.isdigit():
-        raise SimError(f"fault {fault} needs a number, e.g. `sim fault se7-1 {fault} 100`")
+        raise ConfigError(f"fault {fault} needs a number, e.g. `sim fault se7-1 {fault} 100`", key="ARG")
     return int(arg)
 
 
@@ -617,4 +662,8 @@ def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def describe(view: BoxView) -> dict[str, object]:
-    return asdict(view)
+    """A box for `sim status --json`: heaps named as everywhere else ({npu, vpu, vpp, total} MiB)."""
+    doc = asdict(view)
+    npu, vpu, vpp = view.heaps
+    doc["heaps"] = {"npu": npu, "vpu": vpu, "vpp": vpp, "total": npu + vpu + vpp}
+    return doc

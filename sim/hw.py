@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -115,8 +116,12 @@ def render(hw: BoxHardware, box_dir: Path) -> None:
     debug = views / "debug"
     debug.mkdir(mode=0o700, exist_ok=True)
     debug.chmod(0o700)
+    (debug / "ion").mkdir(parents=True, exist_ok=True)
     for key, mib in zip(("npu", "vpu", "vpp"), hw.heaps, strict=True):
         heap = debug / "ion" / f"bm_{key}_heap_dump"
+        if mib == 0:  # a deleted heap (memory_edit -vpu 0): the ion driver registers none, no debugfs dir
+            shutil.rmtree(heap, ignore_errors=True)
+            continue
         heap.mkdir(parents=True, exist_ok=True)
         write_in_place(heap / "total_mem", f"{mib * MIB}\n", 0o400)
         write_in_place(heap / "alloc_mem", "0\n", 0o400)

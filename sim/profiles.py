@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provision.errors import SimError
+from provision.errors import ConfigError
 from provision.memory.layout import Layout
 
 
@@ -42,7 +42,9 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise SimError(f"unknown profile {name!r} (known: {', '.join(PROFILES)})") from None
+        raise ConfigError(
+            f"unknown profile {name!r} (known: {', '.join(PROFILES)})", key="--profile"
+        ) from None
 
 
 def parse_profile_spec(spec: str, boxes: int | None) -> list[Profile]:
@@ -54,8 +56,10 @@ def parse_profile_spec(spec: str, boxes: int | None) -> list[Profile]:
     for part in parts:
         name, _, count = part.partition(":")
         if not count.isdigit() or int(count) < 1:
-            raise SimError(f"bad profile spec {part!r}: use NAME:COUNT, e.g. se7-small:2")
+            raise ConfigError(f"bad profile spec {part!r}: use NAME:COUNT, e.g. se7-small:2", key="--profile")
         result += [get_profile(name)] * int(count)
     if boxes is not None and boxes != len(result):
-        raise SimError(f"--boxes {boxes} does not match the {len(result)} boxes of --profile {spec}")
+        raise ConfigError(
+            f"{boxes} does not match the {len(result)} boxes of --profile {spec}", key="--boxes"
+        )
     return result

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from provision.errors import SimError
+from provision.errors import ConfigError, SimError
 from sim.box import BoxPaths
 
 
@@ -44,6 +44,8 @@ class FleetState:
     helper_pids: list[int] = field(default_factory=list)  # e.g. the mirror's HTTP server
     site: str | None = None
     python_version: str | None = None  # what the boxes run as python3 ("3.8" like a real SE7)
+    engine: str = "emulator"  # the boxes' sophon.sail: the numpy emulator or the vendor runtime ("cmodel")
+    runtime_dir: str | None = None  # the vendor runtime's libraries (engine cmodel)
 
     @property
     def site_dir(self) -> Path | None:
@@ -60,7 +62,10 @@ class FleetState:
         for record in self.boxes:
             if record.name == name:
                 return record
-        raise SimError(f"no box {name!r} in this fleet (boxes: {', '.join(b.name for b in self.boxes)})")
+        raise ConfigError(
+            f"no box {name!r} in the fleet in {self.dir} (boxes: {', '.join(b.name for b in self.boxes)})",
+            key="BOX",
+        )
 
     def save(self) -> None:
         data = asdict(self)
@@ -75,7 +80,9 @@ class FleetState:
             data = json.loads((state_dir / "fleet.json").read_text())
         except FileNotFoundError:
             raise SimError(
-                f"no simulated fleet in {state_dir}", hint="start one with `sophon-fleet sim up`"
+                f"no simulated fleet in {state_dir}",
+                hint=f"start one with `sophon-fleet sim up --state-dir {state_dir}`, or give the --state-dir "
+                "of a fleet that is up",
             ) from None
         data["dir"] = Path(data["dir"])
         data["boxes"] = [BoxRecord(**b) for b in data["boxes"]]

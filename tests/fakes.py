@@ -46,6 +46,11 @@ class ScriptedTransport:
     become_password: str | None = None
     calls: list[tuple[str, bool, bytes | str | None]] = field(default_factory=list)
     closed: int = 0
+    sudo_checks: int = 0
+
+    def check_sudo(self) -> None:
+        """The real Transport runs `sudo -k true` once; a scripted box's sudo takes its password."""
+        self.sudo_checks += 1
 
     @property
     def commands(self) -> list[str]:

@@ -160,6 +160,15 @@ class Cache:
         self.link_path(model, path + ORIGIN_SUFFIX).write_text(origin + "\n", encoding="utf-8")
         return CachedFile(model=model, path=path, size=blob.stat().st_size, sha256=sha256, blob=blob)
 
+    def point_name(self, model: str, path: str, blob: Path) -> bool:
+        """Make the name `model/path` link to `blob` (the one the pin in force names) when it is missing or
+        links elsewhere (pulled under another pin, deleted); True when it had to be repaired."""
+        link = self.link_path(model, path)
+        if link.is_symlink() and link.resolve() == blob.resolve():
+            return False
+        self._link(model, path, blob)
+        return True
+
     def _link(self, model: str, path: str, blob: Path) -> None:
         link = self.link_path(model, path)
         link.parent.mkdir(parents=True, exist_ok=True)

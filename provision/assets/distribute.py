@@ -9,6 +9,7 @@ their verdict as an error and nothing is sent to them. The transfer itself is `p
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 from provision.assets.cache import Cache
@@ -61,6 +62,7 @@ def push_to_hosts(
     root: str = DEFAULT_ROOT,
     progress: Callable[[PushEvent], None] = lambda _e: None,
     dry_run: bool = False,
+    cancel: threading.Event | None = None,
 ) -> tuple[dict[str, str], dict[str, BoxPush | FleetError]]:
     """Push every host its variant; returns (host -> variant, host -> result or error), in host order.
 
@@ -87,5 +89,6 @@ def push_to_hosts(
             max_parallel=max_parallel,
             progress=progress,
             dry_run=dry_run,
+            cancel=cancel,
         )
     return chosen, {h.name: results[h.name] for h in hosts}

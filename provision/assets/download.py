@@ -20,6 +20,7 @@ from pathlib import Path
 from provision.assets.cache import Cache, CachedFile, ensure_free, hash_prefix, sha256_file
 from provision.assets.pins import Pins
 from provision.assets.sources import Source, SourceUnavailable, TransferInterrupted, sources_for
+from provision.backoff import backoff_delay
 from provision.errors import DiskFullError, FleetError, IntegrityError, Mismatch
 from provision.manifest import AssetFile, Manifest
 
@@ -79,7 +80,7 @@ class FileDownload:
     progress: ProgressFn = _no_progress
     keep_corrupt: bool = False
     retries: int = 3  # attempts per source
-    backoff: float = 0.5  # seconds, grows linearly with the attempt number
+    backoff: float = 0.5  # seconds before the first retry (provision.backoff)
     transferred: int = 0
     attempts: int = 0
     set_aside: list[str] = field(default_factory=list)
@@ -99,6 +100,7 @@ class FileDownload:
         want = self.lock.expected(self.file)
         cached = self.cache.lookup(self.model, self.file.path, want.sha256, self.origins)
         if cached and (want.size is None or cached.size == want.size):
+            self.cache.point_name(self.model, self.file.path, cached.blob)  # repair a stale or lost name
             self._emit("cached", cached.size, cached.size)
             return self._result(cached, "cached", None, 0)
         part = self.cache.part_path(self.model, self.file.path)
@@ -117,7 +119,7 @@ class FileDownload:
                 except TransferInterrupted as exc:
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
-                    time.sleep(self.backoff * attempt)
+                    time.sleep(backoff_delay(attempt, self.backoff))
                 except Mismatch as exc:
                     mismatches += 1
                     errors.append(str(exc))
@@ -342,7 +344,11 @@ def verify(
         sha = sha256_file(cached.blob, on_bytes)
         status, detail = "ok", ""
         if sha != cached.sha256:
-            status, detail = "corrupt", f"content hashes to {sha[:16]}…, its name says {cached.sha256[:16]}…"
+            # set aside, so the next `assets pull` downloads it again instead of calling it cached
+            moved = cache.set_aside(cached.blob, manifest.model, file.path, sha)
+            cache.link_path(manifest.model, file.path).unlink(missing_ok=True)
+            status = "corrupt"
+            detail = f"content hashes to {sha[:16]}…, its name says {cached.sha256[:16]}…; moved to {moved}"
         else:
             try:
                 lock.check(file, cached.size, sha)

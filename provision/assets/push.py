@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -25,9 +26,18 @@ from typing import Any
 
 from provision.assets.cache import Cache
 from provision.assets.pins import Pins
+from provision.backoff import backoff_delay
 from provision.boxpaths import MODELS_DIR
 from provision.boxside import receiver
-from provision.errors import ConnectError, DiskFullError, FleetError, IntegrityError, RemoteError
+from provision.errors import (
+    Cancelled,
+    ConnectError,
+    DiskFullError,
+    FleetError,
+    IntegrityError,
+    RemoteError,
+    UnreachableError,
+)
 from provision.fleet import run_fleet
 from provision.manifest import AssetFile, Manifest
 from provision.ssh.channels import (  # re-exported: deploy and tests take them from here
@@ -182,6 +192,7 @@ class BoxPusher:
     backoff: float = 0.5
     python: str = "python3"
     dry_run: bool = False  # probe and plan only: nothing is sent, written or renamed
+    cancel: threading.Event | None = None  # Ctrl-C: finish the current file, start no other
     # the receiver that answered last, kept running: it takes the next op on stdin (one python3 per box)
     _session: Channel | None = field(default=None, init=False, repr=False)
 
@@ -204,6 +215,12 @@ class BoxPusher:
         self._check_space(todo, states)
         for item in self.items:
             state = states["files"][item.name]
+            if self.cancel is not None and self.cancel.is_set() and state["state"] != "verified":
+                done = ", ".join(f.name for f in result.files) or "none"
+                raise Cancelled(
+                    f"{self.host}: interrupted before {item.name} (files in place: {done})",
+                    hint="run the same `assets push` again: it resumes where this one stopped",
+                )
             if state["state"] == "verified":
                 self._emit(item.name, "present", item.size, item.size)
                 result.files.append(FilePush(item.name, "present"))
@@ -281,7 +298,7 @@ class BoxPusher:
             except ChannelBroken as exc:
                 channel.close()
                 self._emit(item.name, "retry", 0, item.size, str(exc))
-                time.sleep(self.backoff * attempt)
+                time.sleep(backoff_delay(attempt, self.backoff))
             except BaseException:
                 channel.close()
                 raise
@@ -330,11 +347,13 @@ class BoxPusher:
         """A new channel; None after a connection failure that another attempt may overcome."""
         try:
             return self.open_exec(command)
+        except UnreachableError:
+            raise  # no answer (dark box, dead link): report it now, not after more connect timeouts
         except ConnectError as exc:
             if attempt >= self.retries:
                 raise
             self._emit("", "retry", note=exc.message)
-            time.sleep(self.backoff * attempt)
+            time.sleep(backoff_delay(attempt, self.backoff))
             return None
 
     def _start(self, mode: str, args: Mapping[str, Any], attempt: int) -> Channel | None:
@@ -364,7 +383,7 @@ class BoxPusher:
                 event = self._expect(channel, expect)
             except ChannelBroken:
                 channel.close()
-                time.sleep(self.backoff * attempt)
+                time.sleep(backoff_delay(attempt, self.backoff))
                 continue
             except BaseException:
                 channel.close()
@@ -435,6 +454,7 @@ def push_fleet(
     retries: int = 3,
     backoff: float = 0.5,
     dry_run: bool = False,
+    cancel: threading.Event | None = None,
 ) -> dict[str, BoxPush | FleetError]:
     """Push each box its variant, `max_parallel` boxes at a time (through the fleet engine); returns
     host -> result or error.
@@ -463,6 +483,7 @@ def push_fleet(
             retries=retries,
             backoff=backoff,
             dry_run=dry_run,
+            cancel=cancel,
         ).run()
 
     result = run_fleet(targets, one, forks=max(1, max_parallel))

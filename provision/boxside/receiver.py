@@ -304,6 +304,8 @@ def unpack(args, quiet=False):
     import zipfile
 
     zpath, name = args["zip"], args["into"]
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("-"):
+        raise Failure("unsafe_path", f"refusing to unpack into {name!r}: not a plain directory name")
     base = os.path.dirname(zpath) or "."
     target = os.path.join(base, name)
     staging = os.path.join(base, f".{name}.unpack-{os.getpid()}")

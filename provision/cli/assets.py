@@ -14,10 +14,12 @@ from provision.assets.pins import load_pins
 from provision.assets.push import DEFAULT_ROOT, BoxPush, PushEvent
 from provision.cli.errors import Exit, exit_code_for, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
-from provision.cli.options import json_option, model_option
-from provision.cli.output import Output
+from provision.cli.interrupt import interruptible
+from provision.cli.options import json_option, model_name, model_option
+from provision.cli.output import Output, plural
 from provision.cli.progress import progress_bars
 from provision.errors import FleetError
+from provision.inventory.sources import fleet_model
 from provision.manifest import Manifest, load_manifest
 from provision.settings import load_settings
 
@@ -63,6 +65,18 @@ def variant_option(default: str):
     )
 
 
+def fleet_models_option(func):
+    """`-i INVENTORY` on the cache commands: only for the manifest directory the inventory names."""
+    return click.option(
+        "-i",
+        "--inventory",
+        "inventories",
+        multiple=True,
+        metavar="FILE",
+        help="An inventory whose `models:` names the manifest directory (e.g. the simulated fleet's).",
+    )(func)
+
+
 def _variants(manifest: Manifest, name: str) -> list[str]:
     if name == "all":
         return list(manifest.variants)
@@ -70,14 +84,17 @@ def _variants(manifest: Manifest, name: str) -> list[str]:
     return [name]
 
 
-def _setup(model: str, cache_dir: Path | None, pins: Path | None):
+def _setup(model: str, cache_dir: Path | None, pins: Path | None, inventories: tuple[str, ...] = ()):
     settings = load_settings()
-    manifest = load_manifest(model)
+    named = [fleet_model(Path(path)) for path in inventories]
+    models = tuple(d for dirs, _ in named for d in dirs)
+    manifest = load_manifest(model_name(model, next((m for _, m in named if m), None)), models)
     return settings, manifest, load_pins(manifest, pins), Cache(cache_dir or settings.cache_dir)
 
 
 @assets.command("pull", epilog=EPILOG)
 @model_options
+@fleet_models_option
 @variant_option("int4")
 @click.option("--mirror", "mirrors", multiple=True, help="Mirror base URL (repeatable), tried first.")
 @click.option("--no-dfss", is_flag=True, help="Do not fall back to the vendor's dfss SFTP servers.")
@@ -95,10 +112,20 @@ def _setup(model: str, cache_dir: Path | None, pins: Path | None):
 @click.pass_obj
 @reports_errors
 def pull_cmd(
-    out: Output, model, cache_dir, pins, variant, mirrors, no_dfss, parallel, keep_corrupt, sftp_identity
+    out: Output,
+    model,
+    inventories,
+    cache_dir,
+    pins,
+    variant,
+    mirrors,
+    no_dfss,
+    parallel,
+    keep_corrupt,
+    sftp_identity,
 ):
     """Download the files of a variant into the cache: resumable, verified, in parallel."""
-    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins, inventories)
     with progress_bars(out) as bar:
 
         def on_progress(event: ProgressEvent) -> None:
@@ -146,13 +173,14 @@ def pull_cmd(
 
 @assets.command("verify")
 @model_options
+@fleet_models_option
 @variant_option("all")
 @json_option
 @click.pass_obj
 @reports_errors
-def verify_cmd(out: Output, model, cache_dir, pins, variant):
+def verify_cmd(out: Output, model, inventories, cache_dir, pins, variant):
     """Re-hash the cached files and compare them with their names and the lock (exit 5 on a mismatch)."""
-    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins, inventories)
     with progress_bars(out) as bar:
         results = verify(
             manifest,
@@ -163,7 +191,9 @@ def verify_cmd(out: Output, model, cache_dir, pins, variant):
             progress=lambda e: bar(manifest.files[e.file_id].path, e.phase, e.done, e.total),
         )
     if out.json:
-        out.emit_json([r.__dict__ for r in results])
+        out.emit_json(
+            {"model": manifest.model, "cache": str(cache.root), "files": [r.__dict__ for r in results]}
+        )
     else:
         out.table(
             f"{manifest.model} in {cache.root}",
@@ -171,6 +201,11 @@ def verify_cmd(out: Output, model, cache_dir, pins, variant):
             [[r.path, r.status, _mib(r.size), (r.sha256 or "-")[:16], r.detail] for r in results],
         )
     if any(r.status == "corrupt" for r in results):
+        out.err.print(
+            "hint: `sophon-fleet assets pull` downloads the corrupt files again "
+            "(a file that differs from its pin: check the lock, or pin it anew with `assets pin`)",
+            markup=False,
+        )
         raise SystemExit(int(Exit.INTEGRITY))
     if any(r.status == "missing" for r in results):
         raise SystemExit(int(Exit.FAILED))
@@ -201,13 +236,14 @@ def ls_cmd(out: Output, cache_dir):
 
 @assets.command("pin")
 @model_options
+@fleet_models_option
 @variant_option("all")
 @json_option
 @click.pass_obj
 @reports_errors
-def pin_cmd(out: Output, model, cache_dir, pins, variant):
+def pin_cmd(out: Output, model, inventories, cache_dir, pins, variant):
     """Write size and sha256 of the cached files into the pins file (see --pins)."""
-    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins, inventories)
     changed = pin(manifest, _variants(manifest, variant), cache=cache, lock=lock, mirrors=settings.mirrors)
     if out.json:
         out.emit_json({"lock": str(lock.path), "pinned": changed})
@@ -251,9 +287,15 @@ def push_cmd(
     4 unreachable, 5 a sha256 mismatch, 6 a box's disk is full, 1 other failures).
     """
     reach = reach_from(kwargs)
-    settings, manifest, lock, cache = _setup(model, cache_dir, pins)
-    inventory = resolve_inventory(reach, settings)
-    with connector_for(reach, inventory, settings) as connector, progress_bars(out) as bar:
+    inventory = resolve_inventory(reach)
+    settings, manifest, lock, cache = _setup(model, cache_dir, pins, reach.inventories)
+    boxes = plural(len(inventory.hosts), "box")
+    first = f"interrupt: finishing the current file on {boxes}; Ctrl-C again to abort now"
+    with (
+        connector_for(reach, inventory, settings) as connector,
+        interruptible(out, first) as cancel,
+        progress_bars(out) as bar,
+    ):
 
         def on_progress(e: PushEvent) -> None:
             bar(e.host, e.phase, e.done, e.total, label=f"{e.host} {e.file}".strip())
@@ -271,6 +313,7 @@ def push_cmd(
             root=dest_root,
             progress=on_progress,
             dry_run=dry_run,
+            cancel=cancel,
         )
     rows = [_push_row(host, chosen.get(host), result) for host, result in results.items()]
     if out.json:
@@ -284,6 +327,11 @@ def push_cmd(
                 for r in rows
             ],
         )
+    for host, r in results.items():  # every failed box: one line, its reason and what to do
+        if isinstance(r, FleetError) and r.hint:
+            out.info(f"{host}: hint: {r.hint}")
+    if cancel.is_set():
+        raise SystemExit(int(Exit.INTERRUPTED))
     errors = [r for r in results.values() if isinstance(r, FleetError)]
     if errors:
         raise SystemExit(int(max(exit_code_for(e) for e in errors)))

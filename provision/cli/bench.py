@@ -8,12 +8,11 @@ from typing import Any
 import click
 
 from provision.cli.errors import exit_with_worst, reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.fleet import FleetResult, run_fleet
 from provision.inventory.hosts import Host
-from provision.manifest import load_manifest
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box, write_chart
 
 
@@ -47,8 +46,8 @@ def bench(
       sophon-fleet bench -i hosts.yml --json --chart fleet-bench.png
     """
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
     inv = resolve_inventory(reach)
+    manifest = fleet_manifest(model, inv)
     with connector_for(reach, inv) as connector:
         result = run_fleet(
             inv.hosts,

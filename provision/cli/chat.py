@@ -10,12 +10,10 @@ from typing import Any
 import click
 
 from provision.cli.errors import reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, one_host, reach_from
 from provision.cli.options import json_option, model_option
-from provision.cli.output import Output
-from provision.errors import ConfigError
+from provision.cli.output import Output, safe
 from provision.facts.parse import gather
-from provision.manifest import load_manifest
 from provision.runtime.remote_chat import ChatClient, Done, Token, choose_variant, runtime_session
 
 HELP_LINE = (
@@ -29,14 +27,17 @@ HELP_LINE = (
 @model_option
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Which deployed variant (auto: int8 when verified on the box, else int4).",
 )
 @click.option("--prompt", "-p", help="Ask once, stream the answer to stdout and exit.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None, help="Cap each answer.")
-@json_option
+@json_option(
+    help="Machine-readable output: JSON lines, one event per line (ready, token..., done), each with a "
+    "versioned `schema`."
+)
 @click.pass_obj
 @reports_errors
 def chat(
@@ -57,14 +58,10 @@ def chat(
       sophon-fleet chat linaro@192.168.150.1 -K --prompt 'hello' --json
     """
     reach = reach_from(kwargs)
-    if reach.inventories:
-        reach = dataclasses.replace(reach, limit=host)
-        inv = resolve_inventory(reach)
-    else:
-        inv = resolve_inventory(reach, extra_adhoc=(host,))
-    if len(inv.hosts) != 1:
-        raise ConfigError(f"{host!r} matches {len(inv.hosts)} hosts; chat talks to exactly one", key="HOST")
-    manifest = load_manifest(model)
+    inv, target = one_host(reach, host)
+    inv = dataclasses.replace(inv, hosts=(target,))
+    manifest = fleet_manifest(model, inv)
+    manifest.check_variant(variant)
     with connector_for(reach, inv) as connector:
         transport = connector.transport(inv.hosts[0])
         chosen = choose_variant(gather(transport), manifest, variant, inv.hosts[0].name)
@@ -76,7 +73,7 @@ def chat(
                 f"(SEQLEN {ready.seqlen})"
             )
             if out.json:
-                out.text(json.dumps({"event": "ready", **dataclasses.asdict(ready)}))
+                out.json_line({"event": "ready", **dataclasses.asdict(ready)})
             if prompt is not None:
                 answer(out, client, prompt, max_new_tokens)
             else:
@@ -102,7 +99,7 @@ def answer(out: Output, client: ChatClient, prompt: str, max_new_tokens: int | N
         else:
             done = event
     if out.json:
-        out.text(json.dumps({"event": "done", **dataclasses.asdict(done)}, ensure_ascii=False))
+        out.json_line({"event": "done", **dataclasses.asdict(done)})
     else:
         click.echo()
         out.info(f"FTL: {done.ftl_s:.3f} s  TPS: {done.tps:.3f} token/s  ({done.tokens} tokens, {done.stop})")
@@ -111,9 +108,9 @@ def answer(out: Output, client: ChatClient, prompt: str, max_new_tokens: int | N
 
 def emit_token(out: Output, event: Token) -> None:
     if out.json:
-        out.text(json.dumps({"event": "token", "text": event.text}, ensure_ascii=False))
+        out.json_line({"event": "token", "text": event.text})
     else:
-        click.echo(event.text, nl=False)
+        click.echo(safe(event.text), nl=False)
 
 
 def repl(out: Output, client: ChatClient, max_new_tokens: int | None) -> None:
@@ -124,18 +121,22 @@ def repl(out: Output, client: ChatClient, max_new_tokens: int | None) -> None:
         try:
             line = stdin.readline()
         except KeyboardInterrupt:
+            click.echo()
             return
-        if not line:
-            return  # EOF
         text = line.strip()
-        if text in ("/exit", "exit"):
+        if not line or text in ("/exit", "exit"):
+            if not line or not stdin.isatty():  # EOF, or a piped `exit`: nothing ended the prompt's line
+                click.echo()
             return
         if text == "/reset":
             client.reset()
             out.info("history cleared")
         elif text == "/stats":
             out.text(json.dumps(client.stats(), indent=2))
+        elif text.startswith("/") and not text.startswith("//"):
+            out.warn(f"unknown command {text.split()[0]!r}: {HELP_LINE} (start with // to send a '/')")
         elif text:
+            text = text[1:] if text.startswith("//") else text
             click.echo("Answer: ", nl=False)
             try:
                 answer(out, client, text, max_new_tokens)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from provision import errors
+from provision.cli.output import safe
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,9 +53,9 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except errors.FleetError as exc:
-            click.secho(f"error: {exc.message}", fg="red", err=True)
+            click.secho(f"error: {safe(exc.message)}", fg="red", err=True)
             if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
+                click.echo(f"hint: {safe(exc.hint)}", err=True)
             raise SystemExit(int(exit_code_for(exc))) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from provision.cli.options import model_name
+from provision.cli.verbosity import SECRETS
 from provision.errors import ConfigError
 from provision.fleet import DEFAULT_FORKS
-from provision.inventory.hosts import Inventory, load_inventory
+from provision.inventory.hosts import Host, Inventory, load_inventory, match_limit
+from provision.manifest import Manifest, load_manifest
 from provision.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # paramiko is imported when a command connects, not for --help
@@ -107,6 +110,48 @@ def resolve_inventory(
     return load_inventory(reach.inventories, adhoc, ssh_config=settings.ssh_config, limit=reach.limit)
 
 
+def one_host(reach: Reach, host: str, settings: Settings | None = None) -> tuple[Inventory, Host]:
+    """HOST of a one-box command: a name (or a pattern naming one host) from -i / -H, or, when it looks like
+    an address (`user@`, a dot, a colon) or no inventory is given, an ad-hoc [user@]host[:port].
+    Raises ConfigError "no host se7-9 in INV (did you mean se7-1?)" (exit 2)."""
+    if reach.inventories or reach.adhoc:
+        inv = resolve_inventory(reach, settings)
+        if host in inv.names():
+            return inv, inv.get(host)
+        if not _looks_like_address(host):
+            try:
+                names = match_limit(inv, host)
+            except ConfigError:
+                raise inv.unknown(host, key="HOST") from None
+            if len(names) != 1:
+                raise ConfigError(f"{host!r} names {len(names)} hosts; give exactly one", key="HOST")
+            return inv, inv.get(names.pop())
+    bare = Reach(**{**reach.__dict__, "inventories": (), "adhoc": (), "limit": None})
+    inv = resolve_inventory(bare, settings, extra_adhoc=(host,))
+    return inv, inv.hosts[0]
+
+
+def _mask_secrets(inventory: Inventory, typed: str | None) -> None:
+    """Every password of this run is masked in -v/-vv output (it never is in a command line anyway)."""
+    SECRETS.add(typed)
+    for host in inventory.hosts:
+        for secret in (host.password, host.become_password):
+            try:
+                SECRETS.add(secret.resolve() if secret else None)
+            except ConfigError:
+                pass  # unreadable: it is reported when the box needs it
+
+
+def _looks_like_address(text: str) -> bool:
+    return any(mark in text for mark in "@.:")
+
+
+def fleet_manifest(model: str | None, inventory: Inventory) -> Manifest:
+    """The manifest of this run: -m, else SOPHON_FLEET_MODEL, else the inventory's `model:`, else glm4-9b;
+    by name from SOPHON_FLEET_MODELS, the inventory's `models:`, then the shipped models/."""
+    return load_manifest(model_name(model, inventory.model), inventory.models)
+
+
 def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None = None) -> Connector:
     """A Connector for this run; asks once for the sudo password (-K, or on a terminal if needed)."""
     from provision.ssh.transport import Connector, Timeouts, Trust
@@ -123,6 +168,7 @@ def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None 
             show_default=False,
         )
         password = password or None
+    _mask_secrets(inventory, password)
     names = {h.name: h for h in inventory.hosts}
     return Connector(
         Trust(settings.known_hosts, settings.user_known_hosts, accept_new=reach.accept_new),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 import click
 
 from provision import __version__
 from provision.cli.output import Output
+from provision.cli.verbosity import configure_logging, hoist_verbosity
 
 # command name -> "module:attribute"; loaded on first use so `--help` and small commands stay fast.
 COMMANDS: dict[str, str] = {
@@ -21,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "bench": "provision.cli.bench:bench",
     "play": "provision.cli.play:play",
     "memory": "provision.cli.memory:memory",
+    "serve": "provision.cli.serve:serve",
+    "gateway": "provision.cli.gateway:gateway",
+    "model": "provision.cli.model:model",
 }
 
 EPILOG = """\b
@@ -46,6 +51,9 @@ SUMMARIES: dict[str, str] = {
     "bench": "Benchmark every ready box in parallel (one model per box): FTL and TPS, median/min/max.",
     "play": "Run PLAYBOOK (YAML, checked before anything connects) over the inventory.",
     "memory": "TPU memory layouts: plan, apply (memory_edit + verified boot image swap + reboot), roll back.",
+    "serve": "The box's OpenAI-compatible chat API (`sophon-chat.service`, port 8000).",
+    "gateway": "One endpoint for the whole fleet: HAProxy in front of every box's sophon-chat.service.",
+    "model": "Models you build yourself: compile Hugging Face GLM-4 weights into a bmodel (tpu-mlir).",
 }
 
 
@@ -62,8 +70,8 @@ class LazyGroup(click.Group):
         for name in names:
             if name in SUMMARIES:
                 rows.append((name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)))
-            else:
-                command = super().get_command(ctx, name)
+            else:  # a command without a summary yet is imported (slower, still right)
+                command = self.get_command(ctx, name)
                 if command is not None and not command.hidden:
                     rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
@@ -78,15 +86,36 @@ class LazyGroup(click.Group):
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_verbosity(args))
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's, with "did you mean preflight?" for a mistyped command."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
+            if close:
+                ctx.fail(f"No such command {name!r}. Did you mean {' or '.join(close)}?")
+        return super().resolve_command(ctx, args)
+
 
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sophon-fleet")
-@click.option("-v", "--verbose", count=True, help="More detail (repeatable).")
-@click.option("-q", "--quiet", is_flag=True, help="Only results and errors.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="-v: each box's commands and timings (secrets masked); -vv: the libraries' detail too. "
+    "Accepted anywhere on the line.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only results and errors (anywhere on the line).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Provision fleets of Sophgo BM1684X boxes (SE7, SM7, Airbox) for ChatGLM4-9B."""
     ctx.obj = Output(verbosity=-1 if quiet else verbose)
+    configure_logging(ctx.obj)
 
 
 def main() -> None:

@@ -12,7 +12,15 @@ from typing import Any
 import click
 
 from provision.cli.errors import Exit, reports_errors
-from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import (
+    Reach,
+    connector_for,
+    fleet_manifest,
+    host_options,
+    one_host,
+    reach_from,
+    resolve_inventory,
+)
 from provision.cli.memory_view import (
     plan_exit,
     plan_json,
@@ -22,15 +30,15 @@ from provision.cli.memory_view import (
     stage_display,
 )
 from provision.cli.options import json_option, model_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural
 from provision.errors import ConfigError
 from provision.fleet import run_fleet
-from provision.manifest import load_manifest
+from provision.inventory.hosts import Inventory
 from provision.memory.apply import ApplyOptions, rollback_box
 from provision.memory.kit import resolve_kit, shared_kit
 from provision.memory.layout import Layout
 from provision.memory.plan import Action, BoxPlan, Request, request_for
-from provision.memory.reboot import RebootPolicy
+from provision.memory.reboot import DEFAULT_REBOOT_TIMEOUT, RebootPolicy
 from provision.memory.rollout import PlannedBox, apply_fleet, plan_fleet
 from provision.settings import load_settings
 
@@ -51,7 +59,7 @@ def layout_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options: list[Callable[[Any], Any]] = [
         click.option(
             "--variant",
-            type=click.Choice(["int8", "int4"]),
+            metavar="VARIANT",
             help="Target the manifest's recommended layout for this variant (default int8's threshold).",
         ),
         click.option("--npu", type=click.IntRange(min=0), help="Explicit npu heap, MiB (with --vpu, --vpp)."),
@@ -72,14 +80,14 @@ def reboot_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--reboot-timeout",
         type=click.FloatRange(min=1),
-        default=600,
+        default=DEFAULT_REBOOT_TIMEOUT,
         show_default=True,
         help="Seconds per reboot.",
     )(func)
 
 
-def request_from(kwargs: dict[str, Any]) -> Request:
-    manifest = load_manifest(kwargs.pop("model"))
+def request_from(kwargs: dict[str, Any], inv: Inventory) -> Request:
+    manifest = fleet_manifest(kwargs.pop("model"), inv)
     sizes = [kwargs.pop(k) for k in ("npu", "vpu", "vpp")]
     variant = kwargs.pop("variant")
     if any(s is not None for s in sizes) and not all(s is not None for s in sizes):
@@ -101,8 +109,8 @@ def plan_command(out: Output, **kwargs: Any) -> None:
     Exit 0 when every box can reach its target, 3 when some are refused, 4 when some are unreachable.
     """
     reach = reach_from(kwargs)
-    request = request_from(kwargs)
     inv = resolve_inventory(reach)
+    request = request_from(kwargs, inv)
     with connector_for(reach, inv) as connector:
         planned = plan_fleet(inv.hosts, connector.transport, request, reach.forks)
     render_plan(out, request, planned)
@@ -154,10 +162,10 @@ def apply_command(
     """
     reach = reach_from(kwargs)
     manifest_name = kwargs["model"]
-    request = request_from(kwargs)
     inv = resolve_inventory(reach)
+    request = request_from(kwargs, inv)
     settings = load_settings()
-    manifest = load_manifest(manifest_name)
+    manifest = fleet_manifest(manifest_name, inv)
     local_kit = resolve_kit(kit, manifest, settings) if kit else None
     with connector_for(reach, inv) as connector:
         planned = plan_fleet(inv.hosts, connector.transport, request, reach.forks)
@@ -172,6 +180,8 @@ def apply_command(
             auto_rollback=auto_rollback,
             reboot=RebootPolicy(timeout=reboot_timeout),
             break_lock=break_lock,
+            reach_args=reach_args(reach),
+            apply_args=apply_args(request, kit, manifest_name),
         )
         with interruptible(out) as cancel, stage_display(out, inv.names()) as progress:
             result = apply_fleet(
@@ -189,6 +199,24 @@ def apply_command(
     raise SystemExit(int(results_exit(result)))
 
 
+def reach_args(reach: Reach) -> tuple[str, ...]:
+    """The host options that reach these boxes again (for recovery commands printed to the operator)."""
+    words = [w for path in reach.inventories for w in ("-i", path)]
+    words += [w for spec in reach.adhoc for w in ("-H", spec)]
+    return (*words, "--connect-timeout", f"{reach.connect_timeout:g}")
+
+
+def apply_args(request: Request, kit: str | None, model: str) -> tuple[str, ...]:
+    """What `memory apply` was asked for, as options (for the same recovery commands)."""
+    words = ["-m", model] + (["--kit", kit] if kit else [])
+    if request.explicit:
+        layout = request.layout
+        words += ["--npu", str(layout.npu), "--vpu", str(layout.vpu), "--vpp", str(layout.vpp)]
+    if request.variant:
+        words += ["--variant", request.variant]
+    return (*words, "--yes")
+
+
 def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
     rebooting = [p.host.name for p in planned if p.plan is not None and p.plan.reboots]
     if not rebooting or yes:
@@ -196,9 +224,13 @@ def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
     names = ", ".join(rebooting)
     if not sys.stdin.isatty():
         raise ConfigError(
-            f"{len(rebooting)} boxes would be rebooted ({names})", key="--yes", hint="confirm with --yes"
+            f"{plural(len(rebooting), 'box')} would be rebooted ({names})",
+            key="--yes",
+            hint="confirm with --yes",
         )
-    if not click.confirm(f"Change the layout of and reboot {len(rebooting)} boxes: {names}?", err=True):
+    if not click.confirm(
+        f"Change the layout of and reboot {plural(len(rebooting), 'box')}: {names}?", err=True
+    ):
         raise SystemExit(int(Exit.FAILED))
 
 
@@ -243,12 +275,13 @@ def rollback_command(
     Exit 0 when the box runs the restored layout, 1 otherwise, 4 when it cannot be reached.
     """
     reach = reach_from(kwargs)
-    inv = resolve_inventory(Reach(**{**reach.__dict__, "limit": host}))
-    target = inv.hosts[0]
+    inv, target = one_host(reach, host)
     if not yes:
         planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
         confirm_reboots(out, planned, yes)
-    options = ApplyOptions(reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock)
+    options = ApplyOptions(
+        reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock, reach_args=reach_args(reach)
+    )
     with (
         connector_for(reach, inv) as connector,
         interruptible(out) as cancel,

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from provision.cli.errors import Exit
-from provision.cli.output import Output
+from provision.cli.output import Output, styled
 from provision.errors import ConnectError
 from provision.fleet import FleetResult, SkippedError
 from provision.inventory.hosts import Host
@@ -67,13 +67,15 @@ def render_plan(out: Output, request: Request, planned: list[PlannedBox]) -> Non
     rows = []
     for p in planned:
         if p.plan is None:
-            rows.append((p.host.name, "[magenta]error[/]", "-", "-", "-", p.error.message if p.error else ""))
+            rows.append(
+                (p.host.name, styled("error", "magenta"), "-", "-", "-", p.error.message if p.error else "")
+            )
             continue
         plan = p.plan
         rows.append(
             (
                 plan.host,
-                f"[{ACTION_STYLE[plan.action]}]{plan.action.value}[/]",
+                styled(plan.action.value, ACTION_STYLE[plan.action]),
                 str(plan.current or "-"),
                 str(plan.target or "-"),
                 str(plan.max or "unknown"),
@@ -106,7 +108,7 @@ def stage_display(out: Output, hosts: list[str]) -> Iterator[Callable[[str, Stag
     def table() -> Table:
         grid = Table.grid(padding=(0, 2))
         for name, (stage, detail) in state.items():
-            grid.add_row(name, f"[bold]{stage}[/]", detail)
+            grid.add_row(styled(name), styled(stage, "bold"), styled(detail))
         return grid
 
     with Live(table(), console=out.err, refresh_per_second=8) as live:
@@ -123,7 +125,9 @@ def results_exit(result: FleetResult[Host, BoxResult]) -> Exit:
     """Worst outcome first: interrupted 130, failed/rolled back/skipped 1, unreachable 4, refused 3."""
     errors = [o.error for o in result if o.error is not None]
     refused = [e for e in errors if isinstance(e, ApplyFailed) and e.refused]
-    unreachable = [e for e in errors if isinstance(e, ConnectError)]
+    unreachable = [
+        e for e in errors if isinstance(e, ConnectError) or (isinstance(e, ApplyFailed) and e.unreachable)
+    ]
     if any(isinstance(e, ApplyFailed) and e.cancelled for e in errors):
         return Exit.INTERRUPTED
     if len(errors) > len(refused) + len(unreachable):
@@ -154,7 +158,9 @@ def results_json(
         elif isinstance(o.error, ApplyFailed):
             e = o.error
             entry.update(
-                result="refused" if e.refused else ("interrupted" if e.cancelled else "failed"),
+                result="refused"
+                if e.refused
+                else ("interrupted" if e.cancelled else "unreachable" if e.unreachable else "failed"),
                 stage=e.stage.value,
                 image=e.image,
                 error=e.message,

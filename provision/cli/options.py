@@ -11,8 +11,15 @@ from provision.cli.output import Output
 from provision.settings import DEFAULT_MODEL, load_settings
 
 
-def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`--json`: print one JSON document on stdout instead of tables."""
+def json_option(
+    func: Callable[..., Any] | None = None,
+    *,
+    help: str = "Machine-readable output: one JSON document on stdout, with a versioned `schema`.",
+) -> Any:
+    """`--json`: print one JSON document on stdout instead of tables (`@json_option(help=...)` for a
+    command that streams JSON lines)."""
+    if func is None:
+        return lambda f: json_option(f, help=help)
 
     def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
         if value:
@@ -26,17 +33,23 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
         expose_value=False,
         callback=set_json,
         is_eager=True,
-        help="Machine-readable output (one JSON document on stdout).",
+        help=help,
     )(func)
 
 
 def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`-m/--model`: the model manifest, by name (SOPHON_FLEET_MODELS first, then the shipped models/) or
-    by path; default SOPHON_FLEET_MODEL, else glm4-9b."""
+    """`-m/--model`: the model manifest, by name (SOPHON_FLEET_MODELS first, then the inventory's
+    `models:`, then the shipped models/) or by path; None when not given (see `model_name`)."""
     return click.option(
         "-m",
         "--model",
-        default=lambda: load_settings().model,
-        show_default=f"SOPHON_FLEET_MODEL, else {DEFAULT_MODEL}",
+        default=None,
+        show_default=f"SOPHON_FLEET_MODEL, else the inventory's model:, else {DEFAULT_MODEL}",
         help="Model manifest: a name (models/<name>.yaml, SOPHON_FLEET_MODELS first) or a path.",
     )(func)
+
+
+def model_name(model: str | None, inventory_model: str | None = None) -> str:
+    """The manifest a command works with: -m, else SOPHON_FLEET_MODEL, else the inventory's `model:` (the
+    simulated fleet's names its stand-ins), else glm4-9b."""
+    return model or load_settings().model or inventory_model or DEFAULT_MODEL

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
-from provision.cli.errors import exit_with_worst, reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.errors import Exit, exit_with_worst, reports_errors
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
+from provision.cli.interrupt import interruptible
 from provision.cli.options import json_option, model_option
-from provision.cli.output import Output
-from provision.manifest import load_manifest
-from provision.play.playbook import load_playbook
+from provision.cli.output import Output, plural, safe
+from provision.play.playbook import check_variants, load_playbook
 from provision.play.run import OUTCOMES, Play, PlayReport
 from provision.settings import load_settings
 
@@ -56,13 +57,14 @@ def play(
     book = load_playbook(playbook)  # schema errors: file:line:key, exit 2, nothing connects
     reach = reach_from(kwargs)
     settings = load_settings()
-    manifest = load_manifest(book.model or model)
     inv = resolve_inventory(reach, settings)
+    manifest = fleet_manifest(book.model or model, inv)
+    check_variants(book, manifest)  # file:line: key, exit 2, nothing connects
     out.info(
-        f"play {book.name or playbook.name}: {len(book.steps)} steps on {len(inv.hosts)} boxes"
-        + (" (dry run)" if dry_run else "")
+        f"play {book.name or playbook.name}: {plural(len(book.steps), 'step')} "
+        f"on {plural(len(inv.hosts), 'box')}" + (" (dry run)" if dry_run else "")
     )
-    with connector_for(reach, inv, settings) as connector:
+    with connector_for(reach, inv, settings) as connector, interruptible(out) as cancel:
         report = Play(
             book,
             list(inv.hosts),
@@ -73,9 +75,12 @@ def play(
             serial=serial,
             max_fail_percent=max_fail_percent,
             forks=reach.forks,
-            say=out.info,
+            say=out.result,
+            cancel=cancel,
         ).run()
     render(out, report)
+    if cancel.is_set():
+        raise SystemExit(int(Exit.INTERRUPTED))
     exit_with_worst(report.errors)
 
 
@@ -117,8 +122,15 @@ def render(out: Output, report: PlayReport) -> None:
             out.text(f"{result.host}: {result.data['prompt']} → {result.data['answer'].strip()}")
     out.text("PLAY RECAP")
     for host, counts in recap.items():
-        cells = "  ".join(f"[{COLOURS[k]}]{k}={counts.get(k, 0)}[/]" for k in OUTCOMES)
-        out.console.print(f"{host:<16} : {cells}", highlight=False)
+        line = Text(f"{safe(host, multiline=False):<16} : ")
+        for k in OUTCOMES:
+            line.append(f"{k}={counts.get(k, 0)}", style=COLOURS[k]).append("  ")
+        line.rstrip()
+        out.console.print(line, highlight=False, soft_wrap=True)
+    for result in report.results:  # every failed box: one line, its reason and what to do
+        if result.error is not None:
+            hint = f" (hint: {result.error.hint})" if result.error.hint else ""
+            out.text(f"{result.host}: {result.outcome} at {result.step}: {result.error.message}{hint}")
     if report.aborted:
         out.text(report.aborted)
     if not report.changed and not report.errors:

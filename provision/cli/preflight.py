@@ -7,17 +7,24 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from provision.cli.errors import Exit, reports_errors
-from provision.cli.hosts import Reach, connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import (
+    connector_for,
+    fleet_manifest,
+    host_options,
+    one_host,
+    reach_from,
+    resolve_inventory,
+)
 from provision.cli.options import json_option, model_option
-from provision.cli.output import Output
+from provision.cli.output import Output, plural, styled
 
 if TYPE_CHECKING:  # the core modules (and paramiko) are imported when a command runs, not for --help
     from provision.facts.preflight import PreflightReport
     from provision.manifest import Manifest
 
 EXIT_BY_RESULT = {"ready": Exit.OK, "not-ready": Exit.NOT_READY, "unreachable": Exit.UNREACHABLE}
-STYLE = {  # by Status value
-    "ready-int8": "green",
+STYLE = {
+    "ready-int8": "green",  # by Status value
     "ready-int4": "green",
     "needs-memory-layout": "yellow",
     "blocked": "red",
@@ -30,7 +37,7 @@ STYLE = {  # by Status value
 @host_options
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Judge for this variant (auto: int8 if the heaps allow, else int4).",
@@ -63,11 +70,11 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
       sophon-fleet preflight -H linaro@192.168.150.1 -K --accept-new
     """
     from provision.facts.preflight import report_json, run_preflight
-    from provision.manifest import load_manifest
 
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
     inv = resolve_inventory(reach)
+    manifest = fleet_manifest(model, inv)
+    manifest.check_variant(variant)
     with connector_for(reach, inv) as connector:
         report = run_preflight(
             inv.hosts,
@@ -101,7 +108,7 @@ def render(out: Output, report: PreflightReport) -> None:
         rows.append(
             (
                 v.host.name,
-                f"[{STYLE[v.status.value]}]{v.status.value}[/]",
+                styled(v.status.value, STYLE[v.status.value]),
                 f"{now} = {now.total}" if now else "-",
                 layout,
                 reasons + (f" (hint: {v.hint})" if v.hint else ""),
@@ -111,7 +118,7 @@ def render(out: Output, report: PreflightReport) -> None:
     for message, hosts in grouped_warnings(report).items():
         out.text(f"warning ({', '.join(hosts)}): {message}")
     summary = ", ".join(f"{report.count(s)} {s.value}" for s in Status if report.count(s))
-    out.info(f"{len(report.verdicts)} boxes in {report.seconds:.2f} s: {summary}")
+    out.info(f"{plural(len(report.verdicts), 'box')} in {report.seconds:.2f} s: {summary}")
 
 
 def grouped_warnings(report: PreflightReport) -> dict[str, list[str]]:
@@ -153,16 +160,10 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
     from provision.facts.doctor import doctor_json, support_block
     from provision.facts.parse import gather
     from provision.facts.preflight import judge
-    from provision.manifest import load_manifest
 
     reach = reach_from(kwargs)
-    manifest = load_manifest(model)
-    inv = resolve_inventory(reach) if reach.inventories or reach.adhoc else None
-    if inv is None or host not in inv.names():
-        inv = resolve_inventory(
-            Reach(**{**reach.__dict__, "inventories": (), "adhoc": (), "limit": None}), extra_adhoc=(host,)
-        )
-    target = inv.get(host) if host in inv.names() else inv.hosts[0]
+    inv, target = one_host(reach, host)
+    manifest = fleet_manifest(model, inv)
     with connector_for(reach, inv) as connector:
         facts = gather(connector.transport(target), fresh=True)
     verdict = judge(target, facts, manifest, file_sizes=lock_sizes(manifest))

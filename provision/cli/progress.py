@@ -16,7 +16,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from provision.cli.output import Output
+from provision.cli.output import Output, safe
 
 PHASES = {
     "hashing": "hashing",
@@ -35,11 +35,12 @@ PHASES = {
 
 @contextmanager
 def progress_bars(out: Output) -> Iterator[Any]:
-    """Yield a callback `(key, phase, done, total, label=None)` drawing one bar per key on stderr."""
+    """Yield a callback `(key, phase, done, total, label=None)` drawing one bar per key on stderr (on a
+    terminal; elsewhere one line per key and phase)."""
     disabled = out.json or out.verbosity < 0
     bars = Progress(
         TextColumn("{task.fields[phase]:>9}"),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -48,15 +49,21 @@ def progress_bars(out: Output) -> Iterator[Any]:
         disable=disabled,
     )
     tasks: dict[str, Any] = {}
+    phases: dict[str, str] = {}
     lock = threading.Lock()
+    lines = not disabled and not out.err.is_terminal  # a pipe or a log: one line per phase, no bars
 
     def update(key: str, phase: str, done: int, total: int | None, label: str | None = None) -> None:
         with lock:
+            shown = PHASES.get(phase, phase)
+            if lines and phases.get(label or key) != shown:
+                phases[label or key] = shown
+                out.info(f"{shown:>9} {label or key}")
             if key not in tasks:
-                tasks[key] = bars.add_task(label or key, total=total, phase="")
+                tasks[key] = bars.add_task(safe(label or key, multiline=False), total=total, phase="")
             fields: dict[str, Any] = {"phase": PHASES.get(phase, phase)}
             if label:
-                fields["description"] = label
+                fields["description"] = safe(label, multiline=False)
             if phase == "retry":
                 bars.update(tasks[key], **fields)
                 return

@@ -20,11 +20,7 @@ def _layout(layout: Layout | None) -> str:
 def support_block(host: Host, facts: Facts, verdict: Verdict) -> str:
     """Plain text, one `key: value` per line, bm_version verbatim: paste it into an issue or a forum post."""
     bm = facts.bm_version
-    max_text = (
-        _layout(facts.heaps_max)
-        if facts.heaps_max
-        else "unknown (no memory_edit kit on the box; `memory_edit.sh -p` prints it)"
-    )
+    max_text = _layout(facts.heaps_max) if facts.heaps_max else _max_unknown(facts)
     disks = ", ".join(
         f"{path} {'-' if free is None else f'{free} MiB'}" for path, free in facts.disk_free_mib.items()
     )
@@ -64,6 +60,14 @@ def support_block(host: Host, facts: Facts, verdict: Verdict) -> str:
         ["bm_version:", *(f"  {line}" for line in _bm_lines(facts))] if bm else ["bm_version:   not found"]
     )
     return "\n".join(lines)
+
+
+def _max_unknown(facts: Facts) -> str:
+    if not facts.kit_path:
+        return "unknown (no memory_edit kit on the box; `memory_edit.sh -p` prints it)"
+    if facts.sudo_refusal is not None:
+        return f"unknown ({facts.kit_path} is there, but `memory_edit.sh -p` needs root and sudo refused)"
+    return f"unknown (`{facts.kit_path} -p` printed no max sizes; see the problems below)"
 
 
 def _bm_lines(facts: Facts) -> list[str]:

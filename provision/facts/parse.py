@@ -15,12 +15,10 @@ from typing import Any
 
 from provision.errors import FactError
 from provision.facts.probe import MARK, probe_script
-from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.memory.layout import HEAPS, MAX_PLAUSIBLE_DDR_MIB, MIB, Layout, layout_of, snippet
+from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
+from provision.ssh import sudo
 from provision.ssh.transport import Transport, quote_command
-
-MIB = 1024 * 1024
-HEAPS = ("npu", "vpu", "vpp")
-
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -37,28 +35,6 @@ class BmVersion:
     kernel: str | None
     hw_version: str | None
     mcu_version: str | None
-
-
-@dataclass(frozen=True)
-class MemoryEditReport:
-    """`memory_edit.sh -p` output (FACTS.md §1.5); sizes in MiB keyed by heap (`npu+vpp` on BM1688)."""
-
-    version: str | None
-    dts: str | None
-    ddr_mib: Mapping[str, int]
-    max_mib: Mapping[str, int]
-    now_mib: Mapping[str, int]
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def max(self) -> Layout | None:
-        return _layout(self.max_mib)
-
-    @property
-    def now(self) -> Layout | None:
-        """Current heaps, or None when they read as 0x0 (the script's silent sign that sudo failed)."""
-        layout = _layout(self.now_mib)
-        return None if layout is None or layout.total == 0 else layout
 
 
 @dataclass(frozen=True)
@@ -110,6 +86,7 @@ class Facts:
     assets: tuple[Asset, ...]
     problems: tuple[str, ...] = field(default=())
     replayed: tuple[str, ...] = ()  # kept parts the box replayed from this boot: "root", "box" (probe.py)
+    sudo_refusal: str | None = None  # "wrong-password" | "no-password" | "not-allowed" (ssh/sudo.py)
 
     @property
     def chip(self) -> str | None:
@@ -185,6 +162,9 @@ def parse_probe(output: str) -> Facts:
     root = attempt(parse_root, "root") or RootFacts(None, None, "root part did not run")
     if root.error:
         problems.append(f"heaps: {root.error}")
+    refusal = _refusal(sections, root)
+    if refusal is not None and not root.error:  # the heaps were replayed; sudo refused its check
+        problems.append(f"sudo: {sudo.describe(refusal)}")
     me = root.memory_edit
     heaps_now = root.heaps_now or (me.now if me else None)
     return Facts(
@@ -210,6 +190,7 @@ def parse_probe(output: str) -> Facts:
         assets=parse_assets(section("assets")),
         problems=tuple(problems),
         replayed=tuple(line.strip() for line in section("replayed").splitlines() if line.strip()),
+        sudo_refusal=refusal.value if refusal is not None else None,
     )
 
 
@@ -220,12 +201,6 @@ def _first_line(text: str) -> str | None:
     for line in text.splitlines():
         if line.strip():
             return line.strip()
-    return None
-
-
-def _layout(sizes: Mapping[str, int]) -> Layout | None:
-    if all(key in sizes for key in HEAPS):
-        return Layout(*(sizes[key] for key in HEAPS))
     return None
 
 
@@ -275,7 +250,7 @@ def parse_bm_version(text: str) -> BmVersion:
         elif match := _PACKAGE.match(line):
             packages[match.group("name")] = match.group("version")
     if sdk_line is None and not packages:
-        raise FactError(f"not bm_version output: {_snippet(text)}")
+        raise FactError(f"not bm_version output: {snippet(text)}")
     return BmVersion(sdk, sdk_line, bm1688, packages, chip, kernel, hw, mcu)
 
 
@@ -291,50 +266,25 @@ def parse_libsophon(readlink: str, bm: BmVersion | None) -> str | None:
     return None
 
 
-_ME_SIZE = re.compile(r"^Info: (max|now) ([a-z+]+) size: 0x([0-9a-fA-F]+) \[(\d+) MiB\]\s*$")
-_ME_DDR = re.compile(r"^Info: (ddr\w*)_size (\d+) Byte")
-
-
-def parse_memory_edit_p(text: str) -> MemoryEditReport:
-    """`memory_edit.sh -p` (v1.6 … v2.12; BM1684/X and BM1688 lines). Error lines or no `max` block raise."""
-    version = dts = None
-    ddr: dict[str, int] = {}
-    sizes: dict[str, dict[str, int]] = {"max": {}, "now": {}}
-    warnings = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.lower().startswith("error"):
-            raise FactError(f"memory_edit.sh -p failed: {line}")
-        if line.startswith("Warning"):
-            warnings.append(line)
-        elif line.upper().startswith("INFO: VERSION:"):
-            version = line.split(":", 2)[2].strip()
-        elif line.startswith("Info: use dts file "):
-            dts = line[len("Info: use dts file ") :].rsplit("/", 1)[-1]
-        elif match := _ME_DDR.match(line):
-            ddr[match.group(1)] = int(match.group(2)) // MIB
-        elif match := _ME_SIZE.match(line):
-            kind, key, hex_bytes, _ = match.groups()
-            sizes[kind][key] = int(hex_bytes, 16) // MIB
-    if not sizes["max"]:
-        raise FactError(f"memory_edit.sh -p printed no max sizes: {_snippet(text)}")
-    if "npu" not in sizes["max"] or ("vpu" not in sizes["max"] and "npu+vpp" not in sizes["max"]):
-        raise FactError("memory_edit.sh -p output is truncated (max sizes incomplete)")
-    return MemoryEditReport(version, dts, ddr, sizes["max"], sizes["now"], tuple(warnings))
-
-
 def parse_total_mem(text: str) -> Layout:
     """Root part of the probe: `npu <bytes>` lines from debugfs total_mem (`?` when unreadable)."""
     sizes: dict[str, int] = {}
     for line in text.splitlines():
         words = line.split()
         if len(words) == 2 and words[0] in HEAPS:
+            if words[1] == "absent":  # ion has no such heap: deleted (memory_edit -vpu 0), i.e. 0 MiB
+                sizes[words[0]] = 0
+                continue
             if not words[1].isdigit():
                 raise FactError(f"cannot read /sys/kernel/debug/ion/bm_{words[0]}_heap_dump/total_mem")
             sizes[words[0]] = int(words[1]) // MIB
-    layout = _layout(sizes)
+            if sizes[words[0]] > MAX_PLAUSIBLE_DDR_MIB:
+                raise FactError(
+                    f"debugfs claims a {words[0]} heap of {sizes[words[0]]} MiB, more than any DDR"
+                )
+    layout = layout_of(sizes)
     if layout is None:
-        raise FactError(f"heap sizes incomplete: {_snippet(text)}")
+        raise FactError(f"heap sizes incomplete: {snippet(text)}")
     return layout
 
 
@@ -360,10 +310,21 @@ def parse_root(text: str) -> RootFacts:
     return RootFacts(heaps, report, error)
 
 
+def _refusal(sections: Mapping[str, str], root: RootFacts) -> sudo.SudoRefusal | None:
+    """sudo's refusal: in the root part when it ran, else in the check a replayed root part is followed by."""
+    if "sudo" in sections:
+        check = sections["sudo"]
+        return None if re.search(r"^exit=0\s*$", check, re.MULTILINE) else sudo.classify(check)
+    return sudo.classify(sections.get("root", "")) if root.error else None
+
+
 def _sudo_problem(text: str) -> str | None:
+    refusal = sudo.classify(text)
+    if refusal is not None:
+        return sudo.describe(refusal)
     for line in text.splitlines():
         if line.startswith("sudo:"):
-            return f"sudo refused ({line[5:].strip()}): give become_password_env/_file or -K"
+            return f"sudo failed ({line[5:].strip()})"
     return None
 
 
@@ -422,11 +383,6 @@ def parse_assets(text: str) -> tuple[Asset, ...]:
         if state in ("verified", "present") and len(parts) >= 2:
             assets.append(Asset(parts[-2], parts[-1], state == "verified"))
     return tuple(assets)
-
-
-def _snippet(text: str, limit: int = 60) -> str:
-    flat = " ".join(text.split())
-    return repr(flat if len(flat) <= limit else flat[:limit] + "…")
 
 
 # ---------------------------------------------------------------------------------------------- versions

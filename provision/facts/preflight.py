@@ -26,6 +26,8 @@ from provision.fleet import DEFAULT_FORKS, run_fleet
 from provision.inventory.hosts import Host
 from provision.manifest import Manifest
 from provision.memory.layout import ASSUMED_MAX_16GB_BM1684X, Layout, plan_layout
+from provision.ssh.sudo import SudoRefusal
+from provision.ssh.sudo import describe as sudo_describe
 from provision.ssh.transport import Connector
 
 SCHEMA = "sophon-fleet/preflight/v1"
@@ -152,10 +154,14 @@ def judge(
     sizes = dict(file_sizes or {})
     blockers = _platform_blockers(facts, manifest)
     warnings = _platform_warnings(facts, manifest)
+    if facts.sudo_refusal is not None:
+        refusal = SudoRefusal(facts.sudo_refusal)
+        blockers.append(Reason(f"sudo-{refusal.value}", f"{sudo_describe(refusal)}"))
     if facts.heaps_now is None:
-        blockers.append(
-            Reason("heaps-unknown", "cannot read the ion heap sizes (" + _heaps_problem(facts) + ")")
-        )
+        if facts.sudo_refusal is None:
+            blockers.append(
+                Reason("heaps-unknown", "cannot read the ion heap sizes (" + _heaps_problem(facts) + ")")
+            )
         return _verdict(host, facts, blockers, warnings, [], None, None)
     maximum, max_source = _max_of(facts)
     chosen, memory_reasons, suggestion = _memory(facts.heaps_now, maximum, max_source, manifest, variant)
@@ -285,8 +291,7 @@ def _memory(
     now: Layout, maximum: Layout, max_source: str, manifest: Manifest, variant: str
 ) -> tuple[str, list[Reason], Suggestion | None]:
     """(variant, why the heaps are not enough ([] when ready), the layout to suggest (None if none fits))."""
-    order = sorted(manifest.variants.values(), key=lambda v: -v.min_heap_mib)  # int8 first
-    candidates = order if variant == "auto" else [manifest.variant(variant)]
+    candidates = manifest.by_preference if variant == "auto" else (manifest.variant(variant),)
     for candidate in candidates:
         if now.total >= candidate.min_heap_mib:
             return candidate.name, [], None
@@ -416,6 +421,7 @@ def facts_json(facts: Facts) -> dict[str, Any]:
         "assets": [{"model": a.model, "variant": a.variant, "verified": a.verified} for a in facts.assets],
         "problems": list(facts.problems),
         "replayed": list(facts.replayed),
+        "sudo": facts.sudo_refusal or "ok",
     }
 
 

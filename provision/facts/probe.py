@@ -23,6 +23,7 @@ from provision.ssh.transport import quote_command
 
 MARK = "@@sophon-fleet:"
 DISKS = ("/", "/data", "/boot")
+TOOL_OUTPUT_BYTES = 65536  # a vendor tool's output kept by the probe (bm_version prints ~600 bytes)
 BOX_CACHE = "$HOME/.cache/sophon-fleet/facts-box"  # 1st line: the sail module file the kept import found
 ROOT_CACHE = "$HOME/.cache/sophon-fleet/facts-root"
 
@@ -37,9 +38,9 @@ except BaseException as e:
 """
 
 _ROOT = (
-    "for k in npu vpu vpp; do "
-    '{ read -r v < "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem"; } 2>/dev/null '
-    '&& echo "$k $v" || echo "$k ?"; done; '
+    "for k in npu vpu vpp; do d=/sys/kernel/debug/ion/bm_${k}_heap_dump; "
+    '{ read -r v < "$d/total_mem"; } 2>/dev/null && echo "$k $v" '
+    '|| { [ -d /sys/kernel/debug/ion ] && [ ! -e "$d" ] && echo "$k absent"; } || echo "$k ?"; done; '
     f'if [ -n "$1" ]; then echo "{MARK}memory_edit_p"; cd "$(dirname "$1")" && ./memory_edit.sh -p 2>&1; fi'
 )
 
@@ -141,8 +142,9 @@ def _box_sections() -> str:
             ),
             (
                 "bm_version",
-                "if [ -x /usr/sbin/bm_version ]; then /usr/sbin/bm_version 2>&1; "
-                "elif command -v bm_version >/dev/null; then bm_version 2>&1; fi",
+                "{ if [ -x /usr/sbin/bm_version ]; then /usr/sbin/bm_version 2>&1; "
+                "elif command -v bm_version >/dev/null; then bm_version 2>&1; fi; } "
+                f"| head -c {TOOL_OUTPUT_BYTES}",
             ),
             ("python", python),
         ]
@@ -156,11 +158,14 @@ def _box_sections() -> str:
 
 def _root_sections(sudo: str) -> str:
     """Ion heap sizes (debugfs) and, with a kit, `memory_edit.sh -p`: the same until a reboot, another boot
-    image or another kit. Run via sudo with the password on fd 3 (nothing else can read it)."""
+    image or another kit. Run via sudo with the password on fd 3 (nothing else can read it). A replayed part
+    is followed by `sudo -k true`, so a wrong password is noticed even when the heaps need no sudo."""
     ask = _section("root", f'{sudo} -- sh -c {quote_command([_ROOT])} sh "$kit" <&3 2>&1; echo "exit=$?"')
+    check = _section("sudo", f'{sudo} -k -- true <&3 2>&1; echo "exit=$?"')
     return (
         f'c="{ROOT_CACHE}"\nif ! replay "$c" "$kroot" root; then\nout=$(\n{ask})\nprintf \'%s\\n\' "$out"\n'
-        'case "$out" in *" ?"*) ;; *"exit=0") keep "$c" "" "$kroot";; esac\nfi\n'
+        'case "$out" in *" ?"*) ;; *"exit=0") keep "$c" "" "$kroot";; esac\n'
+        f"else\n{check}fi\n"
     )
 
 

@@ -8,16 +8,24 @@ but always masked). Every problem is a ConfigError naming file, line and key; no
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from provision.errors import ConfigError
-from provision.inventory.sources import HOST_VARS, Entry, load_source, parse_adhoc, var_problem
+from provision.inventory.sources import (
+    HOST_VARS,
+    Entry,
+    fleet_model,
+    load_source,
+    parse_adhoc,
+    var_problem,
+)
 from provision.ssh.sshconfig import SshConfig, load_ssh_config
 from provision.yamlfile import type_name
 
@@ -91,7 +99,7 @@ class Host:
             "become_password": self.become_password.describe() if self.become_password else None,
             "known_hosts": list(self.known_hosts),
             "proxy_jump": self.proxy_jump,
-            "variant": self.variant,
+            "variant": self.variant or "auto",
             "groups": list(self.groups),
             "vars": {k: (MASK if _secret_name(k) else v) for k, v in sorted(self.vars.items())},
             "source": self.source,
@@ -104,24 +112,47 @@ class Inventory:
 
     hosts: tuple[Host, ...] = ()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()  # the files and -H specs it was read from, for messages
+    models: tuple[Path, ...] = ()  # manifest directories the inventory names (`models:`), searched first
+    model: str | None = None  # the manifest its commands take unless told (`model:`)
 
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
 
-    def get(self, name: str) -> Host:
+    def get(self, name: str, *, key: str = "HOST") -> Host:
+        """The host called `name`; ConfigError "no host se7-9 in INV (did you mean se7-1?)" otherwise."""
         for host in self.hosts:
             if host.name == name:
                 return host
-        raise ConfigError(f"no host {name!r} in the inventory (known: {', '.join(self.names()) or 'none'})")
+        raise self.unknown(name, key=key)
+
+    def unknown(self, word: str, *, key: str, what: str = "host") -> ConfigError:
+        """The error for a name or pattern that matches nothing here, with the closest names."""
+        where = " ".join(self.sources) or "the inventory"
+        close = _closest(word, [*self.names(), *self.groups])
+        known = f"did you mean {' or '.join(close)}?" if close else f"known: {_few(self.names())}"
+        return ConfigError(f"no {what} {word} in {where} ({known})", key=key)
 
     def limit(self, pattern: str | None) -> Inventory:
-        """Hosts matching `--limit` (see `match_limit`); a pattern matching nothing is an error."""
+        """Hosts matching `--limit` (see `match_limit`); a term matching nothing is an error."""
         if not pattern:
             return self
         chosen = match_limit(self, pattern)
-        if not chosen:
-            raise ConfigError(f"--limit {pattern!r} matches no host", key="--limit")
-        return Inventory(tuple(h for h in self.hosts if h.name in chosen), self.groups)
+        return replace(self, hosts=tuple(h for h in self.hosts if h.name in chosen))
+
+
+def _closest(word: str, names: Sequence[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The names most like `word`: those near the best match, best first, then in inventory order."""
+    scored = [(difflib.SequenceMatcher(None, word, name).ratio(), i, name) for i, name in enumerate(names)]
+    best = max((r for r, _, _ in scored), default=0.0)
+    near = sorted((-r, i, name) for r, i, name in scored if r >= cutoff and r >= best - 0.1)
+    return [name for _, _, name in near[:n]]
+
+
+def _few(names: Sequence[str], limit: int = 8) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -138,6 +169,7 @@ def load_inventory(
 
     Raises ConfigError (file, line, key) for anything malformed, duplicate or unknown.
     """
+    files = tuple(files)
     aliases = load_ssh_config(ssh_config) if ssh_config else SshConfig(())
     entries: list[Entry] = []
     groups: dict[str, list[str]] = {}
@@ -156,7 +188,13 @@ def load_inventory(
                 None, f"host {entry.name!r} is defined twice (first at {hosts[entry.name].source})"
             )
         hosts[entry.name] = _resolve(entry, aliases)
-    return Inventory(tuple(hosts.values()), {g: tuple(m) for g, m in groups.items()}).limit(limit)
+    sources = (*(str(p) for p in files), *(f"-H {spec}" for spec in adhoc))
+    named = [fleet_model(Path(path)) for path in files]
+    models = tuple(d for dirs, _ in named for d in dirs)
+    model = next((m for _, m in named if m), None)
+    groups_ = {g: tuple(m) for g, m in groups.items()}
+    inventory = Inventory(tuple(hosts.values()), groups_, sources, models, model)
+    return inventory.limit(limit)
 
 
 def _resolve(entry: Entry, aliases: SshConfig) -> Host:
@@ -198,6 +236,9 @@ def _port(entry: Entry, value: Any) -> int:
 def _text(entry: Entry, key: str, value: Any) -> str:
     if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
         raise entry.locate(key, f"must be text, not {type_name(value)}")
+    problem = var_problem(key, str(value))  # whatever source it came from (INI, -H, ssh_config)
+    if problem:
+        raise entry.locate(key, problem)
     return str(value)
 
 
@@ -245,6 +286,8 @@ def _secret_name(key: str) -> bool:
 def match_limit(inventory: Inventory, pattern: str) -> set[str]:
     """Ansible-style: `a,b` or `a:b` union, `&g` intersection, `!x` exclusion; names, groups and globs."""
     parts = [p for p in re.split(r"[,:]", pattern) if p] if "[" not in pattern else pattern.split(",")
+    if not parts:
+        raise ConfigError(f"{pattern!r} names no host", key="--limit")
     chosen: set[str] = set()
     for part in (p for p in parts if p[0] not in "!&"):
         chosen |= _match_one(inventory, part)
@@ -254,10 +297,13 @@ def match_limit(inventory: Inventory, pattern: str) -> set[str]:
         chosen -= _match_one(inventory, part[1:])
     if all(p[0] in "!&" for p in parts):
         chosen = set(inventory.names()) - set().union(*(_match_one(inventory, p[1:]) for p in parts))
+    if not chosen:
+        raise ConfigError(f"{pattern!r} leaves no host", key="--limit")
     return chosen
 
 
 def _match_one(inventory: Inventory, word: str) -> set[str]:
+    """The hosts one --limit term names; a term naming nothing is an error (a typo must not shrink a run)."""
     if word == "all" or word == "*":
         return set(inventory.names())
     result = set()
@@ -267,6 +313,8 @@ def _match_one(inventory: Inventory, word: str) -> set[str]:
     for host in inventory.hosts:
         if fnmatch.fnmatchcase(host.name, word) or word in host.groups:
             result.add(host.name)
+    if not result:
+        raise inventory.unknown(word, key="--limit", what="host or group")
     return result
 
 

@@ -7,6 +7,7 @@ Every problem is a ConfigError naming file, line and key.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from provision.errors import ConfigError
-from provision.yamlfile import KeyPath, Located, load_yaml, type_name
+from provision.yamlfile import KeyPath, Located, parse_yaml, read_text_file, type_name
 
 # our own host vars (own YAML format; also accepted in Ansible inventories)
 HOST_VARS = {
@@ -60,16 +61,37 @@ class Entry:
 
 
 def load_source(path: Path) -> tuple[list[Entry], dict[str, list[str]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read inventory: {exc.strerror}", file=str(path)) from exc
+    text = read_text_file(path, "inventory")
     if path.suffix in (".ini", ".cfg", "") and not _looks_like_yaml(text):
         return parse_ansible_ini(text, str(path))
-    doc = load_yaml(path)
-    if isinstance(doc.data, dict) and doc.data and set(doc.data) <= {"defaults", "groups", "hosts"}:
+    doc = parse_yaml(text, str(path))
+    if _own_format(doc):
         return parse_own_yaml(doc)
     return parse_ansible_yaml(doc)
+
+
+def _own_format(doc: Located) -> bool:
+    return isinstance(doc.data, dict) and bool(doc.data) and set(doc.data) <= OWN_KEYS
+
+
+def fleet_model(path: Path) -> tuple[tuple[Path, ...], str | None]:
+    """Our YAML's `models: DIR` (or a list; where this fleet's manifests live, relative to the file) and
+    `model: NAME` (the manifest its commands take unless told).
+
+    `sim up` writes both, so the simulated fleet's inventory alone points every command at its stand-ins
+    and its mirror."""
+    if path.suffix not in (".yml", ".yaml"):
+        return (), None
+    doc = parse_yaml(read_text_file(path, "inventory"), str(path))
+    if not _own_format(doc):
+        return (), None
+    value, model = doc.data.get("models"), doc.data.get("model")
+    items = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise doc.error(("models",), f"must be a directory or a list of directories, not {type_name(value)}")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise doc.error(("model",), f"must be a manifest name, not {type_name(model)}")
+    return tuple(path.parent / os.path.expanduser(v) for v in items), model
 
 
 def _looks_like_yaml(text: str) -> bool:
@@ -81,6 +103,9 @@ def _looks_like_yaml(text: str) -> bool:
 
 
 # ---- own YAML format
+
+
+OWN_KEYS = {"defaults", "groups", "hosts", "models", "model"}
 
 
 def parse_own_yaml(doc: Located) -> tuple[list[Entry], dict[str, list[str]]]:
@@ -176,16 +201,35 @@ def _checked(doc: Located, path: KeyPath, key: str, value: Any) -> Any:
     return value
 
 
+# Values that end up in an SSH target, a `ssh -J` spec or a terminal: no shell metacharacters, no
+# whitespace or newlines, no control characters (nothing ran with them, but nothing may).
+_TEXT_VARS = {
+    "user": (re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$"), "a user name (letters, digits, . _ -)"),
+    "address": (
+        re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:%_-]{0,252}$"),
+        "a host name or IP address (letters, digits, . : % _ -)",
+    ),
+    "proxy_jump": (
+        re.compile(r"^[A-Za-z0-9_.:%@,\[\]-]{1,1000}$"),
+        "[user@]host[:port],... (letters, digits, . : % _ - @ , [ ])",
+    ),
+}
+
+
 def var_problem(key: str, value: Any) -> str | None:
     """What is wrong with a connection variable's value, or None."""
+    if key in _TEXT_VARS and isinstance(value, str):
+        pattern, want = _TEXT_VARS[key]
+        if not pattern.match(value):
+            return f"must be {want}, not {value!r}"
     if key == "port":
         ok = (isinstance(value, int) and not isinstance(value, bool)) or (
             isinstance(value, str) and value.isdigit()
         )
         if not ok or not 0 < int(value) < 65536:
             return f"must be a port number 1-65535, not {value!r}"
-    if key == "variant" and value not in (None, "auto", "int8", "int4"):
-        return f"must be int8, int4 or auto, not {value!r}"
+    if key == "variant" and value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", str(value)):
+        return f"must be auto or a variant name of the model's manifest (int8, int4, ...), not {value!r}"
     return None
 
 
@@ -254,6 +298,7 @@ def _ansible_vars(doc: Located, path: KeyPath, value: Any) -> dict[str, Any]:
 
 _SECTION = re.compile(r"^\[([^\]:\s]+)(?::(vars|children))?\]\s*$")
 _RANGE = re.compile(r"\[([0-9a-z]+):([0-9a-z]+)\]")
+MAX_RANGE_HOSTS = 10_000  # one host line's ranges together; a fleet line like se7-[001:999] is far below
 
 
 def parse_ansible_ini(text: str, file: str) -> tuple[list[Entry], dict[str, list[str]]]:
@@ -319,18 +364,36 @@ def _ini_host(line: str, file: str, number: int) -> list[tuple[str, dict[str, An
 
 
 def _expand_range(pattern: str, file: str, number: int) -> list[str]:
+    """`se7-[01:12]`, `box[a:c]`: every name, refused (before expanding) above MAX_RANGE_HOSTS."""
+    bounds = [_range_values(m, file, number) for m in _RANGE.finditer(pattern)]
+    count = 1
+    for first, last, _ in bounds:
+        count *= max(last - first + 1, 0)
+        if count > MAX_RANGE_HOSTS:
+            raise ConfigError(
+                f"host range {pattern!r} names more than {MAX_RANGE_HOSTS} hosts", file=file, line=number
+            )
+    return _expand(pattern, file, number)
+
+
+def _range_values(match: re.Match[str], file: str, number: int) -> tuple[int, int, bool]:
+    start, end = match.groups()
+    if start.isdigit() and end.isdigit():
+        return int(start), int(end), True
+    if len(start) == len(end) == 1 and not start.isdigit() and not end.isdigit():
+        return ord(start), ord(end), False
+    raise ConfigError(f"bad host range {match.group(0)!r}", file=file, line=number)
+
+
+def _expand(pattern: str, file: str, number: int) -> list[str]:
     match = _RANGE.search(pattern)
     if not match:
         return [pattern]
-    start, end = match.groups()
-    if start.isdigit() and end.isdigit():
-        values = [str(i).zfill(len(start)) for i in range(int(start), int(end) + 1)]
-    elif len(start) == len(end) == 1:
-        values = [chr(c) for c in range(ord(start), ord(end) + 1)]
-    else:
-        raise ConfigError(f"bad host range {match.group(0)!r}", file=file, line=number)
+    first, last, digits = _range_values(match, file, number)
+    width = len(match.group(1))
+    values = [str(i).zfill(width) if digits else chr(i) for i in range(first, last + 1)]
     head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [name for v in values for name in _expand_range(head + v + tail, file, number)]
+    return [name for v in values for name in _expand(head + v + tail, file, number)]
 
 
 def _ini_groups(members: dict[str, list[str]], children: dict[str, list[tuple[str, int]]], file: str):

@@ -23,8 +23,15 @@ from enum import Enum
 
 from provision import boxlock
 from provision.boxpaths import BOOT_IMAGE
-from provision.errors import ApplyFailed, FactError, FleetError, IntegrityError, RemoteError
-from provision.facts.parse import MemoryEditReport, parse_memory_edit_p
+from provision.errors import (
+    ApplyFailed,
+    ConnectError,
+    FactError,
+    FleetError,
+    IntegrityError,
+    RemoteError,
+    SudoError,
+)
 from provision.memory import kit as memory_kit
 from provision.memory.bootimage import (
     MEMEDIT_BAK,
@@ -35,7 +42,8 @@ from provision.memory.bootimage import (
     sha256_on_box,
     swap_in,
 )
-from provision.memory.layout import Layout, parse_memory_edit_c
+from provision.memory.layout import Layout
+from provision.memory.output import MemoryEditReport, parse_memory_edit_c, parse_memory_edit_p
 from provision.memory.plan import Action, BoxMemory, BoxPlan, Request, plan_box
 from provision.memory.reboot import (
     Cancelled,
@@ -45,7 +53,7 @@ from provision.memory.reboot import (
     request_reboot,
     wait_for_new_boot,
 )
-from provision.ssh.transport import Transport
+from provision.ssh.transport import Transport, quote_command
 
 LOCK_NAME = "memory"
 EDIT_TIMEOUT = 300.0  # memory_edit unpacks and repacks a ~40 MB image
@@ -95,20 +103,44 @@ class ApplyOptions:
     auto_rollback: bool = True
     reboot: RebootPolicy = field(default_factory=RebootPolicy)
     break_lock: bool = False
+    # how the operator reaches the boxes and what was asked (`-i hosts.yml`, `--npu 7615 ...`), so that the
+    # recovery commands printed for a box can be run as they are
+    reach_args: tuple[str, ...] = ()
+    apply_args: tuple[str, ...] = ()
+
+    def command(self, *words: str) -> str:
+        """`sophon-fleet memory WORDS... <reach args>` as one shell-quoted line."""
+        return quote_command(["sophon-fleet", "memory", *words, *self.reach_args])
 
 
 class _Box:
     """One box's run: its transport, progress reporting, cancellation and what is known so far."""
 
-    def __init__(self, transport: Transport, progress: Progress, cancel: threading.Event | None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        progress: Progress,
+        cancel: threading.Event | None,
+        options: ApplyOptions | None = None,
+    ) -> None:
         self.t = transport
         self.name = transport.host.name
         self.progress = progress
         self.cancel = cancel or threading.Event()
+        self.options = options or ApplyOptions()
         self.old_sha: str | None = None
         self.new_sha: str | None = None
         self.backup: Backup | None = None
         self.stage = Stage.LOCK
+        self.swap_started = False  # until a swap starts, /boot/emmcboot.itb is known to be untouched
+
+    def recovery(self, image: str, *, rebooted: bool) -> tuple[str, ...]:
+        return recovery_steps(self.name, image, self.backup, rebooted=rebooted, options=self.options)
+
+    def swap(self, source: str, sha256: str) -> None:
+        """`swap_in`, remembering that /boot may have changed from here on."""
+        self.swap_started = True
+        swap_in(self.t, source, sha256)
 
     def enter(self, stage: Stage, detail: str = "") -> None:
         """Start a stage, unless the operator cancelled (checked only here, between stages)."""
@@ -120,7 +152,7 @@ class _Box:
                 stage=stage,
                 image=image,
                 backup=self.backup,
-                recovery=recovery_steps(self.name, image, self.backup, rebooted=False),
+                recovery=self.recovery(image, rebooted=False),
                 cancelled=True,
             )
         self.stage = stage
@@ -131,8 +163,8 @@ class _Box:
 
     def image_state(self) -> str:
         """ "old" / "new" / "other" / "unknown": which image /boot/emmcboot.itb holds right now."""
-        if self.old_sha is None:
-            return "old"  # nothing was read yet, so nothing was changed yet
+        if self.old_sha is None or not self.swap_started:
+            return "old"  # no swap started: memory_edit itself never writes /boot/emmcboot.itb
         try:
             current = self.sha256(BOOT_IMAGE)
         except FleetError:
@@ -159,7 +191,7 @@ def apply_box(
 ) -> BoxResult:
     """Bring one box to its planned layout (see the module docstring). Raises ApplyFailed (refused,
     failed, timed out, rolled back or cancelled, each with the image the box was left with)."""
-    run = _Box(transport, progress, cancel)
+    run = _Box(transport, progress, cancel, options)
     if plan.action is Action.REFUSED:
         raise ApplyFailed(
             f"{run.name}: refused: {plan.reason}", host=run.name, stage=Stage.CHECK, image="old", refused=True
@@ -168,26 +200,52 @@ def apply_box(
         run.enter(Stage.UNCHANGED, plan.reason)
         return BoxResult(run.name, Status.UNCHANGED, plan.current, plan.current, note=plan.reason)
     run.enter(Stage.LOCK)
+    held: boxlock.Held | None = None
     try:
-        with boxlock.box_lock(transport, LOCK_NAME, "memory apply", break_lock=options.break_lock):
+        transport.check_sudo()  # before anything changes, so a wrong password is told as such
+        with boxlock.box_lock(transport, LOCK_NAME, "memory apply", break_lock=options.break_lock) as held:
             return _apply_locked(run, box, request, options)
-    except ApplyFailed:
-        raise
+    except ApplyFailed as exc:
+        raise _note_lock_left(exc, run, held) from exc.__cause__
     except boxlock.LockedError as exc:
         raise ApplyFailed(
             exc.message, host=run.name, stage=Stage.LOCK, image="old", hint=exc.hint, refused=True
         ) from exc
     except FleetError as exc:
-        image = run.image_state() if run.old_sha else "old"
-        raise ApplyFailed(
+        image = run.image_state()
+        failed = ApplyFailed(
             f"{exc.message}; {describe_image(image)}",
             host=run.name,
             stage=run.stage,
             image=image,
             backup=run.backup,
-            recovery=recovery_steps(run.name, image, run.backup, rebooted=False) if image != "old" else (),
+            recovery=run.recovery(image, rebooted=False) if image != "old" else (),
             hint=exc.hint,
-        ) from exc
+            unreachable=isinstance(exc, ConnectError),
+        )
+        raise _note_lock_left(failed, run, held) from exc
+
+
+def _note_lock_left(failed: ApplyFailed, run: _Box, held: boxlock.Held | None) -> ApplyFailed:
+    """When this run could not remove its lock (the box stopped answering), say so, with the command that
+    works once the box answers again; before the swap started there is nothing to roll back."""
+    if held is None or held.released:
+        return failed
+    steps = list(failed.recovery)
+    if not run.swap_started:
+        steps.insert(
+            0, f"{BOOT_IMAGE} was not touched (the run stopped before the swap): nothing to roll back"
+        )
+    if not any("--break-lock" in step for step in steps):
+        again = run.options.command("apply", *run.options.apply_args, "--limit", run.name, "--break-lock")
+        if run.swap_started:
+            again = run.options.command("rollback", run.name, "--break-lock")
+        steps.append(
+            f"{run.name} stopped answering, so this run's lock {held.path} is still on it: once it answers, "
+            f"`{again}` (--break-lock removes that lock)"
+        )
+    failed.recovery = tuple(steps)
+    return failed
 
 
 def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOptions) -> BoxResult:
@@ -214,7 +272,7 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
     run.enter(Stage.BACKUP)
     run.backup = make_backup(run.t, run.old_sha, now)
     run.enter(Stage.SWAP, f"{new_image} -> {BOOT_IMAGE}")
-    swap_in(run.t, new_image, run.new_sha or "")
+    run.swap(new_image, run.new_sha or "")
     after = _reboot_and_read(run, boot_id, options, target)
     if after == target:
         run.progress(run.name, Stage.VERIFIED, f"{after}")
@@ -227,7 +285,7 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
             stage=Stage.VERIFY,
             image="new",
             backup=run.backup,
-            recovery=(f"sophon-fleet memory rollback {run.name}",),
+            recovery=(f"`{options.command('rollback', run.name)}` puts the previous image back and reboots",),
         )
     restored = _rollback(run, options, expected=now)
     raise ApplyFailed(
@@ -328,7 +386,7 @@ def _reboot_and_read(
             stage=Stage.WAITING,
             image=image,
             backup=run.backup,
-            recovery=recovery_steps(run.name, image, run.backup, rebooted=True),
+            recovery=run.recovery(image, rebooted=True),
         ) from exc
     except Cancelled as exc:
         raise ApplyFailed(
@@ -338,7 +396,7 @@ def _reboot_and_read(
             stage=Stage.WAITING,
             image=image,
             backup=run.backup,
-            recovery=recovery_steps(run.name, image, run.backup, rebooted=True),
+            recovery=run.recovery(image, rebooted=True),
             cancelled=True,
         ) from exc
     run.enter(Stage.VERIFY, f"expect {target}" if target else "")
@@ -350,7 +408,7 @@ def _rollback(run: _Box, options: ApplyOptions, *, expected: Layout) -> Layout:
     backup = run.backup
     assert backup is not None
     run.enter(Stage.ROLLBACK, f"restore {backup.path}")
-    swap_in(run.t, backup.path, backup.sha256)
+    run.swap(backup.path, backup.sha256)
     boot_id = read_boot_id(run.t)
     after = _reboot_and_read(run, boot_id, options, expected, image="old")
     if after != expected:
@@ -375,11 +433,21 @@ def rollback_box(
     cancel: threading.Event | None = None,
 ) -> BoxResult:
     """`memory rollback`: restore the newest backup (its sha256 verified), reboot, verify its layout."""
-    run = _Box(transport, progress, cancel)
+    run = _Box(transport, progress, cancel, options)
     run.enter(Stage.LOCK)
     try:
+        transport.check_sudo()
         with boxlock.box_lock(transport, LOCK_NAME, "memory rollback", break_lock=options.break_lock):
             return _rollback_locked(run, options)
+    except SudoError as exc:
+        raise ApplyFailed(
+            f"{exc.message}; {describe_image('old')}",
+            host=run.name,
+            stage=Stage.LOCK,
+            image="old",
+            hint=exc.hint,
+            refused=True,
+        ) from exc
     except boxlock.LockedError as exc:
         raise ApplyFailed(
             exc.message, host=run.name, stage=Stage.LOCK, image="unknown", hint=exc.hint, refused=True
@@ -400,7 +468,7 @@ def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
         return BoxResult(run.name, Status.UNCHANGED, before, before, backup=backup)
     run.enter(Stage.ROLLBACK, f"restore {backup.path}")
     if run.old_sha != backup.sha256:
-        swap_in(run.t, backup.path, backup.sha256)
+        run.swap(backup.path, backup.sha256)
     after = _reboot_and_read(run, read_boot_id(transport), options, backup.layout, image="new")
     if backup.layout is not None and after != backup.layout:
         raise RemoteError(f"{run.name}: after the rollback the box has {after}, not {backup.layout}")
@@ -413,14 +481,17 @@ def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
 
 def describe_image(image: str) -> str:
     return {
-        "old": "the box still has its old boot image",
+        "old": "the box still has its old boot image (/boot/emmcboot.itb untouched)",
         "new": "the box has the NEW boot image in place (it takes effect at the next reboot)",
         "other": "/boot/emmcboot.itb is neither the old nor the new image",
     }.get(image, "which boot image the box has is unknown (it could not be read)")
 
 
-def recovery_steps(host: str, image: str, backup: Backup | None, *, rebooted: bool) -> tuple[str, ...]:
-    """What the operator can do by hand, with the backup's location."""
+def recovery_steps(
+    host: str, image: str, backup: Backup | None, *, rebooted: bool, options: ApplyOptions | None = None
+) -> tuple[str, ...]:
+    """What the operator can do by hand, with the backup's location; the commands run as printed."""
+    options = options or ApplyOptions()
     saved = (
         f"the previous image is saved on the box at {backup.path} (sha256 {backup.sha256}, "
         f"layout {backup.layout}); the vendor script's copy is {MEMEDIT_BAK}"
@@ -432,7 +503,7 @@ def recovery_steps(host: str, image: str, backup: Backup | None, *, rebooted: bo
     steps = [saved]
     if rebooted:
         steps += [
-            f"power-cycle {host}; once it answers, `sophon-fleet memory rollback {host} --break-lock` "
+            f"power-cycle {host}; once it answers, `{options.command('rollback', host, '--break-lock')}` "
             "restores the previous image and verifies it (--break-lock: this run could not remove its lock "
             "while the box was down)",
             "if it stays dark: on its serial console (115200 8N1) or a rescue boot, mount /boot "
@@ -442,5 +513,8 @@ def recovery_steps(host: str, image: str, backup: Backup | None, *, rebooted: bo
             "last resort: reflash the box with its SDK image (SD card), then run `memory apply` again",
         ]
     else:
-        steps.append(f"`sophon-fleet memory rollback {host}` puts the previous image back and reboots")
+        steps.append(
+            f"`{options.command('rollback', host, '--break-lock')}` puts the previous image back and reboots "
+            "(--break-lock: in case this run's lock is still on the box)"
+        )
     return tuple(steps)

@@ -17,8 +17,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE
-from provision.errors import DiskFullError, IntegrityError, RemoteError
+from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE, UnsafePath, within
+from provision.errors import DiskFullError, FactError, IntegrityError, RemoteError
 from provision.facts.parse import parse_total_mem
 from provision.memory.layout import Layout
 from provision.ssh.transport import Transport, quote_command
@@ -112,13 +112,18 @@ def swap_in(transport: Transport, source: str, sha256: str) -> None:
         raise IntegrityError(f"{name}: {BOOT_IMAGE} reads back as {words[1]}, not {sha256}")
 
 
+# `npu <bytes>` per heap; `absent` when ion is there but the heap is not (deleted with memory_edit `-vpu 0`:
+# the box registers no such heap), `?` when it cannot be read
+HEAPS_SCRIPT = (
+    "for k in npu vpu vpp; do d=/sys/kernel/debug/ion/bm_${k}_heap_dump; "
+    'if v=$(cat "$d/total_mem" 2>/dev/null); then echo "$k $v"; '
+    'elif [ -d /sys/kernel/debug/ion ] && [ ! -e "$d" ]; then echo "$k absent"; else echo "$k ?"; fi; done'
+)
+
+
 def read_heaps(transport: Transport) -> Layout:
-    """Heap sizes now, from debugfs as root."""
-    script = (
-        'for k in npu vpu vpp; do printf "%s " "$k"; '
-        'cat "/sys/kernel/debug/ion/bm_${k}_heap_dump/total_mem" 2>/dev/null || echo "?"; done'
-    )
-    return parse_total_mem(transport.run(script, sudo=True).stdout)
+    """Heap sizes now, from debugfs as root; a deleted heap reads as 0."""
+    return parse_total_mem(transport.run(HEAPS_SCRIPT, sudo=True).stdout)
 
 
 def latest_backup(transport: Transport) -> Backup:
@@ -134,4 +139,10 @@ def latest_backup(transport: Transport) -> Backup:
         )
     meta = json.loads(transport.run(["cat", path]).stdout)
     layout = Layout(*meta["layout"]) if meta.get("layout") else None
-    return Backup(str(meta["path"]), str(meta["sha256"]), layout, str(meta.get("created", "")))
+    try:  # the record is the box's word: its image must be one of our backups, nothing else on the box
+        image = within(BACKUP_DIR, str(meta["path"]))
+    except UnsafePath as exc:
+        raise FactError(
+            f"{transport.host.name}: backup record {path} names {meta['path']!r}: {exc}"
+        ) from None
+    return Backup(image, str(meta["sha256"]), layout, str(meta.get("created", "")))

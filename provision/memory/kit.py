@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shlex
 import tarfile
@@ -27,17 +28,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from provision.assets.cache import Cache
+from provision.assets.cache import Cache, sha256_file
 from provision.assets.download import FileDownload
 from provision.assets.pins import load_pins
 from provision.assets.sources import source_for_url, sources_for
-from provision.boxpaths import KIT_DIR, WORK_DIR
-from provision.errors import ConfigError, IntegrityError, RemoteError
+from provision.boxpaths import KIT_DIR, WORK_DIR, UnsafePath, relative_parts
+from provision.errors import ConfigError, DiskFullError, FleetError, IntegrityError, RemoteError
 from provision.manifest import AssetFile, Manifest, Pinned
 from provision.settings import Settings
 from provision.ssh.transport import Transport, quote_command
 
 SCRIPT = "memory_edit/memory_edit.sh"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,6 @@ class LocalKit:
     path: Path
     sha256: str
     source: str
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_kit(spec: str | None, manifest: Manifest, settings: Settings) -> LocalKit:
@@ -90,6 +84,27 @@ def resolve_kit(spec: str | None, manifest: Manifest, settings: Settings) -> Loc
     return LocalKit(tarball, sha256_file(tarball), got.source or str(got.blob))
 
 
+def check_kit_members(members: list[tarfile.TarInfo], source: str) -> None:
+    """A kit is regular files and directories below `memory_edit/`, nothing else: no absolute or `..`
+    paths, no symlinks, hardlinks, devices or fifos. Checked on the controller, before anything is uploaded.
+
+    Raises:
+        ConfigError: naming the first offending member.
+    """
+    for member in members:
+        try:
+            parts = relative_parts(member.name)
+        except UnsafePath as exc:
+            raise ConfigError(f"{source}: kit member {member.name!r} {exc}", key="--kit") from None
+        if parts[0] != "memory_edit":
+            raise ConfigError(f"{source}: kit member {member.name!r} is outside memory_edit/", key="--kit")
+        if not (member.isreg() or member.isdir()):
+            kind = "a symlink" if member.issym() else "a hardlink" if member.islnk() else "a special file"
+            raise ConfigError(
+                f"{source}: kit member {member.name!r} is {kind}; refusing the kit", key="--kit"
+            )
+
+
 def shared_kit(manifest: Manifest, settings: Settings) -> Callable[[], LocalKit]:
     """The manifest's kit, resolved (downloaded, verified) on first call and shared by every box after:
     what a box without a kit of its own gets, one download for the whole run."""
@@ -111,6 +126,7 @@ def _inner_tarball(path: Path, cache: Path) -> Path:
         with tarfile.open(path) as tar:
             names = tar.getnames()
             if SCRIPT in names:
+                check_kit_members(tar.getmembers(), str(path))
                 return path
             inner = [n for n in names if Path(n).name.startswith("memory_edit_v") and n.endswith(".tar.xz")]
             if not inner:
@@ -120,9 +136,13 @@ def _inner_tarball(path: Path, cache: Path) -> Path:
             data = member.read()
     except tarfile.TarError as exc:
         raise ConfigError(f"{path} is not a readable kit archive: {exc}", key="--kit") from exc
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        if SCRIPT not in tar.getnames():
-            raise ConfigError(f"{path}: the inner kit has no {SCRIPT}", key="--kit")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            if SCRIPT not in tar.getnames():
+                raise ConfigError(f"{path}: the inner kit has no {SCRIPT}", key="--kit")
+            check_kit_members(tar.getmembers(), f"{path} ({sorted(inner)[-1]})")
+    except tarfile.TarError as exc:
+        raise ConfigError(f"{path}: the inner kit is not a readable archive: {exc}", key="--kit") from exc
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{hashlib.sha256(data).hexdigest()[:16]}-{Path(sorted(inner)[-1]).name}"
     if not target.is_file():
@@ -144,25 +164,46 @@ def upload_kit(transport: Transport, kit: LocalKit) -> str:
     if kit_on_box(transport) == kit.sha256:
         return KIT_DIR
     remote = f"{WORK_DIR}/memory_edit.upload.tar.xz"
-    transport.run(["mkdir", "-p", WORK_DIR])
-    with open(kit.path, "rb") as handle:
-        transport.put_stream(handle, remote)
-    got = transport.run(["sha256sum", remote]).stdout.split()[0]
-    if got != kit.sha256:
-        raise IntegrityError(f"{transport.host.name}: the uploaded kit's sha256 is {got}, not {kit.sha256}")
     new = f"{KIT_DIR}.new"
+    transport.run(["mkdir", "-p", WORK_DIR])
+    try:
+        with open(kit.path, "rb") as handle:
+            transport.put_stream(handle, remote)
+        got = transport.run(["sha256sum", remote]).stdout.split()[0]
+        if got != kit.sha256:
+            raise IntegrityError(
+                f"{transport.host.name}: the uploaded kit's sha256 is {got}, not {kit.sha256}"
+            )
+    except BaseException:
+        _clean_up_upload(transport, remote, new)
+        raise
+    # the trap removes the upload and a half-unpacked kit whatever happens (after the mv, only the upload)
     script = (
-        f"set -e; rm -rf {new}; mkdir -p {new}; tar -xf {remote} -C {new} --strip-components=1 "
-        f"--no-same-owner; [ -x {new}/memory_edit.sh ]; echo {kit.sha256} > {new}/.kit-sha256; "
-        f"rm -rf {KIT_DIR}; mv {new} {KIT_DIR}; rm -f {remote}"
+        f"set -e; trap 'rm -rf {new} {remote} {remote}.part' EXIT; rm -rf {new}; mkdir -p {new}; "
+        f"tar -xf {remote} -C {new} --strip-components=1 --no-same-owner; "
+        f"[ -x {new}/memory_edit.sh ] || {{ echo 'memory_edit.sh is missing or not executable' >&2; "
+        "exit 3; }; "
+        f"echo {kit.sha256} > {new}/.kit-sha256; rm -rf {KIT_DIR}; mv {new} {KIT_DIR}"
     )
     result = transport.run(script, sudo=True, check=False)
     if not result.ok:
-        raise RemoteError(
-            f"{transport.host.name}: cannot unpack the kit in {KIT_DIR}: {result.stderr.strip()}",
-            hint="check free space on /data and that tar and xz are installed",
+        err = result.stderr.strip()
+        full = "No space left" in err
+        raise (DiskFullError if full else RemoteError)(
+            f"{transport.host.name}: cannot unpack the kit in {KIT_DIR}: {err}",
+            hint="free space on /data"
+            if full
+            else "the kit archive is not a memory_edit kit; nothing was kept",
         )
     return KIT_DIR
+
+
+def _clean_up_upload(transport: Transport, remote: str, new: str) -> None:
+    """Best effort after a failed upload: the box may be gone, then there is nothing more to do."""
+    try:
+        transport.run(["rm", "-rf", "--", new, remote, f"{remote}.part"], sudo=True, check=False, timeout=30)
+    except FleetError as exc:
+        log.debug("%s: could not remove the failed kit upload: %s", transport.host.name, exc)
 
 
 def script_dir(kit_path: str) -> str:

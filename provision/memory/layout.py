@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from provision.errors import FactError
 
 
 @dataclass(frozen=True, order=True)
@@ -59,94 +56,18 @@ def plan_layout(recommended: Layout, maximum: Layout, min_total: int) -> Layout 
     return target
 
 
-# ---------------------------------------------------------------------------------------------- -c output
-
 MIB = 1024 * 1024
+# No BM1684/X board has more than 16 GiB of DDR; a size a box claims beyond this is garbage or hostile.
+MAX_PLAUSIBLE_DDR_MIB = 64 << 10
 HEAPS = ("npu", "vpu", "vpp")
-_CHECK = re.compile(r"^Info: check (npu|vpu|vpp) size: 0x([0-9a-fA-F]+) \[(\d+) MiB\]\s*$")
-_MAX = re.compile(r"^Info: max (npu|vpu|vpp) size: 0x([0-9a-fA-F]+) \[(\d+) MiB\]\s*$")
-_AREA = re.compile(r"^Info: ion (npu|vpu|vpp) mem area\((ddr\d+)\): 0x([0-9a-fA-F]+) ")
-_NEW_IMAGE = re.compile(r"^sudo cp (\S+/emmcboot\.itb) /boot/emmcboot\.itb")
 
 
-@dataclass(frozen=True)
-class ConfigureReport:
-    """What `memory_edit.sh -c -npu N -vpu N -vpp N` printed (FACTS.md §1.6–1.7).
-
-    `errors` holds every `Error…` line (over-max sizes, usage, en_emmcfile, ...); `check` the sizes the
-    script re-read from the edited device tree; `ok` is True only when it printed both `check edit size ok`
-    and `en_emmcfile ok` and no error.
-    """
-
-    version: str | None
-    dts: str | None
-    max: Layout | None
-    areas: Mapping[str, int]  # ion heap areas the script placed, MiB (`ion vpu mem area(ddr3): ...`)
-    check: Layout | None
-    size_ok: bool
-    image_ok: bool
-    new_image: str | None  # where the script wrote the new emmcboot.itb (v2.12's "sudo cp ..." line)
-    errors: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.size_ok and self.image_ok and not self.errors
-
-
-def parse_memory_edit_c(text: str) -> ConfigureReport:
-    """Parse `memory_edit.sh -c` output (v2.9 … v2.12). Error lines are data (`errors`); output that is not
-    memory_edit's at all raises FactError."""
-    version = dts = new_image = None
-    maxes: dict[str, int] = {}
-    checks: dict[str, int] = {}
-    areas: dict[str, int] = {}
-    errors: list[str] = []
-    warnings: list[str] = []
-    size_ok = image_ok = recognised = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.lower().startswith("error"):
-            errors.append(line)
-            recognised = True
-        elif line.startswith("Warning"):
-            warnings.append(line)
-        elif line.upper().startswith("INFO: VERSION:"):
-            version, recognised = line.split(":", 2)[2].strip(), True
-        elif line.startswith("Info: use dts file "):
-            dts = line[len("Info: use dts file ") :].rsplit("/", 1)[-1]
-        elif match := _MAX.match(line):
-            maxes[match.group(1)] = int(match.group(2), 16) // MIB
-        elif match := _CHECK.match(line):
-            checks[match.group(1)] = int(match.group(2), 16) // MIB
-        elif match := _AREA.match(line):
-            areas[match.group(1)] = int(match.group(3), 16) // MIB
-        elif line == "Info: check edit size ok":
-            size_ok = True
-        elif line == "Info: en_emmcfile ok":
-            image_ok = True
-        elif match := _NEW_IMAGE.match(line):
-            new_image = match.group(1)
-    if not recognised:
-        raise FactError(f"not memory_edit.sh output: {_snippet(text)}")
-    return ConfigureReport(
-        version=version,
-        dts=dts,
-        max=_layout(maxes),
-        areas=areas,
-        check=_layout(checks),
-        size_ok=size_ok,
-        image_ok=image_ok,
-        new_image=new_image,
-        errors=tuple(errors),
-        warnings=tuple(warnings),
-    )
-
-
-def _layout(sizes: Mapping[str, int]) -> Layout | None:
+def layout_of(sizes: Mapping[str, int]) -> Layout | None:
+    """`{"npu": .., "vpu": .., "vpp": ..}` (MiB) → Layout; None when a heap is missing."""
     return Layout(*(sizes[k] for k in HEAPS)) if all(k in sizes for k in HEAPS) else None
 
 
-def _snippet(text: str, limit: int = 60) -> str:
+def snippet(text: str, limit: int = 60) -> str:
+    """A short one-line excerpt of a box's output, for error messages."""
     flat = " ".join(text.split())
     return repr(flat if len(flat) <= limit else flat[:limit] + "…")

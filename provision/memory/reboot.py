@@ -10,37 +10,35 @@ command timeouts.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from provision.errors import Cancelled, ConnectError, RebootTimeout, RemoteError
-from provision.ssh.transport import SUDO_FAILURES, Transport
+from provision.backoff import backoff_delay
+from provision.errors import Cancelled, ConnectError, RebootTimeout, RemoteError, SudoError
+from provision.ssh.sudo import sudo_error
+from provision.ssh.transport import Transport
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+DEFAULT_REBOOT_TIMEOUT = 600.0  # seconds a box may take to come back: memory apply, rollback and play
 
 
 @dataclass(frozen=True)
 class RebootPolicy:
     """Seconds: `timeout` for the whole wait; polls start after `first_poll` and back off to `cap`."""
 
-    timeout: float = 600.0
+    timeout: float = DEFAULT_REBOOT_TIMEOUT
     first_poll: float = 1.0
     cap: float = 10.0
     command_timeout: float = 15.0
     readiness: str = "whoami"  # what ansible runs (`test_command`) before it calls a box back
 
     def delays(self, rng: random.Random) -> Callable[[], float]:
-        state = {"next": self.first_poll}
-
-        def next_delay() -> float:
-            delay = state["next"]
-            state["next"] = min(self.cap, delay * 2)
-            return delay * rng.uniform(0.5, 1.0)  # jitter: a rebooted fleet does not poll in lockstep
-
-        return next_delay
+        polls = itertools.count(1)
+        return lambda: backoff_delay(next(polls), self.first_poll, self.cap, rng)
 
 
 def read_boot_id(transport: Transport, *, timeout: float = 15.0) -> str:
@@ -56,6 +54,9 @@ def request_reboot(transport: Transport, *, timeout: float = 15.0) -> None:
     Raises RemoteError when sudo refuses or reboot fails before the box goes down."""
     try:
         result = transport.run(["reboot"], sudo=True, timeout=timeout, check=False)
+    except SudoError:
+        transport.close()
+        raise
     except (ConnectError, RemoteError):
         result = None  # dropped or timed out: the box is going down
     finally:
@@ -63,11 +64,9 @@ def request_reboot(transport: Transport, *, timeout: float = 15.0) -> None:
     if result is None or result.exit_code in (0, -1):
         return
     text = f"{result.stdout} {result.stderr}".strip()
-    if any(marker in text for marker in SUDO_FAILURES):
-        raise RemoteError(
-            f"{transport.host.name}: sudo refused to reboot: {text}",
-            hint="give the sudo password with become_password_env / become_password_file",
-        )
+    refused = sudo_error(transport.host.name, text, doing="sudo reboot")
+    if refused is not None:
+        raise refused
     raise RemoteError(f"{transport.host.name}: `sudo reboot` exited {result.exit_code}: {text}")
 
 

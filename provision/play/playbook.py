@@ -11,6 +11,7 @@
       - deploy: {}
       - bench: {runs: 1}
       - chat-check: {prompt: 你好}
+      - serve: {}              # the OpenAI-compatible API as sophon-chat.service
 
 A step is a one-key mapping `{kind: options}`; `options` may be empty. Running a playbook is in
 `provision/play/run.py`; this module only describes and validates.
@@ -22,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provision.errors import ConfigError
+from provision.manifest import Manifest
+from provision.memory.reboot import DEFAULT_REBOOT_TIMEOUT
 from provision.yamlfile import KeyPath, Located, load_yaml, type_name
-
-VARIANTS = ("auto", "int4", "int8")
 
 
 @dataclass(frozen=True)
@@ -47,20 +49,21 @@ class Option:
         return value
 
 
+# `variant` options are `auto` or a variant of the manifest: checked by check_variants once it is known
 STEPS: dict[str, dict[str, Option]] = {
-    "preflight": {"variant": Option(str, "auto", VARIANTS)},
+    "preflight": {"variant": Option(str, "auto")},
     "memory": {
-        "variant": Option(str, "auto", VARIANTS),
+        "variant": Option(str, "auto"),
         # nothing-fits: change the layout only where no variant fits as the box is (the auto playbook)
         "when": Option(str, "needed", ("needed", "nothing-fits")),
         "npu": Option(int),
         "vpu": Option(int),
         "vpp": Option(int),
         "auto_rollback": Option(bool, True),
-        "reboot_timeout": Option(int, 300),
+        "reboot_timeout": Option(int, int(DEFAULT_REBOOT_TIMEOUT)),
     },
     "assets": {
-        "variant": Option(str, "auto", VARIANTS),
+        "variant": Option(str, "auto"),
         "from_mirror": Option(str),
         "reverify": Option(bool, False),
     },
@@ -72,6 +75,7 @@ STEPS: dict[str, dict[str, Option]] = {
         "chart": Option(str),
     },
     "chat-check": {"prompt": Option(str, "你好"), "max_new_tokens": Option(int, 32)},
+    "serve": {"variant": Option(str, "auto")},  # sophon-chat.service up and ready
 }
 
 TOP: dict[str, Option] = {
@@ -100,6 +104,23 @@ class Playbook:
     max_fail_percent: int
     forks: int
     steps: tuple[Step, ...] = field(default_factory=tuple)
+
+
+def check_variants(playbook: Playbook, manifest: Manifest) -> None:
+    """Every step's `variant` is `auto` or one of the manifest's (checked once the model is known).
+
+    Raises:
+        ConfigError: naming the playbook's file, the step's line and the variants the manifest has.
+    """
+    for i, step in enumerate(playbook.steps):
+        variant = step.options.get("variant", "auto")
+        if variant != "auto" and variant not in manifest.variants:
+            raise ConfigError(
+                f"unknown variant {variant!r} (model {manifest.model} has: {', '.join(manifest.variants)})",
+                file=playbook.file,
+                line=step.line,
+                key=f"steps[{i}].{step.kind}.variant",
+            )
 
 
 def load_playbook(path: Path | str) -> Playbook:

@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from provision.assets.cache import Cache
 from provision.assets.download import pull
@@ -30,7 +30,8 @@ from provision.memory import kit as memory_kit
 from provision.memory import plan as memory_plan
 from provision.memory.layout import Layout
 from provision.memory.rollout import plan_one
-from provision.play.playbook import Playbook, Step
+from provision.play.playbook import STEPS, Playbook, Step
+from provision.runtime import serve as serve_core
 from provision.runtime.bench import SEED_PROMPT, BoxBench, bench_box
 from provision.runtime.deploy import Deployer, deploy_box
 from provision.runtime.remote_chat import answer_text, choose_variant, runtime_session
@@ -49,6 +50,15 @@ class BoxState:
     verdict: Verdict | None = None
     variant: str | None = None
     out: bool = False  # failed a step: left the play
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """How a step ended on one box that did not fail it."""
+
+    outcome: Literal["ok", "changed", "skipped"]
+    message: str
+    data: Any = None  # e.g. a BoxBench for the recap's bench table
 
 
 @dataclass(frozen=True)
@@ -99,10 +109,12 @@ class Play:
         max_fail_percent: int | None = None,
         forks: int | None = None,
         say: Callable[[str], None] = lambda _line: None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.playbook, self.connector, self.manifest, self.settings = playbook, connector, manifest, settings
         self.states = {h.name: BoxState(h) for h in hosts}
         self.dry_run, self.say = dry_run, say
+        self.cancel = cancel or threading.Event()  # Ctrl-C: no box starts another step (cli/interrupt.py)
         self.serial = serial if serial is not None else playbook.serial
         self.max_fail_percent = (
             max_fail_percent if max_fail_percent is not None else playbook.max_fail_percent
@@ -122,6 +134,9 @@ class Play:
     def run(self) -> PlayReport:
         report = PlayReport(self.playbook)
         for step in self.playbook.steps:
+            if self.cancel.is_set():
+                report.aborted = f"interrupted: stopped before step {step.kind}"
+                break
             boxes = [s for s in self.states.values() if not s.out]
             if not boxes:
                 break
@@ -141,28 +156,23 @@ class Play:
         return report
 
     def _run_step(self, step: Step, boxes: list[BoxState]) -> list[StepResult]:
-        runner = getattr(self, "_" + step.kind.replace("-", "_"))
-        prepare = getattr(self, "_prepare_" + step.kind.replace("-", "_"), None)
-        if prepare is not None and not self.dry_run:
+        kind = STEP_RUNNERS[step.kind]
+        if kind.prepare is not None and not self.dry_run:
             try:
-                prepare(step.options, boxes)
+                kind.prepare(self, step.options, boxes)
             except FleetError as exc:  # nothing could start (e.g. a download failed): every box fails it
                 return [StepResult(step.kind, b.host.name, "failed", exc.message, exc) for b in boxes]
-        serial = self.serial if step.kind == "memory" else None
         outcomes = run_fleet(
             [b.host for b in boxes],
-            lambda h: runner(step.options, self.states[h.name]),
+            lambda h: self._unless_cancelled(kind, step, self.states[h.name]),
             forks=self.forks,
-            serial=serial,
+            serial=self.serial if kind.rolling else None,
         )
         results = []
         for o in outcomes:
             if o.value is not None:
-                results.append(
-                    o.value
-                    if isinstance(o.value, StepResult)
-                    else StepResult(step.kind, o.host.name, *o.value)
-                )
+                done = o.value
+                results.append(StepResult(step.kind, o.host.name, done.outcome, done.message, data=done.data))
             else:
                 assert o.error is not None
                 outcome = "unreachable" if isinstance(o.error, ConnectError) else "failed"
@@ -171,6 +181,11 @@ class Play:
             self.say(f"  {result.host}: {result.outcome} — {result.message}")
         return results
 
+    def _unless_cancelled(self, kind: Any, step: Step, state: BoxState) -> StepDone:
+        if self.cancel.is_set():  # Ctrl-C: a box that has not started this step does not start it
+            return StepDone("skipped", "interrupted before this step")
+        return kind.run(self, step.options, state)
+
     def _transport(self, state: BoxState):
         return self.connector.transport(state.host)
 
@@ -178,39 +193,46 @@ class Play:
         state.facts = gather(self._transport(state))
         return state.facts
 
-    # ---- steps ---------------------------------------------------------------------------------------
-    # Each returns (outcome, message) or (outcome, message, error, data), or raises a FleetError.
+    # ---- steps (registered in STEP_RUNNERS below) ----------------------------------------------------
+    # Each returns a StepDone for one box, or raises a FleetError (the box fails the step).
 
-    def _preflight(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _preflight(self, options: dict[str, Any], state: BoxState) -> StepDone:
         facts = self._refresh(state)
         verdict = judge(state.host, facts, self.manifest, variant=options["variant"])
         state.verdict, state.variant = verdict, verdict.variant
         reasons = "; ".join(r.message for r in verdict.reasons)
         if verdict.status.ready:
             total = facts.heaps_now.total if facts.heaps_now else "?"
-            return "ok", f"ready for {verdict.variant} ({facts.heaps_now} = {total} MiB)"
+            return StepDone("ok", f"ready for {verdict.variant} ({facts.heaps_now} = {total} MiB)")
         if verdict.status is Status.NEEDS_LAYOUT and verdict.suggestion is not None:
-            return (
-                "ok",
-                f"needs the memory layout {verdict.suggestion.layout} for {verdict.variant}: {reasons}",
+            return StepDone(
+                "ok", f"needs the memory layout {verdict.suggestion.layout} for {verdict.variant}: {reasons}"
             )
         raise NotReadyError(f"{state.host.name}: {verdict.status.value}: {reasons}", hint=verdict.hint)
 
-    def _memory(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _memory(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if options["when"] == "nothing-fits" and (state.verdict is None or state.verdict.status.ready):
-            return "ok", "a variant fits the current layout: left alone"
+            return StepDone("ok", "a variant fits the current layout: left alone")
         variant = options["variant"] if options["variant"] != "auto" else None
         layout = (
             Layout(options["npu"], options["vpu"], options["vpp"]) if options["npu"] is not None else None
         )
         request = memory_plan.request_for(self.manifest, variant=variant, layout=layout)
-        box, plan = plan_one(state.host.name, state.facts or self._refresh(state), request)
+        facts = state.facts or self._refresh(state)
+        now = facts.heaps_now
+        if layout is None and now is not None and request.min_total and now.total >= request.min_total:
+            # `when: needed`: only boxes below the variant's threshold get a layout (and a reboot)
+            return StepDone(
+                "ok",
+                f"{now} = {now.total} MiB already fits {request.variant} (>= {request.min_total} MiB)",
+            )
+        box, plan = plan_one(state.host.name, facts, request)
         if plan.action is memory_plan.Action.NOTHING:
-            return "ok", plan.reason
+            return StepDone("ok", plan.reason)
         if plan.action is memory_plan.Action.REFUSED:
             raise NotReadyError(f"{state.host.name}: memory layout refused: {plan.reason}")
         if self.dry_run:
-            return "changed", f"would apply {plan.target} and reboot ({plan.reason})"
+            return StepDone("changed", f"would apply {plan.target} and reboot ({plan.reason})")
         options_ = memory_apply.ApplyOptions(
             kit_resolver=self._kit,
             auto_rollback=options["auto_rollback"],
@@ -223,12 +245,13 @@ class Play:
             box,
             options_,
             progress=lambda host, stage, detail: self.say(f"  {host}: {stage.value} {detail}"),
+            cancel=self.cancel,
         )
         self._refresh(state)
         state.variant = request.variant or state.variant
         if result.status is memory_apply.Status.UNCHANGED:  # a `check` box whose own max showed it at target
-            return "ok", result.note
-        return "changed", f"{result.before} → {result.after}, rebooted and verified"
+            return StepDone("ok", result.note)
+        return StepDone("changed", f"{result.before} → {result.after}, rebooted and verified")
 
     def _asset_variant(self, options: dict[str, Any], state: BoxState) -> str:
         variant = options["variant"] if options["variant"] != "auto" else state.variant
@@ -244,10 +267,10 @@ class Play:
             self.say(f"  cache: {', '.join(variants)} (downloaded once, verified, resumable)")
             pull(self.manifest, variants, cache=self.cache, lock=self.lock, mirrors=self.settings.mirrors)
 
-    def _assets(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _assets(self, options: dict[str, Any], state: BoxState) -> StepDone:
         variant = self._asset_variant(options, state)
         if self.dry_run:
-            return "skipped", f"would push {variant} (dry run)"
+            return StepDone("skipped", f"would push {variant} (dry run)")
         items = plan_push(
             self.manifest, variant, cache=self.cache, lock=self.lock, mirror=options["from_mirror"]
         )
@@ -262,12 +285,14 @@ class Play:
         )
         result = pusher.run()
         if result.skipped:
-            return "ok", f"{variant}: every file already verified on the box"
-        return "changed", f"{variant}: {result.transferred / 2**20:.1f} MiB sent, verified on the box"
+            return StepDone("ok", f"{variant}: every file already verified on the box")
+        return StepDone(
+            "changed", f"{variant}: {result.transferred / 2**20:.1f} MiB sent, verified on the box"
+        )
 
-    def _deploy(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _deploy(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if self.dry_run:
-            return "skipped", "would deploy the runtime (dry run)"
+            return StepDone("skipped", "would deploy the runtime (dry run)")
         deployer = Deployer(self._transport(state), state.host.name)
         result = deploy_box(
             deployer,
@@ -280,12 +305,12 @@ class Play:
         test = result.selftest or {}
         detail = f"selftest {test.get('tokens')} tokens at {test.get('tps')} tok/s"
         if result.status == "up-to-date":
-            return "ok", f"runtime {result.version} up to date"
-        return "changed", f"runtime {result.version} deployed, {detail}"
+            return StepDone("ok", f"runtime {result.version} up to date")
+        return StepDone("changed", f"runtime {result.version} deployed, {detail}")
 
-    def _bench(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _bench(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if self.dry_run:
-            return "skipped", "no benchmark in a dry run"
+            return StepDone("skipped", "no benchmark in a dry run")
         result = bench_box(
             self._transport(state),
             state.host.name,
@@ -294,16 +319,13 @@ class Play:
             prompt=options["prompt"] or SEED_PROMPT,
             max_new_tokens=options["max_new_tokens"],
         )
-        return (
-            "ok",
-            f"{result.variant}: FTL {result.ftl.median:.3f} s, {result.tps.median:.2f} tok/s",
-            None,
-            result,
+        return StepDone(
+            "ok", f"{result.variant}: FTL {result.ftl.median:.3f} s, {result.tps.median:.2f} tok/s", result
         )
 
-    def _chat_check(self, options: dict[str, Any], state: BoxState) -> tuple:
+    def _chat_check(self, options: dict[str, Any], state: BoxState) -> StepDone:
         if self.dry_run:
-            return "skipped", "no chat in a dry run"
+            return StepDone("skipped", "no chat in a dry run")
         variant = choose_variant(self._refresh(state), self.manifest, "auto", state.host.name)
         with runtime_session(self._transport(state), self.manifest, variant, state.host.name) as client:
             client.wait_ready()
@@ -312,9 +334,44 @@ class Play:
             raise FleetError(
                 f"{state.host.name}: the model answered nothing ({done.tokens} tokens, {done.stop})"
             )
-        return (
+        return StepDone(
             "ok",
             f"{options['prompt']!r} → {text.strip()[:60]!r}",
-            None,
             {"prompt": options["prompt"], "answer": text},
         )
+
+    def _serve(self, options: dict[str, Any], state: BoxState) -> StepDone:
+        if self.dry_run:
+            return StepDone("skipped", "would start sophon-chat.service (dry run)")
+        transport, host = self._transport(state), state.host
+        variant = choose_variant(self._refresh(state), self.manifest, options["variant"], host.name)
+        key = serve_core.ensure_key(serve_core.key_path(self.settings.home, host.name))
+        result = serve_core.serve_up(
+            transport, host.name, serve_core.render_unit(self.manifest, variant, host.user), key
+        )
+        if not result.changes:
+            return StepDone("ok", f"{variant} served on port {serve_core.PORT}, as planned already")
+        changes = ", ".join(result.changes)
+        return StepDone("changed", f"{variant} served on port {serve_core.PORT} ({changes})")
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """How `play` runs one kind of step: per box, after an optional fleet-wide preparation; `rolling` steps
+    (they reboot) go in `serial` batches."""
+
+    run: Callable[[Play, dict[str, Any], BoxState], StepDone]
+    prepare: Callable[[Play, dict[str, Any], list[BoxState]], None] | None = None
+    rolling: bool = False
+
+
+STEP_RUNNERS: dict[str, StepKind] = {
+    "preflight": StepKind(Play._preflight),
+    "memory": StepKind(Play._memory, rolling=True),
+    "assets": StepKind(Play._assets, prepare=Play._prepare_assets),
+    "deploy": StepKind(Play._deploy),
+    "bench": StepKind(Play._bench),
+    "chat-check": StepKind(Play._chat_check),
+    "serve": StepKind(Play._serve),
+}
+assert set(STEP_RUNNERS) == set(STEPS), "every step kind the schema knows is run, and only those"

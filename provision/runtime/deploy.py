@@ -24,15 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from provision import __version__
+from provision import __version__, boxlock
 from provision.assets.cache import Cache
 from provision.assets.pins import Pins
 from provision.assets.push import BoxPusher, PushEvent, PushItem, transport_opener
-from provision.boxpaths import MODELS_DIR, RUNTIME_DIR, RUNTIME_LINK, WORK_DIR
+from provision.boxpaths import (
+    MODELS_DIR,
+    RUNTIME_DIR,
+    RUNTIME_LINK,
+    WORK_DIR,
+    UnsafePath,
+    confined,
+    plain_name,
+)
 from provision.boxside import box_install
-from provision.errors import FleetError, NotReadyError, RemoteError
+from provision.errors import FactError, FleetError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
+from provision.runtime.serve import restart_if_serving
 from provision.runtime.wheelhouse import Wheelhouse, ensure_wheelhouse
 from provision.ssh.transport import Transport
 
@@ -129,7 +138,7 @@ def model_paths(manifest: Manifest, variant: str) -> tuple[str, str]:
 def deployed_variant(facts: Facts, manifest: Manifest) -> str | None:
     """The best variant whose files are verified on the box (int8 before int4)."""
     verified = {a.variant for a in facts.assets if a.model == manifest.model and a.verified}
-    return next((v for v in ("int8", "int4") if v in verified and v in manifest.variants), None)
+    return next((v.name for v in manifest.by_preference if v.name in verified), None)
 
 
 class Deployer:
@@ -146,10 +155,11 @@ class Deployer:
 
     def current(self) -> str | None:
         out = self.transport.run(f"readlink {RUNTIME_LINK}", check=False).stdout.strip()
-        return out.rsplit("/", 1)[-1] if out else None
+        return _version_name(out.rsplit("/", 1)[-1]) if out else None
 
     def marker(self, version: str) -> dict[str, Any] | None:
-        result = self.transport.run(f"cat {RUNTIME_DIR}/{version}/{MARKER}", check=False)
+        path = confined(RUNTIME_DIR, f"{_version_name(version)}/{MARKER}")
+        result = self.transport.run(["cat", "--", path], check=False)
         try:
             return json.loads(result.stdout) if result.ok else None
         except ValueError:
@@ -205,7 +215,7 @@ class Deployer:
 
     def history(self) -> list[str]:
         out = self.transport.run(f"cat {RUNTIME_DIR}/history", check=False).stdout
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        return [_version_name(line.strip()) for line in out.splitlines() if line.strip()]
 
     def prune(self, keep: int, current: str) -> list[str]:
         """Remove versions beyond the newest `keep` (never `current`)."""
@@ -217,6 +227,17 @@ class Deployer:
         return doomed
 
 
+def _version_name(value: str) -> str:
+    """A runtime version as the box reports it (history, `current`), checked to be one plain name."""
+    try:
+        return plain_name(value)
+    except UnsafePath as exc:
+        raise FactError(f"the box reports runtime version {value!r}: {exc}") from None
+
+
+LOCK_NAME = "runtime"  # /data/sophon-fleet/locks/runtime.lock: one deploy or rollback per box at a time
+
+
 def deploy_box(
     deployer: Deployer,
     facts: Facts,
@@ -226,13 +247,30 @@ def deploy_box(
     lock: Pins,
     keep: int = 3,
     on_push: Callable[[PushEvent], None] = lambda _e: None,
+    break_lock: bool = False,
 ) -> DeployResult:
-    """Bring one box's runtime up to date; a box already at this version is left alone.
+    """Bring one box's runtime up to date, holding the box's runtime lock; a box already at this version
+    is left alone.
 
     Raises:
+        LockedError: another deploy or rollback holds the box (named in the error).
         NotReadyError: no Python 3 on the box, or no verified model to test against.
         RemoteError / ConnectError / IntegrityError / DiskFullError: from the steps (current is unchanged).
     """
+    with boxlock.box_lock(deployer.transport, LOCK_NAME, "deploy", break_lock=break_lock):
+        return _deploy_locked(deployer, facts, manifest, cache=cache, lock=lock, keep=keep, on_push=on_push)
+
+
+def _deploy_locked(
+    deployer: Deployer,
+    facts: Facts,
+    manifest: Manifest,
+    *,
+    cache: Cache,
+    lock: Pins,
+    keep: int,
+    on_push: Callable[[PushEvent], None],
+) -> DeployResult:
     host = deployer.host
     if not facts.python.version or not facts.arch:
         raise NotReadyError(
@@ -250,7 +288,8 @@ def deploy_box(
     previous = facts.runtime
     done = deployer.marker(bundle.version) if previous == bundle.version else None
     if done is not None:
-        return DeployResult(host, bundle.version, "up-to-date", previous, done.get("selftest"))
+        # nothing ran: the selftest of the deploy that put it there would pass old numbers off as new
+        return DeployResult(host, bundle.version, "up-to-date", previous, None)
     deployer.progress(host, "push")
     transferred = deployer.push(bundle, on_push)
     deployer.progress(host, "install")
@@ -259,12 +298,19 @@ def deploy_box(
     report = deployer.selftest(bundle.version, *model_paths(manifest, variant))
     deployer.progress(host, "switch")
     deployer.switch(bundle.version, {"version": bundle.version, "variant": variant, "selftest": report})
+    restart_if_serving(deployer.transport)  # only now: the new version passed its selftest
     deployer.prune(keep, current=bundle.version)
     return DeployResult(host, bundle.version, "deployed", previous, report, transferred)
 
 
-def rollback_box(deployer: Deployer) -> DeployResult:
-    """Point `current` back at the version deployed before it (it must still be on the box)."""
+def rollback_box(deployer: Deployer, *, break_lock: bool = False) -> DeployResult:
+    """Point `current` back at the version deployed before it (it must still be on the box), holding the
+    box's runtime lock."""
+    with boxlock.box_lock(deployer.transport, LOCK_NAME, "deploy --rollback", break_lock=break_lock):
+        return _rollback_locked(deployer)
+
+
+def _rollback_locked(deployer: Deployer) -> DeployResult:
     current = deployer.current()
     earlier = [v for v in deployer.history() if v != current]
     if not earlier:

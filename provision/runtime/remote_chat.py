@@ -199,7 +199,8 @@ def choose_variant(facts: Facts, manifest: Manifest, variant: str, host: str) ->
     """The variant to chat with on this box, or NotReadyError saying what is missing and the fix.
 
     Checks, in order: the runtime is deployed, the variant's files are verified on the box, and the heaps
-    (npu+vpu+vpp now) reach the variant's threshold. `auto` picks int8 before int4 among verified variants.
+    (npu+vpu+vpp now) reach the variant's threshold. `auto` picks the best verified variant (int8, then
+    int4).
     """
     if not facts.runtime:
         raise NotReadyError(
@@ -208,7 +209,7 @@ def choose_variant(facts: Facts, manifest: Manifest, variant: str, host: str) ->
         )
     verified = [a.variant for a in facts.assets if a.model == manifest.model and a.verified]
     if variant == "auto":
-        variant = next((v for v in ("int8", "int4") if v in verified), "")
+        variant = next((v.name for v in manifest.by_preference if v.name in verified), "")
         if not variant:
             raise NotReadyError(
                 f"{host}: no verified {manifest.model} model on the box",

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.assets.cache import sha256_file
 from provision.errors import FleetError
 
 # What `chat/` needs on the box (FACTS/DESIGN: checked for aarch64 + CPython 3.8).
@@ -122,8 +123,4 @@ def _download(target: Path, platform: str, tag: str, requirements: tuple[str, ..
 
 
 def _describe(path: Path) -> Wheel:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return Wheel(path.name, path.stat().st_size, digest.hexdigest())
+    return Wheel(path.name, path.stat().st_size, sha256_file(path))

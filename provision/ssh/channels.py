@@ -13,8 +13,14 @@ import subprocess
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from provision.errors import ChannelBroken, ConnectError
+import paramiko
+
+from provision.errors import ChannelBroken, ConnectError, FactError, UnreachableError
 from provision.ssh.transport import send_all
+
+# What the SSH library raises when a connection dies under a read or write: translated here, at the seam.
+LINK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+MAX_LINE = 1 << 20  # one protocol line from a box (a receiver event, a chat token): far below this
 
 
 class Channel(Protocol):
@@ -94,14 +100,17 @@ class ExecChannel:
     def send(self, data: bytes) -> None:
         try:
             send_all(self.channel, data)  # packet-sized pieces: paramiko's `sendall` alone re-copies
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
+        except LINK_ERRORS as exc:  # paramiko's write_all raises EOFError when the connection is gone
+            raise ChannelBroken(str(exc) or type(exc).__name__) from exc
 
     def recv_line(self) -> bytes:
         try:
-            return self._stdout.readline()
-        except OSError as exc:
-            raise ChannelBroken(str(exc)) from exc
+            line = self._stdout.readline(MAX_LINE)
+        except LINK_ERRORS as exc:
+            raise ChannelBroken(str(exc) or type(exc).__name__) from exc
+        if len(line) >= MAX_LINE and not line.endswith(b"\n"):
+            raise FactError(f"the box sent a line longer than {MAX_LINE >> 10} KiB; refusing to read more")
+        return line
 
     def exit_status(self) -> int:
         return self.channel.recv_exit_status()
@@ -117,6 +126,8 @@ def transport_opener(transport: Any, timeout: float = 300.0) -> Opener:
     def open_exec(command: str) -> Channel:
         try:
             return ExecChannel(transport.open_exec(command), timeout=timeout)
+        except UnreachableError:
+            raise  # no answer within the connect timeout: another connect now only doubles the wait
         except ConnectError:
             transport.reconnect()
             return ExecChannel(transport.open_exec(command), timeout=timeout)

@@ -18,10 +18,10 @@ import fcntl
 import hashlib
 import logging
 import os
-import random
 import select
 import shlex
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,31 +31,41 @@ from typing import IO, Any, BinaryIO, Protocol
 
 import paramiko
 
-from provision.errors import ConfigError, ConnectError, HostKeyError, RemoteError
+from provision.backoff import backoff_delay
+from provision.errors import (
+    ConfigError,
+    ConnectError,
+    FactError,
+    HostKeyError,
+    RemoteError,
+    UnreachableError,
+)
 from provision.inventory.hosts import Host, parse_adhoc_host
+from provision.ssh.sudo import sudo_error
 
 log = logging.getLogger(__name__)
+wire_log = logging.getLogger(f"{__name__}.wire")  # whole command texts (the probe is ~4 KB): -vv only
 
 # AES-GCM measured +30-40% throughput over paramiko's CTR default on these machines.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 PREFERRED_KEX = ("curve25519-sha256", "curve25519-sha256@libssh.org")
 CHUNK = 1 << 20
-SUDO_FAILURES = (
-    "incorrect password",
-    "a password is required",
-    "no password was provided",
-    "is not in the sudoers",
-)
+# What one command may print before we stop reading: facts and scripts print kilobytes; a box printing
+# without end (a hostile or broken `bm_version`) must not fill the controller's memory.
+MAX_OUTPUT = 8 << 20
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds for each phase; `command` is the default per-command limit."""
+    """Seconds for each phase; `command` is the default per-command limit. `idle`: how long data we sent
+    may stay unacknowledged by the box before the link counts as dead and the connection is closed (even
+    when a write is blocked in the socket): a dead link is reported within about `idle` + `connect`."""
 
     connect: float = 10.0
     banner: float = 10.0
     auth: float = 15.0
     command: float = 120.0
+    idle: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,8 @@ class Retry:
     cap: float = 2.0
 
     def delays(self) -> Iterator[float]:
-        for attempt in range(self.attempts - 1):
-            yield min(self.cap, self.backoff * 2**attempt) * random.uniform(0.75, 1.25)
+        for attempt in range(1, self.attempts):
+            yield backoff_delay(attempt, self.backoff, self.cap)
 
 
 @dataclass(frozen=True)
@@ -111,12 +121,13 @@ def quote_command(argv: Sequence[str]) -> str:
     return shlex.join(str(word) for word in argv)
 
 
-def sudo_wrap(command: str, *, with_password: bool) -> str:
+def sudo_wrap(command: str, *, with_password: bool, reauth: bool = False) -> str:
     """Run `command` as root. With a password `sudo -S -p ''` reads it from stdin; without one `sudo -n`
     fails fast instead of hanging. The root command's stdin is /dev/null, so a password sudo did not need
-    (NOPASSWD) can never reach it."""
+    (NOPASSWD) can never reach it. `reauth` (-k) ignores a cached sudo ticket, so the password is checked."""
     inner = f"exec </dev/null; {command}"
     flags = ["-S", "-p", ""] if with_password else ["-n"]
+    flags = ["-k", *flags] if reauth else flags
     return quote_command(["sudo", *flags, "--", "sh", "-c", inner])
 
 
@@ -132,6 +143,8 @@ class Transport(Protocol):
     def connect(self) -> None: ...
 
     def reconnect(self) -> None: ...
+
+    def check_sudo(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -182,6 +195,7 @@ class SshTransport:
         self._jump = jump
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._sudo_checked = False
 
     def __repr__(self) -> str:
         return f"SshTransport({self.host.name} {self.host.target})"
@@ -227,9 +241,17 @@ class SshTransport:
 
     def _connect_with_retries(self) -> paramiko.SSHClient:
         delays = self.retry.delays()
+        started = time.monotonic()
         while True:
             try:
-                return self._connect_once()
+                client = self._connect_once()
+                log.debug(
+                    "%s: connected to %s in %.3f s",
+                    self.host.name,
+                    self.host.target,
+                    time.monotonic() - started,
+                )
+                return client
             except (
                 ConnectionRefusedError,
                 ConnectionResetError,
@@ -274,7 +296,12 @@ class SshTransport:
             raise
         transport = client.get_transport()
         if transport is not None:
-            transport.set_keepalive(15)
+            # SSH keepalives put data on the wire every idle/3 s, so a dead link leaves data unacknowledged
+            # even while we only wait for output; the socket bounds and the watchdog then end it.
+            transport.set_keepalive(max(1, int(self.timeouts.idle / 3)))
+            if isinstance(transport.sock, socket.socket):
+                bound_socket(transport.sock, self.timeouts.idle)
+                WATCHDOG.watch(transport, self.timeouts.idle, self.host.name)
         return client
 
     def _load_known_hosts(self, client: paramiko.SSHClient) -> None:
@@ -327,12 +354,31 @@ class SshTransport:
             channel = transport.open_session(timeout=timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(
-                f"{self.host.name}: connection lost: {exc}", hint="the box may be rebooting"
+                f"{self.host.name}: connection lost ({str(exc) or type(exc).__name__})",
+                hint="the box may be rebooting, or its link is down (no answer within "
+                f"{self.timeouts.idle:g} s closes a connection)",
             ) from exc
         channel.settimeout(timeout)
         return channel
 
     # ---- commands
+
+    def check_sudo(self) -> None:
+        """Once per Transport, before the first root command: does sudo take this box's password (or need
+        none)? Raises SudoError ("sudo refused this password" / "none was given"), ConnectError."""
+        if self._sudo_checked:
+            return
+        password = self._become_password
+        result = self._exec(
+            sudo_wrap("true", with_password=password is not None, reauth=True),
+            (password + "\n").encode() if password is not None else b"",
+            "sudo true",
+            self.timeouts.command,
+            MAX_OUTPUT,
+        )
+        if not result.ok:
+            raise sudo_error(self.host.name, result.stderr) or command_failed(self.host, result, sudo=True)
+        self._sudo_checked = True
 
     def run(
         self,
@@ -342,11 +388,13 @@ class SshTransport:
         timeout: float | None = None,
         stdin: bytes | str | None = None,
         check: bool = True,
+        max_output: int = MAX_OUTPUT,
     ) -> Result:
         """Run a command and wait for it. A list is quoted word by word; a string is taken as shell code.
 
         `sudo=True` runs it as root (`sudo -S`, password on stdin; stdin data is not allowed then).
-        Raises RemoteError when it exits non-zero (with `check`) or times out, ConnectError when the box
+        Raises RemoteError when it exits non-zero (with `check`) or times out, FactError when it prints
+        more than `max_output` bytes (on stdout or stderr; reading stops there), ConnectError when the box
         cannot be reached.
         """
         text = command if isinstance(command, str) else quote_command(command)
@@ -355,19 +403,35 @@ class SshTransport:
         if sudo:
             if stdin is not None:
                 raise ValueError("run(sudo=True) takes no stdin: the sudo password uses it")
+            self.check_sudo()
             wire = sudo_wrap(text, with_password=self._become_password is not None)
             payload = (self._become_password + "\n").encode() if self._become_password is not None else b""
         limit = self.timeouts.command if timeout is None else timeout
+        log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", _short(text, 160))
+        wire_log.debug("%s: the whole command: %s", self.host.name, text)
+        result = self._exec(wire, payload, text, limit, max_output)
+        log.debug("%s: exit %d after %.3f s", self.host.name, result.exit_code, result.seconds)
+        if check and not result.ok:
+            raise command_failed(self.host, result, sudo=sudo)
+        return result
+
+    def _exec(self, wire: str, payload: bytes, text: str, limit: float, max_output: int) -> Result:
+        """Run the command line `wire` (shown as `text`), send `payload` on stdin, wait up to `limit` s."""
         started = time.monotonic()
-        log.debug("%s: run%s: %s", self.host.name, " (sudo)" if sudo else "", text)
         channel = self._session(limit)
         try:
             channel.exec_command(wire)
             _send_stdin(channel, payload)
-            out, err = _drain(channel, started + limit)
+            out, err = _drain(channel, started + limit, max_output)
             code = channel.recv_exit_status()
             if code == -1 and not self._active():
                 raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`")
+        except _TooMuchOutput as exc:
+            raise FactError(
+                f"{self.host.name}: `{_short(text)}` printed more than {max_output >> 20} MiB; "
+                "stopped reading",
+                hint="the box's tools print far more than they should: check it with `doctor`",
+            ) from exc
         except TimeoutError as exc:
             raise RemoteError(
                 f"{self.host.name}: `{_short(text)}` timed out after {limit:g} s",
@@ -377,12 +441,9 @@ class SshTransport:
             raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`: {exc}") from exc
         finally:
             channel.close()
-        result = Result(
+        return Result(
             text, code, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started
         )
-        if check and not result.ok:
-            raise command_failed(self.host, result, sudo=sudo)
-        return result
 
     def put_stream(
         self,
@@ -409,6 +470,8 @@ class SshTransport:
             channel.shutdown_write()
             _, err = _drain(channel, time.monotonic() + limit)
             code = channel.recv_exit_status()
+        except _TooMuchOutput as exc:
+            raise FactError(f"{self.host.name}: writing {remote_path} printed more than expected") from exc
         except TimeoutError as exc:
             raise RemoteError(f"{self.host.name}: writing {remote_path} timed out after {limit:g} s") from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -442,6 +505,9 @@ class SshTransport:
         except TimeoutError as exc:
             part.unlink(missing_ok=True)
             raise RemoteError(f"{self.host.name}: reading {remote_path} timed out after {limit:g} s") from exc
+        except (paramiko.SSHException, EOFError, ConnectionError) as exc:  # the connection broke mid-file
+            part.unlink(missing_ok=True)
+            raise ConnectError(f"{self.host.name}: connection lost reading {remote_path}: {exc!r}") from exc
         finally:
             channel.close()
         if code != 0:
@@ -571,6 +637,84 @@ class Connector:
         self.close_all()
 
 
+# ---------------------------------------------------------------------------------------------- dead links
+
+
+def bound_socket(sock: socket.socket, idle: float) -> None:
+    """Make the kernel end a connection whose sent data stays unacknowledged for `idle` s (TCP_USER_TIMEOUT;
+    a blocked write then fails instead of retransmitting for ~15 min), and probe a silent one (keepalive)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = {
+        "TCP_USER_TIMEOUT": int(idle * 1000),
+        "TCP_KEEPIDLE": max(1, int(idle / 3)),
+        "TCP_KEEPINTVL": max(1, int(idle / 6)),
+        "TCP_KEEPCNT": 3,
+    }
+    for name, value in options.items():
+        if hasattr(socket, name):  # Linux has all four; elsewhere the watchdog alone bounds it
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
+_TCP_INFO = struct.Struct("8B24I")  # struct tcp_info: 8 u8 fields, then u32 tcpi_rto ... (linux/tcp.h)
+_UNACKED, _LAST_ACK_RECV = 4, 12  # indexes of tcpi_unacked and tcpi_last_ack_recv (ms) among the u32s
+
+
+def stalled_for(sock: socket.socket) -> float | None:
+    """Seconds the oldest unacknowledged data on `sock` has waited for an ACK (0 when nothing is
+    outstanding); None where TCP_INFO is not available."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+    except OSError:
+        return None
+    if len(raw) < _TCP_INFO.size:
+        return None
+    words = _TCP_INFO.unpack(raw)[8:]
+    return words[_LAST_ACK_RECV] / 1000.0 if words[_UNACKED] else 0.0
+
+
+class _Watchdog:
+    """One thread for every open connection: closes one whose socket has had data unacknowledged for longer
+    than its idle limit. The kernel's TCP_USER_TIMEOUT normally fires first; this is the backstop that does
+    not depend on it, and closing the transport also wakes a write blocked inside paramiko."""
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[paramiko.Transport, float, str]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, transport: paramiko.Transport, idle: float, name: str) -> None:
+        with self._lock:
+            self._watched[id(transport)] = (transport, idle, name)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ssh-watchdog", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                for key, (transport, idle, name) in list(self._watched.items()):
+                    if not transport.is_active():
+                        del self._watched[key]
+                        continue
+                    sock = transport.sock
+                    stalled = stalled_for(sock) if isinstance(sock, socket.socket) else None
+                    if stalled is not None and stalled > idle:
+                        log.warning(
+                            "%s: no ACK for %.0f s: the link is dead, closing the connection", name, stalled
+                        )
+                        del self._watched[key]
+                        transport.close()
+                if not self._watched:
+                    self._thread = None
+                    return
+
+
+WATCHDOG = _Watchdog()
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -694,7 +838,7 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
             "or password_env / password_file",
         )
     if isinstance(exc, socket.timeout | TimeoutError):
-        return ConnectError(
+        return UnreachableError(
             f"{where}: no answer within {timeouts.connect:g} s",
             hint="is the box powered on and on this network? (ping it; check the address)",
         )
@@ -702,6 +846,11 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
         first = next(iter(exc.errors.values()))
         if not isinstance(first, paramiko.ssh_exception.NoValidConnectionsError):
             return _connect_error(host, first, timeouts)
+    if isinstance(exc, socket.gaierror):
+        return ConnectError(
+            f"{host.name}: cannot resolve the name {host.address!r} (DNS: {exc.strerror or exc})",
+            hint="check the spelling; a name from an inventory needs -i INVENTORY, an address works as it is",
+        )
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
         return ConnectError(f"{where}: connection refused", hint="is sshd running on the box, on this port?")
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -714,11 +863,9 @@ def _connect_error(host: Host, exc: BaseException, timeouts: Timeouts) -> Connec
 def command_failed(host: Host, result: Result, *, sudo: bool = False) -> RemoteError:
     """The RemoteError for a command that exited non-zero (stderr tail included)."""
     tail = result.stderr.strip().splitlines()[-3:]
-    if sudo and any(marker in result.stderr for marker in SUDO_FAILURES):
-        return RemoteError(
-            f"{host.name}: sudo refused: {' '.join(tail)}",
-            hint="give the sudo password with become_password_env / become_password_file, or -K to be asked",
-        )
+    refused = sudo_error(host.name, result.stderr, doing=_short(result.command)) if sudo else None
+    if refused is not None:
+        return refused
     return RemoteError(
         f"{host.name}: `{_short(result.command)}` exited {result.exit_code}: {' / '.join(tail)}"
     )
@@ -757,15 +904,25 @@ def _wait_readable(channel: paramiko.Channel, deadline: float) -> None:
     select.select([channel], [], [], min(remaining, 1.0))
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
-    """All of stdout and stderr until the command exits; TimeoutError past the deadline."""
+class _TooMuchOutput(Exception):
+    """A command printed more than its limit."""
+
+
+def _drain(channel: paramiko.Channel, deadline: float, limit: int = MAX_OUTPUT) -> tuple[bytes, bytes]:
+    """All of stdout and stderr until the command exits; TimeoutError past the deadline, _TooMuchOutput
+    past `limit` bytes on either stream."""
     out: list[bytes] = []
     err: list[bytes] = []
+    sizes = [0, 0]
     while True:
         while channel.recv_ready():
             out.append(channel.recv(CHUNK))
+            sizes[0] += len(out[-1])
         while channel.recv_stderr_ready():
             err.append(channel.recv_stderr(CHUNK))
+            sizes[1] += len(err[-1])
+        if max(sizes) > limit:
+            raise _TooMuchOutput
         if channel.exit_status_ready() and (channel.eof_received or channel.closed):
             if not channel.recv_ready() and not channel.recv_stderr_ready():
                 return b"".join(out), b"".join(err)

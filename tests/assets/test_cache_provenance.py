@@ -1,8 +1,10 @@
 """A cached blob is served only for an entry that pins it, or that it was downloaded from; never by name."""
 
+import pytest
+
 from provision.assets.cache import Cache
 from provision.assets.download import pin, pull, verify
-from provision.assets.pins import default_pins_path, load_pins
+from provision.assets.pins import PinEntry, default_pins_path, load_pins
 from provision.errors import FleetError
 from provision.manifest import MODELS_DIR, load_manifest
 from provision.memory.kit import resolve_kit
@@ -64,3 +66,42 @@ def test_the_real_glm4_9b_never_resolves_to_a_simulator_file(tmp_path, tree):
         assert cache.lookup(real.model, file.path, sha, [cache.origin(SIM_MODEL, file.path) or "-"]) is None
         assert cache.named(real.model, file.path) is None
     assert {r.status for r in verify(real, list(real.variants), cache=cache, lock=real_pins)} == {"missing"}
+
+
+def test_pull_repairs_a_name_link_left_by_another_pin_or_deleted(tmp_path, tree, mirror, cache):
+    """Issue 13 item 7: what pull calls cached is the blob the pin in force names, and the file's name
+    in the cache is made to point at it again (it was left at another pin's blob, or deleted)."""
+    manifest, pins = write_manifest(tmp_path, tree, pin=True, mirrors=[mirror.url])
+    pull(manifest, ["int4"], cache=cache, lock=pins, use_dfss=False)
+    bmodel = manifest.files["bmodel-int4"]
+    want = pins.expected(bmodel)
+    link = cache.link_path(manifest.model, bmodel.path)
+    other = cache.blob_path("f" * 64)
+    other.write_bytes(b"another pin's bytes")
+    link.unlink()
+    link.symlink_to(other)  # as after a pull under a pin of another size for the same name
+
+    results = pull(manifest, ["int4"], cache=cache, lock=pins, use_dfss=False)
+
+    assert {r.status for r in results.files} == {"cached"}
+    assert link.resolve() == cache.blob_path(want.sha256)
+    assert cache.named(manifest.model, bmodel.path).sha256 == want.sha256
+    link.unlink()  # deleted by hand
+    pull(manifest, ["int4"], cache=cache, lock=pins, use_dfss=False)
+    assert link.resolve() == cache.blob_path(want.sha256)
+    assert {r.status for r in verify(manifest, ["int4"], cache=cache, lock=pins)} == {"ok"}
+
+
+def test_pull_under_another_pin_for_the_same_name_is_not_cached(tmp_path, tree, mirror, cache):
+    """The adversarial run: a file pulled under one pin, then a pins file naming another size for it.
+    Pull must not say "cached" (it did, exit 0, while push and verify exited 5)."""
+    manifest, pins = write_manifest(tmp_path, tree, mirrors=[mirror.url])  # pinned on first download
+    pull(manifest, ["int4"], cache=cache, lock=pins, use_dfss=False)
+    bmodel = manifest.files["bmodel-int4"]
+    want = pins.expected(bmodel)
+    pins.entries[bmodel.id] = PinEntry(path=bmodel.path, size=want.size + 1, sha256="e" * 64)
+
+    with pytest.raises(FleetError, match="pinned"):
+        pull(manifest, ["int4"], cache=cache, lock=pins, use_dfss=False)
+    statuses = {r.file_id: r.status for r in verify(manifest, ["int4"], cache=cache, lock=pins)}
+    assert statuses["bmodel-int4"] == "missing"

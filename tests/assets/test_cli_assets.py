@@ -30,7 +30,7 @@ def test_pull_ls_verify_pin_json(tmp_path, tree, mirror):
     assert any("glm4-9b-sim/glm4-9b_int8_1dev.bmodel" in b["names"] for b in ls["blobs"])
 
     verified = run("assets", "verify", *m, "--json", env=env)
-    assert verified.exit_code == 0 and {r["status"] for r in json.loads(verified.stdout)} == {"ok"}
+    assert verified.exit_code == 0 and {r["status"] for r in json.loads(verified.stdout)["files"]} == {"ok"}
     pinned = json.loads(run("assets", "pin", *m, "--json", env=env).stdout)
     assert pinned["pinned"] == []  # the pull pinned everything already
 
@@ -41,6 +41,16 @@ def test_pull_ls_verify_pin_json(tmp_path, tree, mirror):
     blob.write_bytes(bytes(data))
     bad = run("assets", "verify", *m, env=env)
     assert bad.exit_code == 5 and "corrupt" in bad.output
+    assert "hint: `sophon-fleet assets pull` downloads the corrupt files again" in bad.stderr
+    # ... and the next pull repairs it instead of calling it cached (issue 14 item 10)
+    again = run(
+        "assets", "pull", *m, "--variant", "int4", "--mirror", mirror.url, "--no-dfss", "--json", env=env
+    )
+    assert again.exit_code == 0, again.output
+    statuses = {f["file"].rsplit("/", 1)[-1]: f["status"] for f in json.loads(again.stdout)["files"]}
+    assert statuses["glm4-9b_int4_1dev.bmodel"] == "downloaded", statuses
+    assert run("assets", "verify", *m, env=env).exit_code == 0
+    assert (tmp_path / "cache" / "corrupt").is_dir()  # the bad copy is kept aside, not deleted
 
 
 def test_pull_reports_integrity_failure_with_exit_5(tmp_path, tree, mirror):

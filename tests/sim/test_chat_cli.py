@@ -98,6 +98,7 @@ def test_json_emits_the_protocol_events(fleet):
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
     assert events[0]["event"] == "ready" and events[-1]["event"] == "done"
+    assert {e["schema"] for e in events} == {"sophon-fleet/chat/v1"}  # JSON lines, each versioned
     assert {e["event"] for e in events[1:-1]} == {"token"}
     done, tokens = events[-1], events[1:-1]
     assert (done["stop"], done["tokens"]) in (("length", 5), *(("eos", n) for n in range(1, 5)))
@@ -119,6 +120,23 @@ def test_scripted_repl_with_reset_stats_and_exit(fleet):
     assert wait_no_chat_process(fleet) == []
 
 
+def test_repl_refuses_unknown_slash_commands_and_ends_its_line_on_exit(fleet):
+    code, out, err = invoke(
+        "chat",
+        "se7-1",
+        "-i",
+        str(fleet.inventory_path),
+        "--max-new-tokens",
+        "4",
+        input="/foo bar\n/stats\nexit\n",
+    )
+    assert code == 0, err
+    assert out.count("Answer: ") == 0  # /foo never reached the model
+    assert "unknown command '/foo'" in err and "/reset" in err
+    assert json.loads(out[out.index("{") : out.rindex("}") + 1])["answers"] == 0
+    assert out.endswith("Question: \n")  # the last prompt line is ended
+
+
 def test_not_ready_box_says_what_is_missing(fleet):
     code, _, err = invoke("chat", "se7-2", "-i", str(fleet.inventory_path), "--prompt", "hi")
     assert code == 3
@@ -132,6 +150,9 @@ def spawn_chat(fleet, *args):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(os.environ),
+        # as from a terminal: a run started in the background (`make test &`) inherits SIGINT ignored,
+        # and Python then never raises KeyboardInterrupt for the Ctrl-C this test sends
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

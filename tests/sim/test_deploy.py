@@ -84,3 +84,44 @@ def test_no_model_on_the_box_says_what_to_run(sim_fleet, tmp_path, monkeypatch):
     assert code == 3
     assert "no verified glm4-9b-sim model" in hosts["se7-1"]["error"]
     assert "assets push" in hosts["se7-1"]["hint"]
+
+
+def test_a_second_deploy_while_one_runs_is_refused_and_history_has_one_entry(fleet):
+    """Issue 13 item 9: the box's runtime lock. Deploy A runs in a child process; once it reports its
+    `push` stage, deploy B (in-process) must be refused, naming A; A then finishes alone."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    args = ["deploy", "-i", str(fleet.inventory_path), "--limit", "se7-1"]
+    first = subprocess.Popen(
+        [sys.executable, "-c", "from provision.cli.main import cli; cli()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = first.stdout.readline()
+            assert line, f"deploy A ended before its push stage: {''.join(seen)}"
+            seen.append(line)
+            if "se7-1: push" in line:
+                break
+        code, hosts = deploy_json(fleet, "--limit", "se7-1")
+        assert code == 1, hosts
+        assert "se7-1 is locked: deploy by" in hosts["se7-1"]["error"], hosts
+        assert first.wait(timeout=300) == 0, "".join(seen) + first.stdout.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        first.stdout.close()
+    client = connect(fleet, "se7-1")
+    _, out = run(client, f"cat {RUNTIME}/history; ls {RUNTIME}/../locks")
+    client.close()
+    assert len([line for line in out.splitlines() if line.strip() and "lock" not in line]) == 1, out
+    assert "runtime.lock" not in out

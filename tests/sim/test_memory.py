@@ -17,7 +17,7 @@ from provision.cli.main import cli
 from provision.manifest import load_manifest
 from sim import itb, kit_archive
 from sim.fleet import ssh_banner
-from tests.sim.conftest import connect, needs_root, run
+from tests.sim.conftest import connect, needs_root, run, sudo
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -252,6 +252,49 @@ def test_a_lock_held_by_another_run_is_named(sim_fleet, kit):
     assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
 
 
+def test_break_lock_refuses_while_the_owner_runs_on_this_controller(sim_fleet, kit):
+    """Issue 13 item 2: --break-lock checks the owner's pid when the lock was taken on this controller."""
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "memedit-slow")
+    first = start_apply(fleet, kit)
+    seen = []
+    try:
+        read_until(first, "edit", seen)
+        code, doc = apply_json(fleet, kit, "--break-lock")
+        assert code == 3, doc
+        (host,) = doc["hosts"]
+        assert host["result"] == "refused" and host["stage"] == "lock"
+        assert (
+            f"not breaking it: its run (pid {first.pid}) is still running on this controller" in host["error"]
+        )
+    finally:
+        out, err = first.communicate(timeout=90)
+    assert first.returncode == 0, "".join(seen) + err + out
+    assert fleet.hardware("se7-1").boot_count == 2  # only the lock's owner rebooted the box
+
+
+def test_break_lock_from_another_controller_goes_by_the_heartbeat(sim_fleet, kit):
+    """A lock from another controller (its pid cannot be checked here) is broken only once its heartbeat is
+    older than STALE_S."""
+    from provision.boxlock import STALE_S
+
+    fleet = sim_fleet(["se7-factory"])
+    client = connect(fleet, "se7-1")
+    owner = '{"controller": "laptop-2", "operation": "memory apply", "pid": 42, "since": "x", "user": "ops"}'
+    lock = "/data/sophon-fleet/locks/memory.lock"
+    run(client, f"mkdir -p {lock} && echo '{owner}' > {lock}/owner && touch {lock}/heartbeat")
+    code, doc = apply_json(fleet, kit, "--break-lock")
+    assert code == 3, doc
+    assert "not breaking it: its heartbeat is" in doc["hosts"][0]["error"]
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+    status, _ = run(client, f"touch -d '-{int(STALE_S) + 60} seconds' {lock}/heartbeat")
+    client.close()
+    assert status == 0
+    code, doc = apply_json(fleet, kit, "--break-lock")
+    assert code == 0, doc
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupt_at_the_swap_leaves_a_bootable_image(sim_fleet, kit, how):
     fleet = sim_fleet(["se7-factory"])
@@ -315,7 +358,7 @@ def test_confirmation_is_required_and_an_unreachable_box_does_not_stop_the_other
     assert not ssh_banner(fleet.state.box("se7-2").address), "se7-2 still answers after its power-off"
     inv = str(fleet.inventory_path)
     code, output = invoke("memory", "apply", "-i", inv, "--kit", kit, *FAST)
-    assert code == 2 and "boxes would be rebooted (se7-1)" in output and "--yes" in output
+    assert code == 2 and "1 box would be rebooted (se7-1)" in output and "--yes" in output
     assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
     code, doc = apply_json(fleet, kit)
     assert code == 4, doc
@@ -347,3 +390,38 @@ def test_without_the_sudo_password_the_heaps_are_unknown_and_the_box_is_refused(
     assert code == 3, output
     (host,) = json.loads(output)["hosts"]
     assert host["action"] == "refused" and host["reason"].startswith("current heaps unknown")
+
+
+def test_a_deleted_vpu_heap_is_planned_applied_verified_and_rolled_back(sim_fleet, kit):
+    """Issue 13 item 10: `--vpu 0` drops vpp's max to 4095 (refused before any change, exit 3); with 4095
+    the box boots with no vpu heap and no debugfs dir, verify reads it as 0, and rollback works from there."""
+    fleet = sim_fleet(["se7-factory"])
+    before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
+    code, doc = apply_json(fleet, kit, "--npu", "7615", "--vpu", "0", "--vpp", "4096")
+    assert code == 3, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "refused", host
+    assert "vpp 4096 > max 4095 (vpp max is 4095 when vpu is deleted)" in host["error"]
+    assert boot_sha(fleet, "se7-1") == before and fleet.hardware("se7-1").boot_id == boot
+
+    code, doc = apply_json(fleet, kit, "--npu", "7615", "--vpu", "0", "--vpp", "4095")
+    assert code == 0, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "applied" and host["after"] == {"npu": 7615, "vpu": 0, "vpp": 4095}
+    assert fleet.hardware("se7-1").heaps == [7615, 0, 4095]
+    client = connect(fleet, "se7-1")
+    status, out = sudo(client, "ls /sys/kernel/debug/ion")
+    assert status == 0 and sorted(out.split()) == ["bm_npu_heap_dump", "bm_vpp_heap_dump"], out
+
+    code, output = invoke(
+        "memory", "rollback", "se7-1", "--json", "-i", str(fleet.inventory_path), "--yes", *FAST
+    )
+    assert code == 0, output
+    (host,) = json.loads(output)["hosts"]
+    assert host["result"] == "restored" and host["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert host["before"] == {"npu": 7615, "vpu": 0, "vpp": 4095}
+    client.close()  # the rollback rebooted the box
+    client = connect(fleet, "se7-1")
+    status, out = sudo(client, "ls /sys/kernel/debug/ion")
+    client.close()
+    assert "bm_vpu_heap_dump" in out.split()

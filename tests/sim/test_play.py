@@ -120,3 +120,18 @@ def test_schema_errors_stop_before_anything_connects(tmp_path):
     code, out, err = invoke("play", str(book), "-i", str(inventory))
     assert code == 2
     assert f"{book}:4: steps[1].deploy.keep: must be a number, not text" in err
+
+
+def test_the_int4_playbook_leaves_boxes_already_fit_for_int4_alone(sim_fleet, tmp_path, monkeypatch):
+    # issue 14 item 9: factory boxes (9070 MiB >= 4608) were rebooted into the recommended layout
+    fleet = sim_fleet(["se7-factory", "se7-small"], mirror=True)
+    use_fleet(fleet, tmp_path, monkeypatch)
+    code, doc, err = play_json(fleet, "glm4-int4.yml", "--dry-run")
+    assert code == 0, err
+    memory = {r["host"]: r for r in doc["results"] if r["step"] == "memory"}
+    assert memory["se7-1"]["outcome"] == "ok" and "already fits int4" in memory["se7-1"]["message"]
+    assert memory["se7-2"]["outcome"] == "changed" and "would apply" in memory["se7-2"]["message"]
+    boot_id = fleet.hardware("se7-1").boot_id
+    code, doc, err = play_json(fleet, "glm4-int4.yml", "--limit", "se7-1")
+    assert code == 0, err
+    assert fleet.hardware("se7-1").boot_id == boot_id and fleet.hardware("se7-1").heaps == [3950, 2048, 3072]

@@ -183,22 +183,24 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     wrong = fleet.state.dir.parent / "wrong-sudo.yml"
     wrong.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("SE7_SUDO", "not-the-password")
-    # the heaps this boot were read with the right password before: the box replays them without sudo
+    # the heaps this boot were read with the right password before: the box replays them, and still
+    # checks the password (issue 14 item 1)
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
-    assert code == 0 and doc["hosts"][0]["facts"]["heaps"]["now"]["npu"] == 3950
+    assert code == 3 and doc["hosts"][0]["facts"]["heaps"]["now"]["npu"] == 3950
     assert doc["hosts"][0]["facts"]["replayed"] == ["root"]  # the box part is not kept: no sail
+    assert codes(doc["hosts"][0]) == ["sudo-wrong-password"]
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2", "--fresh")
     entry = doc["hosts"][0]
     assert entry["facts"]["replayed"] == []
-    assert code == 3 and entry["status"] == "blocked" and codes(entry) == ["heaps-unknown"]
-    assert "sudo refused" in entry["reasons"][0]["message"]
+    assert code == 3 and entry["status"] == "blocked" and codes(entry) == ["sudo-wrong-password"]
+    assert "sudo refused this password" in entry["reasons"][0]["message"]
     assert "not-the-password" not in json.dumps(doc)
 
     # no sudo password at all: `sudo -n` fails fast; -K asks once and the heaps are read
     del data["defaults"]["become_password_env"]
     wrong.write_text(yaml.safe_dump(data))
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2", "--fresh")
-    assert code == 3 and "a password is required" in doc["hosts"][0]["reasons"][0]["message"]
+    assert code == 3 and "none was given" in doc["hosts"][0]["reasons"][0]["message"]
     result = CliRunner().invoke(
         cli, ["preflight", "--json", "--fresh", "-K", "-i", str(wrong), "--limit", "se7-2"], input="linaro\n"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -276,10 +277,39 @@ def test_cli_up_status_fault_reboot_down(tmp_path):
         boxes = json.loads(result.stdout)["boxes"]
         assert [b["boot_count"] for b in boxes] == [1, 2]
         result = runner.invoke(cli, ["sim", "fault", "se7-9", "dark", "--state-dir", state])
-        assert result.exit_code == 7 and "no box 'se7-9'" in result.output
+        assert result.exit_code == 2 and "no box 'se7-9'" in result.output
         result = runner.invoke(cli, ["sim", "up", "--state-dir", state])
         assert result.exit_code == 7 and "already up" in result.output
     finally:
         result = runner.invoke(cli, ["sim", "down", "--state-dir", state])
     assert result.exit_code == 0, result.output
     assert not Path(state).exists()
+
+
+def test_without_python_3_8_boxes_run_the_hosts_python_with_a_working_sail_and_a_warning(
+    tmp_path, monkeypatch
+):
+    """The fallback on a machine without CPython 3.8 (forced here with SOPHON_FLEET_SIM_PYTHON): the boxes
+    run the host's interpreter, with numpy for the SAIL emulator from the sim's site cache, and `sim up`
+    says the boxes are not 3.8 — no boot loop, no missing site."""
+    host_python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    monkeypatch.setenv("SOPHON_FLEET_SIM_PYTHON", host_python)
+    state = str(tmp_path / "fleet")
+    result = CliRunner().invoke(
+        cli, ["sim", "up", "--profile", "se7-factory:1", "--no-mirror", "--state-dir", state]
+    )
+    fleet = Fleet.load(state)
+    try:
+        assert result.exit_code == 0, result.output
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        assert f"the boxes run Python {version}, not 3.8" in result.stderr
+        assert fleet.state.python_version == version
+        with contextlib.closing(connect(fleet, "se7-1")) as client:
+            code, out = run(
+                client, "python3 -c 'import sys, sophon.sail; print(\"%d.%d\" % sys.version_info[:2])'"
+            )
+        assert (code, out.strip()) == (0, version)
+        assert fleet.hardware("se7-1").boot_count == 1  # booted once: no reboot loop
+    finally:
+        assert fleet.down() == []
+        assert_nothing_left(fleet)

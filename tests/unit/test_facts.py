@@ -14,13 +14,13 @@ from provision.errors import FactError
 from provision.facts.parse import (
     PARSERS,
     parse_bm_version,
-    parse_memory_edit_p,
     parse_probe,
     parse_root,
     version_tuple,
 )
 from provision.facts.probe import MARK, probe_script
 from provision.memory.layout import Layout
+from provision.memory.output import parse_memory_edit_p
 
 FIXTURES = sorted((Path(__file__).parent.parent / "facts").glob("*/*.json"))
 

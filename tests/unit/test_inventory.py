@@ -85,8 +85,8 @@ def test_secret_resolution(tmp_path, monkeypatch):
         ),
         (
             "vars: {variant: int4}",
-            "vars: {variant: fp16}",
-            "inv.yml:14: groups.lab.vars.variant: must be int8",
+            "vars: {variant: 'int4; reboot'}",
+            "inv.yml:14: groups.lab.vars.variant: must be auto or a variant name",
         ),
         ("  se7-3: {address", "  se7-3: {adress", "inv.yml:18: hosts.se7-3.adress: unknown variable"),
         ("children: [lab]", "children: [lap]", "inv.yml:11: groups.sim.children[0]: unknown group 'lap'"),
@@ -276,7 +276,7 @@ def test_limit(tmp_path, pattern, expected):
 
 
 def test_limit_matching_nothing_is_an_error(tmp_path):
-    assert "--limit 'nope' matches no host" in error_of([write(tmp_path, "inv.yml", OWN)], limit="nope")
+    assert "--limit: no host or group nope in" in error_of([write(tmp_path, "inv.yml", OWN)], limit="nope")
 
 
 def test_hosts_are_hashable_and_comparable(tmp_path):

@@ -4,10 +4,11 @@ import shutil
 
 import pytest
 
+from provision.assets.cache import sha256_file
 from provision.assets.pins import default_pins_path
 from provision.errors import ConfigError, FleetError
 from provision.manifest import MODELS_DIR, load_manifest
-from provision.memory.kit import resolve_kit, sha256_file
+from provision.memory.kit import resolve_kit
 from provision.settings import load_settings
 from sim import kit_archive
 

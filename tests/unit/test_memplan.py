@@ -89,3 +89,15 @@ def test_unreadable_heaps_and_wrong_chip_are_refused(manifest):
 def test_unknown_max_at_the_assumed_16gb_target_is_nothing(manifest):
     plan = plan_box(box(now=READY, maximum=None), request_for(manifest))
     assert plan.action is Action.NOTHING and "assumed" in plan.reason
+
+
+def test_deleting_vpu_drops_vpp_max_by_the_1_mib_reserve():
+    """Issue 13 item 10 (VENDOR-RUNTIME.md): `-vpu 0` keeps 1 MiB of vpp's top; vpp max 4096 -> 4095."""
+    from provision.memory.plan import over_max
+
+    maximum = Layout(7615, 3071, 4096)
+    assert over_max(Layout(7615, 0, 4096), maximum) == [
+        "vpp 4096 > max 4095 (vpp max is 4095 when vpu is deleted)"
+    ]
+    assert over_max(Layout(7615, 0, 4095), maximum) == []
+    assert over_max(Layout(7615, 3071, 4096), maximum) == []

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from provision.errors import ConfigError
-from provision.play.playbook import load_playbook, parse_playbook
+from provision.manifest import load_manifest
+from provision.play.playbook import check_variants, load_playbook, parse_playbook
 from provision.yamlfile import parse_yaml
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
@@ -38,7 +39,7 @@ def error_of(text):
 def test_unknown_step_names_file_line_and_key():
     assert error_of("steps:\n  - preflight: {}\n  - reboot-all: {}\n") == (
         "p.yml:3: steps[1].reboot-all: unknown step "
-        "(known: preflight, memory, assets, deploy, bench, chat-check)"
+        "(known: preflight, memory, assets, deploy, bench, chat-check, serve)"
     )
 
 
@@ -49,8 +50,17 @@ def test_unknown_option_and_wrong_type():
     assert error_of("steps:\n  - bench:\n      runs: three\n") == (
         "p.yml:3: steps[0].bench.runs: must be a number, not text"
     )
-    assert "must be one of auto, int4, int8" in error_of("steps:\n  - assets: {variant: fp16}\n")
     assert "must be a boolean, not text" in error_of("steps:\n  - memory: {auto_rollback: 'no'}\n")
+
+
+def test_variants_come_from_the_manifest():
+    book = parse_playbook(parse_yaml("steps:\n  - preflight: {}\n  - assets: {variant: fp16}\n", "p.yml"))
+    check_variants(book, load_manifest("chatglm3-6b"))  # it has an fp16 variant
+    with pytest.raises(ConfigError) as caught:
+        check_variants(book, load_manifest("glm4-9b"))
+    assert caught.value.message == (
+        "p.yml:3: steps[1].assets.variant: unknown variant 'fp16' (model glm4-9b has: int4, int8)"
+    )
 
 
 def test_top_level_errors():

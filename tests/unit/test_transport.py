@@ -293,3 +293,14 @@ def test_put_stream_of_a_large_file_round_trips(box, tmp_path):
     target = tmp_path / "big.bin"
     assert box.put_stream(io.BytesIO(data), str(target)) == len(data)
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def test_a_command_printing_without_end_is_stopped_at_the_output_cap(box):
+    """Issue 13 item 8: what a box prints is read up to a cap, then refused (memory stays bounded)."""
+    from provision.errors import FactError
+
+    started = time.monotonic()
+    with pytest.raises(FactError, match="printed more than 1 MiB; stopped reading"):
+        box.run("yes sophon-fleet", max_output=1 << 20)
+    assert time.monotonic() - started < 5
+    assert box.run(["echo", "still usable"]).stdout == "still usable\n"

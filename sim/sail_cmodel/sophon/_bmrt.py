@@ -1,0 +1,224 @@
+"""ctypes bindings of the vendor's C runtime: libbmlib (`bm_*`, device handles and memory) and libbmrt
+(`bmrt_*`, bmodel loading and launching), as shipped in the tpu-mlir wheel with the BM1684X cmodel.
+
+Struct layouts are libsophon's public headers (`bmlib_runtime.h`, `bmdef.h`, `bmruntime_interface.h`):
+only the leading fields of `bm_net_info_t` that are read here are declared. The libraries are found in
+`$SOPHON_SAIL_LIB_DIR`, else `/opt/sophon/libsophon-current/lib` (where a box's libsophon lives). They
+carry RUNPATH `$ORIGIN`, so loading `libbmrt.so` by path finds `libbmlib.so.0`, and libbmlib's
+`dlopen("libcmodel.so")` finds the cmodel, without LD_LIBRARY_PATH. Python 3.8, stdlib only.
+"""
+
+import collections
+import ctypes
+import os
+import sys
+import threading
+
+LIB_DIR_ENV = "SOPHON_SAIL_LIB_DIR"
+NATIVE_LOG_ENV = "SOPHON_SAIL_NATIVE_LOG"  # where the runtime's own prints go (default: stderr)
+DEFAULT_LIB_DIR = "/opt/sophon/libsophon-current/lib"
+LIBRARIES = ("libcmodel.so", "libbmlib.so.0", "libcpuop.so", "libbmrt.so")
+BM_MAX_DIMS_NUM = 8
+
+
+class DeviceMem(ctypes.Structure):
+    """bm_device_mem_t: union {u64 device_addr; u32 reserved; i32 dmabuf_fd}, u32 flags, u32 size."""
+
+    _fields_ = [
+        ("device_addr", ctypes.c_ulong),
+        ("reserved", ctypes.c_uint),
+        ("dmabuf_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint),
+        ("size", ctypes.c_uint),
+    ]
+
+
+class Shape(ctypes.Structure):
+    _fields_ = [("num_dims", ctypes.c_int), ("dims", ctypes.c_int * BM_MAX_DIMS_NUM)]
+
+    def to_list(self):
+        return [int(self.dims[i]) for i in range(self.num_dims)]
+
+    @classmethod
+    def of(cls, dims):
+        shape = cls()
+        if len(dims) > BM_MAX_DIMS_NUM:
+            raise RuntimeError("shape %s has more than %d dims" % (list(dims), BM_MAX_DIMS_NUM))
+        shape.num_dims = len(dims)
+        for i, dim in enumerate(dims):
+            shape.dims[i] = int(dim)
+        return shape
+
+
+class BmTensor(ctypes.Structure):
+    _fields_ = [
+        ("dtype", ctypes.c_int),
+        ("shape", Shape),
+        ("device_mem", DeviceMem),
+        ("st_mode", ctypes.c_int),
+    ]
+
+
+class StageInfo(ctypes.Structure):
+    _fields_ = [
+        ("input_shapes", ctypes.POINTER(Shape)),
+        ("output_shapes", ctypes.POINTER(Shape)),
+        ("input_mems", ctypes.POINTER(DeviceMem)),
+        ("output_mems", ctypes.POINTER(DeviceMem)),
+    ]
+
+
+class NetInfo(ctypes.Structure):
+    """The leading fields of bm_net_info_t (the rest is never read)."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("is_dynamic", ctypes.c_bool),
+        ("input_num", ctypes.c_int),
+        ("input_names", ctypes.POINTER(ctypes.c_char_p)),
+        ("input_dtypes", ctypes.POINTER(ctypes.c_int)),
+        ("input_scales", ctypes.POINTER(ctypes.c_float)),
+        ("output_num", ctypes.c_int),
+        ("output_names", ctypes.POINTER(ctypes.c_char_p)),
+        ("output_dtypes", ctypes.POINTER(ctypes.c_int)),
+        ("output_scales", ctypes.POINTER(ctypes.c_float)),
+        ("stage_num", ctypes.c_int),
+        ("stages", ctypes.POINTER(StageInfo)),
+    ]
+
+
+class NativeLog(object):
+    """The cmodel and libbmrt print on file descriptor 1, which would corrupt a JSON-lines server on stdout.
+    Native fd 1 becomes a pipe: a thread forwards every line to stderr (or `log_path`) and keeps the last
+    ones, so a failed call can say what the runtime printed (`recent()`); Python's `sys.stdout` moves to a
+    duplicate of the original stdout, so everything Python writes still goes where it went."""
+
+    KEEP = 40
+
+    def __init__(self, log_path=None):
+        sys.stdout.flush()
+        original = os.dup(1)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 1)
+        os.close(write_end)
+        sys.stdout = os.fdopen(
+            original,
+            "w",
+            buffering=1,
+            encoding=sys.stdout.encoding or "utf-8",
+            errors=sys.stdout.errors or "strict",
+        )
+        if log_path:
+            self._sink = open(log_path, "ab", buffering=0)  # noqa: SIM115 (lives as long as the process)
+        else:
+            self._sink = os.fdopen(os.dup(2), "wb", buffering=0)
+        self._lines = collections.deque(maxlen=self.KEEP)
+        self._marks = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._libc = ctypes.CDLL(None)
+        thread = threading.Thread(
+            target=self._pump, args=(os.fdopen(read_end, "rb", buffering=0),), daemon=True
+        )
+        thread.start()
+
+    def _pump(self, pipe):
+        for line in iter(pipe.readline, b""):
+            if line.startswith(b"\x00mark "):
+                event = self._marks.pop(line[6:].strip(), None)
+                if event is not None:
+                    event.set()
+                continue
+            self._lines.append(line.decode("utf-8", "replace").rstrip())
+            try:
+                self._sink.write(line)
+            except OSError:
+                pass
+
+    def recent(self, timeout=5.0):
+        """The lines the runtime printed most recently (C buffers flushed and drained first)."""
+        with self._lock:
+            self._counter += 1
+            key = str(self._counter).encode()
+        event = threading.Event()
+        self._marks[key] = event
+        self._libc.fflush(None)
+        os.write(1, b"\x00mark " + key + b"\n")
+        event.wait(timeout)
+        return list(self._lines)
+
+
+def _declare(lib, name, restype, *argtypes):
+    function = getattr(lib, name)
+    function.restype = restype
+    function.argtypes = list(argtypes)
+
+
+class Runtime(object):
+    """The loaded libraries with typed entry points; one per process (`load()`)."""
+
+    _instance = None
+
+    def __init__(self, lib_dir):
+        missing = [name for name in LIBRARIES if not os.path.isfile(os.path.join(lib_dir, name))]
+        if missing:
+            raise RuntimeError(
+                "vendor runtime not found: %s missing in %s (set %s)"
+                % (", ".join(missing), lib_dir, LIB_DIR_ENV)
+            )
+        self.log = NativeLog(os.environ.get(NATIVE_LOG_ENV))
+        mode = ctypes.RTLD_GLOBAL
+        loaded = [ctypes.CDLL(os.path.join(lib_dir, name), mode=mode) for name in LIBRARIES]
+        self.lib_dir = lib_dir
+        self.bmlib, self.bmrt = loaded[1], loaded[3]
+        self.libc = ctypes.CDLL(None)
+        handle_p = ctypes.c_void_p
+        b, r = self.bmlib, self.bmrt
+        _declare(b, "bm_dev_request", ctypes.c_int, ctypes.POINTER(handle_p), ctypes.c_int)
+        _declare(b, "bm_dev_free", None, handle_p)
+        _declare(b, "bm_malloc_device_byte", ctypes.c_int, handle_p, ctypes.POINTER(DeviceMem), ctypes.c_uint)
+        _declare(b, "bm_free_device", None, handle_p, DeviceMem)
+        _declare(
+            b, "bm_memcpy_s2d_partial", ctypes.c_int, handle_p, DeviceMem, ctypes.c_void_p, ctypes.c_uint
+        )
+        _declare(
+            b, "bm_memcpy_d2s_partial", ctypes.c_int, handle_p, ctypes.c_void_p, DeviceMem, ctypes.c_uint
+        )
+        _declare(
+            b,
+            "bm_memcpy_d2d_byte",
+            ctypes.c_int,
+            handle_p,
+            DeviceMem,
+            ctypes.c_size_t,
+            DeviceMem,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
+        )
+        _declare(b, "bm_memset_device", ctypes.c_int, handle_p, ctypes.c_int, DeviceMem)
+        _declare(b, "bm_thread_sync", ctypes.c_int, handle_p)
+        _declare(r, "bmrt_create", ctypes.c_void_p, handle_p)
+        _declare(r, "bmrt_destroy", None, ctypes.c_void_p)
+        _declare(r, "bmrt_load_bmodel", ctypes.c_bool, ctypes.c_void_p, ctypes.c_char_p)
+        _declare(r, "bmrt_get_network_number", ctypes.c_int, ctypes.c_void_p)
+        _declare(r, "bmrt_get_network_name", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
+        _declare(r, "bmrt_get_network_info", ctypes.POINTER(NetInfo), ctypes.c_void_p, ctypes.c_char_p)
+        _declare(
+            r,
+            "bmrt_launch_tensor_ex",
+            ctypes.c_bool,
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.POINTER(BmTensor),
+            ctypes.c_int,
+            ctypes.POINTER(BmTensor),
+            ctypes.c_int,
+            ctypes.c_bool,
+            ctypes.c_bool,
+        )
+
+    @classmethod
+    def load(cls):
+        if cls._instance is None:
+            cls._instance = cls(os.environ.get(LIB_DIR_ENV) or DEFAULT_LIB_DIR)
+        return cls._instance
