@@ -1,4 +1,4 @@
-"""Asset transfer numbers, measured side by side in one run (issue 5).
+"""Asset transfer numbers, measured side by side in one run.
 
     .venv/bin/python benchmarks/assets_transfer.py [--size-mib 1024] [--runs 3] [--no-sim]
 
@@ -38,8 +38,12 @@ from provision.assets.push import BoxPusher, plan_push  # noqa: E402
 from provision.errors import FleetError  # noqa: E402
 from provision.inventory.hosts import load_inventory  # noqa: E402
 from provision.manifest import load_manifest  # noqa: E402
-from provision.ssh.channels import ExecChannel, LocalChannel, transport_opener  # noqa: E402
-from provision.ssh.transport import Connector, Trust  # noqa: E402
+from provision.ssh.channels import LocalChannel, transport_opener  # noqa: E402
+from provision.ssh.transport import (  # noqa: E402
+    Connector,
+    Exec,  # noqa: E402
+    Trust,
+)
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree  # noqa: E402
 
 MB = 1_000_000
@@ -349,8 +353,9 @@ def paramiko_opener(address: str, key: Path, known: Path, clients: list):
 
     def opener(command: str):
         chan = client.get_transport().open_session()
+        chan.settimeout(300)
         chan.exec_command(command)
-        return ExecChannel(chan)
+        return Exec(address, command, chan)
 
     return opener
 

@@ -84,7 +84,7 @@ def cpuinfo(chip: str) -> str:
 
 
 def bm_version(hw: BoxHardware) -> str:
-    """`bm_version` output in the format of SE7 docs (FACTS.md §3)."""
+    """`bm_version` output in the format the SE7 documentation shows."""
     chip = hw.chip.upper()
     return (
         f"SophonSDK version: {hw.sdk}\n"

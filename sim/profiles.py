@@ -27,7 +27,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        # heaps of a factory AIBOX-1684X (FACTS.md §1.5): 3950 + 2048 + 3072 = 9070 MiB
+        # heaps of a factory AIBOX-1684X (its `memory_edit.sh -p`): 3950 + 2048 + 3072 = 9070 MiB
         Profile("se7-factory", Layout(3950, 2048, 3072)),
         Profile("se7-ready-int8", Layout(7615, 3071, 3071)),
         Profile("se7-int4-only", Layout(2560, 1024, 1536)),

@@ -444,7 +444,7 @@ def write_hf_checkpoint(
     return out_dir
 
 
-# Where sophon-demo's download.sh finds the ChatGLM4 assets on the dfss server (FACTS.md §4).
+# Where sophon-demo's download.sh finds the ChatGLM4 assets on the dfss server (its download.sh's paths).
 MIRROR_PATHS = {
     "int4": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int4_1dev.bmodel",
     "int8": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int8_1dev.bmodel",

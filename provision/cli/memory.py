@@ -181,7 +181,7 @@ def apply_command(
             reboot=RebootPolicy(timeout=reboot_timeout),
             break_lock=break_lock,
             reach_args=reach_args(reach),
-            apply_args=apply_args(request, kit, manifest_name),
+            apply_args=apply_args(request, kit, manifest.source),
         )
         with interruptible(out) as cancel, stage_display(out, inv.names()) as progress:
             result = apply_fleet(

@@ -4,7 +4,7 @@
                                                   removed and made again)
 
 tpu-mlir 1.30.2 requires CPython 3.10 (its MLIR bindings are cp310). Three facts of this wheel on Debian 12
-are handled here (VENDOR-RUNTIME.md): the Ubuntu 22.04 libc.so.6/libm.so.6/libpthread.so.0 it ships in
+are handled here: the Ubuntu 22.04 libc.so.6/libm.so.6/libpthread.so.0 it ships in
 `lib/third_party/` (which it puts on LD_LIBRARY_PATH for its subprocesses) are moved aside into
 `lib/third_party.disabled/`, so the system's are used; `psutil` is imported but not declared; and the ONNX
 front end imports `torch` at module level (it calls it only for custom operators). PyPI's torch for cp310

@@ -33,6 +33,7 @@ import paramiko
 
 from provision.backoff import backoff_delay
 from provision.errors import (
+    ChannelBroken,
     ConfigError,
     ConnectError,
     FactError,
@@ -53,6 +54,9 @@ CHUNK = 1 << 20
 # What one command may print before we stop reading: facts and scripts print kilobytes; a box printing
 # without end (a hostile or broken `bm_version`) must not fill the controller's memory.
 MAX_OUTPUT = 8 << 20
+MAX_LINE = 1 << 20  # one protocol line from a box (a receiver event, a chat token): far below this
+# What paramiko raises when a connection dies under a read or a write: translated at this seam.
+LINK_ERRORS = (OSError, EOFError, paramiko.SSHException)
 
 
 @dataclass(frozen=True)
@@ -550,13 +554,23 @@ class Exec:
     def close_stdin(self) -> None:
         self.channel.shutdown_write()
 
-    # the byte-stream interface of `assets push` and `remote_chat` (send / recv_line / exit_status / close)
+    # the Channel interface of `assets push` (send / recv_line / exit_status / close): a connection that
+    # dies under a read or a write is ChannelBroken (reopen and resume), never the library's own error
     def send(self, data: bytes) -> None:
-        send_all(self.channel, data)
+        try:
+            send_all(self.channel, data)  # packet-sized pieces: paramiko's `sendall` alone re-copies
+        except LINK_ERRORS as exc:  # paramiko's write_all raises EOFError when the connection is gone
+            raise ChannelBroken(str(exc) or type(exc).__name__) from exc
 
     def recv_line(self) -> bytes:
-        """One line from stdout (b"" at end of stream)."""
-        return self.stdout.readline()
+        """One line from stdout (b"" at end of stream), at most MAX_LINE bytes."""
+        try:
+            line = self.stdout.readline(MAX_LINE)
+        except LINK_ERRORS as exc:
+            raise ChannelBroken(str(exc) or type(exc).__name__) from exc
+        if len(line) >= MAX_LINE and not line.endswith(b"\n"):
+            raise FactError(f"{self.host}: a line longer than {MAX_LINE >> 10} KiB; refusing to read more")
+        return line
 
     def exit_status(self) -> int:
         return self.channel.recv_exit_status()
