@@ -7,7 +7,7 @@ imports, inventory, connections, the probe, rendering. The floors are a bare par
   - floor(fresh probe): connect + the very script `preflight --fresh` runs (every fact asked again, the
     sudo password on stdin); `preflight --fresh` is compared with it.
   - floor(replayed probe): the replayed probe, for information (what the box itself costs).
-Goals (issue 11): replayed preflight <= 1.3x floor(true); `--fresh` <= 1.3x floor(fresh probe).
+Goals: replayed preflight <= 1.3x floor(true); `--fresh` <= 1.3x floor(fresh probe).
 Before the boxes, CLI start-up: `sophon-fleet --help` and `preflight --help` against `python -c pass` and
 `python -c 'import paramiko'`, also whole processes.
 
