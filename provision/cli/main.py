@@ -80,8 +80,8 @@ class LazyGroup(click.Group):
         for name in names:
             if name in SUMMARIES:
                 rows.append((name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)))
-            else:
-                command = super().get_command(ctx, name)
+            else:  # a command without a summary yet is imported (slower, still right)
+                command = self.get_command(ctx, name)
                 if command is not None and not command.hidden:
                     rows.append((name, command.get_short_help_str(limit)))
         with formatter.section("Commands"):
