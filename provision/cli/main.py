@@ -64,6 +64,15 @@ SUMMARIES: dict[str, str] = {
     "serve": "The box's OpenAI-compatible chat API (`sophon-chat.service`, port 8000).",
     "gateway": "One endpoint for the whole fleet: HAProxy in front of every box's sophon-chat.service.",
     "model": "Models you build yourself: compile Hugging Face GLM-4 weights into a bmodel (tpu-mlir).",
+    "status": "Each box now: reachable, uptime, heaps (size and in use), runtime version, variant, service.",
+    "exec": "Run COMMAND on every box: each box's output, then a recap.",
+    "reboot": "Reboot the boxes and wait until each runs a new boot (new boot_id) and answers again.",
+    "completion": "Print the completion script for SHELL (commands, options, and host and group names from -i).",
+    "config": "The config file (SOPHON_FLEET_HOME/config.yml): defaults for inventory, model, models, forks, "
+    "cache, mirrors. The environment overrides it; flags override both.",
+    "undeploy": "Remove runtime VERSION from the boxes (never the live one), or every version with --all.",
+    "logs": "HOST's runtime and service logs (deploy history, the live runtime's selftest, the service's "
+    "journal), or with --last the controller's own run log.",
 }
 
 
