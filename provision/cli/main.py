@@ -67,7 +67,8 @@ SUMMARIES: dict[str, str] = {
     "status": "Each box now: reachable, uptime, heaps (size and in use), runtime version, variant, service.",
     "exec": "Run COMMAND on every box: each box's output, then a recap.",
     "reboot": "Reboot the boxes and wait until each runs a new boot (new boot_id) and answers again.",
-    "completion": "Print the completion script for SHELL (commands, options, and host and group names from -i).",
+    "completion": "Print the completion script for SHELL (commands, options, and host and group names "
+    "from -i).",
     "config": "The config file (SOPHON_FLEET_HOME/config.yml): defaults for inventory, model, models, forks, "
     "cache, mirrors. The environment overrides it; flags override both.",
     "undeploy": "Remove runtime VERSION from the boxes (never the live one), or every version with --all.",
