@@ -7,7 +7,7 @@ APT_NEEDS := /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/
              /usr/bin/sudo:sudo /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/xz:xz-utils \
              /usr/bin/openssl:openssl /usr/sbin/haproxy:haproxy /usr/bin/curl:curl
 
-.PHONY: setup test lint compat pytest test-reference demo clean-sim
+.PHONY: setup test lint compat pytest test-reference test-vendor demo clean-sim
 
 setup: $(VENV)/.installed
 	@missing=""; for pair in $(APT_NEEDS); do [ -x "$${pair%%:*}" ] || missing="$$missing $${pair##*:}"; done; \
@@ -28,10 +28,10 @@ lint: setup
 	$(BIN)/mypy provision chat
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/itb.py sim/kit provision/boxside
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/sail_cmodel sim/itb.py sim/kit provision/boxside
 
 pytest: setup
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m "not reference"
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m "not reference and not vendor"
 
 test: lint compat pytest
 
@@ -39,6 +39,13 @@ test: lint compat pytest
 test-reference: setup
 	$(BIN)/python -m pip install -q -e '.[reference]'
 	$(BIN)/python -m pytest -q -m reference
+
+# The vendor's compiler and runtime (docs/vendor-runtime.md): tpu-mlir in its own Python 3.10 venv under
+# SOPHON_FLEET_CACHE, libbmrt + the BM1684X cmodel under SOPHON_FLEET_SIM_CACHE (both made on first use), real
+# compiled bmodels of the tiny GLM-4. Serial: the cmodel keeps two cores busy.
+test-vendor: setup
+	$(BIN)/python -m pip install -q -e '.[reference]'
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m vendor --durations=12 tests/vendor
 
 demo: setup
 	$(BIN)/python -m sim.demo

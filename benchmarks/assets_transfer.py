@@ -1,12 +1,14 @@
-"""Asset transfer numbers, measured side by side in one run (issue 5).
+"""Asset transfer numbers, measured side by side in one run.
 
     .venv/bin/python benchmarks/assets_transfer.py [--size-mib 1024] [--runs 3] [--no-sim]
 
 1. hashing: the cache's sha256 (1 MiB readinto) vs a plain hashlib loop, same page-cached file (>= 0.95x)
 2. interrupted download (HTTP mirror drop; controller killed) and interrupted push (receiver killed):
    bytes transferred twice (<= one 8 MiB chunk)
-3. push to a simulated box (root): receiver over a paramiko exec channel vs OpenSSH `scp` to the same box
-4. push to a box whose link is limited to 1 Gbit (tbf): fraction of the link rate (>= 0.95)
+3. push to a simulated box (root) vs scp at its best, `scp -c aes128-gcm@openssh.com`, same box, same file
+   (>= 1.0x); default-cipher scp and an OpenSSH-client push printed beside them
+4. the same behind a 1 Gbit tbf link (`sim fault BOX rate 1000`): >= 0.95 of the link rate and >= 1.0x the
+   faster scp on that link
 5. boxes pulling from the mirror themselves (--from-mirror), each over its own 200 Mbit link:
    8 boxes vs 1 box (<= 1.3x the time)
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shlex
 import signal
 import statistics
@@ -27,40 +30,47 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.wholeprocess import BYTECODE_NOTE, BoxCpu, child_env, machine  # noqa: E402
 from provision.assets.cache import Cache, sha256_file  # noqa: E402
 from provision.assets.download import pull  # noqa: E402
 from provision.assets.pins import load_pins  # noqa: E402
 from provision.assets.push import BoxPusher, plan_push  # noqa: E402
+from provision.errors import FleetError  # noqa: E402
 from provision.inventory.hosts import load_inventory  # noqa: E402
 from provision.manifest import load_manifest  # noqa: E402
-from provision.ssh.channels import ExecChannel, LocalChannel, transport_opener  # noqa: E402
-from provision.ssh.transport import Connector, Trust  # noqa: E402
+from provision.ssh.channels import LocalChannel, transport_opener  # noqa: E402
+from provision.ssh.transport import (  # noqa: E402
+    Connector,
+    Exec,  # noqa: E402
+    Trust,
+)
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree  # noqa: E402
 
 MB = 1_000_000
 MIB = 1 << 20
 
 
-def timed(func, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def interleaved(rows, runs: int, prepare=lambda: None) -> dict[str, float]:
+def interleaved(rows, runs: int, prepare=lambda: None, snapshot=None, cpu=None) -> dict[str, float]:
     """Median seconds per row, running the rows round-robin so load from elsewhere hits them alike;
-    `prepare` runs before each row, untimed. A row that returns a float timed itself (its set-up excluded)."""
+    `prepare` runs before each row, untimed. A row that returns a float timed itself (its set-up excluded).
+    With `snapshot` (-> CPU seconds so far, e.g. (controller, boxes)), `cpu[label]` gets each run's deltas."""
     samples: dict[str, list[float]] = {label: [] for label, _fn in rows}
     for _ in range(runs):
         for label, fn in rows:
             prepare()
+            before = snapshot() if snapshot else ()
             started = time.perf_counter()
             took = fn()
             samples[label].append(took if isinstance(took, float) else time.perf_counter() - started)
+            if snapshot:
+                cpu.setdefault(label, []).append([b - a for a, b in zip(before, snapshot(), strict=True)])
     return {label: statistics.median(values) for label, values in samples.items()}
+
+
+def controller_cpu() -> float:
+    """CPU seconds of this process (every thread) and of the children it waited for."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def plain_hashlib(path: Path) -> str:
@@ -74,9 +84,9 @@ def plain_hashlib(path: Path) -> str:
 def bench_hashing(path: Path, runs: int) -> None:
     size = path.stat().st_size
     plain_hashlib(path)  # warm the page cache
-    plain = timed(lambda: plain_hashlib(path), runs)
-    ours = timed(lambda: sha256_file(path), runs)
-    print("1. hashing a page-cached file")
+    times = interleaved([("plain", lambda: plain_hashlib(path)), ("ours", lambda: sha256_file(path))], runs)
+    plain, ours = times["plain"], times["ours"]
+    print(f"1. hashing a page-cached file, {runs} rounds (median)")
     print(f"   plain hashlib loop (1 MiB reads)   {size / plain / MB:7.0f} MB/s")
     print(f"   cache.sha256_file                  {size / ours / MB:7.0f} MB/s   ratio {plain / ours:.2f}x")
 
@@ -106,7 +116,7 @@ def bench_interrupted(work: Path, tree, size: int) -> None:
         mirror.log.clear()
         mirror.faults = Faults()
         cache = Cache(work / "cache-b")
-        part = cache.part_path("glm4-9b", rel.rsplit("/", 1)[1])
+        part = cache.part_path(manifest.model, rel.rsplit("/", 1)[1])
         child = subprocess.Popen(
             [sys.executable, "-c", PULL_CHILD, str(work / "glm4-9b.yaml"), str(cache.root), mirror.url],
             cwd=Path(__file__).resolve().parent.parent,
@@ -139,8 +149,11 @@ def bench_interrupted(work: Path, tree, size: int) -> None:
             return n
 
     root = str(work / "box")
-    BoxPusher("box", Killing, "glm4-9b", "int4", items, root=root, retries=1, backoff=0).run_safely()
-    result = BoxPusher("box", LocalChannel, "glm4-9b", "int4", items, root=root).run()
+    try:  # the receiver dies mid-file: the push fails, keeping the part on the box
+        BoxPusher("box", Killing, manifest.model, "int4", items, root=root, retries=1, backoff=0).run()
+    except FleetError:
+        pass
+    result = BoxPusher("box", LocalChannel, manifest.model, "int4", items, root=root).run()
     resent = sent[0] + result.transferred - size
     print(f"   push, receiver killed at 50%          re-sent {max(resent, 0)} bytes")
 
@@ -157,74 +170,128 @@ pull(m, ["int4"], cache=Cache(sys.argv[2]), lock=load_pins(m), mirrors=[sys.argv
 
 
 def bench_push_vs_scp(work: Path, tree, size: int, runs: int, link_mbit: int = 0) -> None:
+    """assets push against scp to the same box, rows round-robin, every box emptied (untimed) before a row.
+
+    Like for like: every row but the OpenSSH-client one makes its own connection inside the timed span (scp
+    does, so the push rows connect anew too). Two pairs: the transfer of the 1 GiB bmodel (the CLI's
+    transport and BoxPusher in this process vs one `scp` of the same file), and whole processes as a user
+    meets them (`sophon-fleet assets push --variant int4`: start-up, connect, probe, every int4 file sent
+    and verified on the box, unpacked; vs one `scp` of the same files).
+    """
     from sim.fleet import Fleet
 
-    if not link_mbit:
-        print("3. push to a simulated box vs OpenSSH scp (same box, same file, page-cached source)")
     manifest, lock = setup_controller(work, tree)
     cache = Cache(work / "cache-a")
-    items = [i for i in plan_push(manifest, "int4", cache=cache, lock=lock) if i.name.endswith(".bmodel")]
+    every = plan_push(manifest, "int4", cache=cache, lock=lock)
+    items = [i for i in every if i.name.endswith(".bmodel")]
+    total = sum(i.size for i in every)
     mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={work}/mux-%C", "-o", "ControlPersist=60"]
     fleet = Fleet.up(work / f"fleet{link_mbit}", ["se7-factory"])
-    connector = Connector(Trust(work / "own_known_hosts"))
     try:
         box = fleet.boxes[0]
         key, known = fleet.state.dir / "operator_key", fleet.state.dir / "known_hosts"
         ssh_opts = ["-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "BatchMode=yes"]
-        # the CLI's own transport (provision/ssh/transport.py: AES-GCM first), one connection for every run
         host = load_inventory([fleet.inventory_path]).hosts[0]
-        transport = connector.transport(host)
-        transport.run("true")  # connected before the first timed run, like scp's ControlMaster below
-        opener = transport_opener(transport)
+        gcm = ["-c", "aes128-gcm@openssh.com"]
+        env = child_env(work, SOPHON_FLEET_HOME=str(work / "cli-home"))
+        cli = [
+            str(Path(sys.executable).with_name("sophon-fleet")), "assets", "push",
+            "-i", str(fleet.inventory_path), "--model", str(work / "glm4-9b.yaml"),
+            "--cache-dir", str(cache.root), "--variant", "int4", "--json",
+        ]  # fmt: skip
 
         def clean() -> None:  # untimed, before every row
             subprocess.run(
-                ["ssh", *ssh_opts, f"linaro@{box.address}", "rm -rf /data/sophon-fleet /data/scp.bin"],
-                check=True,
+                ["ssh", *ssh_opts, f"linaro@{box.address}", "rm -rf /data/sophon-fleet /data/scp"], check=True
             )
 
-        def push() -> None:
-            BoxPusher(box.name, opener, "glm4-9b", "int4", items).run()
+        def push() -> None:  # the CLI's own transport (provision/ssh/transport.py: AES-GCM first)
+            with Connector(Trust(work / "own_known_hosts")) as connector:
+                BoxPusher(
+                    box.name, transport_opener(connector.transport(host)), manifest.model, "int4", items
+                ).run()
 
         def openssh(command: str) -> LocalChannel:
-            ssh = ["ssh", *ssh_opts, *mux, "-c", "aes128-gcm@openssh.com", f"linaro@{box.address}", command]
+            ssh = ["ssh", *ssh_opts, *mux, *gcm, f"linaro@{box.address}", command]
             return LocalChannel(" ".join(shlex.quote(a) for a in ssh))
 
-        def push_openssh() -> None:
-            BoxPusher(box.name, openssh, "glm4-9b", "int4", items).run()
+        def push_openssh() -> (
+            None
+        ):  # the master starts in the timed span and ends in it, like scp's connection
+            BoxPusher(box.name, openssh, manifest.model, "int4", items).run()
+            subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{box.address}"], capture_output=True)
 
-        def scp(*extra: str) -> None:
+        def scp(*extra: str, files=items) -> None:
+            subprocess.run(["ssh", *ssh_opts, f"linaro@{box.address}", "mkdir -p /data/scp"], check=True)
+            started = time.perf_counter()
             subprocess.run(
-                ["scp", "-q", *ssh_opts, *extra, str(items[0].blob), f"linaro@{box.address}:/data/scp.bin"],
+                [
+                    "scp",
+                    "-q",
+                    *ssh_opts,
+                    *extra,
+                    *(str(i.blob) for i in files),
+                    f"linaro@{box.address}:/data/scp/",
+                ],
                 check=True,
             )
+            return time.perf_counter() - started  # the mkdir above is set-up, untimed
 
+        def push_cli() -> None:
+            done = subprocess.run(cli, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            assert done.returncode == 0 and '"pushed"' in done.stdout, (
+                done.stdout[-800:],
+                done.stderr[-800:],
+            )
+
+        scp_gcm = "scp -c aes128-gcm@openssh.com (the baseline: scp at its best)"
+        rows = [
+            ("assets push, this process (CLI's transport, connect included)", push),
+            ("assets push via the OpenSSH client, one ControlMaster (info)", push_openssh),
+            (scp_gcm, lambda: scp(*gcm)),
+            ("scp, OpenSSH default cipher", scp),
+            ("sophon-fleet assets push --variant int4 (whole process)", push_cli),
+            ("scp -c aes128-gcm@openssh.com, the same int4 files", lambda: scp(*gcm, files=every)),
+        ]
         if link_mbit:
             fleet.fault(box.name, "rate", str(link_mbit))
-            link = link_mbit * 1e6 / 8
-            print(f"4. the same box behind a {link_mbit} Mbit link (tbf), {runs} runs (median)")
-            rows4 = [
-                ("assets push (paramiko exec)", push),
-                ("assets push (OpenSSH client)", push_openssh),
-                ("scp (reference: same link, nothing hashed on the box)", scp),
-            ]
-            rows4.append(("raw TCP, no SSH (the ceiling of this link)", lambda: raw_tcp(box, size)))
-            for label, took in interleaved(rows4, runs, clean).items():
-                print(f"   {label:64} {size / took / MB:6.0f} MB/s  {size / took / link:.3f} of the link")
+            rows.append(("raw TCP, no SSH (the ceiling of this link)", lambda: raw_tcp(box, size)))
+            print(f"4. the same box behind a {link_mbit} Mbit link (tbf), {runs} rounds (median)")
+        else:
+            print(f"3. push to a simulated box vs scp (same box, page-cached source), {runs} rounds (median)")
+        clean()
+        push_cli()  # warm-up, untimed: the CLI's bytecode cache, its known_hosts
+        boxes = BoxCpu(fleet.state.dir)
+        cpu: dict[str, list[list[float]]] = {}
+        times = interleaved(rows, runs, clean, lambda: (controller_cpu(), boxes.seconds()), cpu)
+        link = link_mbit * 1e6 / 8
+        print(
+            "   (columns: rate, "
+            + ("fraction of the link, " if link_mbit else "")
+            + "ratio, CPU s: controller, box)"
+        )
+        for i, (label, took) in enumerate(times.items()):
+            nbytes = total if i in (4, 5) else size
+            of_link = f"{nbytes / took / link:.3f} of the link  " if link_mbit else ""
+            base = times[scp_gcm] if i < 4 else times[rows[5][0]]
+            ratio = f"{base / took:.2f}x scp-gcm" if i != 6 else "             "
+            ctl, box_s = (statistics.median(run[k] for run in cpu[label]) for k in (0, 1))
+            print(
+                f"   {label:64} {nbytes / took / MB:6.0f} MB/s  {of_link}{ratio}  {ctl:5.2f} s {box_s:5.2f} s"
+            )
+        push_t, cli_t = times[rows[0][0]], times[rows[4][0]]
+        best_scp = min(times[scp_gcm], times[rows[3][0]])
+        ratio = f"{times[scp_gcm] / push_t:.2f}x scp -c aes128-gcm (goal >= 1.0x)"
+        whole = f"whole processes {times[rows[5][0]] / cli_t:.2f}x"
+        if link_mbit:
+            print(
+                f"   assets push: {size / push_t / link:.3f} of the link (goal >= 0.95), {ratio}, "
+                f"{best_scp / push_t:.2f}x the faster scp; {whole} ({total / cli_t / link:.3f} of the link)"
+            )
             fleet.fault(box.name, "rate", "0")
-            return
-        rows = [
-            ("assets push (paramiko exec, aes128-gcm, receiver hashes+fsyncs)", push),
-            ("assets push (OpenSSH client exec + ControlMaster, aes128-gcm)", push_openssh),
-            ("scp (OpenSSH default cipher)", scp),
-            ("scp -c aes128-gcm@openssh.com", lambda: scp("-c", "aes128-gcm@openssh.com")),
-        ]
-        times = interleaved(rows, runs, clean)
-        base = times[rows[2][0]]
-        for label, took in times.items():
-            print(f"   {label:64} {size / took / MB:6.0f} MB/s  {base / took:.2f}x scp")
+        else:
+            print(f"   assets push: {ratio}; {whole}")
     finally:
-        connector.close_all()
         subprocess.run(["ssh", *mux, "-O", "exit", f"linaro@{fleet.boxes[0].address}"], capture_output=True)
         fleet.down()
 
@@ -286,8 +353,9 @@ def paramiko_opener(address: str, key: Path, known: Path, clients: list):
 
     def opener(command: str):
         chan = client.get_transport().open_session()
+        chan.settimeout(300)
         chan.exec_command(command)
-        return ExecChannel(chan)
+        return Exec(address, command, chan)
 
     return opener
 
@@ -350,7 +418,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="assets-bench-") as tmp:
         work = Path(tmp)
         tree = build_asset_tree(work / "mirror", bmodel_size=size, int8_size=MIB)
-        print(f"file: {size / MIB:.0f} MiB, {args.runs} runs each (median), {os.cpu_count()} cores\n")
+        print(f"machine: {machine()}")
+        print(f"the CLI rows: {BYTECODE_NOTE}")
+        print(f"file: {size / MIB:.0f} MiB, {args.runs} runs each (median), rows round-robin\n")
         parts = set(args.only.split(","))
         if "1" in parts:
             bench_hashing(tree.root / BMODELS["int4"], args.runs)
@@ -363,6 +433,7 @@ def main() -> None:
             bench_push_vs_scp(work, tree, size, args.runs, link_mbit=1000)
         if sim and "5" in parts:
             bench_fleet_pull(work, args.boxes, args.fleet_mib * MIB, 200)
+        print(f"\nmachine after the run: {machine()}")
 
 
 if __name__ == "__main__":

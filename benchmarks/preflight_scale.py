@@ -1,17 +1,20 @@
-"""preflight on 1, 16 and 32 simulated boxes against a bare paramiko floor measured in the same run.
+"""preflight on 1, 16 and 32 simulated boxes against bare paramiko floors, every figure a whole process.
 
-SSH handshakes are CPU-bound on a 2-core machine, so absolute times mean little; the ratio to a floor measured
-side by side does. Two floors, both a thread pool of plain paramiko clients (one per box, all at once):
-  - `floor(true)`: connect + key auth + `true` (the issue's "runs one command");
-  - `floor(probe)`: connect + key auth + the same probe script preflight runs (same facts, one round trip),
-    i.e. everything preflight does except our own code (inventory, transport, parsing, judging, rendering).
-preflight is timed in-process (inventory load → connect → probe → parse → judge → JSON and table render),
-fresh connections every run. Target (issue 3): within 1.3x of the floor at 16 and 32 boxes and at 1 box.
+Each row is a fresh process timed from outside, from fork to exit, as a user meets it: interpreter start,
+imports, inventory, connections, the probe, rendering. The floors are a bare paramiko script run the same way
+(benchmarks/wholeprocess.py: one `python` process, a thread pool, one client per box, key auth):
+  - floor(true): connect + `true`, the least any tool can do; replayed preflight is compared with it.
+  - floor(fresh probe): connect + the very script `preflight --fresh` runs (every fact asked again, the
+    sudo password on stdin); `preflight --fresh` is compared with it.
+  - floor(replayed probe): the replayed probe, for information (what the box itself costs).
+Goals: replayed preflight <= 1.3x floor(true); `--fresh` <= 1.3x floor(fresh probe).
+Before the boxes, CLI start-up: `sophon-fleet --help` and `preflight --help` against `python -c pass` and
+`python -c 'import paramiko'`, also whole processes.
 
-Boxes keep facts that only change with a reboot, a package, the boot image or the kit
-(provision/facts/probe.py), so a probe after the first of a boot forks ~3 processes on the box.
-`--fresh` (the first probe of a boot, or
-`preflight --fresh`: sudo, bm_version, `import sophon.sail` again) is printed too, for information.
+Rows run round-robin (`--runs` rounds) so load from elsewhere hits them alike; medians are printed, with
+the load average before and after, and under each size the CPU seconds of the controller side (`ctl`: the
+timed process and its children) and of the boxes (`box`: their sessions; on this machine the simulated boxes
+share the controller's cores, so box work lengthens every row's wall time).
 
 Run as root:  .venv/bin/python benchmarks/preflight_scale.py [--sizes 1,16,32] [--runs 5]
 """
@@ -19,75 +22,79 @@ Run as root:  .venv/bin/python benchmarks/preflight_scale.py [--sizes 1,16,32] [
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import statistics
+import re
+import shlex
+import subprocess
+import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import paramiko
-from rich.console import Console
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provision.cli.output import Output
-from provision.cli.preflight import render
-from provision.facts.preflight import report_json, run_preflight
-from provision.facts.probe import probe_script
-from provision.inventory.hosts import Host, load_inventory
-from provision.manifest import load_manifest
-from provision.ssh.transport import Connector, Trust
-from sim.fleet import Fleet
+from benchmarks.wholeprocess import (  # noqa: E402
+    BYTECODE_NOTE,
+    BoxCpu,
+    Cpu,
+    child_env,
+    exit_ok,
+    floor_command,
+    interleaved,
+    machine,
+    median,
+    run_process,
+    spread,
+)
+from provision.facts.probe import MARK, probe_script  # noqa: E402
+from provision.inventory.hosts import load_inventory  # noqa: E402
+from sim.fleet import Fleet  # noqa: E402
 
 PROFILES = ["se7-factory", "se7-ready-int8", "se7-small", "se7-int4-only"]
+SOPHON_FLEET = str(Path(sys.executable).with_name("sophon-fleet"))
 
 
-def bare_run(host: Host, known_hosts: str, command: str, password: str | None) -> str:
-    client = paramiko.SSHClient()
-    client.load_host_keys(known_hosts)
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        host.address,
-        username=host.user,
-        key_filename=list(host.keys),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=10,
+def preflight_ok(boxes: int):
+    """A check that the preflight table run reached every box (exit 0 or 3: ready or not ready)."""
+
+    def check(done: subprocess.CompletedProcess[str]) -> None:
+        summary = re.search(r"(\d+) box(?:es)? in [\d.]+ s: (.*)", done.stderr)
+        assert done.returncode in (0, 3) and summary, (done.returncode, done.stderr[-1500:])
+        assert int(summary.group(1)) == boxes, summary.group(0)
+        assert "unreachable" not in summary.group(2) and "error" not in summary.group(2), summary.group(0)
+
+    return check
+
+
+CLI_FROM = "import sys; sys.path.insert(0, sys.argv.pop(1)); from provision.cli.main import main; main()"
+
+
+def startup(env: dict[str, str], runs: int, baseline: Path | None = None) -> None:
+    py = sys.executable
+    rows = [
+        ("python -c pass", [py, "-c", "pass"]),
+        ("python -c 'import paramiko'", [py, "-c", "import paramiko"]),
+        ("sophon-fleet --help", [SOPHON_FLEET, "--help"]),
+        ("sophon-fleet preflight --help", [SOPHON_FLEET, "preflight", "--help"]),
+    ]
+    if baseline:  # both checkouts started the same way: python -c, the checkout first on sys.path
+        here = Path(__file__).resolve().parent.parent
+        for tree, name in ((baseline, "baseline"), (here, "this tree")):
+            rows.append((f"--help, {name}", [py, "-c", CLI_FROM, str(tree), "--help"]))
+            rows.append((f"preflight --help, {name}", [py, "-c", CLI_FROM, str(tree), "preflight", "--help"]))
+    for _label, argv in rows:  # warm-up: bytecode cache, page cache
+        run_process(argv, env, exit_ok)
+    timed = [(label, lambda argv=argv: run_process(argv, env, exit_ok)) for label, argv in rows]
+    no_bytecode = dict(env, PYTHONDONTWRITEBYTECODE="1")
+    no_bytecode.pop("PYTHONPYCACHEPREFIX")
+    timed.append(
+        (
+            "sophon-fleet preflight --help, no bytecode (info)",
+            lambda: run_process([SOPHON_FLEET, "preflight", "--help"], no_bytecode, exit_ok),
+        )
     )
-    try:
-        stdin, stdout, _ = client.exec_command(command)
-        try:  # a probe replaying this boot's root facts exits without reading the password
-            if password is not None:
-                stdin.write(password + "\n")
-            stdin.channel.shutdown_write()
-        except OSError:
-            pass
-        out = stdout.read().decode()
-        stdout.channel.recv_exit_status()
-        return out
-    finally:
-        client.close()
-
-
-def floor(hosts: list[Host], known_hosts: str, command: str, password: str | None) -> float:
-    started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
-        list(pool.map(lambda h: bare_run(h, known_hosts, command, password), hosts))
-    return time.monotonic() - started
-
-
-def preflight(inventory: Path, limit: str, home: Path, fresh: bool = False) -> float:
-    started = time.monotonic()
-    inv = load_inventory([inventory], limit=limit)
-    manifest = load_manifest("glm4-9b")
-    with Connector(Trust(home / "known_hosts")) as connector:
-        report = run_preflight(inv.hosts, connector, manifest, forks=len(inv.hosts), fresh=fresh)
-    report_json(report)
-    render(Output(console=Console(file=io.StringIO(), width=160), err=Console(file=io.StringIO())), report)
-    elapsed = time.monotonic() - started
-    bad = [v for v in report.verdicts if v.status.value in ("unreachable", "error")]
-    assert not bad, [(v.host.name, v.reasons) for v in bad]
-    return elapsed
+    samples = interleaved(timed, runs)
+    print(f"CLI start-up, whole processes, median of {runs} (min-max)")
+    for label, values in samples.items():
+        print(f"  {label:50} {median(values):6.3f} s  ({spread(values)})")
 
 
 def main() -> None:
@@ -96,43 +103,85 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="1,16,32")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also time the CLI start-up of this checkout (e.g. `git worktree add /tmp/before main`)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        os.environ["SOPHON_FLEET_HOME"] = str(home)
-        fleet = Fleet.up(Path(tmp) / "fleet", [PROFILES[i % len(PROFILES)] for i in range(max(sizes))])
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="preflight-bench-") as tmp:
+        work = Path(tmp)
+        env = child_env(work, SOPHON_FLEET_HOME=str(work / "home"))
+        print(BYTECODE_NOTE)
+        startup(env, args.runs * 2, args.baseline_tree)
+        fleet = Fleet.up(work / "fleet", [PROFILES[i % len(PROFILES)] for i in range(max(sizes))])
         try:
-            inventory = fleet.inventory_path
-            every = load_inventory([inventory]).hosts
-            known_hosts = every[0].known_hosts[0]
+            inventory = str(fleet.inventory_path)
+            every = load_inventory([fleet.inventory_path]).hosts
+            boxes = BoxCpu(fleet.state.dir)
             password = every[0].become_password.resolve() if every[0].become_password else None
-            probe = f"sh -c {__import__('shlex').quote(probe_script(with_password=password is not None))}"
-            preflight(inventory, every[0].name, home)  # warm-up: imports, first connections
-            print(f"preflight vs a bare paramiko floor, median of {args.runs} runs, {os.cpu_count()} cores")
-            print(
-                f"{'boxes':>5} {'floor(true)':>12} {'floor(probe)':>13} {'preflight':>10} "
-                f"{'vs true':>8} {'vs probe':>9} {'--fresh':>8}"
+            end = f"{MARK}end"
+
+            def probe(fresh: bool) -> str:
+                return f"sh -c {shlex.quote(probe_script(with_password=password is not None, fresh=fresh))}"
+
+            # warm-up: page cache, and every box keeps this boot's facts (what replayed preflight replays)
+            subprocess.run(
+                [SOPHON_FLEET, "preflight", "-i", inventory, "--json"], env=env, capture_output=True
             )
+            print(f"\npreflight vs bare paramiko floors, whole processes, median of {args.runs} rounds")
+            header = (
+                f"{'boxes':>5} {'floor(true)':>12} {'preflight':>10} {'ratio':>6} | "
+                f"{'floor(fresh probe)':>18} {'--fresh':>8} {'ratio':>6} | {'floor(replayed probe)':>21}"
+            )
+            print(header)
             for size in sizes:
                 hosts = list(every[:size])
                 limit = ",".join(h.name for h in hosts)
-                times: dict[str, list[float]] = {"true": [], "probe": [], "ours": [], "fresh": []}
-                for _ in range(args.runs):  # interleaved, so all three see the same machine load
-                    times["true"].append(floor(hosts, known_hosts, "true", None))
-                    times["probe"].append(floor(hosts, known_hosts, probe, password))
-                    times["ours"].append(preflight(inventory, limit, home))
-                    times["fresh"].append(preflight(inventory, limit, home, fresh=True))
-                bare, bare_probe, ours, fresh = (
-                    statistics.median(times[k]) for k in ("true", "probe", "ours", "fresh")
-                )
+                argv = [SOPHON_FLEET, "preflight", "-i", inventory, "--limit", limit]
+
+                commands = [  # label, argv, check
+                    ("true", floor_command(work, f"true{size}", hosts, "true", None), exit_ok),
+                    ("ours", argv, preflight_ok(size)),
+                    (
+                        "fresh_floor",
+                        floor_command(work, f"f{size}", hosts, probe(True), password, end),
+                        exit_ok,
+                    ),
+                    ("fresh", [*argv, "--fresh"], preflight_ok(size)),
+                    (
+                        "replay_floor",
+                        floor_command(work, f"r{size}", hosts, probe(False), password, end),
+                        exit_ok,
+                    ),
+                ]
+                cpu = {label: Cpu(boxes) for label, *_ in commands}
+                rows = [
+                    (label, lambda a=command, c=check, s=cpu[label]: run_process(a, env, c, s))
+                    for label, command, check in commands
+                ]
+                t = {label: median(values) for label, values in interleaved(rows, args.runs).items()}
+                c = {label: median(v.controller) for label, v in cpu.items()}
+                b = {label: median(v.box) for label, v in cpu.items()}
+                fresh_ratio = t["fresh"] / t["fresh_floor"]
                 print(
-                    f"{size:>5} {bare:>11.3f}s {bare_probe:>12.3f}s {ours:>9.3f}s "
-                    f"{ours / bare:>7.2f}x {ours / bare_probe:>8.2f}x {fresh:>7.3f}s"
+                    f"{size:>5} {t['true']:>11.3f}s {t['ours']:>9.3f}s {t['ours'] / t['true']:>5.2f}x | "
+                    f"{t['fresh_floor']:>17.3f}s {t['fresh']:>7.3f}s {fresh_ratio:>5.2f}x | "
+                    f"{t['replay_floor']:>20.3f}s"
                 )
-            print(f"load average after the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+                for name, v in (("ctl", c), ("box", b)):
+                    print(
+                        f"{name:>5} {v['true']:>11.3f}s {v['ours']:>9.3f}s {'':>6} | "
+                        f"{v['fresh_floor']:>17.3f}s {v['fresh']:>7.3f}s {'':>6} | {v['replay_floor']:>20.3f}"
+                        "s"
+                    )
+            print("ctl, box: CPU seconds (user + system) of the timed process and its children, of the boxes")
+            print("goals: replayed preflight <= 1.3x floor(true); --fresh <= 1.3x floor(fresh probe)")
         finally:
             fleet.down()
+    print(f"machine after the run: {machine()}")
 
 
 if __name__ == "__main__":

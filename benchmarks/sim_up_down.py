@@ -1,6 +1,6 @@
 """How fast a simulated fleet comes up (every sshd answering) and goes away.
 
-Target (issue 2): 16 boxes up in < 3 s, down in < 2 s on a 2-core machine. Run as root:
+Target: 16 boxes up in < 3 s, down in < 2 s on a 2-core machine. Run as root:
     .venv/bin/python benchmarks/sim_up_down.py [--boxes 16] [--runs 3]
 """
 

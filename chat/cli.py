@@ -20,7 +20,8 @@ import sys
 import time
 from typing import List, Optional, TextIO
 
-from .errors import ChatError, PromptTooLongError
+from . import bmodel_info
+from .errors import ChatError, ModelError, PromptTooLongError
 from .generate import ChatSession, Done, generate
 from .http_server import serve_http
 from .model import GlmModel
@@ -160,6 +161,22 @@ def selftest(args: argparse.Namespace) -> dict:
 
 
 def info(args: argparse.Namespace, stdout: TextIO) -> None:
+    """A real bmodel is read from its bytes (no SAIL needed): what `model_tool --info` prints. Anything else
+    (the emulator's stand-ins) is loaded through SAIL and summarised from the engine."""
+    try:
+        real = bmodel_info.read_bmodel_info(args.bmodel)
+    except bmodel_info.BmodelError as error:
+        if "magic" not in str(error):
+            raise ModelError(str(error))
+        real = None
+    except OSError as error:
+        raise ModelError("%s: %s" % (args.bmodel, error))
+    if real is not None:
+        if args.json:
+            stdout.write(json.dumps(bmodel_info.summary(real)) + "\n")
+        else:
+            stdout.write("\n".join(bmodel_info.format_info(real)) + "\n")
+        return
     model = GlmModel(args.bmodel, args.dev_id)
     summary = model.summary()
     if args.json:

@@ -1,4 +1,4 @@
-"""GLM-4 inference over the SAIL graphs of a ChatGLM4 bmodel (sophon-demo's export, FACTS.md §5.3-5.4).
+"""GLM-4 inference over the SAIL graphs of a ChatGLM4 bmodel (sophon-demo's export and inference loop).
 
 Everything is read from the engine: the graph names (`NUM_LAYERS = (graphs - 5) // 2`), SEQLEN and HIDDEN
 from `block_0`'s first input, the KV layout [1, KV_HEADS, SEQLEN, HEAD_DIM] from its outputs, dtypes from

@@ -18,6 +18,7 @@
     ├── SkippedError              a box not tried: the failure budget (--max-fail-percent) was spent
     ├── Cancelled                 the operator interrupted the run
     ├── ApplyFailed               a memory layout change did not end well (which image the box has)
+    ├── CompileError              the model compiler failed (exit 1)
     └── Retry                     internal: caught by a retry loop, never shown as such
         ├── ChannelBroken         a channel to a box broke mid-conversation: reopen and resume
         ├── SourceUnavailable     a download source cannot serve a file: try the next one
@@ -162,6 +163,10 @@ class ApplyFailed(FleetError):
         self.host, self.stage, self.image, self.backup = host, stage, image, backup
         self.recovery, self.refused, self.cancelled = recovery, refused, cancelled
         self.unreachable = unreachable  # the box stopped answering (dark, or its link went dead)
+
+
+class CompileError(FleetError):
+    """The model compiler (tpu-mlir, its venv, the graph export) failed; the message says which step."""
 
 
 class Retry(FleetError):

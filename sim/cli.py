@@ -66,12 +66,26 @@ def sim() -> None:
 @click.option(
     "--bmodel-size", type=int, default=0, help="Pad the mirror's stand-in bmodels to this many bytes."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["emulator", "cmodel"]),
+    default="emulator",
+    show_default=True,
+    help="The boxes' sophon.sail: the numpy emulator (fast), or the vendor's libbmrt on the BM1684X cmodel "
+    "with real compiled bmodels (the first time per machine: tpu-mlir install and compile, minutes).",
+)
 @state_dir_option
 @json_option
 @click.pass_obj
 @reports_errors
 def up(
-    out: Output, boxes: int | None, profile: str, mirror: bool, bmodel_size: int, state_dir: Path | None
+    out: Output,
+    boxes: int | None,
+    profile: str,
+    mirror: bool,
+    bmodel_size: int,
+    engine: str,
+    state_dir: Path | None,
 ) -> None:
     """Bring a simulated fleet up and print its inventory.
 
@@ -79,12 +93,13 @@ def up(
     Examples:
       sophon-fleet sim up --boxes 16
       sophon-fleet sim up --profile se7-small:1,se7-ready-int8:1 --state-dir /tmp/fleet
+      sophon-fleet sim up --boxes 1 --engine cmodel   # the vendor runtime, real compiled bmodels
       sophon-fleet preflight -i /run/sophon-fleet-sim/inventory.yml
     """
     profiles = parse_profile_spec(profile, boxes if boxes is not None or ":" in profile else 3)
     started = time.monotonic()
     out.info(f"bringing up {plural(len(profiles), 'simulated box')} ...")
-    fleet = Fleet.up(_state_dir(state_dir), profiles, mirror=mirror, bmodel_size=bmodel_size)
+    fleet = Fleet.up(_state_dir(state_dir), profiles, mirror=mirror, bmodel_size=bmodel_size, engine=engine)
     elapsed = time.monotonic() - started
     if fleet.state.python_version != "3.8":
         out.warn(

@@ -26,7 +26,7 @@ from provision.errors import ConfigError, SimError
 from provision.settings import load_settings
 from sim import box as boxmod
 from sim import hw as hwmod
-from sim import itb, mirrornode, net
+from sim import itb, mirrornode, net, vendor
 from sim.hw import BoxHardware
 from sim.mirror import SIM_MODEL
 from sim.profiles import Profile, get_profile
@@ -88,10 +88,15 @@ class Fleet:
         mirror: bool = False,
         bmodel_size: int = 0,
         ready_timeout: float = 30.0,
+        engine: str = "emulator",
     ) -> Fleet:
         """Create and boot one box per profile (and the mirror node when asked); returns when every sshd
-        (and the mirror's HTTP server) answers. `bmodel_size` pads the mirror's stand-in bmodels."""
+        (and the mirror's HTTP server) answers. `bmodel_size` pads the mirror's stand-in bmodels. `engine`
+        is the boxes' sophon.sail: the numpy emulator, or the vendor runtime on the cmodel, whose mirror then
+        serves real compiled bmodels (see sim/vendor.py; the first such fleet of a machine installs them)."""
         require_root()
+        if engine not in vendor.ENGINES:
+            raise SimError(f"unknown engine {engine!r} (expected one of: {', '.join(vendor.ENGINES)})")
         state_dir = Path(state_dir)
         if (state_dir / "fleet.json").exists():
             raise SimError(
@@ -101,7 +106,7 @@ class Fleet:
             )
         state_dir.mkdir(parents=True, exist_ok=True)
         with net.allocation_lock():
-            state = FleetState(dir=state_dir, k=net.free_fleet_index())
+            state = FleetState(dir=state_dir, k=net.free_fleet_index(), engine=engine)
             state.save()
             fleet = cls(state)
             fleet._claim_network()
@@ -133,6 +138,12 @@ class Fleet:
         python = boxmod.box_python(settings.sim_python)
         st.python_version = python.version
         st.site = str(ensure_site(settings.sim_cache, python))
+        compiled = None
+        if st.engine == "cmodel":
+            st.runtime_dir = str(vendor.ensure_runtime(settings.sim_cache))
+            if bmodel_size:
+                raise SimError("--bmodel-size pads stand-ins; the cmodel engine serves real compiled bmodels")
+            compiled = vendor.ensure_compiled_standins(settings.sim_cache, settings.cache_dir)
         pub = key.with_suffix(".pub").read_text()
         for i, profile in enumerate(profiles, start=1):
             record = BoxRecord(f"se7-{i}", i, fleet_net.box_address(i), fleet_net.box_ns(i), profile.name)
@@ -142,13 +153,15 @@ class Fleet:
             paths = st.box_paths(record.name)
             paths.dir.mkdir(parents=True, exist_ok=True)
             self._mount_tmpfs(paths.data, size=f"{profile.data_mib}m", mode="755")
+            self._mount_tmpfs(paths.dir / "fs" / "boot", size=f"{profile.boot_mib}m", mode="755")
             boxmod.prepare(
                 paths, record.name, profile, operator_pub=pub, password_hash=password_hash, python=python
             )
+            self._install_engine(paths, profile.libsophon)
             os.chown(paths.data, boxmod.LINARO_UID, boxmod.LINARO_UID)  # like bmrt_setup.sh at every boot
             net.attach(fleet_net, record.netns, record.address)
         if mirror:
-            self._create_mirror(fleet_net, pub, password_hash, bmodel_size, python)
+            self._create_mirror(fleet_net, pub, password_hash, bmodel_size, python, compiled)
         self._write_known_hosts()
         self._write_inventory()
         self._start_daemon()
@@ -162,6 +175,7 @@ class Fleet:
         password_hash: str,
         bmodel_size: int,
         python: boxmod.BoxPython,
+        compiled: Path | None = None,
     ) -> None:
         """The mirror node: a box-like namespace with the SFTP account `open`, then the asset tree."""
         st = self.state
@@ -182,10 +196,15 @@ class Fleet:
         )
         sftp_hash = shadow_hash(mirrornode.SFTP_PASSWORD)
         boxmod.add_sftp_user(paths, mirrornode.SFTP_USER, sftp_hash)
-        tree = mirrornode.build_tree(paths.dir / "fs" / "srv", bmodel_size=bmodel_size)
+        tree = mirrornode.build_tree(paths.dir / "fs" / "srv", bmodel_size=bmodel_size, compiled=compiled)
         (st.dir / "models").mkdir(exist_ok=True)
         self.manifest_path.write_text(mirrornode.manifest_text(tree, self.mirror_url, record.address))
         net.attach(fleet_net, record.netns, record.address)
+
+    def _install_engine(self, paths: boxmod.BoxPaths, libsophon: str) -> None:
+        """A cmodel box's sophon.sail is the vendor runtime's (the emulator is what `prepare` put there)."""
+        if self.state.engine == "cmodel" and self.state.runtime_dir:
+            vendor.install_cmodel_sail(paths.opt_sophon, libsophon, Path(self.state.runtime_dir))
 
     def _start_mirror_http(self) -> None:
         record = self.mirror
@@ -475,6 +494,7 @@ class Fleet:
         hw.tpu_delay_ms = 0
         boxmod.install_libsophon(paths.opt_sophon, hw.libsophon)
         boxmod.install_sail(paths.opt_sophon)
+        self._install_engine(paths, hw.libsophon)
         try:
             boxmod.boot_image(paths)
         except itb.InvalidImage:

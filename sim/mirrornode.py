@@ -24,21 +24,28 @@ SFTP_USER = "open"
 SFTP_PASSWORD = "open"
 
 
-def build_tree(root: Path, *, seed: int = 0, bmodel_size: int = 0) -> mirror.AssetTree:
-    """Write the stand-in tree under `root` at dfss paths; `bmodel_size` pads the bmodels (0: as made)."""
+def build_tree(
+    root: Path, *, seed: int = 0, bmodel_size: int = 0, compiled: Path | None = None
+) -> mirror.AssetTree:
+    """Write the stand-in tree under `root` at dfss paths; `bmodel_size` pads the bmodels (0: as made).
+    With `compiled` (a directory from sim/vendor.py), the bmodels are the real compiled ones instead."""
     with tempfile.TemporaryDirectory() as tmp:
-        made: dict[str, tinyglm.StandIn] = {}
+        made: dict[str, Path] = {}
 
         def maker(path: Path, variant: str, size: int, seed_: int) -> None:
+            if compiled is not None:
+                shutil.copyfile(compiled / f"glm4-9b_{variant}_1dev.bmodel", path)
+                made[variant] = compiled / "token_config.zip"
+                return
             standin = tinyglm.build_standin(Path(tmp) / variant, seed=seed_, variant=variant)
             if size:
                 tinyglm.pad_bmodel(standin.bmodel, max(size, standin.bmodel.stat().st_size))
             shutil.move(standin.bmodel, path)
-            made[variant] = standin
+            made[variant] = standin.token_zip
 
         tree = mirror.build_asset_tree(root, bmodel_size=bmodel_size, seed=seed, bmodel_maker=maker)
         # the token config that matches the stand-ins' vocabulary replaces the generic one
-        shutil.copyfile(made["int4"].token_zip, root / mirror.TOKEN_ZIP)
+        shutil.copyfile(made["int4"], root / mirror.TOKEN_ZIP)
         members = _zip_members(root / mirror.TOKEN_ZIP)
     kit = kit_archive.build_kit(root)
     files = {rel: mirror._size_sha(root / rel) for rel in tree.files}

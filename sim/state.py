@@ -44,6 +44,8 @@ class FleetState:
     helper_pids: list[int] = field(default_factory=list)  # e.g. the mirror's HTTP server
     site: str | None = None
     python_version: str | None = None  # what the boxes run as python3 ("3.8" like a real SE7)
+    engine: str = "emulator"  # the boxes' sophon.sail: the numpy emulator or the vendor runtime ("cmodel")
+    runtime_dir: str | None = None  # the vendor runtime's libraries (engine cmodel)
 
     @property
     def site_dir(self) -> Path | None:

@@ -13,7 +13,8 @@ On a (simulated) box: put `sim/sail` on `sys.path` so `import sophon.sail` is th
 The model: GLM-4 architecture scaled down (default 2 layers, hidden 64, 4 heads, 2 KV heads, head dim 16,
 SwiGLU ffn 192, SEQLEN 128, rope_ratio 500, RMSNorm eps 1.5625e-7), random weights from the seed. The
 variants differ like the real ones: linear weights quantised to int4 (groups of 64) or int8 (per output
-channel) and stored dequantised as fp16; embeddings and norms are fp16. Same seed → same tokenizer and same
+channel) exactly as tpu-mlir does it (`quantise`), and stored dequantised as fp16; embeddings and norms
+are fp16. Same seed → same tokenizer and same
 float weights for both variants, so int4 and int8 differ only by quantisation. The output layer is shaped
 so that the random model writes readable text and ends answers with EOS (see `float_weights`).
 
@@ -289,18 +290,36 @@ def float_weights(
     return weights
 
 
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    """C's std::round (halves away from zero), which tpu-mlir uses; numpy's round goes to even."""
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
 def quantise(weight: np.ndarray, variant: str) -> np.ndarray:
-    """Symmetric weight quantisation as W4F16 (groups of 64 inputs) / W8F16 (per output channel), returned
-    dequantised as fp16 — the values the real quantised graphs multiply with."""
+    """Weight quantisation exactly as tpu-mlir 1.30.2 does it for `model_deploy` (its A16MatMul lowering),
+    returned dequantised as fp16 — the values the compiled graphs multiply with. `weight` is [out, in].
+
+    - int4 (W4F16, --q_group_size 64): asymmetric uint4 per group of 64 inputs of each output row:
+      scale = max(max - min, 1e-5) / 15, zero point = clamp(-round(min / scale), 0, 15),
+      q = clamp(round(w / scale) + zp, 0, 15), value = (q - zp) * scale.
+    - int8 (W8F16): symmetric int8 per output row: scale = max|w| / 127, q = clamp(round(w / scale)).
+    The scales are stored as fp16 in the bmodel, so they are rounded to fp16 here too."""
+    out_dim, in_dim = weight.shape
+    weight = weight.astype(np.float32)
     if variant == "int4":
-        out_dim, in_dim = weight.shape
         group = 64 if in_dim % 64 == 0 else in_dim
         grouped = weight.reshape(out_dim, in_dim // group, group)
-        scale = np.maximum(np.abs(grouped).max(axis=-1, keepdims=True) / 7.0, 1e-8)
-        return (np.clip(np.round(grouped / scale), -8, 7) * scale).reshape(out_dim, in_dim).astype(np.float16)
+        low, high = grouped.min(axis=-1, keepdims=True), grouped.max(axis=-1, keepdims=True)
+        scale = (np.maximum(high - low, np.float32(1e-5)) / np.float32(15.0)).astype(np.float32)
+        zero = np.clip(-_round_half_away(low / scale), 0, 15)
+        q = np.clip(_round_half_away(grouped / scale) + zero, 0, 15)
+        half_scale = scale.astype(np.float16).astype(np.float32)
+        return ((q - zero) * half_scale).reshape(out_dim, in_dim).astype(np.float16)
     if variant == "int8":
-        scale = np.maximum(np.abs(weight).max(axis=-1, keepdims=True) / 127.0, 1e-8)
-        return (np.clip(np.round(weight / scale), -128, 127) * scale).astype(np.float16)
+        scale = (np.abs(weight).max(axis=-1, keepdims=True) / np.float32(127.0)).astype(np.float32)
+        scale = np.maximum(scale, np.float32(1e-30))
+        q = np.clip(_round_half_away(weight / scale), -128, 127)
+        return (q * scale.astype(np.float16).astype(np.float32)).astype(np.float16)
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
@@ -342,6 +361,7 @@ def build_standin(
     pad_to: int = 0,
     bmodel_name: str | None = None,
     vocab_ranks: int = 600,
+    chip: str = "BM1684X",
     **config_overrides: Any,
 ) -> StandIn:
     """Generate `<out_dir>/glm4-9b_<variant>_1dev.bmodel`, `<out_dir>/token_config/` and
@@ -362,6 +382,7 @@ def build_standin(
     config = model_config(len(ranks), **config_overrides)
     header = {
         "kind": "tinyglm4",
+        "chip": chip,
         "variant": variant,
         "seed": seed,
         "config": config,
@@ -374,7 +395,56 @@ def build_standin(
     )
 
 
-# Where sophon-demo's download.sh finds the ChatGLM4 assets on the dfss server (FACTS.md §4).
+HF_CONFIG_KEYS = {
+    "layers": "num_layers",
+    "hidden": "hidden_size",
+    "heads": "num_attention_heads",
+    "kv_heads": "multi_query_group_num",
+    "head_dim": "kv_channels",
+    "ffn": "ffn_hidden_size",
+    "padded_vocab": "padded_vocab_size",
+    "rope_ratio": "rope_ratio",
+    "eps": "layernorm_epsilon",
+    "seqlen": "seq_length",
+}
+
+
+def write_hf_checkpoint(
+    out_dir: Path, *, seed: int = 0, bf16: bool = False, vocab_ranks: int = 600, **config_overrides: Any
+) -> Path:
+    """The tiny GLM-4 as a Hugging Face-format directory in THUDM's glm-4-9b-chat layout (config.json with
+    model_type chatglm, model.safetensors with `transformer.*` names, tokenizer.model and
+    tokenizer_config.json): the input of `sophon-fleet model compile`. Same seed, same float weights as
+    `build_standin`, so a compiled bmodel and the emulator's stand-in hold the same model. Returns out_dir.
+    """
+    from provision.compile.checkpoint import hf_name
+    from provision.compile.safetensors import write_safetensors
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranks = _seed_ranks(seed, vocab_ranks)
+    config = model_config(len(ranks), **config_overrides)
+    write_token_config(out_dir, ranks)
+    hf_config = {theirs: config[ours] for ours, theirs in HF_CONFIG_KEYS.items()}
+    hf_config.update(
+        model_type="chatglm",
+        architectures=["ChatGLMModel"],
+        add_qkv_bias=True,
+        multi_query_attention=True,
+        rmsnorm=True,
+        torch_dtype="bfloat16" if bf16 else "float32",
+        eos_token_id=[
+            len(ranks) + GLM4_SPECIAL_TOKENS.index(t)
+            for t in ("<|endoftext|>", "<|user|>", "<|observation|>")
+        ],
+    )
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    weights = float_weights(config, seed, ranks)
+    write_safetensors(out_dir / "model.safetensors", {hf_name(k): v for k, v in weights.items()}, bf16=bf16)
+    return out_dir
+
+
+# Where sophon-demo's download.sh finds the ChatGLM4 assets on the dfss server (its download.sh's paths).
 MIRROR_PATHS = {
     "int4": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int4_1dev.bmodel",
     "int8": "sophon-demo/ChatGLM4/models/BM1684X/glm4-9b_int8_1dev.bmodel",

@@ -1,4 +1,4 @@
-"""A throwaway OpenSSH server on a loopback address, for transport tests (SIM-NOTES §1).
+"""A throwaway OpenSSH server on a loopback address (any of 127.0.0.0/8), for transport tests.
 
 `start_sshd(tmp)` returns a running server; `stop()` kills it and removes its files, also after a failure.
 Needs root (sshd) and /usr/sbin/sshd; tests skip otherwise.

@@ -9,7 +9,7 @@ channel is reopened and the file resumes; a box's failure never stops the others
 
 The channel is anything with `send`, `recv_line`, `exit_status`, `close` (`channels.py`): a local
 subprocess in unit tests (`LocalChannel`), an SSH exec channel from `provision/ssh/transport.py` in the CLI
-(`ExecChannel`, `transport_opener`).
+(`transport_opener`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from provision.manifest import AssetFile, Manifest
 from provision.ssh.channels import (  # re-exported: deploy and tests take them from here
     Channel,
     ChannelBroken,
-    ExecChannel,
     LocalChannel,
     Opener,
     transport_opener,
@@ -56,7 +55,6 @@ __all__ = [
     "BoxTarget",
     "Channel",
     "ChannelBroken",
-    "ExecChannel",
     "FilePush",
     "LocalChannel",
     "Opener",

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,7 +18,9 @@ from provision.fleet import DEFAULT_FORKS
 from provision.inventory.hosts import Host, Inventory, load_inventory, match_limit
 from provision.manifest import Manifest, load_manifest
 from provision.settings import Settings, load_settings
-from provision.ssh.transport import Connector, Timeouts, Trust
+
+if TYPE_CHECKING:  # paramiko is imported when a command connects, not for --help
+    from provision.ssh.transport import Connector
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ def fleet_manifest(model: str | None, inventory: Inventory) -> Manifest:
 
 def connector_for(reach: Reach, inventory: Inventory, settings: Settings | None = None) -> Connector:
     """A Connector for this run; asks once for the sudo password (-K, or on a terminal if needed)."""
+    from provision.ssh.transport import Connector, Timeouts, Trust
+
     settings = settings or load_settings()
     password = None
     needs = any(h.become_password is None for h in inventory.hosts)

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "logs": "provision.cli.runtime_admin:logs",
     "serve": "provision.cli.serve:serve",
     "gateway": "provision.cli.gateway:gateway",
+    "model": "provision.cli.model:model",
 }
 
 EPILOG = """\b
@@ -46,8 +47,55 @@ Examples:
 """
 
 
+# command name -> its short help, so that `sophon-fleet --help` imports no command module (each pulls in
+# paramiko, yaml, ...); tests/unit/test_cli_basics.py checks these against the commands' own docstrings.
+SUMMARIES: dict[str, str] = {
+    "assets": "Model files: download into a verified cache, pin them in a lock, distribute them to boxes.",
+    "sim": "Simulated BM1684X boxes to build, test and rehearse on.",
+    "inventory": "Show the hosts the other commands would work on (secrets masked; nothing connects).",
+    "preflight": "Is every box ready for the model? One SSH round trip per box, all boxes in parallel.",
+    "doctor": "Support block for one box: SoC/PCIe, bm_version, libsophon, driver, kernel, Python, sail, "
+    "heaps, disk.",
+    "deploy": "Install the chat runtime on each box and prove it with a selftest.",
+    "chat": "Chat with the model on HOST (checks the box is ready first; says what is missing and the fix).",
+    "bench": "Benchmark every ready box in parallel (one model per box): FTL and TPS, median/min/max.",
+    "play": "Run PLAYBOOK (YAML, checked before anything connects) over the inventory.",
+    "memory": "TPU memory layouts: plan, apply (memory_edit + verified boot image swap + reboot), roll back.",
+    "serve": "The box's OpenAI-compatible chat API (`sophon-chat.service`, port 8000).",
+    "gateway": "One endpoint for the whole fleet: HAProxy in front of every box's sophon-chat.service.",
+    "model": "Models you build yourself: compile Hugging Face GLM-4 weights into a bmodel (tpu-mlir).",
+    "status": "Each box now: reachable, uptime, heaps (size and in use), runtime version, variant, service.",
+    "exec": "Run COMMAND on every box: each box's output, then a recap.",
+    "reboot": "Reboot the boxes and wait until each runs a new boot (new boot_id) and answers again.",
+    "completion": "Print the completion script for SHELL (commands, options, and host and group names "
+    "from -i).",
+    "config": "The config file (SOPHON_FLEET_HOME/config.yml): defaults for inventory, model, models, forks, "
+    "cache, mirrors. The environment overrides it; flags override both.",
+    "undeploy": "Remove runtime VERSION from the boxes (never the live one), or every version with --all.",
+    "logs": "HOST's runtime and service logs (deploy history, the live runtime's selftest, the service's "
+    "journal), or with --last the controller's own run log.",
+}
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported only when they run (or when help lists them)."""
+    """A group whose subcommands are imported only when they run (help lists them from SUMMARIES)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's own listing, with each lazy command's short help taken from SUMMARIES."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in SUMMARIES:
+                rows.append((name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)))
+            else:  # a command without a summary yet is imported (slower, still right)
+                command = self.get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *COMMANDS})

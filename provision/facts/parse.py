@@ -25,7 +25,7 @@ from provision.ssh.transport import Transport, quote_command
 
 @dataclass(frozen=True)
 class BmVersion:
-    """`bm_version` output (FACTS.md §3)."""
+    """`bm_version` output: the SDK line, `package : version` lines, the U-Boot chip line."""
 
     sdk: str | None  # "V24.04.01", "v23.09 LTS-SP5", "2.1" (BM1688 line)
     sdk_line: str | None
@@ -229,7 +229,7 @@ _PACKAGE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]+)\s*:\s*(?P<version>\S+)$")
 
 
 def parse_bm_version(text: str) -> BmVersion:
-    """`bm_version` output (FACTS.md §3; also the BM1688-style first line `SophonSDK(BM1688) 2.1`)."""
+    """`bm_version` output (also the BM1688-style first line `SophonSDK(BM1688) 2.1`)."""
     sdk = sdk_line = chip = kernel = hw = mcu = None
     bm1688 = False
     packages: dict[str, str] = {}

@@ -24,7 +24,7 @@ class Layout:
 
 
 # The max heaps of a 16 GB BM1684X (ddr12 8192, ddr3 4096, ddr4 4096 MiB) under memory_edit v2.10+
-# (FACTS.md §1.5: npu 7615, vpu 3071 after the 1 MiB reserve, vpp 4096). Used only as a labelled
+# (`memory_edit.sh -p` prints npu 7615, vpu 3071 after the 1 MiB reserve, vpp 4096). Used only as a labelled
 # assumption when a box has no memory_edit kit to print its own max.
 ASSUMED_MAX_16GB_BM1684X = Layout(7615, 3071, 4096)
 

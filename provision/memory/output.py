@@ -15,7 +15,8 @@ from provision.memory.layout import MAX_PLAUSIBLE_DDR_MIB, MIB, Layout, layout_o
 
 @dataclass(frozen=True)
 class MemoryEditReport:
-    """`memory_edit.sh -p` output (FACTS.md §1.5); sizes in MiB keyed by heap (`npu+vpp` on BM1688)."""
+    """`memory_edit.sh -p` output (`Info: max|now <heap> size: 0x… [N MiB]` lines); sizes in MiB keyed
+    by heap (`npu+vpp` on BM1688)."""
 
     version: str | None
     dts: str | None
@@ -92,7 +93,8 @@ _NEW_IMAGE = re.compile(r"^sudo cp (\S+/emmcboot\.itb) /boot/emmcboot\.itb")
 
 @dataclass(frozen=True)
 class ConfigureReport:
-    """What `memory_edit.sh -c -npu N -vpu N -vpp N` printed (FACTS.md §1.6–1.7).
+    """What `memory_edit.sh -c -npu N -vpu N -vpp N` printed: its configuration and check
+    blocks, or an `Error: <heap> size 0x… error` line and exit 255.
 
     `errors` holds every `Error…` line (over-max sizes, usage, en_emmcfile, ...); `check` the sizes the
     script re-read from the edited device tree; `ok` is True only when it printed both `check edit size ok`

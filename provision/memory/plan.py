@@ -113,7 +113,7 @@ def box_memory(host: str, facts: Facts) -> BoxMemory:
 def effective_max(layout: Layout, maximum: Layout) -> Layout:
     """The box's max for this request: a heap below 1 MiB is deleted, and deleting vpu while keeping vpp
     makes memory_edit reserve 1 MiB at vpp's top ("vpu use vpp mem"), so vpp's max drops by 1 MiB
-    (4096 -> 4095 on a 16 GB BM1684X; VENDOR-RUNTIME.md)."""
+    (4096 -> 4095 on a 16 GB BM1684X, as Sophgo's memory_edit.sh v2.12 computes it)."""
     if layout.vpu < 1 and layout.vpp >= 1:
         return Layout(maximum.npu, maximum.vpu, maximum.vpp - 1)
     return maximum

@@ -23,7 +23,7 @@ from pathlib import Path
 from provision.assets.cache import sha256_file
 from provision.errors import FleetError
 
-# What `chat/` needs on the box (FACTS/DESIGN: checked for aarch64 + CPython 3.8).
+# What `chat/` needs on the box: versions that publish wheels for manylinux2014 aarch64 and CPython 3.8.
 RUNTIME_REQUIREMENTS = ("numpy==1.24.4", "tiktoken==0.7.0", "sentencepiece==0.2.0")
 _BUILDING = threading.Lock()
 PLATFORMS = {"aarch64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}

@@ -1,6 +1,6 @@
 """The body of the simulated memory_edit.sh (Python 3.8, standard library only; runs on the box).
 
-Output lines, checks and exit codes follow memory_edit.sh v2.12 (FACTS.md §1); `simfit` (the simulator's
+Output lines, checks and exit codes follow Sophgo's memory_edit.sh v2.12; `simfit` (the simulator's
 boot image format) stands in for dumpimage/dtc/mkimage.
 """
 

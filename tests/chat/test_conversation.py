@@ -74,12 +74,12 @@ def test_a_message_that_cannot_fit_is_refused(tokenizer):
 
 def test_session_commits_the_finished_turn_once(model, tokenizer):
     session = ChatSession(model, tokenizer)
-    events = list(session.chat("hello box", max_new_tokens=6))
+    events = list(session.chat("tell me about the box", max_new_tokens=6))
     done = events[-1]
     assert isinstance(done, Done) and done.tokens == 6 and done.stop == "length"
     assert "".join(e.text for e in events if isinstance(e, Piece)) == done.text
     assert [(t.user_text, t.answer_ids) for t in session.conversation.turns] == [
-        ("hello box", done.token_ids)
+        ("tell me about the box", done.token_ids)
     ]
     second = session.conversation.prompt("next")
     assert second.count(tokenizer.special_id("<|user|>")) == 2

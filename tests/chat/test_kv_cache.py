@@ -81,7 +81,7 @@ def test_the_seeds_decode_mask_gives_different_wrong_continuations(standin, leng
 class OffByOneMaskModel(GlmModel):
     """LLM-TPU's fix (a8359aa): MASKED on [token_length, SEQLEN), 0 elsewhere, token_length counting the token
     being fed. It leaves slot `filled` attended although that slot is only written after the step (it still
-    holds the prefill's padding key/value): FACTS.md §5.4's suspected off-by-one."""
+    holds the prefill's padding key/value): an off-by-one that this model makes observable."""
 
     def decode_mask(self):
         mask = np.zeros(self.seqlen + 1, dtype=np.float16)

@@ -77,7 +77,7 @@ def test_ready_tokens_done_stats_reset(server, standin):
         "seqlen": standin.seqlen,
         "load_s": 0.25,
     }
-    send({"op": "chat", "id": "a1", "prompt": "hello box", "max_new_tokens": 5})
+    send({"op": "chat", "id": "a1", "prompt": "tell me about the box", "max_new_tokens": 5})
     events = sink.until("done")
     done = events[-1]
     assert {e["event"] for e in events[:-1]} <= {"token"} and all(e["id"] == "a1" for e in events)

@@ -13,9 +13,9 @@ from provision.assets.cache import Cache
 from provision.assets.download import pull
 from provision.assets.pins import load_pins
 from provision.assets.push import BoxTarget, push_fleet
-from provision.errors import DiskFullError
+from provision.errors import ChannelBroken, DiskFullError
 from provision.manifest import load_manifest
-from provision.ssh.channels import ChannelBroken, ExecChannel
+from provision.ssh.transport import Exec
 from sim.mirror import BMODELS, Faults, Mirror, build_asset_tree
 from tests.py38 import box_python_version
 from tests.sim.conftest import connect, needs_root, run
@@ -40,9 +40,10 @@ class BoxLink:
         if transport is None or not transport.is_active():
             self.client = connect(self.fleet, self.name)
         chan = self.client.get_transport().open_session()
+        chan.settimeout(300)
         chan.exec_command(command)
         self.opened += 1
-        channel = ExecChannel(chan)
+        channel = Exec(self.name, command, chan)
         if self.cut_after is not None:
             sent = [0]
             send = channel.send
@@ -169,9 +170,10 @@ class ReconnectingLink(BoxLink):
         if self.client is None:
             self.client = connect(self.fleet, self.name, timeout=10)
         chan = self.client.get_transport().open_session(timeout=5)
+        chan.settimeout(3)
         chan.exec_command(command)
         self.opened += 1
-        return ExecChannel(chan, timeout=3)
+        return Exec(self.name, command, chan)
 
 
 def test_link_down_mid_push_completes_after_link_up(sim_fleet, assets):

@@ -90,7 +90,7 @@ def test_no_model_on_the_box_says_what_to_run(sim_fleet, tmp_path, monkeypatch):
 
 
 def test_a_second_deploy_while_one_runs_is_refused_and_history_has_one_entry(fleet):
-    """Issue 13 item 9: the box's runtime lock. Deploy A runs in a child process; once it reports its
+    """The box's runtime lock. Deploy A runs in a child process; once it reports its
     `push` stage, deploy B (in-process) must be refused, naming A; A then finishes alone."""
     import os
     import subprocess

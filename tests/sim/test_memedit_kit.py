@@ -1,4 +1,4 @@
-"""The simulated memory_edit.sh keeps the real v2.12 contract (FACTS.md §1) on a simulated box."""
+"""The simulated memory_edit.sh keeps the real v2.12 contract (output lines, checks, exit codes) on a box."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 14 item 5: host names and --limit terms that name nothing are errors that say so, with a guess."""
+"""Host names and --limit terms that name nothing are errors that say so, with a guess."""
 
 from __future__ import annotations
 

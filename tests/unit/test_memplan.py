@@ -92,7 +92,7 @@ def test_unknown_max_at_the_assumed_16gb_target_is_nothing(manifest):
 
 
 def test_deleting_vpu_drops_vpp_max_by_the_1_mib_reserve():
-    """Issue 13 item 10 (VENDOR-RUNTIME.md): `-vpu 0` keeps 1 MiB of vpp's top; vpp max 4096 -> 4095."""
+    """Sophgo's memory_edit.sh: `-vpu 0` keeps 1 MiB of vpp's top; vpp max 4096 -> 4095."""
     from provision.memory.plan import over_max
 
     maximum = Layout(7615, 3071, 4096)

@@ -1,3 +1,6 @@
+import base64
+import hashlib
+import hmac
 import io
 import socket
 import threading
@@ -164,6 +167,40 @@ def test_user_and_inventory_known_hosts_are_honoured(sshd, tmp_path):
         assert box.run(["true"]).ok
 
 
+def hashed(line: str, salt: bytes) -> str:
+    """`line` with its host name hashed as `ssh-keygen -H` / HashKnownHosts write it."""
+    name, rest = line.split(" ", 1)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()} {rest}"
+
+
+def test_hashed_entry_among_many_in_the_users_known_hosts_is_honoured(sshd, tmp_path):
+    other = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    lines = [
+        hashed(f"10.9.{i // 250}.{i % 250} ssh-ed25519 {other}\n", i.to_bytes(2, "big") * 10)
+        for i in range(300)
+    ]
+    user = tmp_path / "user"
+    user.write_text("".join(lines[:150]) + hashed(sshd.known_hosts_line(), b"s" * 20) + "".join(lines[150:]))
+    trust = Trust(tmp_path / "own", user)
+    with Connector(trust, timeouts=FAST) as connector:
+        hosts = [host_for(sshd, name=f"box{i}") for i in range(4)]
+        assert all(connector.transport(h).run(["true"]).ok for h in hosts)
+
+
+def test_a_key_in_the_users_known_hosts_wins_over_the_tools_own(sshd, tmp_path):
+    """As paramiko (and ssh) decide: the user's and the inventory's files first, the tool's file after."""
+    other = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    user, own = tmp_path / "user", tmp_path / "own"
+    user.write_text(f"[{sshd.address}]:{sshd.port} ssh-ed25519 {other}\n")
+    own.write_text(sshd.known_hosts_line())
+    with pytest.raises(HostKeyError, match="HOST KEY CHANGED"):
+        SshTransport(host_for(sshd), trust=Trust(own, user), timeouts=FAST).connect()
+    user.write_text(sshd.known_hosts_line())  # the file changed: read again
+    with SshTransport(host_for(sshd), trust=Trust(own, user), timeouts=FAST) as box:
+        assert box.run(["true"]).ok
+
+
 def test_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path):
     own = tmp_path / "own"
     other = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -259,7 +296,7 @@ def test_put_stream_of_a_large_file_round_trips(box, tmp_path):
 
 
 def test_a_command_printing_without_end_is_stopped_at_the_output_cap(box):
-    """Issue 13 item 8: what a box prints is read up to a cap, then refused (memory stays bounded)."""
+    """What a box prints is read up to a cap, then refused (memory stays bounded)."""
     from provision.errors import FactError
 
     started = time.monotonic()

@@ -22,6 +22,8 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 MAGIC = b"SOPHON-SIM-BMDL\n"
+REAL_BMODEL_MAGIC = b"\xee\xaa\x55\xff"  # 0xFF55AAEE little endian: the header of a compiled bmodel
+CHIP = "BM1684X"
 FORMAT_VERSION = 1
 _LENGTH = struct.Struct("<Q")
 
@@ -66,6 +68,11 @@ def read_header(path: str) -> Tuple[Dict[str, Any], int]:
     try:
         with open(path, "rb") as src:
             magic = src.read(len(MAGIC))
+            if magic[:4] == REAL_BMODEL_MAGIC:
+                raise BmodelFormatError(
+                    "%s: a bmodel compiled by tpu-mlir; the numpy emulator runs the simulator's stand-ins "
+                    "(run compiled bmodels with the vendor runtime: sim up --engine cmodel)" % path
+                )
             if magic != MAGIC:
                 raise BmodelFormatError("%s: not a stand-in bmodel (bad magic %r)" % (path, magic[:8]))
             raw_length = src.read(_LENGTH.size)
@@ -83,6 +90,10 @@ def read_header(path: str) -> Tuple[Dict[str, Any], int]:
         raise BmodelFormatError("%s: corrupt header: %s" % (path, error))
     if header.get("format") != FORMAT_VERSION:
         raise BmodelFormatError("%s: unsupported format %r" % (path, header.get("format")))
+    if header.get("chip", CHIP) != CHIP:
+        raise BmodelFormatError(
+            "%s: runtime arch[%s] is not the same with bmodel arch[%s]" % (path, CHIP, header.get("chip"))
+        )
     return header, len(MAGIC) + _LENGTH.size + length
 
 

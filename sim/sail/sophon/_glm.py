@@ -29,8 +29,9 @@ def _tensor(name: str, shape: List[int], dtype: str) -> Dict[str, Any]:
 
 
 def graph_specs(config: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The graph list of a ChatGLM4 bmodel (FACTS.md §5.3) scaled to `config`, in the real order of
-    names: per layer `block_i` / `block_cache_i`, then embeddings, lm_head and the two sampling heads."""
+    """The graph list of a ChatGLM4 bmodel (sophon-demo's export: 5 + 2 x layers graphs) scaled to
+    `config`, in the real order of names: per layer `block_i` / `block_cache_i`, then embeddings, lm_head
+    and the two sampling heads."""
     seq, hidden, vocab = config["seqlen"], config["hidden"], config["padded_vocab"]
     kv_shape = [1, config["kv_heads"], seq, config["head_dim"]]
     one_kv = [1, config["kv_heads"], 1, config["head_dim"]]
