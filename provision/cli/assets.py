@@ -291,13 +291,27 @@ def push_cmd(
     settings, manifest, lock, cache = _setup(model, cache_dir, pins, reach.inventories)
     boxes = plural(len(inventory.hosts), "box")
     first = f"interrupt: finishing the current file on {boxes}; Ctrl-C again to abort now"
+    last: dict[str, PushEvent] = {}  # each box's latest event, for the summary a second Ctrl-C prints
+
+    def known() -> None:
+        rows = [
+            [
+                h.name,
+                "aborted",
+                f"{e.file or '-'} {e.phase} {_mib(e.done)}" if (e := last.get(h.name)) else "-",
+            ]
+            for h in inventory.hosts
+        ]
+        out.table(f"push {manifest.model} (aborted)", ["host", "result", "at"], rows)
+
     with (
         connector_for(reach, inventory, settings) as connector,
-        interruptible(out, first) as cancel,
+        interruptible(out, first, on_abort=known) as cancel,
         progress_bars(out) as bar,
     ):
 
         def on_progress(e: PushEvent) -> None:
+            last[e.host] = e
             bar(e.host, e.phase, e.done, e.total, label=f"{e.host} {e.file}".strip())
 
         chosen, results = push_to_hosts(
