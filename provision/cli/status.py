@@ -33,8 +33,10 @@ from provision.settings import load_settings
 @click.pass_obj
 @reports_errors
 def status(out: Output, watch: float | None, **kwargs: Any) -> None:
-    """Each box now: reachable, uptime, heaps (size and in use), runtime version, variant, service, and
-    its last `bench` (variant, median FTL and tokens/s, when; kept in the tool's home).
+    """Each box now: reachable, uptime, heaps (size and in use), runtime version, variant, service.
+
+    The last column is each box's last `bench` (variant, median FTL and tokens/s, when), kept in the
+    tool's home (bench/<host>.json).
 
     Exit 0 when every box answered, 4 when some are unreachable.
 
