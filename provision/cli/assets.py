@@ -16,7 +16,7 @@ from provision.cli.errors import Exit, exit_code_for, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.interrupt import interruptible
 from provision.cli.options import json_option, model_name, model_option
-from provision.cli.output import Output, plural
+from provision.cli.output import Output, plural, safe, styled
 from provision.cli.progress import progress_bars
 from provision.errors import FleetError
 from provision.inventory.sources import fleet_model
@@ -126,6 +126,7 @@ def pull_cmd(
 ):
     """Download the files of a variant into the cache: resumable, verified, in parallel."""
     settings, manifest, lock, cache = _setup(model, cache_dir, pins, inventories)
+    failures: list[FleetError] = []
     with progress_bars(out) as bar:
 
         def on_progress(event: ProgressEvent) -> None:
@@ -143,7 +144,22 @@ def pull_cmd(
             parallel=parallel,
             keep_corrupt=keep_corrupt,
             progress=on_progress,
+            failures=failures,
         )
+    if failures:  # one line per file that failed, then each distinct hint once; the worst exit code
+        if out.json:
+            out.emit_json(
+                {
+                    "model": manifest.model,
+                    "files": [f.path for f in report.files],
+                    "errors": [{"error": e.message, "hint": e.hint} for e in failures],
+                }
+            )
+        for e in failures:
+            out.err.print(styled(f"error: {e.message}", "red"), highlight=False, soft_wrap=True)
+        for hint in dict.fromkeys(e.hint for e in failures if e.hint):
+            out.err.print(f"hint: {safe(hint)}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(int(max(exit_code_for(e) for e in failures)))
     rows: list[dict[str, Any]] = [
         {
             "file": f.path,
