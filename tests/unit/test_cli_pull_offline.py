@@ -48,7 +48,7 @@ def test_pull_with_the_vendors_servers_unreachable_prints_one_line_per_file(tmp_
     result = CliRunner().invoke(cli, ["assets", "pull", "--variant", "int4"], env=env, catch_exceptions=False)
     assert result.exit_code == 1, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = result.stderr.splitlines()
     files = ["glm4-9b_int4_1dev.bmodel", "token_config.zip", "sophon_arm-3.8.0-py3-none-any.whl"]
     assert len(lines) == len(files) + 1, result.stderr  # one line per file, one hint
     for line, name in zip(lines, files, strict=False):
