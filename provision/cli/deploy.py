@@ -68,9 +68,15 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, break_lock: bool,
         out.info(f"{host}: {stage}")
 
     def known() -> None:
-        rows = [
-            (name, styled("aborted", "red"), "-", f"during {stages.get(name, 'start')}") for name in stages
-        ]
+        rows = []
+        for name in inv.names():
+            stage = stages.get(name)
+            if stage is not None and stage.startswith("done: "):
+                rows.append((name, stage.removeprefix("done: "), "-", ""))
+            else:
+                rows.append(
+                    (name, styled("aborted", "red"), "-", f"during {stage}" if stage else "not started")
+                )
         out.table("deploy (aborted)", ["host", "result", "runtime version", "detail"], rows)
 
     with connector_for(reach, inv, settings) as connector, interruptible(out, on_abort=known) as cancel:
