@@ -68,7 +68,7 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, break_lock: bool,
         out.info(f"{host}: {stage}")
 
     def known() -> None:
-        rows = []
+        rows: list[tuple[str, Any, str, str]] = []
         for name in inv.names():
             stage = stages.get(name)
             if stage is not None and stage.startswith("done: "):
