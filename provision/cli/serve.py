@@ -8,12 +8,11 @@ import click
 from rich.markup import escape
 
 from provision.cli.errors import exit_with_worst, reports_errors
-from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
+from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
-from provision.manifest import load_manifest
 from provision.runtime import serve as core
 from provision.runtime.remote_chat import choose_variant
 from provision.settings import load_settings
@@ -55,7 +54,7 @@ def _fleet(kwargs: dict[str, Any], one: Any) -> FleetResult:
 @json_option
 @click.pass_obj
 @reports_errors
-def up(out: Output, model: str, variant: str, **kwargs: Any) -> None:
+def up(out: Output, model: str | None, variant: str, **kwargs: Any) -> None:
     """Install, enable and start sophon-chat.service on each box; wait until /health is ready.
 
     The unit runs the deployed runtime as the box user (Restart=on-failure, enabled at boot). The API key
@@ -67,15 +66,21 @@ def up(out: Output, model: str, variant: str, **kwargs: Any) -> None:
       sophon-fleet serve up -i /run/sophon-fleet-sim/inventory.yml
       sophon-fleet serve up -i hosts.yml --limit se7-02 --variant int4 --json
     """
-    manifest = load_manifest(model)
+    reach = reach_from(kwargs)
+    settings = load_settings()
+    inv = resolve_inventory(reach, settings)
+    manifest = fleet_manifest(model, inv)
 
-    def one(transport: Any, host: Any, settings: Any) -> core.ServeStatus:
+    def one(host: Any) -> core.ServeStatus:
+        transport = connector.transport(host)
         chosen = choose_variant(gather(transport), manifest, host.variant or variant, host.name)
         key = core.ensure_key(core.key_path(settings.home, host.name))
         unit = core.render_unit(manifest, chosen, host.user)
         return core.serve_up(transport, host.name, unit, key)
 
-    _render(out, _fleet(kwargs, one), "serve up")
+    with connector_for(reach, inv, settings) as connector:
+        result = run_fleet(inv.hosts, one, forks=reach.forks)
+    _render(out, result, "serve up")
 
 
 @serve.command("down")
