@@ -14,7 +14,7 @@ every fact asked again (nothing replayed) with the root part run through sudo wi
 Each row also shows CPU seconds: the controller's (the process and its children: Ansible's workers, ssh
 clients) and the boxes' (their sessions; the simulated boxes share this machine's cores, so box work
 lengthens wall time here, where on a real fleet each box has its own CPU).
-Goal (issue 11): `--fresh` >= 3x faster than pipelined Ansible on 16 boxes.
+Goal: `--fresh` >= 3x faster than pipelined Ansible on 16 boxes.
 
 Run as root:  .venv/bin/python benchmarks/preflight_vs_ansible.py [--boxes 16] [--runs 5]
 """

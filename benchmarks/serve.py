@@ -1,4 +1,4 @@
-"""Serving overhead and fleet scaling, side by side in one run, on a simulated fleet of 3 boxes (issue 16).
+"""Serving overhead and fleet scaling, side by side in one run, on a simulated fleet of 3 boxes.
 
 For each TPU speed (the emulator's natural speed, and `sim fault BOX slow-tpu MS` set so a token takes about
 130 ms, the real int4 rate), on box se7-1 with the same model and prompt:

@@ -39,6 +39,7 @@ def lock_path(name: str) -> str:
     return f"{LOCK_DIR}/{name}.lock"
 
 
+_HELD: set[tuple[str, str]] = set()  # (host, lock path) held by a `box_lock` block of this process now
 HEARTBEAT_S = 15.0  # the holder touches <lock>/heartbeat this often while it runs (not while a box reboots)
 # a lock whose heartbeat is older than this counts as abandoned when its owner's liveness cannot be checked
 # directly (another controller): longer than any reboot a run waits for
@@ -55,7 +56,7 @@ def acquire(transport: Transport, name: str, owner: dict[str, object], *, break_
     except LockedError as exc:
         if not break_lock:
             raise
-        alive = owner_alive(exc.owner, exc.heartbeat_age)
+        alive = owner_alive(exc.owner, exc.heartbeat_age, held_here=(transport.host.name, path) in _HELD)
         if alive:
             raise LockedError(
                 f"{exc.message}; not breaking it: {alive}",
@@ -67,10 +68,16 @@ def acquire(transport: Transport, name: str, owner: dict[str, object], *, break_
         _take(transport, path, owner)
 
 
-def owner_alive(owner: dict[str, object] | None, heartbeat_age: float | None) -> str | None:
-    """Why the lock's owner counts as alive, or None when it is gone."""
+def owner_alive(
+    owner: dict[str, object] | None, heartbeat_age: float | None, *, held_here: bool = False
+) -> str | None:
+    """Why the lock's owner counts as alive, or None when it is gone. `held_here`: a `box_lock` block of
+    this very process holds it now (a lock with our own pid that no block holds was left by an earlier
+    call in this process, e.g. a library user's)."""
     pid = owner.get("pid") if owner else None
     if owner and owner.get("controller") == socket.gethostname() and isinstance(pid, int):
+        if pid == os.getpid():
+            return "this process holds it" if held_here else None
         return f"its run (pid {pid}) is still running on this controller" if pid_running(pid) else None
     if heartbeat_age is not None and heartbeat_age < STALE_S:
         return f"its heartbeat is {heartbeat_age:.0f} s old (a lock is abandoned after {STALE_S:.0f} s)"
@@ -143,6 +150,8 @@ def box_lock(transport: Transport, name: str, operation: str, *, break_lock: boo
     the box cannot be reached: the lock then says who left it, and `Held.released` stays False)."""
     acquire(transport, name, owner_info(operation), break_lock=break_lock)
     held = Held(lock_path(name))
+    key = (transport.host.name, held.path)
+    _HELD.add(key)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(transport, held.path, stop), daemon=True)
     beat.start()
@@ -150,7 +159,8 @@ def box_lock(transport: Transport, name: str, operation: str, *, break_lock: boo
         yield held
     finally:
         stop.set()
-        beat.join()
+        beat.join(timeout=1.0)  # a beat stuck on an unreachable box must not hold up the run's end
+        _HELD.discard(key)
         try:
             release(transport, name)
             held.released = True

@@ -2,7 +2,7 @@
 
 Layout of a box directory `B` (host side; the box sees `B` at the same path, read-only use):
     B/etc/            sshd_config and host keys (kept across reboots)
-    B/fs/boot         the box's /boot (emmcboot.itb, multi.its)
+    B/fs/boot         the box's /boot (emmcboot.itb, multi.its; a size-limited tmpfs standing in for FAT)
     B/fs/data         the box's /data (a size-limited tmpfs, so "disk full" is real)
     B/fs/opt_sophon   the box's /opt/sophon (libsophon-<ver>, libsophon-current, sophon-sail)
     B/hw/             hardware views (see sim.hw) and hw.json

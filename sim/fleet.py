@@ -153,6 +153,7 @@ class Fleet:
             paths = st.box_paths(record.name)
             paths.dir.mkdir(parents=True, exist_ok=True)
             self._mount_tmpfs(paths.data, size=f"{profile.data_mib}m", mode="755")
+            self._mount_tmpfs(paths.dir / "fs" / "boot", size=f"{profile.boot_mib}m", mode="755")
             boxmod.prepare(
                 paths, record.name, profile, operator_pub=pub, password_hash=password_hash, python=python
             )

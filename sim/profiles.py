@@ -20,6 +20,10 @@ class Profile:
     libsophon: str = "0.5.1"
     dts: str = "bm1684x_se7_v1.dtb"
     data_mib: int = 2048
+    # /boot is a small FAT32 partition on a real box (/dev/mmcblk0p1). This kernel has no vfat (measured:
+    # /proc/filesystems lists none, no modules to load), so the stand-in is a tmpfs of this size: the same
+    # "no space in /boot", not FAT's rename semantics.
+    boot_mib: int = 64
     boot_delay_s: float = 0.5
     preinstalled_kit: bool = False  # memory_edit at /opt/sophon/memory_edit, root-owned (Airbox)
 

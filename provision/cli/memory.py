@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from provision.cli.completion import complete_hosts
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import (
     Reach,
@@ -21,9 +19,11 @@ from provision.cli.hosts import (
     reach_from,
     resolve_inventory,
 )
+from provision.cli.interrupt import interruptible
 from provision.cli.memory_view import (
     plan_exit,
     plan_json,
+    render_backups,
     render_plan,
     render_results,
     results_exit,
@@ -34,7 +34,7 @@ from provision.cli.output import Output, plural
 from provision.errors import ConfigError
 from provision.fleet import run_fleet
 from provision.inventory.hosts import Inventory
-from provision.memory.apply import ApplyOptions, rollback_box
+from provision.memory.apply import ApplyOptions, backups_of, rollback_box
 from provision.memory.kit import resolve_kit, shared_kit
 from provision.memory.layout import Layout
 from provision.memory.plan import Action, BoxPlan, Request, request_for
@@ -206,9 +206,9 @@ def reach_args(reach: Reach) -> tuple[str, ...]:
     return (*words, "--connect-timeout", f"{reach.connect_timeout:g}")
 
 
-def apply_args(request: Request, kit: str | None, model: str) -> tuple[str, ...]:
+def apply_args(request: Request, kit: str | None, model: str | None) -> tuple[str, ...]:
     """What `memory apply` was asked for, as options (for the same recovery commands)."""
-    words = ["-m", model] + (["--kit", kit] if kit else [])
+    words = (["-m", model] if model else []) + (["--kit", kit] if kit else [])
     if request.explicit:
         layout = request.layout
         words += ["--npu", str(layout.npu), "--vpu", str(layout.vpu), "--vpp", str(layout.vpp)]
@@ -234,43 +234,34 @@ def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
         raise SystemExit(int(Exit.FAILED))
 
 
-@contextmanager
-def interruptible(out: Output) -> Iterator[threading.Event]:
-    """Ctrl-C sets the event: each box stops at its next stage boundary (never inside a stage) and says
-    which boot image it has. Stages are bounded by their timeouts, so the run ends soon after."""
-    cancel = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        first = not cancel.is_set()
-        cancel.set()
-        out.info(
-            "interrupt: stopping each box at its next safe point ..."
-            if first
-            else "still stopping: boxes are finishing their current stage (a kill -9 leaves whole images too)"
-        )
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield cancel
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # ---------------------------------------------------------------------------------------------- rollback
 
 
 @memory.command("rollback")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_hosts)
 @host_options
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before rebooting the box.")
+@click.option(
+    "--to",
+    "to",
+    metavar="BACKUP|factory",
+    help="Which backup: its name or time stamp (see `memory backups`), or `factory` (the first one made).",
+)
 @reboot_options
 @json_option
 @click.pass_obj
 @reports_errors
 def rollback_command(
-    out: Output, host: str, yes: bool, reboot_timeout: float, break_lock: bool, **kwargs: Any
+    out: Output, host: str, yes: bool, to: str | None, reboot_timeout: float, break_lock: bool, **kwargs: Any
 ) -> None:
-    """Restore the newest boot image backup `memory apply` made on HOST (sha256 verified), reboot, verify.
+    """Restore a boot image backup `memory apply` made on HOST (the newest, or --to; sha256 verified),
+    reboot, verify.
+
+    \b
+    Examples:
+      sophon-fleet memory rollback se7-1 -i hosts.yml
+      sophon-fleet memory rollback se7-1 -i hosts.yml --to factory
+      sophon-fleet memory rollback se7-1 -i hosts.yml --to 20260101T120000Z
 
     Exit 0 when the box runs the restored layout, 1 otherwise, 4 when it cannot be reached.
     """
@@ -280,7 +271,10 @@ def rollback_command(
         planned = [PlannedBox(target, None, BoxPlan(host, Action.APPLY, None, None, None, ""), None)]
         confirm_reboots(out, planned, yes)
     options = ApplyOptions(
-        reboot=RebootPolicy(timeout=reboot_timeout), break_lock=break_lock, reach_args=reach_args(reach)
+        reboot=RebootPolicy(timeout=reboot_timeout),
+        break_lock=break_lock,
+        reach_args=reach_args(reach),
+        rollback_to=to,
     )
     with (
         connector_for(reach, inv) as connector,
@@ -293,3 +287,25 @@ def rollback_command(
         )
     render_results(out, "memory rollback", result)
     raise SystemExit(int(results_exit(result)))
+
+
+@memory.command("backups")
+@click.argument("host")
+@host_options
+@json_option
+@click.pass_obj
+@reports_errors
+def backups_command(out: Output, host: str, **kwargs: Any) -> None:
+    """List the boot image backups on HOST (sha256, layout, date; the first is the factory image), with
+    what /boot holds now and what the box booted with. Changes nothing.
+
+    \b
+    Examples:
+      sophon-fleet memory backups se7-1 -i hosts.yml
+      sophon-fleet memory backups se7-1 -i hosts.yml --json
+    """
+    reach = reach_from(kwargs)
+    inv = resolve_inventory(Reach(**{**reach.__dict__, "limit": host}))
+    with connector_for(reach, inv) as connector:
+        state = backups_of(connector.transport(inv.hosts[0]))
+    render_backups(out, inv.hosts[0].name, state)

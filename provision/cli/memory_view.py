@@ -17,6 +17,7 @@ from provision.errors import ConnectError
 from provision.fleet import FleetResult, SkippedError
 from provision.inventory.hosts import Host
 from provision.memory.apply import ApplyFailed, BoxResult, Stage
+from provision.memory.bootimage import BootState
 from provision.memory.layout import Layout
 from provision.memory.plan import Action, Request
 from provision.memory.rollout import PlannedBox
@@ -220,3 +221,51 @@ def _text(layout: dict[str, int] | None) -> str:
 
 def _layout(layout: Layout | None) -> dict[str, int] | None:
     return {"npu": layout.npu, "vpu": layout.vpu, "vpp": layout.vpp} if layout else None
+
+
+def backups_json(host: str, state: BootState) -> dict[str, Any]:
+    backups = [
+        {
+            **b.to_json(),
+            "name": b.path.rsplit("/", 1)[-1],
+            "factory": i == 0,
+            "in_boot": b.sha256 == state.boot_sha,
+            "booted": b.sha256 == state.booted_sha,
+        }
+        for i, b in enumerate(state.backups)
+    ]
+    return {
+        "schema": "sophon-fleet/memory-backups/v1",
+        "host": host,
+        "boot": {
+            "sha256": state.boot_sha,
+            "layout": _layout(state.label(state.boot_sha)),
+            "booted_sha256": state.booted_sha,
+            "booted_layout": _layout(state.booted_heaps),
+            "pending": state.pending,
+        },
+        "backups": backups,
+    }
+
+
+def render_backups(out: Output, host: str, state: BootState) -> None:
+    doc = backups_json(host, state)
+    if out.json:
+        out.emit_json(doc)
+        return
+    rows = [
+        (
+            b["name"],
+            b["created"],
+            _text(b["layout"]),
+            b["sha256"][:16],
+            ", ".join(
+                w
+                for w, on in (("factory", b["factory"]), ("in /boot", b["in_boot"]), ("booted", b["booted"]))
+                if on
+            ),
+        )
+        for b in doc["backups"]
+    ]
+    out.table(f"backups on {host}", ["backup", "created", "layout", "sha256", "note"], rows)
+    out.text(f"{host}: {state.describe()}")

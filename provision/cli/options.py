@@ -52,4 +52,9 @@ def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def model_name(model: str | None, inventory_model: str | None = None) -> str:
     """The manifest a command works with: -m, else SOPHON_FLEET_MODEL, else the inventory's `model:` (the
     simulated fleet's names its stand-ins), else glm4-9b."""
-    return model or load_settings().model or inventory_model or DEFAULT_MODEL
+    if model:
+        return model
+    settings = load_settings()
+    if settings.model and settings.origins.get("model", "").startswith("env"):
+        return settings.model
+    return inventory_model or settings.model or DEFAULT_MODEL

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from provision.assets.pins import load_pins
+from provision.cli.completion import complete_hosts
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import (
     connector_for,
@@ -18,19 +18,19 @@ from provision.cli.hosts import (
 )
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, plural, styled
-from provision.facts.doctor import doctor_json, support_block
-from provision.facts.parse import gather
-from provision.facts.preflight import PreflightReport, Status, judge, report_json, run_preflight
-from provision.manifest import Manifest
+
+if TYPE_CHECKING:  # the core modules (and paramiko) are imported when a command runs, not for --help
+    from provision.facts.preflight import PreflightReport
+    from provision.manifest import Manifest
 
 EXIT_BY_RESULT = {"ready": Exit.OK, "not-ready": Exit.NOT_READY, "unreachable": Exit.UNREACHABLE}
 STYLE = {
-    Status.READY_INT8: "green",
-    Status.READY_INT4: "green",
-    Status.NEEDS_LAYOUT: "yellow",
-    Status.BLOCKED: "red",
-    Status.ERROR: "red",
-    Status.UNREACHABLE: "magenta",
+    "ready-int8": "green",  # by Status value
+    "ready-int4": "green",
+    "needs-memory-layout": "yellow",
+    "blocked": "red",
+    "error": "red",
+    "unreachable": "magenta",
 }
 
 
@@ -70,6 +70,8 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
       sophon-fleet preflight -i hosts.ini --fresh
       sophon-fleet preflight -H linaro@192.168.150.1 -K --accept-new
     """
+    from provision.facts.preflight import report_json, run_preflight
+
     reach = reach_from(kwargs)
     inv = resolve_inventory(reach)
     manifest = fleet_manifest(model, inv)
@@ -92,6 +94,8 @@ def preflight(out: Output, variant: str, model: str, fresh: bool, **kwargs: Any)
 
 
 def render(out: Output, report: PreflightReport) -> None:
+    from provision.facts.preflight import Status
+
     rows = []
     for v in report.verdicts:
         facts = v.facts
@@ -105,7 +109,7 @@ def render(out: Output, report: PreflightReport) -> None:
         rows.append(
             (
                 v.host.name,
-                styled(v.status.value, STYLE[v.status]),
+                styled(v.status.value, STYLE[v.status.value]),
                 f"{now} = {now.total}" if now else "-",
                 layout,
                 reasons + (f" (hint: {v.hint})" if v.hint else ""),
@@ -132,11 +136,13 @@ def lock_sizes(manifest: Manifest) -> dict[str, int]:
 
     Raises ConfigError (file, line, key) when the lock is malformed.
     """
+    from provision.assets.pins import load_pins
+
     return {fid: entry.size for fid, entry in load_pins(manifest).entries.items()}
 
 
 @click.command("doctor")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_hosts)
 @host_options
 @model_option
 @json_option
@@ -152,6 +158,10 @@ def doctor(out: Output, host: str, model: str, **kwargs: Any) -> None:
       sophon-fleet doctor se7-1 -i /run/sophon-fleet-sim/inventory.yml
       sophon-fleet doctor linaro@192.168.150.1 -K --json
     """
+    from provision.facts.doctor import doctor_json, support_block
+    from provision.facts.parse import gather
+    from provision.facts.preflight import judge
+
     reach = reach_from(kwargs)
     inv, target = one_host(reach, host)
     manifest = fleet_manifest(model, inv)

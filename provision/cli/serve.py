@@ -31,13 +31,17 @@ def serve() -> None:
     """
 
 
-def _fleet(kwargs: dict[str, Any], one: Any) -> FleetResult:
+def _fleet(kwargs: dict[str, Any], one: Any, *, with_manifest: bool = False) -> FleetResult:
+    """Run `one(transport, host, settings)` on every box — `one(..., manifest)` `with_manifest` (the
+    command's -m, else SOPHON_FLEET_MODEL, else the inventory's `model:`)."""
+    model = kwargs.pop("model", None)
     reach = reach_from(kwargs)
     settings = load_settings()
     inv = resolve_inventory(reach, settings)
+    extra = (fleet_manifest(model, inv),) if with_manifest else ()
     with connector_for(reach, inv, settings) as connector:
         return run_fleet(
-            inv.hosts, lambda host: one(connector.transport(host), host, settings), forks=reach.forks
+            inv.hosts, lambda host: one(connector.transport(host), host, settings, *extra), forks=reach.forks
         )
 
 
@@ -46,7 +50,7 @@ def _fleet(kwargs: dict[str, Any], one: Any) -> FleetResult:
 @model_option
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "int8", "int4"]),
+    metavar="auto|VARIANT",
     default="auto",
     show_default=True,
     help="Which deployed variant to serve (auto: int8 when verified on the box, else int4).",
@@ -66,21 +70,14 @@ def up(out: Output, model: str | None, variant: str, **kwargs: Any) -> None:
       sophon-fleet serve up -i /run/sophon-fleet-sim/inventory.yml
       sophon-fleet serve up -i hosts.yml --limit se7-02 --variant int4 --json
     """
-    reach = reach_from(kwargs)
-    settings = load_settings()
-    inv = resolve_inventory(reach, settings)
-    manifest = fleet_manifest(model, inv)
 
-    def one(host: Any) -> core.ServeStatus:
-        transport = connector.transport(host)
+    def one(transport: Any, host: Any, settings: Any, manifest: Any) -> core.ServeStatus:
         chosen = choose_variant(gather(transport), manifest, host.variant or variant, host.name)
         key = core.ensure_key(core.key_path(settings.home, host.name))
         unit = core.render_unit(manifest, chosen, host.user)
         return core.serve_up(transport, host.name, unit, key)
 
-    with connector_for(reach, inv, settings) as connector:
-        result = run_fleet(inv.hosts, one, forks=reach.forks)
-    _render(out, result, "serve up")
+    _render(out, _fleet({**kwargs, "model": model}, one, with_manifest=True), "serve up")
 
 
 @serve.command("down")

@@ -26,6 +26,7 @@ from provision.boxpaths import BOOT_IMAGE
 from provision.errors import (
     ApplyFailed,
     ConnectError,
+    DiskFullError,
     FactError,
     FleetError,
     IntegrityError,
@@ -36,9 +37,14 @@ from provision.memory import kit as memory_kit
 from provision.memory.bootimage import (
     MEMEDIT_BAK,
     Backup,
-    latest_backup,
+    BootState,
+    check_boot_room,
+    find_backup,
     make_backup,
+    read_boot_state,
     read_heaps,
+    record_boot,
+    record_image,
     sha256_on_box,
     swap_in,
 )
@@ -107,6 +113,7 @@ class ApplyOptions:
     # recovery commands printed for a box can be run as they are
     reach_args: tuple[str, ...] = ()
     apply_args: tuple[str, ...] = ()
+    rollback_to: str | None = None  # `memory rollback --to`: a backup's name or stamp, or `factory`
 
     def command(self, *words: str) -> str:
         """`sophon-fleet memory WORDS... <reach args>` as one shell-quoted line."""
@@ -253,39 +260,68 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
     run.enter(Stage.CHECK, "memory_edit -p")
     report = read_layout(run.t, folder)
     now = report.now or box.now
+    state = read_boot_state(run.t, now)  # what /boot holds and what the box booted with, from the records
+    if state.pending:
+        run.progress(run.name, Stage.CHECK, state.describe())
+        now = state.booted_heaps or now
     plan = plan_box(replace(box, now=now, max=report.max), request)
     if plan.action is Action.REFUSED:
         raise ApplyFailed(
             f"{run.name}: refused: {plan.reason}", host=run.name, stage=Stage.CHECK, image="old", refused=True
         )
-    if plan.action is Action.NOTHING:
+    if plan.action is Action.NOTHING and not state.pending:
         run.enter(Stage.UNCHANGED, plan.reason)
         return BoxResult(run.name, Status.UNCHANGED, now, now, note=plan.reason)
     assert plan.target is not None and now is not None
     target = plan.target
-    run.old_sha = run.sha256(BOOT_IMAGE)
+    run.old_sha = state.boot_sha
     if run.old_sha is None:
         raise RemoteError(f"{run.name}: cannot read {BOOT_IMAGE}", hint="is this a BM1684X SoC box?")
-    boot_id = read_boot_id(run.t)
-    run.enter(Stage.EDIT, f"memory_edit -c {target}")
-    new_image = edit(run, folder, target)
-    run.enter(Stage.BACKUP)
-    run.backup = make_backup(run.t, run.old_sha, now)
-    run.enter(Stage.SWAP, f"{new_image} -> {BOOT_IMAGE}")
-    run.swap(new_image, run.new_sha or "")
+    boot_id = state.boot_id or read_boot_id(run.t)
+    # what a rollback restores: the image the box runs now (backed up by the run that replaced it, if /boot
+    # changed since the box booted), expected to boot with the heaps it has now
+    running = state.backup_of(state.booted_sha) if state.pending else None
+    if state.pending and state.label(state.boot_sha) == target:
+        run.new_sha = state.boot_sha  # an earlier run put this target's image in place and did not reboot
+        run.swap_started = True
+        run.backup = running
+        run.progress(run.name, Stage.SWAP, f"the image for {target} is already in {BOOT_IMAGE}")
+    else:
+        try:
+            check_boot_room(run.t)
+        except DiskFullError as exc:
+            raise ApplyFailed(
+                f"{exc.message}", host=run.name, stage=Stage.CHECK, image="old", hint=exc.hint, refused=True
+            ) from exc
+        run.enter(Stage.EDIT, f"memory_edit -c {target}")
+        new_image = edit(run, folder, target)
+        run.enter(Stage.BACKUP)
+        made = make_backup(run.t, run.old_sha, state.label(run.old_sha))
+        run.backup = running if state.pending else made
+        record_image(run.t, run.new_sha or "", target, how="memory_edit -c check")  # before /boot changes
+        run.enter(Stage.SWAP, f"{new_image} -> {BOOT_IMAGE}")
+        run.swap(new_image, run.new_sha or "")
     after = _reboot_and_read(run, boot_id, options, target)
     if after == target:
+        record_boot(run.t, read_boot_id(run.t), run.new_sha or "", after)
+        record_image(run.t, run.new_sha or "", after, how="verified boot")
         run.progress(run.name, Stage.VERIFIED, f"{after}")
         return BoxResult(run.name, Status.APPLIED, now, after, backup=run.backup)
     message = f"{run.name} booted with {after}, not the requested {target}"
-    if not options.auto_rollback:
+    if not options.auto_rollback or run.backup is None:
+        why = (
+            "--no-auto-rollback" if options.auto_rollback is False else "no backup of the image it ran before"
+        )
         raise ApplyFailed(
-            f"{message}; the new image stays in place (--no-auto-rollback)",
+            f"{message}; the new image stays in place ({why})",
             host=run.name,
             stage=Stage.VERIFY,
             image="new",
             backup=run.backup,
-            recovery=(f"`{options.command('rollback', run.name)}` puts the previous image back and reboots",),
+            recovery=(
+                f"`{options.command('backups', run.name)}` lists the backups; "
+                f"`{options.command('rollback', run.name, '--to', 'factory')}` restores the first one",
+            ),
         )
     restored = _rollback(run, options, expected=now)
     raise ApplyFailed(
@@ -456,24 +492,37 @@ def rollback_box(
 
 def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
     transport = run.t
-    backup = latest_backup(transport)
+    before = read_heaps(transport)
+    state = read_boot_state(transport, before)
+    backup = find_backup(transport, state.backups, options.rollback_to)
+    expected = backup.layout or state.label(backup.sha256)
     run.backup = backup
-    run.old_sha = run.sha256(BOOT_IMAGE)
+    run.old_sha = state.boot_sha
     run.new_sha = backup.sha256
     if run.sha256(backup.path) != backup.sha256:
         raise IntegrityError(f"{run.name}: backup {backup.path} does not match its sha256 {backup.sha256}")
-    before = read_heaps(transport)
-    if run.old_sha == backup.sha256 and before == backup.layout:
+    if run.old_sha == backup.sha256 and not state.pending and before == expected:
         run.enter(Stage.UNCHANGED, f"{backup.path} is already in place and booted")
         return BoxResult(run.name, Status.UNCHANGED, before, before, backup=backup)
+    if state.pending:
+        run.progress(run.name, Stage.CHECK, state.describe())
     run.enter(Stage.ROLLBACK, f"restore {backup.path}")
     if run.old_sha != backup.sha256:
         run.swap(backup.path, backup.sha256)
-    after = _reboot_and_read(run, read_boot_id(transport), options, backup.layout, image="new")
-    if backup.layout is not None and after != backup.layout:
-        raise RemoteError(f"{run.name}: after the rollback the box has {after}, not {backup.layout}")
+    after = _reboot_and_read(run, read_boot_id(transport), options, expected, image="new")
+    if expected is not None and after != expected:
+        raise RemoteError(f"{run.name}: after the rollback the box has {after}, not {expected}")
+    record_boot(transport, read_boot_id(transport), backup.sha256, after)
+    record_image(transport, backup.sha256, after, how="verified boot")
     run.progress(run.name, Stage.VERIFIED, str(after))
-    return BoxResult(run.name, Status.RESTORED, before, after, backup=backup)
+    note = "" if expected is not None else "the backup's layout was not recorded: the box runs what it booted"
+    return BoxResult(run.name, Status.RESTORED, before, after, backup=backup, note=note)
+
+
+def backups_of(transport: Transport) -> BootState:
+    """`memory backups HOST`: the backups, with what /boot holds and what the box booted with (read only:
+    a first look during this boot is recorded, nothing else changes)."""
+    return read_boot_state(transport, read_heaps(transport))
 
 
 # ---------------------------------------------------------------------------------------------- texts

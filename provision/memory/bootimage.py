@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE, UnsafePath, within
 from provision.errors import DiskFullError, FactError, IntegrityError, RemoteError
@@ -49,9 +50,10 @@ def sha256_on_box(transport: Transport, path: str) -> str | None:
     return result.stdout.split()[0] if result.ok and result.stdout.split() else None
 
 
-def make_backup(transport: Transport, current_sha: str, layout: Layout) -> Backup:
+def make_backup(transport: Transport, current_sha: str, layout: Layout | None) -> Backup:
     """Copy the current boot image (whose sha256 is `current_sha`) to /data/sophon-fleet/backups with its
-    sha256 and layout, verified. Raises IntegrityError when the copy cannot be written or verified."""
+    sha256 and its layout as the records know it (`BootState.label`; None: unknown, never assumed),
+    verified. Raises IntegrityError when the copy cannot be written or verified."""
     name = transport.host.name
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = f"{BACKUP_DIR}/emmcboot.itb.{stamp}"
@@ -88,6 +90,26 @@ if [ "$got" != "$want" ]; then rm -f "$tmp"; echo "copy-mismatch $got"; exit 3; 
 mv -f -- "$tmp" "$dst"; sync
 echo "swapped $(sha256sum "$dst" | cut -d' ' -f1)"
 """
+
+
+def check_boot_room(transport: Transport) -> None:
+    """/boot (a small FAT partition) must hold a second image beside the current one during a swap: refuse
+    before anything is written when it cannot (the swap itself checks again).
+
+    Raises:
+        DiskFullError: with the KiB free and needed.
+    """
+    script = (
+        f"need=$(( $(stat -c %s {BOOT_IMAGE}) / 1024 + 1024 )); "
+        "avail=$(df -Pk /boot | awk 'NR==2 {print $4}'); echo \"$avail $need\""
+    )
+    words = transport.run(script, sudo=True).stdout.split()
+    if len(words) == 2 and all(w.isdigit() for w in words) and int(words[0]) < int(words[1]):
+        raise DiskFullError(
+            f"{transport.host.name}: /boot has {words[0]} KiB free, a swap needs {words[1]} KiB "
+            f"(a copy of the new image beside {BOOT_IMAGE}); nothing was changed",
+            hint="free space in /boot (old copies such as emmcboot.itb.memeditBak can go once verified)",
+        )
 
 
 def swap_in(transport: Transport, source: str, sha256: str) -> None:
@@ -128,21 +150,206 @@ def read_heaps(transport: Transport) -> Layout:
 
 def latest_backup(transport: Transport) -> Backup:
     """The newest backup sophon-fleet made on this box. Raises RemoteError when there is none."""
-    listing = transport.run(
-        f"ls -1 {BACKUP_DIR}/emmcboot.itb.*.json 2>/dev/null | sort | tail -n 1", check=False
-    )
-    path = listing.stdout.strip()
-    if not path:
-        raise RemoteError(
-            f"{transport.host.name}: no backup in {BACKUP_DIR}",
-            hint=f"the vendor script's copy may be at {MEMEDIT_BAK}",
+    return find_backup(transport, list_backups(transport), None)
+
+
+# ---------------------------------------------------------------------------------------------- records
+#
+# What the tool knows about boot images on a box, so that every run starts from what /boot really holds:
+#     backups/images/<sha256>.json   {"sha256", "layout", "how", "at"}: an image and the layout it boots
+#                                    with, from memory_edit's own `check` of the image it wrote (before it
+#                                    is swapped in) or from a verified boot of it
+#     backups/boots/<boot_id>.json   {"boot_id", "boot_sha", "heaps", "at"}: what /boot held and the heaps
+#                                    the first time a run looked during that boot (before changing anything)
+IMAGES_DIR = f"{BACKUP_DIR}/images"
+BOOTS_DIR = f"{BACKUP_DIR}/boots"
+_MARK = "@@sophon-fleet-records:"
+_STATE_SCRIPT = f"""b=$(cat /proc/sys/kernel/random/boot_id)
+echo "{_MARK}boot_id"; echo "$b"
+echo "{_MARK}boot_sha"; sha256sum {BOOT_IMAGE} 2>/dev/null | cut -d' ' -f1
+echo "{_MARK}boot"; cat "{BOOTS_DIR}/$b.json" 2>/dev/null
+for f in {IMAGES_DIR}/*.json; do [ -f "$f" ] && {{ echo "{_MARK}image"; cat "$f"; }}; done
+"""
+_BACKUPS_SCRIPT = (
+    f'for f in {BACKUP_DIR}/emmcboot.itb.*.json; do [ -f "$f" ] && {{ echo "{_MARK}backup $f"; cat "$f"; }}; '
+    "done\n"
+)
+
+
+@dataclass(frozen=True)
+class BootState:
+    """What /boot holds now and what the box booted with, against the records."""
+
+    boot_id: str
+    boot_sha: str | None  # /boot/emmcboot.itb now
+    booted_sha: str | None  # what /boot held at the first look during this boot (None: no record)
+    booted_heaps: Layout | None
+    labels: dict[str, Layout]  # image sha256 -> the layout it boots with (records only)
+    backups: tuple[Backup, ...]  # oldest first (the first one is the factory image)
+
+    @property
+    def pending(self) -> bool:
+        """/boot changed after the box booted (an earlier run swapped in an image and did not reboot)."""
+        return None not in (self.boot_sha, self.booted_sha) and self.boot_sha != self.booted_sha
+
+    def label(self, sha: str | None) -> Layout | None:
+        """The layout the image `sha` boots with, as recorded; None when nothing says (never assumed)."""
+        if sha is None:
+            return None
+        if sha == self.booted_sha and self.booted_heaps is not None:
+            return self.booted_heaps
+        return self.labels.get(sha)
+
+    def backup_of(self, sha: str | None) -> Backup | None:
+        """The newest backup holding the image `sha`."""
+        return next((b for b in reversed(self.backups) if b.sha256 == sha), None)
+
+    def describe(self) -> str:
+        now = self.label(self.boot_sha)
+        text = f"/boot holds {(self.boot_sha or '?')[:12]} ({now or 'layout unknown'})"
+        if self.pending:
+            text += (
+                f", written after this boot; the box runs {self.booted_heaps or '?'} "
+                f"from {(self.booted_sha or '?')[:12]} until it reboots"
+            )
+        return text
+
+
+def read_boot_state(transport: Transport, heaps_now: Layout | None) -> BootState:
+    """One round trip (as root): boot_id, /boot's sha256 and every record. The first look during a boot is
+    recorded (what /boot held, and `heaps_now`), before anything changes."""
+    sections = _sections(transport.run(_STATE_SCRIPT + _BACKUPS_SCRIPT + "true", sudo=True).stdout)
+    boot_id = (sections.get("boot_id") or [""])[0].strip()
+    boot_sha = (sections.get("boot_sha") or [""])[0].strip() or None
+    boot = _json((sections.get("boot") or [""])[0])
+    labels: dict[str, Layout] = {}
+    for text in sections.get("image", []):
+        record = _json(text)
+        layout = _layout_field(record.get("layout"))
+        if isinstance(record.get("sha256"), str) and layout is not None:
+            labels[record["sha256"]] = layout
+    backups = tuple(
+        sorted(
+            (b for b in (_backup(transport, text) for text in sections.get("backup", [])) if b is not None),
+            key=lambda b: b.created,
         )
-    meta = json.loads(transport.run(["cat", path]).stdout)
-    layout = Layout(*meta["layout"]) if meta.get("layout") else None
+    )
+    booted_sha: str | None
+    if boot.get("boot_sha"):
+        booted_sha, booted_heaps = str(boot["boot_sha"]), _layout_field(boot.get("heaps"))
+    else:
+        booted_sha, booted_heaps = boot_sha, heaps_now
+        if boot_id and boot_sha:
+            _write_record(
+                transport,
+                f"{BOOTS_DIR}/{boot_id}.json",
+                {"boot_id": boot_id, "boot_sha": boot_sha, "heaps": _layout_list(heaps_now)},
+            )
+            if heaps_now is not None:
+                record_image(transport, boot_sha, heaps_now, how="booted")
+                labels[boot_sha] = heaps_now
+    return BootState(boot_id, boot_sha, booted_sha, booted_heaps, labels, backups)
+
+
+def record_image(transport: Transport, sha: str, layout: Layout, *, how: str) -> None:
+    """Note that the image `sha` boots with `layout` (`how` we know: memory_edit's check, a verified boot)."""
+    _write_record(
+        transport, f"{IMAGES_DIR}/{sha}.json", {"sha256": sha, "layout": _layout_list(layout), "how": how}
+    )
+
+
+def record_boot(transport: Transport, boot_id: str, sha: str, heaps: Layout) -> None:
+    """What a verified boot runs: recorded like a first look, so the next run knows it booted `sha`."""
+    _write_record(
+        transport,
+        f"{BOOTS_DIR}/{boot_id}.json",
+        {"boot_id": boot_id, "boot_sha": sha, "heaps": _layout_list(heaps)},
+    )
+
+
+def list_backups(transport: Transport) -> tuple[Backup, ...]:
+    """Every backup on the box, oldest (the factory image) first."""
+    script = _BACKUPS_SCRIPT + "true"
+    sections = _sections(transport.run(script, check=False).stdout)
+    found = (_backup(transport, text) for text in sections.get("backup", []))
+    return tuple(sorted((b for b in found if b is not None), key=lambda b: b.created))
+
+
+def find_backup(transport: Transport, backups: tuple[Backup, ...], spec: str | None) -> Backup:
+    """`spec`: None (the newest), `factory` (the first one made), a backup's file name, path or stamp.
+
+    Raises:
+        RemoteError: no backup at all, or none matching `spec` (the known ones are listed).
+    """
+    name = transport.host.name
+    if not backups:
+        raise RemoteError(
+            f"{name}: no backup in {BACKUP_DIR}", hint=f"the vendor script's copy may be at {MEMEDIT_BAK}"
+        )
+    if spec is None:
+        return backups[-1]
+    if spec == "factory":
+        return backups[0]
+    for backup in backups:
+        if spec in (backup.path, backup.path.rsplit("/", 1)[-1], backup.created):
+            return backup
+    known = ", ".join(["factory", *(b.created for b in backups)])
+    raise RemoteError(
+        f"{name}: no backup {spec!r} (known: {known})",
+        hint=f"`sophon-fleet memory backups {name}` lists them",
+    )
+
+
+def _sections(output: str) -> dict[str, list[str]]:
+    """`@@…:name [arg]` lines split the output: each section's text (its `arg`, if any, as first line)."""
+    parts: list[tuple[str, list[str]]] = []
+    for line in output.splitlines():
+        if line.startswith(_MARK):
+            key, _, arg = line[len(_MARK) :].partition(" ")
+            parts.append((key, [arg] if arg else []))
+        elif parts:
+            parts[-1][1].append(line)
+    sections: dict[str, list[str]] = {}
+    for key, lines in parts:
+        sections.setdefault(key, []).append("\n".join(lines))
+    return sections
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _layout_field(value: Any) -> Layout | None:
+    if isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and v >= 0 for v in value):
+        return Layout(*value)
+    return None
+
+
+def _layout_list(layout: Layout | None) -> list[int] | None:
+    return [layout.npu, layout.vpu, layout.vpp] if layout else None
+
+
+def _write_record(transport: Transport, path: str, record: dict[str, Any]) -> None:
+    """A small JSON record on the box, written atomically (as the login user, like the backups beside it)."""
+    text = json.dumps({**record, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True)
+    script = 'set -e; mkdir -p "$(dirname "$1")"; printf "%s\\n" "$2" > "$1.tmp"; mv -f -- "$1.tmp" "$1"'
+    transport.run(quote_command(["sh", "-c", script, "sh", path, text]))
+
+
+def _backup(transport: Transport, text: str) -> Backup | None:
+    """A backup from its `.json` record (first line: the record's path); None when it is not one."""
+    path, _, body = text.partition("\n")
+    meta = _json(body)
+    if not isinstance(meta.get("sha256"), str) or not isinstance(meta.get("path"), str):
+        return None
     try:  # the record is the box's word: its image must be one of our backups, nothing else on the box
-        image = within(BACKUP_DIR, str(meta["path"]))
+        image = within(BACKUP_DIR, meta["path"])
     except UnsafePath as exc:
         raise FactError(
             f"{transport.host.name}: backup record {path} names {meta['path']!r}: {exc}"
         ) from None
-    return Backup(image, str(meta["sha256"]), layout, str(meta.get("created", "")))
+    return Backup(image, meta["sha256"], _layout_field(meta.get("layout")), str(meta.get("created", "")))

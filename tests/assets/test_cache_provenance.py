@@ -69,7 +69,7 @@ def test_the_real_glm4_9b_never_resolves_to_a_simulator_file(tmp_path, tree):
 
 
 def test_pull_repairs_a_name_link_left_by_another_pin_or_deleted(tmp_path, tree, mirror, cache):
-    """Issue 13 item 7: what pull calls cached is the blob the pin in force names, and the file's name
+    """What pull calls cached is the blob the pin in force names, and the file's name
     in the cache is made to point at it again (it was left at another pin's blob, or deleted)."""
     manifest, pins = write_manifest(tmp_path, tree, pin=True, mirrors=[mirror.url])
     pull(manifest, ["int4"], cache=cache, lock=pins, use_dfss=False)

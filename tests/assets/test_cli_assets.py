@@ -42,7 +42,7 @@ def test_pull_ls_verify_pin_json(tmp_path, tree, mirror):
     bad = run("assets", "verify", *m, env=env)
     assert bad.exit_code == 5 and "corrupt" in bad.output
     assert "hint: `sophon-fleet assets pull` downloads the corrupt files again" in bad.stderr
-    # ... and the next pull repairs it instead of calling it cached (issue 14 item 10)
+    # ... and the next pull repairs it instead of calling it cached
     again = run(
         "assets", "pull", *m, "--variant", "int4", "--mirror", mirror.url, "--no-dfss", "--json", env=env
     )

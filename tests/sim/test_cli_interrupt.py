@@ -1,4 +1,4 @@
-"""Issue 14 item 2: one Ctrl-C rule. The first Ctrl-C stops each box before its next changing stage and
+"""One Ctrl-C rule. The first Ctrl-C stops each box before its next changing stage and
 says so; the recap still prints; a second Ctrl-C aborts at once. SIGINT is sent at the stage in question,
 awaited from the command's own progress output."""
 

@@ -1,4 +1,4 @@
-"""Issue 14 item 7: every command has --json, one document with a versioned `schema`, the same names for the
+"""Every command has --json, one document with a versioned `schema`, the same names for the
 same things; item 8: -v/-vv anywhere, -v shows each box's commands and timings with secrets masked."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 14 items 6 and 10 on a fleet made by `sim up` itself: its inventory alone is enough; the sim's usage
+"""On a fleet made by `sim up` itself: its inventory alone is enough; the sim's usage
 errors exit 2; the small texts."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Issue 14 item 4 and issue 13 item 8 (terminal part): values a user copies are never cut, pipes get plain
-rows, and nothing from a box or a file reaches the terminal raw."""
+"""Values a user copies are never cut, pipes get plain rows, and nothing from a box or a file reaches the
+terminal raw."""
 
 from __future__ import annotations
 

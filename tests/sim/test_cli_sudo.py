@@ -1,4 +1,4 @@
-"""Issue 14 item 1: a wrong sudo password is told from a missing one, everywhere, before anything changes."""
+"""A wrong sudo password is told from a missing one, everywhere, before anything changes."""
 
 from __future__ import annotations
 

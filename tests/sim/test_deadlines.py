@@ -1,4 +1,4 @@
-"""Issue 13 items 3 and 5: every SSH read and write has a deadline, even when the socket blocks.
+"""Every SSH read and write has a deadline, even when the socket blocks.
 
 A link cut (`link-down`, and never `link-up` until the command has returned) must end in a clear report
 within the connect timeout plus the default idle bound (<= 60 s), with the box named unreachable. The cut is
@@ -24,7 +24,7 @@ from tests.sim.conftest import needs_root
 pytestmark = [pytest.mark.sim, needs_root]
 
 CONNECT_TIMEOUT = 2.0
-BOUND = CONNECT_TIMEOUT + 60.0  # the issue's bound: connect timeout + at most 60 s idle by default
+BOUND = CONNECT_TIMEOUT + 60.0  # the bound: connect timeout + at most 60 s idle by default
 
 
 def invoke(*args: str):
@@ -114,7 +114,7 @@ def kit_path(tmp_path: Path) -> str:
 
 
 def test_a_link_cut_during_edit_is_reported_with_boot_untouched_and_runnable_advice(sim_fleet, tmp_path):
-    """Issue 13 item 5: `memedit-slow` holds the `edit` stage; the link is cut once the CLI shows that stage.
+    """`memedit-slow` holds the `edit` stage; the link is cut once the CLI shows that stage.
     The report comes within the bound, says /boot was not touched, and its advice runs as printed: it
     names the lock this run could not remove and the command (with --break-lock) that clears it."""
     import shlex

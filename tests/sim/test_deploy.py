@@ -51,6 +51,9 @@ def test_fresh_then_up_to_date_then_rollback(fleet, monkeypatch):
     code, hosts = deploy_json(fleet)
     assert code == 0 and {h["status"] for h in hosts.values()} == {"up-to-date"}
     assert hosts["se7-1"]["transferred"] == 0
+    assert {h["selftest"] for h in hosts.values()} == {None}  # nothing ran: no old numbers passed off as new
+    code, out, _ = invoke("deploy", "-i", str(fleet.inventory_path))
+    assert code == 0 and "already in place; nothing ran" in out and "tok/s" not in out
 
     real_archive = deploymod.app_archive
     monkeypatch.setattr(deploymod, "app_archive", lambda cache_dir: with_extra_file(*real_archive(cache_dir)))
@@ -87,7 +90,7 @@ def test_no_model_on_the_box_says_what_to_run(sim_fleet, tmp_path, monkeypatch):
 
 
 def test_a_second_deploy_while_one_runs_is_refused_and_history_has_one_entry(fleet):
-    """Issue 13 item 9: the box's runtime lock. Deploy A runs in a child process; once it reports its
+    """The box's runtime lock. Deploy A runs in a child process; once it reports its
     `push` stage, deploy B (in-process) must be refused, naming A; A then finishes alone."""
     import os
     import subprocess

@@ -253,7 +253,7 @@ def test_a_lock_held_by_another_run_is_named(sim_fleet, kit):
 
 
 def test_break_lock_refuses_while_the_owner_runs_on_this_controller(sim_fleet, kit):
-    """Issue 13 item 2: --break-lock checks the owner's pid when the lock was taken on this controller."""
+    """--break-lock checks the owner's pid when the lock was taken on this controller."""
     fleet = sim_fleet(["se7-factory"])
     fleet.fault("se7-1", "memedit-slow")
     first = start_apply(fleet, kit)
@@ -393,7 +393,7 @@ def test_without_the_sudo_password_the_heaps_are_unknown_and_the_box_is_refused(
 
 
 def test_a_deleted_vpu_heap_is_planned_applied_verified_and_rolled_back(sim_fleet, kit):
-    """Issue 13 item 10: `--vpu 0` drops vpp's max to 4095 (refused before any change, exit 3); with 4095
+    """`--vpu 0` drops vpp's max to 4095 (refused before any change, exit 3); with 4095
     the box boots with no vpu heap and no debugfs dir, verify reads it as 0, and rollback works from there."""
     fleet = sim_fleet(["se7-factory"])
     before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
@@ -425,3 +425,145 @@ def test_a_deleted_vpu_heap_is_planned_applied_verified_and_rolled_back(sim_flee
     status, out = sudo(client, "ls /sys/kernel/debug/ion")
     client.close()
     assert "bm_vpu_heap_dump" in out.split()
+
+
+SLOW_SYNC = '#!/bin/sh\nsleep 2\nexec /bin/sync "$@"\n'
+
+
+def killed_after_the_swap(fleet, kit, *args):
+    """Issue 13 item 2's state: the CLI is killed (-9) once the new image is in /boot, before the reboot.
+    A `sync` that takes 2 s on the box (eMMC-like) holds the run right after the rename; the kill is made
+    once the box's /boot has changed (awaited), so the box keeps running its old heaps."""
+    client = connect(fleet, "se7-1")
+    assert run(client, "cat > /tmp/sync", stdin=SLOW_SYNC)[0] == 0
+    assert sudo(client, "install -m 755 /tmp/sync /usr/local/bin/sync")[0] == 0
+    old = boot_sha(fleet, "se7-1")
+    proc = start_apply(fleet, kit, *args)
+    seen = []
+    try:
+        read_until(proc, "swap", seen)
+        deadline = time.monotonic() + 30
+        while boot_sha(fleet, "se7-1") == old and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert boot_sha(fleet, "se7-1") != old, "the swap did not happen"
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert sudo(client, "rm -f /usr/local/bin/sync")[0] == 0
+    client.close()
+    return old
+
+
+def backups_json(fleet):
+    code, output = invoke("memory", "backups", "se7-1", "-i", str(fleet.inventory_path), "--json")
+    assert code == 0, output
+    return json.loads(output)
+
+
+def test_after_a_kill_at_the_swap_the_next_run_reboots_into_the_image_in_place(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    factory = killed_after_the_swap(fleet, kit)
+    hw = fleet.hardware("se7-1")
+    assert hw.heaps == [3950, 2048, 3072] and hw.boot_count == 1  # not rebooted: old heaps, new /boot
+    doc = backups_json(fleet)
+    assert doc["boot"]["pending"] is True
+    assert doc["boot"]["layout"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}  # from memory_edit's check
+    assert doc["boot"]["booted_layout"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    (first,) = doc["backups"]
+    assert first["factory"] and first["booted"] and first["sha256"] == factory
+    assert first["layout"] == [3950, 2048, 3072]
+
+    code, doc = apply_json(fleet, kit, "--break-lock")  # the killed run's pid is gone: the lock is broken
+    assert code == 0, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "applied" and host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert host["before"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert fleet.hardware("se7-1").boot_count == 2  # rebooted once, into the image already in place
+    assert len(backups_json(fleet)["backups"]) == 1  # no backup of the pending image under a wrong label
+
+    code, output = invoke(
+        "memory", "rollback", "se7-1", "--to", "factory", "--json", "-i", str(fleet.inventory_path), "--yes",
+        *FAST,
+    )  # fmt: skip
+    assert code == 0, output
+    (host,) = json.loads(output)["hosts"]
+    assert host["result"] == "restored" and host["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert boot_sha(fleet, "se7-1") == factory
+
+
+def test_after_a_kill_at_the_swap_a_new_target_labels_backups_from_the_image(sim_fleet, kit):
+    fleet = sim_fleet(["se7-factory"])
+    factory = killed_after_the_swap(fleet, kit)
+    pending = boot_sha(fleet, "se7-1")
+    fleet.fault("se7-1", "itb-wrong-layout")
+
+    code, doc = apply_json(fleet, kit, "--break-lock", "--npu", "7000", "--vpu", "2048", "--vpp", "2048")
+
+    assert code == 1, doc
+    (host,) = doc["hosts"]
+    assert host["stage"] == "rollback" and host["image"] == "old", host
+    assert host["backup"]["sha256"] == factory  # auto-rollback restored the image the box was running
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
+    assert boot_sha(fleet, "se7-1") == factory
+    labels = {b["sha256"]: b["layout"] for b in backups_json(fleet)["backups"]}
+    assert labels == {factory: [3950, 2048, 3072], pending: [7615, 3071, 3071]}  # never the running heaps
+
+
+def test_a_swap_into_a_too_full_boot_is_refused_before_anything_is_replaced(sim_fleet, kit):
+    """Issue 13 item 11: the sim's /boot is size-limited (a tmpfs standing in for the FAT partition); with
+    less room than a second image needs, apply refuses before memory_edit runs."""
+    fleet = sim_fleet(["se7-factory"])
+    client = connect(fleet, "se7-1")
+    status, out = run(client, "df -Pk /boot | awk 'NR==2 {print $2, $4}'")
+    total, free = (int(w) for w in out.split())
+    assert total <= 64 * 1024, out  # not an unlimited bind mount
+    image_kib = fleet.state.box_paths("se7-1").boot_image.stat().st_size // 1024
+    filler = (free - image_kib - 512) * 1024  # leaves less than the image + 1 MiB a swap needs
+    assert sudo(client, f"fallocate -l {filler} /boot/filler")[0] == 0
+    before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
+
+    code, doc = apply_json(fleet, kit)
+
+    assert code == 3, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "refused" and host["stage"] == "check" and host["image"] == "old", host
+    assert "/boot has" in host["error"] and "nothing was changed" in host["error"]
+    assert boot_sha(fleet, "se7-1") == before and fleet.hardware("se7-1").boot_id == boot
+    status, out = run(client, "ls -a /boot")
+    client.close()
+    assert sorted(out.split()) == [".", "..", "emmcboot.itb", "filler", "multi.its"], out
+
+
+@pytest.mark.parametrize("stage", ["edit", "waiting"])
+def test_kill_9_at_a_stage_then_break_lock_finishes_the_job(sim_fleet, kit, stage):
+    """SIGKILL of the CLI once it reports `stage` (awaited in its progress output): the lock stays, a run
+    that must change the box is refused naming it, `--break-lock` (the owner's pid is gone) brings the box to
+    its target, and the factory backup keeps its layout."""
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "memedit-slow")  # holds the edit stage for 3 s
+    factory = boot_sha(fleet, "se7-1")
+    proc = start_apply(fleet, kit)
+    seen = []
+    try:
+        read_until(proc, stage, seen)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    fleet.fault("se7-1", "heal")
+    if stage == "waiting":  # the box was already rebooting into the new image: let it come up
+        deadline = time.monotonic() + 60
+        while fleet.hardware("se7-1").boot_count < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fleet.wait_ready(timeout=60, names=["se7-1"])
+    code, doc = apply_json(fleet, kit)
+    if stage == "waiting":  # it booted the new image: at target, nothing to do (no lock needed for that)
+        assert code == 0 and doc["hosts"][0]["result"] == "unchanged", doc
+        code, doc = apply_json(fleet, kit, "--npu", "7000", "--vpu", "2048", "--vpp", "2048")
+    assert code == 3 and "is locked: memory apply by" in doc["hosts"][0]["error"], doc
+    code, doc = apply_json(fleet, kit, "--break-lock")
+    assert code == 0, doc
+    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+    backups = backups_json(fleet)["backups"]
+    assert backups[0]["sha256"] == factory and backups[0]["layout"] == [3950, 2048, 3072]

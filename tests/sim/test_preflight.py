@@ -184,7 +184,7 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     wrong.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("SE7_SUDO", "not-the-password")
     # the heaps this boot were read with the right password before: the box replays them, and still
-    # checks the password (issue 14 item 1)
+    # checks the password
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
     assert code == 3 and doc["hosts"][0]["facts"]["heaps"]["now"]["npu"] == 3950
     assert doc["hosts"][0]["facts"]["replayed"] == ["root"]  # the box part is not kept: no sail

@@ -1,4 +1,4 @@
-"""The one check for paths a manifest or a box influences (issue 13, item 1)."""
+"""The one check for paths a manifest or a box influences."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile inventories, playbooks and manifests (issue 13, item 6): exit 2 naming the file, in under a second.
+"""Hostile inventories, playbooks and manifests: exit 2 naming the file, in under a second.
 
 Each case runs the real CLI in a child process with its address space capped at 1 GiB (an unbounded
 expansion fails there instead of exhausting the machine) and a 20 s timeout. The child imports the command
@@ -130,7 +130,7 @@ HOSTILE_VALUES = [
 @pytest.mark.parametrize(("key", "value"), HOSTILE_VALUES)
 @pytest.mark.parametrize("kind", ["own.yml", "ansible.ini"])
 def test_shell_metacharacters_in_connection_values_are_refused(tmp_path, kind, key, value):
-    """Issue 13 item 9: nothing ran with them, but they are invalid input: exit 2, file and line named."""
+    """Nothing ran with them, but they are invalid input: exit 2, file and line named."""
     path = tmp_path / kind
     if kind == "own.yml":
         path.write_text("hosts:\n  se7-1:\n    address: 10.0.0.1\n" + f"    {key}: {json.dumps(value)}\n")

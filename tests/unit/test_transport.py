@@ -296,7 +296,7 @@ def test_put_stream_of_a_large_file_round_trips(box, tmp_path):
 
 
 def test_a_command_printing_without_end_is_stopped_at_the_output_cap(box):
-    """Issue 13 item 8: what a box prints is read up to a cap, then refused (memory stays bounded)."""
+    """What a box prints is read up to a cap, then refused (memory stays bounded)."""
     from provision.errors import FactError
 
     started = time.monotonic()
