@@ -11,7 +11,7 @@ import click
 
 from provision import __version__
 from provision.cli.output import Output
-from provision.cli.runlog import start_run_log
+from provision.cli.runlog import start_run_log, stop_run_log
 from provision.cli.verbosity import configure_logging, hoist_verbosity
 
 # command name -> "module:attribute"; loaded on first use so `--help` and small commands stay fast.
@@ -147,7 +147,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
         ours = Path(sys.argv[0]).name.startswith("sophon-fleet")  # else: run in-process (tests)
         handler = start_run_log(sys.argv[1:] if ours else [str(ctx.invoked_subcommand), "..."])
         if handler is not None:
-            ctx.call_on_close(handler.close)
+            ctx.call_on_close(lambda: stop_run_log(handler))
 
 
 def versions() -> dict[str, str]:

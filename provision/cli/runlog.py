@@ -46,6 +46,13 @@ def start_run_log(argv: list[str]) -> logging.Handler | None:
     return handler
 
 
+def stop_run_log(handler: logging.Handler) -> None:
+    """Detach the run's log, then close it (a closed FileHandler still attached would reopen its file on the
+    next record: a leaked file when commands run in-process, as in tests)."""
+    logging.getLogger("provision").removeHandler(handler)
+    handler.close()
+
+
 def _prune(directory: Path) -> None:
     for old in sorted(directory.glob("*.log"))[:-KEEP]:
         try:
