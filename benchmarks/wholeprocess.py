@@ -159,8 +159,8 @@ class BoxCpu:
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def seconds(self) -> float:
-        """Now, once every session that had ended has been reaped (bounded wait)."""
-        deadline = time.monotonic() + 2
+        """Now, once every session that had ended has been reaped (a bounded wait: 10 s)."""
+        deadline = time.monotonic() + 10
         while self._children() and time.monotonic() < deadline:
             time.sleep(0.01)
         total = 0
