@@ -45,7 +45,7 @@ test-reference: setup
 # compiled bmodels of the tiny GLM-4. Serial: the cmodel keeps two cores busy.
 test-vendor: setup
 	$(BIN)/python -m pip install -q -e '.[reference]'
-	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m vendor tests/vendor
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m vendor --durations=12 tests/vendor
 
 demo: setup
 	$(BIN)/python -m sim.demo

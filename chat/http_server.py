@@ -431,18 +431,16 @@ class ChatHandler(BaseHTTPRequestHandler):
                     self._chunk(api.sse(api.chunk(cid, model, created, {"content": value})))
                 elif kind == "done":
                     reason, prompt_tokens, completion_tokens = value
-                    self._chunk(api.sse(api.chunk(cid, model, created, {}, reason)))
+                    self.server.metrics.count_request(200)  # before the client can see the end
+                    tail = api.sse(api.chunk(cid, model, created, {}, reason))
                     if job.request.include_usage:
                         counts = api.usage(prompt_tokens, completion_tokens)
-                        self._chunk(api.sse(api.usage_chunk(cid, model, created, counts)))
-                    self._chunk(api.sse("[DONE]"))
-                    self._chunk(b"")
-                    self.server.metrics.count_request(200)
+                        tail += api.sse(api.usage_chunk(cid, model, created, counts))
+                    self._finish(tail + api.sse("[DONE]"))
                     return
                 elif kind == "error":
-                    self._chunk(api.sse(value.body()))
-                    self._chunk(b"")
                     self.server.metrics.count_request(value.status)
+                    self._finish(api.sse(value.body()))
                     self.close_connection = True
                     return
                 else:
@@ -468,8 +466,8 @@ class ChatHandler(BaseHTTPRequestHandler):
                     reason,
                     api.usage(prompt_tokens, completion_tokens),
                 )
-                self._json(200, doc)
                 self.server.metrics.count_request(200)
+                self._json(200, doc)
                 return
             elif kind == "error":
                 self._error(value)
@@ -481,6 +479,14 @@ class ChatHandler(BaseHTTPRequestHandler):
     def _gone(self) -> None:
         self.server.metrics.count_request(CLIENT_GONE)
         self.close_connection = True
+
+    def _finish(self, data: bytes) -> None:
+        """The last chunks of a stream already counted: a client gone by now changes nothing."""
+        try:
+            self._chunk(data)
+            self._chunk(b"")
+        except OSError:
+            self.close_connection = True
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

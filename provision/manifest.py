@@ -14,7 +14,7 @@ from typing import Any
 from provision.boxpaths import UnsafePath, plain_name, relative_parts
 from provision.errors import ConfigError
 from provision.memory.layout import Layout
-from provision.settings import load_settings
+from provision.settings import DEFAULT_MODEL, load_settings
 from provision.yamlfile import KeyPath, Located, load_yaml, type_name
 
 # provision/models links to the repository's models/ (so the manifests travel in the wheel as package data)
@@ -107,16 +107,28 @@ class Manifest:
             raise ConfigError(f"model {self.model} has no variant {name!r} (known: {known})") from None
 
 
-def load_manifest(name_or_path: str | Path, search_first: Sequence[Path] = ()) -> Manifest:
+def model_name(model: str | None, inventory_model: str | None = None) -> str:
+    """The manifest a command works with: -m, else SOPHON_FLEET_MODEL, else the inventory's `model:` (the
+    simulated fleet's names its stand-ins), else the config file's `model:`, else glm4-9b."""
+    if model:
+        return model
+    settings = load_settings()
+    if settings.model and settings.origins.get("model", "").startswith("env"):
+        return settings.model
+    return inventory_model or settings.model or DEFAULT_MODEL
+
+
+def load_manifest(name_or_path: str | Path | None, search_first: Sequence[Path] = ()) -> Manifest:
     """Load a manifest by path, or by name from $SOPHON_FLEET_MODELS, then `search_first` (the directories
     an inventory names, e.g. the simulated fleet's, which `sim up` writes), then the built-in `models/`;
     validated completely."""
-    path = Path(name_or_path)
+    name = model_name(str(name_or_path) if name_or_path else None)
+    path = Path(name)
     if not path.suffix:
         search = (*load_settings().models_path, *search_first, MODELS_DIR)
         path = next(
-            (d / f"{name_or_path}.yaml" for d in search if (d / f"{name_or_path}.yaml").exists()),
-            MODELS_DIR / f"{name_or_path}.yaml",
+            (d / f"{name}.yaml" for d in search if (d / f"{name}.yaml").exists()),
+            MODELS_DIR / f"{name}.yaml",
         )
     return parse_manifest(load_yaml(path))
 

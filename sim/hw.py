@@ -113,6 +113,8 @@ def render(hw: BoxHardware, box_dir: Path) -> None:
     (views / "firmware" / "sophon-sim").mkdir(exist_ok=True)
     write_in_place(views / "firmware" / "sophon-sim" / "tpu_delay_ms", f"{hw.tpu_delay_ms}\n", 0o444)
     write_in_place(views / "firmware" / "sophon-sim" / "faults", "".join(f + "\n" for f in hw.faults), 0o444)
+    # what the ion npu heap lets a process hold: both sophon.sail engines bound their allocations by it
+    write_in_place(views / "firmware" / "sophon-sim" / "npu_heap_bytes", f"{hw.heaps[0] * MIB}\n", 0o444)
     debug = views / "debug"
     debug.mkdir(mode=0o700, exist_ok=True)
     debug.chmod(0o700)

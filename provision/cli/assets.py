@@ -86,7 +86,7 @@ def _variants(manifest: Manifest, name: str) -> list[str]:
 
 def _setup(model: str, cache_dir: Path | None, pins: Path | None, inventories: tuple[str, ...] = ()):
     settings = load_settings()
-    named = [fleet_model(Path(path)) for path in inventories]
+    named = [fleet_model(Path(path)) for path in inventories or settings.inventories]
     models = tuple(d for dirs, _ in named for d in dirs)
     manifest = load_manifest(model_name(model, next((m for _, m in named if m), None)), models)
     return settings, manifest, load_pins(manifest, pins), Cache(cache_dir or settings.cache_dir)

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from provision.cli.completion import complete_hosts
 from provision.cli.errors import reports_errors
 from provision.cli.hosts import connector_for, fleet_manifest, host_options, one_host, reach_from
 from provision.cli.options import json_option, model_option
@@ -22,7 +23,7 @@ HELP_LINE = (
 
 
 @click.command("chat")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_hosts)
 @host_options
 @model_option
 @click.option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from provision import errors
 from provision.cli.output import safe
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("provision.cli")
 
 
 class Exit(IntEnum):
@@ -53,6 +55,7 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except errors.FleetError as exc:
+            log.error("error: %s%s", exc.message, f" (hint: {exc.hint})" if exc.hint else "")
             click.secho(f"error: {safe(exc.message)}", fg="red", err=True)
             if exc.hint:
                 click.echo(f"hint: {safe(exc.hint)}", err=True)

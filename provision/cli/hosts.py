@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from provision.cli.completion import complete_hosts
 from provision.cli.options import model_name
 from provision.cli.verbosity import SECRETS
 from provision.errors import ConfigError
@@ -55,7 +57,11 @@ def host_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Ad-hoc hosts: [user@]host[:port],... (ssh config aliases work).",
         ),
         click.option(
-            "-l", "--limit", metavar="PATTERN", help="Only these hosts: names, groups, globs; !x, &g."
+            "-l",
+            "--limit",
+            metavar="PATTERN",
+            shell_complete=complete_hosts,
+            help="Only these hosts: names, groups, globs; !x, &g.",
         ),
         click.option(
             "--accept-new",
@@ -67,8 +73,8 @@ def host_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "-f",
             "--forks",
             type=click.IntRange(min=1),
-            default=DEFAULT_FORKS,
-            show_default=True,
+            default=None,
+            show_default=f"the config file's forks:, else {DEFAULT_FORKS}",
             help="Boxes worked on at once.",
         ),
         click.option(
@@ -92,7 +98,7 @@ def reach_from(kwargs: dict[str, Any]) -> Reach:
         limit=kwargs.pop("limit"),
         accept_new=kwargs.pop("accept_new"),
         ask_become_pass=kwargs.pop("ask_become_pass"),
-        forks=kwargs.pop("forks"),
+        forks=kwargs.pop("forks") or load_settings().forks or DEFAULT_FORKS,
         connect_timeout=kwargs.pop("connect_timeout"),
     )
 
@@ -103,18 +109,23 @@ def resolve_inventory(
     """The hosts a command works on. Raises ConfigError (exit 2) before anything connects."""
     settings = settings or load_settings()
     adhoc = reach.adhoc + extra_adhoc
-    if not reach.inventories and not adhoc:
+    files: tuple[str | Path, ...] = reach.inventories or (() if adhoc else settings.inventories)
+    if not files and not adhoc:
         raise ConfigError(
-            "no hosts given", key="-i", hint="give -i INVENTORY (e.g. the one `sim up` prints) or -H HOST"
+            "no hosts given",
+            key="-i",
+            hint="give -i INVENTORY (e.g. the one `sim up` prints) or -H HOST, or set `inventory:` in "
+            f"{settings.home / 'config.yml'}",
         )
-    return load_inventory(reach.inventories, adhoc, ssh_config=settings.ssh_config, limit=reach.limit)
+    return load_inventory(files, adhoc, ssh_config=settings.ssh_config, limit=reach.limit)
 
 
 def one_host(reach: Reach, host: str, settings: Settings | None = None) -> tuple[Inventory, Host]:
     """HOST of a one-box command: a name (or a pattern naming one host) from -i / -H, or, when it looks like
     an address (`user@`, a dot, a colon) or no inventory is given, an ad-hoc [user@]host[:port].
     Raises ConfigError "no host se7-9 in INV (did you mean se7-1?)" (exit 2)."""
-    if reach.inventories or reach.adhoc:
+    settings = settings or load_settings()
+    if reach.inventories or reach.adhoc or settings.inventories:
         inv = resolve_inventory(reach, settings)
         if host in inv.names():
             return inv, inv.get(host)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
+from pathlib import Path
 
 import click
 
 from provision import __version__
 from provision.cli.output import Output
+from provision.cli.runlog import start_run_log, stop_run_log
 from provision.cli.verbosity import configure_logging, hoist_verbosity
 
 # command name -> "module:attribute"; loaded on first use so `--help` and small commands stay fast.
@@ -23,6 +26,13 @@ COMMANDS: dict[str, str] = {
     "bench": "provision.cli.bench:bench",
     "play": "provision.cli.play:play",
     "memory": "provision.cli.memory:memory",
+    "status": "provision.cli.status:status",
+    "exec": "provision.cli.boxes:exec_command",
+    "reboot": "provision.cli.boxes:reboot_command",
+    "completion": "provision.cli.completion:completion",
+    "config": "provision.cli.config:config",
+    "undeploy": "provision.cli.runtime_admin:undeploy",
+    "logs": "provision.cli.runtime_admin:logs",
     "serve": "provision.cli.serve:serve",
     "gateway": "provision.cli.gateway:gateway",
     "model": "provision.cli.model:model",
@@ -54,6 +64,16 @@ SUMMARIES: dict[str, str] = {
     "serve": "The box's OpenAI-compatible chat API (`sophon-chat.service`, port 8000).",
     "gateway": "One endpoint for the whole fleet: HAProxy in front of every box's sophon-chat.service.",
     "model": "Models you build yourself: compile Hugging Face GLM-4 weights into a bmodel (tpu-mlir).",
+    "status": "Each box now: reachable, uptime, heaps (size and in use), runtime version, variant, service.",
+    "exec": "Run COMMAND on every box: each box's output, then a recap.",
+    "reboot": "Reboot the boxes and wait until each runs a new boot (new boot_id) and answers again.",
+    "completion": "Print the completion script for SHELL (commands, options, and host and group names "
+    "from -i).",
+    "config": "The config file (SOPHON_FLEET_HOME/config.yml): defaults for inventory, model, models, forks, "
+    "cache, mirrors. The environment overrides it; flags override both.",
+    "undeploy": "Remove runtime VERSION from the boxes (never the live one), or every version with --all.",
+    "logs": "HOST's runtime and service logs (deploy history, the live runtime's selftest, the service's "
+    "journal), or with --last the controller's own run log.",
 }
 
 
@@ -102,7 +122,14 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="sophon-fleet")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _p, value: _print_version(ctx) if value else None,
+    help="The tool's, Python's and paramiko's versions, and the runtime it deploys; then exit.",
+)
 @click.option(
     "-v",
     "--verbose",
@@ -116,6 +143,32 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Provision fleets of Sophgo BM1684X boxes (SE7, SM7, Airbox) for ChatGLM4-9B."""
     ctx.obj = Output(verbosity=-1 if quiet else verbose)
     configure_logging(ctx.obj)
+    if not ctx.resilient_parsing and ctx.invoked_subcommand not in (None, "completion", "logs"):
+        ours = Path(sys.argv[0]).name.startswith("sophon-fleet")  # else: run in-process (tests)
+        handler = start_run_log(sys.argv[1:] if ours else [str(ctx.invoked_subcommand), "..."])
+        if handler is not None:
+            ctx.call_on_close(lambda: stop_run_log(handler))
+
+
+def versions() -> dict[str, str]:
+    """What `--version` prints, one `name version` line each (stable to grep)."""
+    import platform
+    from importlib.metadata import version
+
+    from provision.runtime.deploy import runtime_app_id
+
+    return {
+        "sophon-fleet": __version__,
+        "python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "paramiko": version("paramiko"),
+        "runtime": runtime_app_id(),
+    }
+
+
+def _print_version(ctx: click.Context) -> None:
+    for name, value in versions().items():
+        click.echo(f"{name} {value}")
+    ctx.exit(0)
 
 
 def main() -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from provision.cli.completion import complete_hosts
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import (
     Reach,
@@ -21,6 +19,7 @@ from provision.cli.hosts import (
     reach_from,
     resolve_inventory,
 )
+from provision.cli.interrupt import interruptible
 from provision.cli.memory_view import (
     plan_exit,
     plan_json,
@@ -235,33 +234,11 @@ def confirm_reboots(out: Output, planned: list[PlannedBox], yes: bool) -> None:
         raise SystemExit(int(Exit.FAILED))
 
 
-@contextmanager
-def interruptible(out: Output) -> Iterator[threading.Event]:
-    """Ctrl-C sets the event: each box stops at its next stage boundary (never inside a stage) and says
-    which boot image it has. Stages are bounded by their timeouts, so the run ends soon after."""
-    cancel = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        first = not cancel.is_set()
-        cancel.set()
-        out.info(
-            "interrupt: stopping each box at its next safe point ..."
-            if first
-            else "still stopping: boxes are finishing their current stage (a kill -9 leaves whole images too)"
-        )
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield cancel
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # ---------------------------------------------------------------------------------------------- rollback
 
 
 @memory.command("rollback")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_hosts)
 @host_options
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before rebooting the box.")
 @click.option(

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from provision import manifest
 from provision.cli.output import Output
-from provision.settings import DEFAULT_MODEL, load_settings
+from provision.settings import DEFAULT_MODEL
 
 
 def json_option(
@@ -50,6 +51,5 @@ def model_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_name(model: str | None, inventory_model: str | None = None) -> str:
-    """The manifest a command works with: -m, else SOPHON_FLEET_MODEL, else the inventory's `model:` (the
-    simulated fleet's names its stand-ins), else glm4-9b."""
-    return model or load_settings().model or inventory_model or DEFAULT_MODEL
+    """See `provision.manifest.model_name`: -m, SOPHON_FLEET_MODEL, the inventory's, the config file's."""
+    return manifest.model_name(model, inventory_model)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from provision.cli.completion import complete_hosts
 from provision.cli.errors import Exit, reports_errors
 from provision.cli.hosts import (
     connector_for,
@@ -141,7 +142,7 @@ def lock_sizes(manifest: Manifest) -> dict[str, int]:
 
 
 @click.command("doctor")
-@click.argument("host")
+@click.argument("host", shell_complete=complete_hosts)
 @host_options
 @model_option
 @json_option

@@ -79,8 +79,9 @@ def configure_logging(out: Output) -> None:
     handler = _ToConsole(out)
     handler.setFormatter(logging.Formatter("%(relativeCreated)7.0fms %(name)s: %(message)s"))
     ours = logging.getLogger("provision")
-    ours.handlers[:] = [handler] if out.verbosity >= 1 else [logging.NullHandler()]
-    ours.setLevel(logging.DEBUG if out.verbosity >= 1 else logging.WARNING)
+    handler.setLevel(logging.DEBUG if out.verbosity >= 1 else logging.CRITICAL + 1)
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.DEBUG)  # the run log (cli/runlog.py) records the -v detail of every run
     ours.propagate = False
     logging.getLogger("provision.ssh.transport.wire").setLevel(
         logging.DEBUG if out.verbosity >= 2 else logging.INFO

@@ -129,3 +129,37 @@ def _timeout(
         last_error=last_error,
         hint=f"check the box's console or power; `sophon-fleet memory rollback {name}` once it answers",
     )
+
+
+@dataclass(frozen=True)
+class Rebooted:
+    """A verified reboot: the boot_id before and after, and how long the box took."""
+
+    host: str
+    old_boot_id: str
+    new_boot_id: str
+    seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "old_boot_id": self.old_boot_id,
+            "new_boot_id": self.new_boot_id,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def reboot_box(
+    transport: Transport, policy: RebootPolicy, *, cancel: threading.Event | None = None
+) -> Rebooted:
+    """Reboot one box and wait until it runs a new boot and answers (`sophon-fleet reboot`): sudo is
+    checked first, so a refused password never leaves a box half-way. Raises SudoError, ConnectError,
+    RebootTimeout, Cancelled (Ctrl-C before the reboot was requested, or while waiting)."""
+    started = time.monotonic()
+    transport.check_sudo()
+    old = read_boot_id(transport)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{transport.host.name}: interrupted before the reboot; nothing was done")
+    request_reboot(transport, timeout=policy.command_timeout)
+    new = wait_for_new_boot(transport, old, policy, cancel=cancel)
+    return Rebooted(transport.host.name, old, new, time.monotonic() - started)

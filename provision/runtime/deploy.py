@@ -72,8 +72,7 @@ class DeployResult:
         return dict(vars(self))
 
 
-def app_archive(cache_dir: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
-    """`chat/` as a reproducible zip (`app/chat/...`) in the cache, and its members' sizes and sha256."""
+def _app_zip() -> tuple[bytes, dict[str, bytes]]:
     members: dict[str, bytes] = {}
     for path in sorted(CHAT_PACKAGE.rglob("*.py")):
         members[f"app/chat/{path.relative_to(CHAT_PACKAGE).as_posix()}"] = path.read_bytes()
@@ -81,7 +80,18 @@ def app_archive(cache_dir: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
             archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
-    data = buffer.getvalue()
+    return buffer.getvalue(), members
+
+
+def runtime_app_id() -> str:
+    """`<tool version>+app.<sha256[:16]>`: the chat runtime code this controller deploys (a box's runtime
+    version adds the hash of its platform's wheels)."""
+    return f"{__version__}+app.{hashlib.sha256(_app_zip()[0]).hexdigest()[:16]}"
+
+
+def app_archive(cache_dir: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """`chat/` as a reproducible zip (`app/chat/...`) in the cache, and its members' sizes and sha256."""
+    data, members = _app_zip()
     target = cache_dir / "runtime" / f"app-{hashlib.sha256(data).hexdigest()[:16]}.zip"
     if not target.exists():  # boxes deploy in parallel: a private temporary name, an atomic rename
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from chat.openai_api import StopMatcher
 from chat.template import apply_chat_template
 from tests.chat.httpserver import MODEL_ID, chat_http_server, get_json, metric
 
-TOKEN_MS = 15  # emulator delay per graph run: a token takes a few of them, enough to see timing
+TOKEN_MS = 30  # emulator delay per graph run (5 per token): timing stands out of this machine's noise
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +240,15 @@ def test_past_the_queue_bound_a_429_with_retry_after(slow_server):
 
 
 def test_a_client_leaving_mid_stream_frees_the_tpu_before_the_next_token(slow_server):
-    idle = Stream(slow_server, 4)
-    first = idle.next_content()
-    token_time = idle.next_content() - first
-    idle_ftl = first - idle.sent
-    idle.close()
-    wait_for(lambda: not get_json(slow_server + "/health")[1]["busy"])
+    ftls, token_times = [], []
+    for _ in range(3):  # the idle box: its FTL (prefill + first token) and its time per token
+        idle = Stream(slow_server, 4)
+        first = idle.next_content()
+        token_times.append(idle.next_content() - first)
+        ftls.append(first - idle.sent)
+        idle.close()
+        wait_for(lambda: not get_json(slow_server + "/health")[1]["busy"])
+    idle_ftl, token_time = sorted(ftls)[1], sorted(token_times)[1]
     gone_before = metric(slow_server, 'sophon_chat_requests_total{status="499"}')
     tokens_before = metric(slow_server, "sophon_chat_completion_tokens_total")
     leaving = Stream(slow_server, 100)
@@ -257,7 +260,9 @@ def test_a_client_leaving_mid_stream_frees_the_tpu_before_the_next_token(slow_se
     nxt.close()
     assert ftl <= idle_ftl + 1.5 * token_time, (ftl, idle_ftl, token_time)
     wait_for(lambda: metric(slow_server, 'sophon_chat_requests_total{status="499"}') == gone_before + 1)
-    assert metric(slow_server, "sophon_chat_completion_tokens_total") - tokens_before < 10
+    wait_for(lambda: not get_json(slow_server + "/health")[1]["busy"])
+    # the leaving answer stopped within a token or two of the 2 its client read; the next one made 2
+    assert metric(slow_server, "sophon_chat_completion_tokens_total") - tokens_before <= 2 + 2 + 2
 
 
 def test_a_queued_request_whose_client_left_is_dropped(slow_server):

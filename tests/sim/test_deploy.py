@@ -51,6 +51,9 @@ def test_fresh_then_up_to_date_then_rollback(fleet, monkeypatch):
     code, hosts = deploy_json(fleet)
     assert code == 0 and {h["status"] for h in hosts.values()} == {"up-to-date"}
     assert hosts["se7-1"]["transferred"] == 0
+    assert {h["selftest"] for h in hosts.values()} == {None}  # nothing ran: no old numbers passed off as new
+    code, out, _ = invoke("deploy", "-i", str(fleet.inventory_path))
+    assert code == 0 and "already in place; nothing ran" in out and "tok/s" not in out
 
     real_archive = deploymod.app_archive
     monkeypatch.setattr(deploymod, "app_archive", lambda cache_dir: with_extra_file(*real_archive(cache_dir)))

@@ -63,3 +63,45 @@ def test_a_name_that_does_not_resolve_is_called_a_dns_failure(monkeypatch):
 def test_a_mistyped_command_gets_a_suggestion():
     code, out, err = invoke("preflite")
     assert code == 2 and "No such command 'preflite'. Did you mean preflight?" in err
+
+
+@pytest.fixture
+def hang_up_port():
+    """A TCP port that accepts connections and hangs up before any SSH banner (paramiko's transport thread
+    logs "Error reading SSH protocol banner" with a traceback for each)."""
+    import socket
+    import struct
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn = server.accept()[0]
+            except OSError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            stop.wait(0.1)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_no_library_traceback_below_vv(hang_up_port):
+    # paramiko logs "Error reading SSH protocol banner" with a traceback for a box that never answers
+    target = f"127.0.0.1:{hang_up_port}"
+    code, out, err = invoke("preflight", "-H", target, "--connect-timeout", "1", "--json")
+    assert code == 4 and "Traceback" not in err and "paramiko" not in err
+    assert len(err.splitlines()) <= 2, err
+    code, _, err = invoke("-vv", "preflight", "-H", target, "--connect-timeout", "1")
+    assert code == 4 and "paramiko.transport" in err and "Traceback" in err  # the library's detail, at -vv

@@ -90,10 +90,10 @@ def run_python38(runtime_dir, box_python):
     """`run_python38(code)`: (exit code, stdout, stderr) of a snippet with the cmodel sail importable."""
     python, site = box_python
 
-    def run(code: str, timeout: float = 300):
+    def run(code: str, timeout: float = 300, args: list[str] = (), env: dict | None = None):
         done = subprocess.run(
-            [python.path, "-c", code],
-            env=cmodel_env(runtime_dir, site),
+            [python.path, "-c", code, *args],
+            env={**cmodel_env(runtime_dir, site), **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

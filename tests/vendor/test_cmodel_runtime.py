@@ -49,24 +49,46 @@ def ids(length: int, seed: int, vocab: int = 600) -> list[int]:
     return np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
 
 
+# int4 runs every prompt and the extra modes; int8 (the same graphs with other weights) the short and the full
+PROMPT_SETS = {"int4": ("short", "medium", "full"), "int8": ("short", "full")}
+
+
 def runs_for(variant: str) -> list[dict]:
     runs = [
-        {"id": name, "prompt": ids(length, seed=length), "steps": steps, "mode": "greedy"}
-        for name, (length, steps) in PROMPTS.items()
+        {"id": name, "prompt": ids(PROMPTS[name][0], seed=PROMPTS[name][0]), "steps": PROMPTS[name][1]}
+        for name in PROMPT_SETS[variant]
     ]
+    for run in runs:
+        run["mode"] = "recompute" if variant == "int4" and run["id"] == "short" else "greedy"
     if variant == "int4":
-        runs[0]["mode"] = "recompute"
         runs.append({"id": "seed_mask", "prompt": ids(5, seed=5), "steps": 5, "mode": "seed_mask"})
         runs.append({"id": "sample", "prompt": ids(12, seed=12), "mode": "sample", "seed": 7})
     return runs
 
 
-@pytest.fixture(scope="module", params=["int4", "int8"])
-def variant_run(request, compiled, run_cmodel, tmp_path_factory):
-    variant = request.param
-    result = run_cmodel(compiled / f"glm4-9b_{variant}_1dev.bmodel", runs_for(variant))
-    standin = build_standin(tmp_path_factory.mktemp(f"standin-{variant}"), seed=0, variant=variant)
-    return variant, result, standin
+@pytest.fixture(scope="module")
+def cmodel_results(compiled, run_cmodel, tmp_path_factory):
+    """`cmodel_results(variant)`: (variant, the driver's results, the emulator's stand-in), run once."""
+    done: dict[str, tuple] = {}
+
+    def get(variant: str) -> tuple:
+        if variant not in done:
+            result = run_cmodel(compiled / f"glm4-9b_{variant}_1dev.bmodel", runs_for(variant))
+            standin = build_standin(tmp_path_factory.mktemp(f"standin-{variant}"), seed=0, variant=variant)
+            done[variant] = (variant, result, standin)
+        return done[variant]
+
+    return get
+
+
+@pytest.fixture(params=["int4", "int8"])
+def variant_run(request, cmodel_results):
+    return cmodel_results(request.param)
+
+
+@pytest.fixture
+def int4_run(cmodel_results):
+    return cmodel_results("int4")
 
 
 def torch_logits(standin, sequence: list[int]) -> np.ndarray:
@@ -95,7 +117,7 @@ def test_greedy_continuations_equal_torch_with_the_same_quantised_weights(varian
     near-tie within the tolerance) and the logits agree within the measured fp16 error."""
     variant, result, standin = variant_run
     tolerance, near_ties, filled = TORCH_TOLERANCE[variant], 0, 0
-    for name in PROMPTS:
+    for name in PROMPT_SETS[variant]:
         run = next(r for r in runs_for(variant) if r["id"] == name)
         tokens, logits = result["runs"][name]["tokens"], np.array(result["runs"][name]["logits"])
         reference = torch_logits(standin, run["prompt"] + tokens)[len(run["prompt"]) - 1 :]
@@ -111,10 +133,8 @@ def test_greedy_continuations_equal_torch_with_the_same_quantised_weights(varian
     assert near_ties <= 1
 
 
-def test_kv_cache_decode_equals_recomputation_on_the_cmodel(variant_run):
-    variant, result, _ = variant_run
-    if variant != "int4":
-        pytest.skip("recomputation is checked on int4 (the cmodel is slow; the graphs are the same kind)")
+def test_kv_cache_decode_equals_recomputation_on_the_cmodel(int4_run):
+    _, result, _ = int4_run
     run = result["runs"]["short"]
     for step, fresh in enumerate(run["fresh"]):
         assert fresh["token"] == run["tokens"][step], f"step {step}"
@@ -123,20 +143,16 @@ def test_kv_cache_decode_equals_recomputation_on_the_cmodel(variant_run):
         )
 
 
-def test_the_seeds_decode_mask_gives_different_tokens_on_the_cmodel(variant_run):
-    variant, result, _ = variant_run
-    if variant != "int4":
-        pytest.skip("checked on int4")
+def test_the_seeds_decode_mask_gives_different_tokens_on_the_cmodel(int4_run):
+    _, result, _ = int4_run
     right, wrong = result["runs"]["short"], result["runs"]["seed_mask"]
     assert right["tokens"][0] == wrong["tokens"][0]  # same prompt, same prefill
     assert wrong["tokens"] != right["tokens"]
     assert np.abs(np.array(wrong["logits"][1]) - np.array(right["logits"][1])).max() > 1.0
 
 
-def test_penalty_sample_head_runs_on_the_cmodel(variant_run):
-    variant, result, _ = variant_run
-    if variant != "int4":
-        pytest.skip("checked on int4")
+def test_penalty_sample_head_runs_on_the_cmodel(int4_run):
+    _, result, _ = int4_run
     sample = result["runs"]["sample"]
     probs, candidates = np.array(sample["probs"]), np.array(sample["candidates"])
     assert probs.shape == (50,) and abs(probs.sum() - 1.0) < 1e-3 and (np.diff(probs) <= 1e-6).all()
@@ -152,7 +168,7 @@ def test_the_emulator_agrees_with_the_cmodel(variant_run):
     variant, result, standin = variant_run
     emulator = GlmModel(str(standin.bmodel), sail=_emulator_sail())
     worst, near_ties = 0.0, 0
-    for name in PROMPTS:
+    for name in PROMPT_SETS[variant]:
         run = next(r for r in runs_for(variant) if r["id"] == name)
         cmodel_tokens, cmodel_logits = (
             result["runs"][name]["tokens"],

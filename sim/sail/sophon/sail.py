@@ -73,6 +73,52 @@ def _device_count() -> int:
     return int(os.environ.get(_DEVICE_COUNT_ENV, "1"))
 
 
+HEAP_ENV = "SOPHON_SAIL_NPU_HEAP_BYTES"
+HEAP_FILE = "/sys/firmware/sophon-sim/npu_heap_bytes"  # a simulated box's npu heap (sim/hw.py)
+_USED = {}  # type: Dict[int, int]  # device id -> bytes held by this process's engines and tensors
+
+
+def heap_budget():
+    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu
+    heap, else None (no bound): the same rule as the cmodel engine's."""
+    value = os.environ.get(HEAP_ENV)
+    if not value:
+        try:
+            with open(HEAP_FILE) as handle:
+                value = handle.read().strip()
+        except OSError:
+            return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def alloc_failed(dev_id: int, size: int) -> str:
+    """libbmlib's words when the heap cannot hold `size` bytes (as a box prints them)."""
+    return "[bmlib_memory][error] bm_alloc_gmem failed, dev_id = %d, size = 0x%x" % (dev_id, size)
+
+
+def load_failed(path: str, dev_id: int, size: int) -> str:
+    """What a box prints when a bmodel's coefficients do not fit the heap, in SAIL's error."""
+    return (
+        "Engine: load bmodel %s failed: %s | [BMRT][Register] FATAL:coeff alloc failed, size[0x%x] | "
+        "[BMRT][load_bmodel] FATAL:Load bmodel[%s] failed" % (path, alloc_failed(dev_id, size), size, path)
+    )
+
+
+def _reserve(dev_id: int, size: int) -> bool:
+    budget = heap_budget()
+    if budget is not None and _USED.get(dev_id, 0) + size > budget:
+        return False
+    _USED[dev_id] = _USED.get(dev_id, 0) + size
+    return True
+
+
+def _release(dev_id: int, size: int) -> None:
+    _USED[dev_id] = max(0, _USED.get(dev_id, 0) - size)
+
+
 class Handle:
     """A device handle; device ids run from 0 to $SOPHON_SIM_DEVICES - 1 (default 1 device)."""
 
@@ -122,7 +168,14 @@ class Tensor:
         self._dtype = Dtype(dtype)
         if self._dtype not in _STORAGE:
             raise RuntimeError("Tensor: unsupported dtype %s" % self._dtype)
+        nbytes = _element_count(shape) * np.dtype(_STORAGE[self._dtype]).itemsize
+        if not _reserve(handle.get_device_id(), nbytes):
+            raise RuntimeError("Tensor: %s" % alloc_failed(handle.get_device_id(), nbytes))
+        self._reserved = nbytes
         self._data = np.zeros(_element_count(shape), dtype=_STORAGE[self._dtype])
+
+    def __del__(self):
+        _release(self._handle.get_device_id(), getattr(self, "_reserved", 0))
 
     def shape(self) -> List[int]:
         return list(self._shape)
@@ -207,11 +260,18 @@ class Engine:
             header, arrays = _bmodel.read_bmodel(bmodel_path)
         except _bmodel.BmodelFormatError as error:
             raise RuntimeError("Engine: load bmodel failed: %s" % error)
+        need = int(header.get("device_bytes") or header["payload_bytes"])
+        if not _reserve(self._handle.get_device_id(), need):
+            raise RuntimeError(load_failed(bmodel_path, self._handle.get_device_id(), need))
+        self._reserved = need
         self._path = bmodel_path
         self._graphs = {graph["name"]: graph for graph in header["graphs"]}
         self._order = [graph["name"] for graph in header["graphs"]]
         self._model = _glm.TinyGlm(header["config"], arrays)
         self.header = header
+
+    def __del__(self):
+        _release(self._handle.get_device_id(), getattr(self, "_reserved", 0))
 
     def get_handle(self) -> Handle:
         return self._handle

@@ -11,6 +11,7 @@ carry RUNPATH `$ORIGIN`, so loading `libbmrt.so` by path finds `libbmlib.so.0`, 
 import collections
 import ctypes
 import os
+import struct
 import sys
 import threading
 
@@ -66,6 +67,35 @@ class StageInfo(ctypes.Structure):
         ("input_mems", ctypes.POINTER(DeviceMem)),
         ("output_mems", ctypes.POINTER(DeviceMem)),
     ]
+
+
+class Memory(ctypes.Structure):
+    """memory_t: i64 addr, u64 size, i32 type, i32 number, 124 reserved bytes."""
+
+    _fields_ = [
+        ("addr", ctypes.c_int64),
+        ("size", ctypes.c_uint64),
+        ("type", ctypes.c_int),
+        ("number", ctypes.c_int),
+        ("reserved", ctypes.c_char * 124),
+    ]
+
+
+class MemInfo(ctypes.Structure):
+    """mem_info_t: what a bmodel needs on the device (bmrt_get_bmodel_info)."""
+
+    _fields_ = [
+        ("instruction_mem", Memory),
+        ("variable_instruction_mem", Memory),
+        ("neuron_mem", Memory),
+        ("coeff_mem", Memory),
+        ("io_mem", Memory),
+        ("reserved", Memory * 4),
+    ]
+
+    def total(self):
+        parts = (self.instruction_mem, self.variable_instruction_mem, self.neuron_mem, self.coeff_mem)
+        return sum(int(part.size) for part in parts + (self.io_mem,))
 
 
 class NetInfo(ctypes.Structure):
@@ -148,6 +178,20 @@ class NativeLog(object):
         return list(self._lines)
 
 
+def _complete_bmodel(path):
+    """A bmodel's 64-byte header (magic 0xFF55AAEE, header, flatbuffer and binary sizes) matches the file."""
+    try:
+        with open(path, "rb") as src:
+            head = src.read(20)
+            size = os.fstat(src.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 20:
+        return False
+    magic, header_size, flatbuffer_size, binary_size = struct.unpack("<IIIQ", head[:20])
+    return magic == 0xFF55AAEE and header_size + flatbuffer_size + binary_size <= size
+
+
 def _declare(lib, name, restype, *argtypes):
     function = getattr(lib, name)
     function.restype = restype
@@ -200,6 +244,7 @@ class Runtime(object):
         _declare(r, "bmrt_create", ctypes.c_void_p, handle_p)
         _declare(r, "bmrt_destroy", None, ctypes.c_void_p)
         _declare(r, "bmrt_load_bmodel", ctypes.c_bool, ctypes.c_void_p, ctypes.c_char_p)
+        _declare(r, "bmrt_get_bmodel_info", ctypes.c_bool, ctypes.c_char_p, ctypes.POINTER(MemInfo))
         _declare(r, "bmrt_get_network_number", ctypes.c_int, ctypes.c_void_p)
         _declare(r, "bmrt_get_network_name", ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int)
         _declare(r, "bmrt_get_network_info", ctypes.POINTER(NetInfo), ctypes.c_void_p, ctypes.c_char_p)
@@ -216,6 +261,16 @@ class Runtime(object):
             ctypes.c_bool,
             ctypes.c_bool,
         )
+
+    def bmodel_device_bytes(self, path):
+        """Device memory the bmodel at `path` needs (instructions, neurons, coefficients, io), or None when
+        the runtime cannot tell (loading then reports why)."""
+        if not _complete_bmodel(path):  # bmrt_get_bmodel_info aborts the process on a broken file
+            return None
+        info = MemInfo()
+        if not self.bmrt.bmrt_get_bmodel_info(os.fsencode(path), ctypes.byref(info)):
+            return None
+        return info.total()
 
     @classmethod
     def load(cls):

@@ -74,16 +74,55 @@ _DEVICES = {}  # type: Dict[int, "_Device"]
 _CLOSED = [False]
 
 
+HEAP_ENV = "SOPHON_SAIL_NPU_HEAP_BYTES"
+HEAP_FILE = "/sys/firmware/sophon-sim/npu_heap_bytes"  # a simulated box's npu heap (sim/hw.py)
+
+
+def heap_budget():
+    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu
+    heap, else None (no bound). On a box the ion heap bounds allocations; the cmodel has one flat memory and
+    aborts the process when it is exhausted, so the bound is kept here, before the runtime is asked."""
+    value = os.environ.get(HEAP_ENV)
+    if not value:
+        try:
+            with open(HEAP_FILE) as handle:
+                value = handle.read().strip()
+        except OSError:
+            return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def alloc_failed(dev_id, size):
+    """libbmlib's words when the heap cannot hold `size` bytes (as a box prints them)."""
+    return "[bmlib_memory][error] bm_alloc_gmem failed, dev_id = %d, size = 0x%x" % (dev_id, size)
+
+
+def load_failed(path, dev_id, size):
+    """What a box prints when a bmodel's coefficients do not fit the heap, in SAIL's error."""
+    return (
+        "Engine: load bmodel %s failed: %s | [BMRT][Register] FATAL:coeff alloc failed, size[0x%x] | "
+        "[BMRT][load_bmodel] FATAL:Load bmodel[%s] failed" % (path, alloc_failed(dev_id, size), size, path)
+    )
+
+
 class _Device(object):
     """The native bm_handle of one device id, shared by every Handle, Tensor and Engine of the process."""
 
     def __init__(self, dev_id):
         self.rt = _bmrt.Runtime.load()
         self.dev_id = dev_id
+        self.budget = heap_budget()
+        self.used = 0
         self.ptr = ctypes.c_void_p()
         status = self.rt.bmlib.bm_dev_request(ctypes.byref(self.ptr), dev_id)
         if status != 0 or not self.ptr:
             raise RuntimeError("bm_dev_request failed: no device %d (status %d)" % (dev_id, status))
+
+    def fits(self, size):
+        return self.budget is None or self.used + size <= self.budget
 
     @classmethod
     def get(cls, dev_id):
@@ -157,6 +196,8 @@ class Tensor(object):
         self._dtype = Dtype(dtype)
         self._host = np.zeros(_element_count(shape), dtype=_STORAGE[self._dtype])
         self._nbytes = self._host.nbytes
+        if not self._device.fits(self._nbytes):
+            raise RuntimeError("Tensor: %s" % alloc_failed(self._device.dev_id, self._nbytes))
         mem = _bmrt.DeviceMem()
         status = self._device.rt.bmlib.bm_malloc_device_byte(
             self._device.ptr, ctypes.byref(mem), self._nbytes
@@ -167,6 +208,7 @@ class Tensor(object):
                 % (self._nbytes, self._device.dev_id, status)
             )
         self._mem = mem
+        self._device.used += self._nbytes
         _LIVE_TENSORS.add(self)
         if data is not None:
             self._host[:] = data.reshape(-1)
@@ -175,6 +217,7 @@ class Tensor(object):
     def _free(self):
         if self._mem is not None and not _CLOSED[0]:
             self._device.rt.bmlib.bm_free_device(self._device.ptr, self._mem)
+            self._device.used -= self._nbytes
         self._mem = None
 
     def __del__(self):
@@ -294,9 +337,13 @@ class Engine(object):
         self._device = self._handle._device
         self._path = bmodel_path
         self._bmrt = None
+        self._order = None
         if not os.path.isfile(bmodel_path):
             raise RuntimeError("Engine: bmodel %s does not exist" % bmodel_path)
         bmrt = self._device.rt.bmrt
+        self._reserved = self._device.rt.bmodel_device_bytes(bmodel_path) or 0
+        if not self._device.fits(self._reserved):
+            raise RuntimeError(load_failed(bmodel_path, self._device.dev_id, self._reserved))
         pointer = bmrt.bmrt_create(self._device.ptr)
         if not pointer:
             raise RuntimeError("bmrt_create failed on device %d" % self._device.dev_id)
@@ -305,6 +352,7 @@ class Engine(object):
         if not bmrt.bmrt_load_bmodel(pointer, os.fsencode(bmodel_path)):
             self._destroy()
             raise RuntimeError("Engine: load bmodel %s failed%s" % (bmodel_path, _why(self._device.rt)))
+        self._device.used += self._reserved
         self._order = [
             bmrt.bmrt_get_network_name(pointer, i).decode()
             for i in range(bmrt.bmrt_get_network_number(pointer))
@@ -344,6 +392,8 @@ class Engine(object):
     def _destroy(self):
         if self._bmrt is not None and not _CLOSED[0]:
             self._device.rt.bmrt.bmrt_destroy(self._bmrt)
+            if self._order is not None:
+                self._device.used -= self._reserved
         self._bmrt = None
 
     def __del__(self):
