@@ -138,36 +138,54 @@ def run_process(
 
 
 class BoxCpu:
-    """CPU seconds spent on the simulated boxes of one fleet: the sshd listeners' own and reaped children's.
+    """CPU seconds spent on the simulated boxes of one fleet.
 
-    Every box process an SSH session starts (sshd, the shell, sudo, python3) descends from its box's sshd
-    listener and is reaped up that chain, so the listeners' cumulative times (utime+stime+cutime+cstime)
-    grow by what each finished session cost. On this machine the boxes share the controller's cores.
+    Each box runs in a cgroup of its own (`/sophon-sim/<id>` in the unified hierarchy) whose `cpu.stat`
+    counts every process that ever ran in it, sessions that have ended included. Where a box has no such
+    cgroup, the box's sshd listener's cumulative times are used (its own and its reaped children's), which
+    miss processes that are reparented away from it. On this machine the boxes share the controller's
+    cores.
     """
+
+    UNIFIED = Path("/sys/fs/cgroup/unified")
 
     def __init__(self, state_dir: Path) -> None:
         marker = f"{state_dir}/boxes/".encode()
-        self.pids = []
+        self.pids: list[int] = []
+        self.cgroups: set[Path] = set()
         for entry in Path("/proc").iterdir():
             try:
                 cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+                # the listener: sshd titles it "sshd: /usr/sbin/sshd -D -e -f <box>/etc/sshd_config ..."
+                if not (cmdline.startswith(b"sshd") and b" -D " in cmdline and marker in cmdline):
+                    continue
+                unified = [
+                    line[3:] for line in (entry / "cgroup").read_text().splitlines() if line[:3] == "0::"
+                ]
             except OSError:
                 continue
-            # the listener, whose title sshd sets to "sshd: /usr/sbin/sshd -D -e -f <box>/etc/sshd_config ..."
-            if cmdline.startswith(b"sshd") and b" -D " in cmdline and marker in cmdline:
-                self.pids.append(int(entry.name))
+            self.pids.append(int(entry.name))
+            parts = unified[0].strip("/").split("/") if unified else []
+            if len(parts) >= 2 and parts[0] == "sophon-sim" and (self.UNIFIED / parts[0] / parts[1]).is_dir():
+                self.cgroups.add(self.UNIFIED / parts[0] / parts[1] / "cpu.stat")
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def seconds(self) -> float:
-        """Now, once every session that had ended has been reaped (bounded wait)."""
-        deadline = time.monotonic() + 2
+        """Now, once the sessions that had ended are gone (a bounded wait: 10 s)."""
+        deadline = time.monotonic() + 10
         while self._children() and time.monotonic() < deadline:
             time.sleep(0.01)
-        total = 0
+        if self.cgroups:
+            total = 0
+            for stat in self.cgroups:
+                usage = next(line for line in stat.read_text().splitlines() if line.startswith("usage_usec"))
+                total += int(usage.split()[1])
+            return total / 1e6
+        ticks = 0
         for pid in self.pids:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-        return total / self.tick
+            ticks += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        return ticks / self.tick
 
     def _children(self) -> bool:
         wanted = set(self.pids)

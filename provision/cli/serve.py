@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.markup import escape
 
 from provision.cli.errors import exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
 from provision.cli.options import json_option, model_option
-from provision.cli.output import Output, fleet_json
+from provision.cli.output import Output, fleet_json, styled
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
 from provision.runtime import serve as core
@@ -139,16 +138,16 @@ def _render(out: Output, result: FleetResult, title: str) -> None:
     if out.json:
         out.emit_json(fleet_json(result))
     else:
-        rows = []
+        rows: list[tuple[object, ...]] = []
         for o in result:
             if o.value is None:
                 rows.append(
-                    (o.host.name, "[red]failed[/]", "-", "-", escape(o.error.message if o.error else ""))
+                    (o.host.name, styled("failed", "red"), "-", "-", o.error.message if o.error else "")
                 )
                 continue
             s, health = o.value, o.value.health
             state = f"{s.unit.active}/{s.unit.sub} ({s.unit.enabled}, {s.unit.restarts} restarts)"
-            ready = "[green]ready[/]" if s.ready else "[yellow]not ready[/]"
+            ready = styled("ready", "green") if s.ready else styled("not ready", "yellow")
             detail = (
                 f"{health.get('model')} {health.get('variant')}, busy {health.get('busy')}, "
                 f"queue {health.get('queue_depth')}"
@@ -156,6 +155,6 @@ def _render(out: Output, result: FleetResult, title: str) -> None:
                 else str(health.get("error", ""))
             )
             changes = ", ".join(s.changes) if s.changes else "ok"
-            rows.append((o.host.name, escape(state), ready, changes, escape(detail)))
+            rows.append((o.host.name, state, ready, changes, detail))  # values are made safe by the table
         out.table(title, ["host", "service", "health", "changes", "detail"], rows)
     exit_with_worst(o.error for o in result)

@@ -21,20 +21,34 @@ from tests.chat.httpserver import MODEL_ID, chat_http_server, get_json, metric
 TOKEN_MS = 30  # emulator delay per graph run (5 per token): timing stands out of this machine's noise
 
 
+CLIENTS: dict[str, openai.OpenAI] = {}  # one client per server, closed with it
+
+
 @pytest.fixture(scope="module")
 def server(standin):
     with chat_http_server(standin) as base:
         yield base
+        close_client(base)
 
 
 @pytest.fixture(scope="module")
 def slow_server(standin):
     with chat_http_server(standin, delay_ms=TOKEN_MS, queue=1) as base:
         yield base
+        close_client(base)
 
 
 def client(base: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=30)
+    if base not in CLIENTS:
+        CLIENTS[base] = openai.OpenAI(
+            base_url=base + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=30
+        )
+    return CLIENTS[base]
+
+
+def close_client(base: str) -> None:
+    if base in CLIENTS:
+        CLIENTS.pop(base).close()
 
 
 USER = [{"role": "user", "content": "tell me about the box"}]  # the stand-in answers this at length

@@ -53,6 +53,9 @@ def assert_nothing_left(fleet: Fleet) -> None:
             continue
         assert str(fleet.state.dir).encode() not in cmdline, f"process {pid} of the fleet is still running"
     assert not fleet.state.dir.exists()
+    for root in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        for record in fleet.state.boxes:  # the cgroups the boxes' systemd made
+            assert not os.path.exists(f"{root}/sophon-sim/{record.netns}"), f"cgroup of {record.name} left"
 
 
 def connect(fleet: Fleet, name: str, timeout: float = 5.0) -> paramiko.SSHClient:

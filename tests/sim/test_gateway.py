@@ -94,10 +94,13 @@ class Gateway:
         except openai.APIError:
             return False
 
-    def client(self, **options) -> openai.OpenAI:
-        return openai.OpenAI(
-            base_url=self.url + "/v1", api_key=self.key, max_retries=0, timeout=60, **options
-        )
+    def client(self) -> openai.OpenAI:
+        """One client for the whole test (thread-safe; closed with the gateway)."""
+        if self._client is None:
+            self._client = openai.OpenAI(
+                base_url=self.url + "/v1", api_key=self.key, max_retries=0, timeout=60
+            )
+        return self._client
 
     def stop(self) -> None:
         if self._client is not None:

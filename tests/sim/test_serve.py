@@ -87,13 +87,14 @@ def test_serve_up_is_a_real_enabled_unit_and_a_second_up_changes_nothing(served,
     assert status["health"]["variant"] == "int4" and status["health"]["busy"] is False
 
 
-def test_the_api_needs_the_key_off_loopback_and_answers_openai_and_curl(served):
+def test_the_api_needs_the_key_off_loopback_and_answers_openai_and_curl(served, request):
     base, key = base_url(served), box_key(served)
     wrong = openai.OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0, timeout=30)
-    with pytest.raises(openai.AuthenticationError) as caught:
+    with wrong, pytest.raises(openai.AuthenticationError) as caught:
         wrong.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
     api = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60)
+    request.addfinalizer(api.close)
     answer = api.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "你好"}], max_tokens=5
     )

@@ -120,7 +120,7 @@ def reconnect(fleet: Fleet, name: str, timeout: float) -> paramiko.SSHClient:
     while True:
         try:
             return connect(fleet, name, timeout=1.0)
-        except (OSError, paramiko.SSHException):
+        except (OSError, EOFError, paramiko.SSHException):  # EOFError: closed mid-handshake while it boots
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
