@@ -124,7 +124,7 @@ class FileDownload:
                     mismatches += 1
                     errors.append(str(exc))
                     self._emit("retry", 0, None, note=str(exc))
-        summary = "; ".join(errors[-4:]) or "no sources"
+        summary = "; ".join(_once(e) for e in errors[-4:]) or "no sources"
         if mismatches:
             raise IntegrityError(
                 f"{self.file.path}: no source delivered the pinned content ({summary})",
@@ -249,11 +249,15 @@ def pull(
     progress: ProgressFn = _no_progress,
     retries: int = 3,
     backoff: float = 0.5,
+    failures: list[FleetError] | None = None,
 ) -> PullReport:
     """Bring every file of `variants` into the cache, verified; pin new files in the lock.
 
     Files download in parallel. Each verified file is recorded in the lock (trust on first download
     when neither the manifest nor the lock pins it) and the lock is saved as soon as it changes.
+
+    With a `failures` list, every file that failed is appended to it (one error each) and the report of
+    the others is returned; without it, the first failure is raised.
 
     Raises:
         DiskFullError: the cache cannot hold what is missing (checked before anything starts).
@@ -283,17 +287,28 @@ def pull(
                 report.lock_updated = True
         return result
 
-    failures: list[FleetError] = []
+    failed: list[FleetError] = []
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="pull") as pool:
         futures = [pool.submit(one, f) for f in files]
         for future in futures:
             try:
                 report.files.append(future.result())
             except FleetError as exc:
-                failures.append(exc)
-    if failures:
-        raise failures[0]
+                failed.append(exc)
+    if failures is not None:
+        failures.extend(failed)
+    elif failed:
+        raise failed[0]
     return report
+
+
+def _once(error: str) -> str:
+    """`label: label: reason` (a source that names itself in its own error) as `label: reason`."""
+    pieces = []
+    for piece in error.split("; "):
+        label, sep, rest = piece.partition(": ")
+        pieces.append(rest if sep and rest.startswith(f"{label}: ") else piece)
+    return "; ".join(pieces)
 
 
 def _check_disk_for(files: Sequence[AssetFile], model: str, cache: Cache, lock: Pins) -> None:

@@ -72,6 +72,10 @@ class HttpSource:
                 headers["If-Range"] = validator
         try:
             resp = self.session.get(self.url, headers=headers, stream=True, timeout=self.timeout)
+        except requests.ConnectionError as exc:  # requests' own text is a screenful of pool internals
+            raise SourceUnavailable(f"{self.url}: cannot connect") from exc
+        except requests.Timeout as exc:
+            raise SourceUnavailable(f"{self.url}: timed out after {self.timeout:g} s") from exc
         except requests.RequestException as exc:
             raise SourceUnavailable(f"{self.url}: {exc}") from exc
         if resp.status_code == 416 and offset:

@@ -16,7 +16,7 @@ from provision.cli.errors import Exit, exit_code_for, reports_errors
 from provision.cli.hosts import connector_for, host_options, reach_from, resolve_inventory
 from provision.cli.interrupt import interruptible
 from provision.cli.options import json_option, model_name, model_option
-from provision.cli.output import Output, plural
+from provision.cli.output import Output, plural, safe, styled
 from provision.cli.progress import progress_bars
 from provision.errors import FleetError
 from provision.inventory.sources import fleet_model
@@ -126,6 +126,7 @@ def pull_cmd(
 ):
     """Download the files of a variant into the cache: resumable, verified, in parallel."""
     settings, manifest, lock, cache = _setup(model, cache_dir, pins, inventories)
+    failures: list[FleetError] = []
     with progress_bars(out) as bar:
 
         def on_progress(event: ProgressEvent) -> None:
@@ -143,7 +144,22 @@ def pull_cmd(
             parallel=parallel,
             keep_corrupt=keep_corrupt,
             progress=on_progress,
+            failures=failures,
         )
+    if failures:  # one line per file that failed, then each distinct hint once; the worst exit code
+        if out.json:
+            out.emit_json(
+                {
+                    "model": manifest.model,
+                    "files": [f.path for f in report.files],
+                    "errors": [{"error": e.message, "hint": e.hint} for e in failures],
+                }
+            )
+        for e in failures:
+            out.err.print(styled(f"error: {e.message}", "red"), highlight=False, soft_wrap=True)
+        for hint in dict.fromkeys(e.hint for e in failures if e.hint):
+            out.err.print(f"hint: {safe(hint)}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(int(max(exit_code_for(e) for e in failures)))
     rows: list[dict[str, Any]] = [
         {
             "file": f.path,
@@ -291,13 +307,27 @@ def push_cmd(
     settings, manifest, lock, cache = _setup(model, cache_dir, pins, reach.inventories)
     boxes = plural(len(inventory.hosts), "box")
     first = f"interrupt: finishing the current file on {boxes}; Ctrl-C again to abort now"
+    last: dict[str, PushEvent] = {}  # each box's latest event, for the summary a second Ctrl-C prints
+
+    def known() -> None:
+        rows = [
+            [
+                h.name,
+                "aborted",
+                f"{e.file or '-'} {e.phase} {_mib(e.done)}" if (e := last.get(h.name)) else "-",
+            ]
+            for h in inventory.hosts
+        ]
+        out.table(f"push {manifest.model} (aborted)", ["host", "result", "at"], rows)
+
     with (
         connector_for(reach, inventory, settings) as connector,
-        interruptible(out, first) as cancel,
+        interruptible(out, first, on_abort=known) as cancel,
         progress_bars(out) as bar,
     ):
 
         def on_progress(e: PushEvent) -> None:
+            last[e.host] = e
             bar(e.host, e.phase, e.done, e.total, label=f"{e.host} {e.file}".strip())
 
         chosen, results = push_to_hosts(

@@ -8,10 +8,12 @@ import click
 
 from provision.assets.cache import Cache
 from provision.assets.pins import load_pins
-from provision.cli.errors import exit_with_worst, reports_errors
+from provision.cli.errors import Exit, exit_with_worst, reports_errors
 from provision.cli.hosts import connector_for, fleet_manifest, host_options, reach_from, resolve_inventory
+from provision.cli.interrupt import interruptible
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json, styled
+from provision.errors import Cancelled
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
 from provision.inventory.hosts import Host
@@ -44,6 +46,8 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, break_lock: bool,
     then `python -m chat selftest` against its verified model; only then `current` is switched
     (atomically). A box already at this version is skipped. Needs `assets push` first. Each box is
     locked while it is deployed (/data/sophon-fleet/locks/runtime.lock): a second deploy is refused.
+    Ctrl-C: each box stops before its next stage (push, install, selftest, switch) and the summary
+    says where; Ctrl-C again aborts at once (the runtime in use is switched only after a passed selftest).
 
     \b
     Examples:
@@ -57,22 +61,43 @@ def deploy(out: Output, model: str, keep: int, rollback: bool, break_lock: bool,
     manifest = fleet_manifest(model, inv)
     cache, lock = Cache(settings.cache_dir), load_pins(manifest)
 
+    stages: dict[str, str] = {}  # each box's stage, for the summary a second Ctrl-C prints
+
     def progress(host: str, stage: str) -> None:
+        stages[host] = stage
         out.info(f"{host}: {stage}")
 
-    with connector_for(reach, inv, settings) as connector:
+    def known() -> None:
+        rows: list[tuple[str, Any, str, str]] = []
+        for name in inv.names():
+            stage = stages.get(name)
+            if stage is not None and stage.startswith("done: "):
+                rows.append((name, stage.removeprefix("done: "), "-", ""))
+            else:
+                rows.append(
+                    (name, styled("aborted", "red"), "-", f"during {stage}" if stage else "not started")
+                )
+        out.table("deploy (aborted)", ["host", "result", "runtime version", "detail"], rows)
+
+    with connector_for(reach, inv, settings) as connector, interruptible(out, on_abort=known) as cancel:
 
         def one(host: Any) -> DeployResult:
-            deployer = Deployer(connector.transport(host), host.name, progress=progress)
+            deployer = Deployer(connector.transport(host), host.name, progress=progress, cancel=cancel)
+            stages[host.name] = "start"
             if rollback:
-                return rollback_box(deployer, break_lock=break_lock)
-            facts = gather(deployer.transport)
-            return deploy_box(
-                deployer, facts, manifest, cache=cache, lock=lock, keep=keep, break_lock=break_lock
-            )
+                result = rollback_box(deployer, break_lock=break_lock)
+            else:
+                facts = gather(deployer.transport)
+                result = deploy_box(
+                    deployer, facts, manifest, cache=cache, lock=lock, keep=keep, break_lock=break_lock
+                )
+            stages[host.name] = f"done: {result.status}"
+            return result
 
         result = run_fleet(inv.hosts, one, forks=reach.forks)
     render(out, result)
+    if cancel.is_set():
+        raise SystemExit(int(Exit.INTERRUPTED))
     exit_with_worst(o.error for o in result)
 
 
@@ -83,7 +108,8 @@ def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
     rows: list[tuple[str, Any, str, str]] = []
     for o in result:
         if o.value is None:
-            rows.append((o.host.name, styled("failed", "red"), "-", str(o.error.message if o.error else "")))
+            state = "interrupted" if isinstance(o.error, Cancelled) else "failed"
+            rows.append((o.host.name, styled(state, "red"), "-", str(o.error.message if o.error else "")))
             continue
         test = o.value.selftest or {}
         detail = f"selftest {test.get('tokens')} tokens, {test.get('tps')} tok/s" if test else ""

@@ -2,7 +2,8 @@
 
 The first Ctrl-C sets the run's cancel event: each box stops before its next stage that changes
 something (a file, a boot image, a runtime, a reboot) and the command says so; the summary or recap, with
-each box's state, still prints. A second Ctrl-C aborts at once (exit 130): what was interrupted is
+each box's state, still prints. A second Ctrl-C aborts at once (exit 130), after printing what is known
+so far (the command's `on_abort`: the recap or summary up to now): what was interrupted is
 resumable (pushes resume at the byte, /boot is replaced only by an atomic rename, runtimes switch by a
 symlink), and nothing half-written is ever at a final path.
 """
@@ -13,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,8 +25,11 @@ SECOND = "aborting now (exit 130): what was interrupted resumes on the next run"
 
 
 @contextmanager
-def interruptible(out: Output, first: str = FIRST) -> Iterator[threading.Event]:
-    """Install the rule for the `with` block; yields the cancel event to hand to the core."""
+def interruptible(
+    out: Output, first: str = FIRST, on_abort: Callable[[], None] | None = None
+) -> Iterator[threading.Event]:
+    """Install the rule for the `with` block; yields the cancel event to hand to the core. `on_abort` prints
+    what is known when a second Ctrl-C aborts (it must not wait for the worker threads)."""
     cancel = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
@@ -34,6 +38,11 @@ def interruptible(out: Output, first: str = FIRST) -> Iterator[threading.Event]:
             out.err.print(first, markup=False, highlight=False)
             return
         out.err.print(SECOND, markup=False, highlight=False)
+        if on_abort is not None:
+            try:
+                on_abort()
+            except Exception:  # noqa: BLE001 - a recap that cannot print must not stop the abort
+                pass
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)  # the worker threads are mid-stage; waiting for them is what a second Ctrl-C refuses

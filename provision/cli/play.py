@@ -64,8 +64,26 @@ def play(
         f"play {book.name or playbook.name}: {plural(len(book.steps), 'step')} "
         f"on {plural(len(inv.hosts), 'box')}" + (" (dry run)" if dry_run else "")
     )
-    with connector_for(reach, inv, settings) as connector, interruptible(out) as cancel:
-        report = Play(
+    runs: list[Play] = []
+    said: list[str] = []  # the progress lines, for the step that was running when a second Ctrl-C came
+
+    def say(line: str) -> None:
+        said.append(line)
+        out.result(line)
+
+    def known() -> (
+        None
+    ):  # a second Ctrl-C: the recap of the steps that finished, and the one that was running
+        report = getattr(runs[0], "report", None) if runs else None
+        if report is None:
+            return
+        report.aborted = "aborted by a second Ctrl-C" + next(
+            (f" during {line.split(':')[0]}" for line in reversed(said) if line.startswith("step ")), ""
+        )
+        render(out, report)
+
+    with connector_for(reach, inv, settings) as connector, interruptible(out, on_abort=known) as cancel:
+        play_ = Play(
             book,
             list(inv.hosts),
             connector,
@@ -75,9 +93,11 @@ def play(
             serial=serial,
             max_fail_percent=max_fail_percent,
             forks=reach.forks,
-            say=out.result,
+            say=say,
             cancel=cancel,
-        ).run()
+        )
+        runs.append(play_)
+        report = play_.run()
     render(out, report)
     if cancel.is_set():
         raise SystemExit(int(Exit.INTERRUPTED))

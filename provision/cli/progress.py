@@ -38,6 +38,7 @@ def progress_bars(out: Output) -> Iterator[Any]:
     """Yield a callback `(key, phase, done, total, label=None)` drawing one bar per key on stderr (on a
     terminal; elsewhere one line per key and phase)."""
     disabled = out.json or out.verbosity < 0
+    lines = not disabled and not out.err.is_terminal  # a pipe or a log: one line per phase, no bars
     bars = Progress(
         TextColumn("{task.fields[phase]:>9}"),
         TextColumn("{task.description}", markup=False),
@@ -46,12 +47,11 @@ def progress_bars(out: Output) -> Iterator[Any]:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=out.err,
-        disable=disabled,
+        disable=disabled or lines,  # drawn on a pipe, the bars would be printed whole at the end
     )
     tasks: dict[str, Any] = {}
     phases: dict[str, str] = {}
     lock = threading.Lock()
-    lines = not disabled and not out.err.is_terminal  # a pipe or a log: one line per phase, no bars
 
     def update(key: str, phase: str, done: int, total: int | None, label: str | None = None) -> None:
         with lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +16,8 @@ from provision.cli.output import Output, styled
 from provision.facts.status import BoxStatus, box_status, format_uptime
 from provision.fleet import FleetResult, run_fleet
 from provision.inventory.hosts import Host
+from provision.runtime.bench_record import last_bench
+from provision.settings import load_settings
 
 
 @click.command("status")
@@ -32,6 +35,9 @@ from provision.inventory.hosts import Host
 def status(out: Output, watch: float | None, **kwargs: Any) -> None:
     """Each box now: reachable, uptime, heaps (size and in use), runtime version, variant, service.
 
+    The last column is each box's last `bench` (variant, median FTL and tokens/s, when), kept in the
+    tool's home (bench/<host>.json).
+
     Exit 0 when every box answered, 4 when some are unreachable.
 
     \b
@@ -41,16 +47,17 @@ def status(out: Output, watch: float | None, **kwargs: Any) -> None:
       sophon-fleet status -i hosts.yml --json | jq '.hosts[] | select(.reachable | not) | .host'
     """
     reach = reach_from(kwargs)
-    inv = resolve_inventory(reach)
+    settings = load_settings()
+    inv = resolve_inventory(reach, settings)
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if watch else None
     try:
-        with connector_for(reach, inv) as connector:
+        with connector_for(reach, inv, settings) as connector:
             while True:
                 result = run_fleet(inv.hosts, lambda h: box_status(connector.transport(h)), forks=reach.forks)
                 if watch and out.console.is_terminal and not out.json:
                     out.console.clear()
-                render(out, result)
+                render(out, result, settings.home)
                 if not watch or stop.wait(watch):
                     break
     finally:
@@ -61,18 +68,24 @@ def status(out: Output, watch: float | None, **kwargs: Any) -> None:
     exit_with_worst(o.error for o in result)
 
 
-def render(out: Output, result: FleetResult[Host, BoxStatus]) -> None:
+def render(out: Output, result: FleetResult[Host, BoxStatus], home: Path) -> None:
+    benches = {o.host.name: last_bench(home, o.host.name) for o in result}
     if out.json:
         out.emit_json(
             {
                 "hosts": [
-                    o.value.as_dict()
-                    if o.value is not None
-                    else {
-                        "host": o.host.name,
-                        "reachable": not o.unreachable,
-                        "error": o.error.message if o.error else None,
-                        "hint": o.error.hint if o.error else None,
+                    {
+                        **(
+                            o.value.as_dict()
+                            if o.value is not None
+                            else {
+                                "host": o.host.name,
+                                "reachable": not o.unreachable,
+                                "error": o.error.message if o.error else None,
+                                "hint": o.error.hint if o.error else None,
+                            }
+                        ),
+                        "last_bench": b.as_dict() if (b := benches[o.host.name]) else None,
                     }
                     for o in result
                 ]
@@ -81,9 +94,10 @@ def render(out: Output, result: FleetResult[Host, BoxStatus]) -> None:
         return
     rows = []
     for o in result:
+        bench = b.short() if (b := benches[o.host.name]) else "-"
         if o.value is None:
             state = styled("unreachable", "red") if o.unreachable else styled("error", "magenta")
-            rows.append((o.host.name, state, "-", "-", "-", "-", "-", "-"))
+            rows.append((o.host.name, state, "-", "-", "-", "-", "-", "-", bench))
             continue
         s = o.value
         rows.append(
@@ -96,12 +110,14 @@ def render(out: Output, result: FleetResult[Host, BoxStatus]) -> None:
                 s.runtime or "-",
                 s.variant or "-",
                 s.service or "-",
+                bench,
             )
         )
     out.table(
         "fleet status",
-        ["host", "state", "uptime", "heaps MiB", "in use MiB", "runtime", "variant", "service"],
+        ["host", "state", "uptime", "heaps MiB", "in use MiB", "runtime", "variant", "service", "last bench"],
         rows,
+        keep_whole=["last bench"],
     )
     for o in result:
         if o.error is not None:

@@ -132,7 +132,7 @@ class Play:
         return self._lock
 
     def run(self) -> PlayReport:
-        report = PlayReport(self.playbook)
+        report = self.report = PlayReport(self.playbook)  # read as it grows by a second Ctrl-C's recap
         for step in self.playbook.steps:
             if self.cancel.is_set():
                 report.aborted = f"interrupted: stopped before step {step.kind}"

@@ -7,10 +7,12 @@ min and max are reported beside them.
 from __future__ import annotations
 
 import statistics
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from provision.errors import Cancelled
 from provision.facts.parse import gather
 from provision.manifest import Manifest
 from provision.runtime.remote_chat import ChatClient, answer_text, choose_variant, runtime_session
@@ -79,10 +81,14 @@ def bench_client(
     prompt: str = SEED_PROMPT,
     max_new_tokens: int | None = None,
     on_run: Callable[[int, Run], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> BoxBench:
-    """Ask `prompt` `runs` times, each from a fresh history, and measure as the seed does (FTL, TPS)."""
+    """Ask `prompt` `runs` times, each from a fresh history, and measure as the seed does (FTL, TPS).
+    After `cancel` is set no further run starts: the runs done so far are the result."""
     results: list[Run] = []
     for index in range(runs):
+        if cancel is not None and cancel.is_set() and results:
+            break
         client.reset()
         _, done = answer_text(client.chat(prompt, max_new_tokens=max_new_tokens))
         run = Run(done.ftl_s, done.tps, done.tokens)
@@ -93,14 +99,34 @@ def bench_client(
 
 
 def bench_box(
-    transport: Transport, host: str, manifest: Manifest, *, runs: int, prompt: str, max_new_tokens: int | None
+    transport: Transport,
+    host: str,
+    manifest: Manifest,
+    *,
+    runs: int,
+    prompt: str,
+    max_new_tokens: int | None,
+    progress: Callable[[str, str], None] = lambda _host, _stage: None,
+    cancel: threading.Event | None = None,
 ) -> BoxBench:
-    """Start the box's runtime once, ask `runs` times from a fresh history, stop it (no orphan)."""
+    """Start the box's runtime once, ask `runs` times from a fresh history, stop it (no orphan).
+    After `cancel` is set the runtime is not started, or no further run starts (the runs done count)."""
     variant = choose_variant(gather(transport), manifest, "auto", host)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{host}: interrupted before the runtime started", hint="run `bench` again")
+    progress(host, f"starting the {variant} runtime")
     with runtime_session(transport, manifest, variant, host) as client:
         ready = client.wait_ready()
+        progress(host, f"model loaded in {ready.load_s:.2f} s; {runs} runs")
         result = bench_client(
-            client, host=host, variant=variant, runs=runs, prompt=prompt, max_new_tokens=max_new_tokens
+            client,
+            host=host,
+            variant=variant,
+            runs=runs,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            on_run=lambda i, r: progress(host, f"run {i + 1}: FTL {r.ftl_s:.3f} s, {r.tps:.2f} tok/s"),
+            cancel=cancel,
         )
     return BoxBench(result.host, result.variant, result.runs, ready.load_s)
 

@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from provision.boxpaths import (
     plain_name,
 )
 from provision.boxside import box_install
-from provision.errors import FactError, FleetError, NotReadyError, RemoteError
+from provision.errors import Cancelled, FactError, FleetError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
 from provision.runtime.serve import restart_if_serving
@@ -155,10 +156,25 @@ class Deployer:
     """Deploys one box over its transport."""
 
     def __init__(
-        self, transport: Transport, host: str, *, progress: Callable[[str, str], None] | None = None
+        self,
+        transport: Transport,
+        host: str,
+        *,
+        progress: Callable[[str, str], None] | None = None,
+        cancel: threading.Event | None = None,
     ):
         self.transport, self.host = transport, host
         self.progress = progress or (lambda _host, _stage: None)
+        self.cancel = cancel or threading.Event()  # Ctrl-C: no further stage starts (cli/interrupt.py)
+
+    def stage(self, name: str, current: str | None) -> None:
+        """Start stage `name`, unless the operator cancelled (checked only here, between stages)."""
+        if self.cancel.is_set():
+            raise Cancelled(
+                f"{self.host}: interrupted before {name} (runtime in use unchanged: {current or 'none'})",
+                hint="run the same `deploy` again: it starts over and switches only after its selftest",
+            )
+        self.progress(self.host, name)
 
     def _run(self, command: str, timeout: float = 300) -> str:
         return self.transport.run(command, timeout=timeout).stdout
@@ -300,13 +316,13 @@ def _deploy_locked(
     if done is not None:
         # nothing ran: the selftest of the deploy that put it there would pass old numbers off as new
         return DeployResult(host, bundle.version, "up-to-date", previous, None)
-    deployer.progress(host, "push")
+    deployer.stage("push", previous)
     transferred = deployer.push(bundle, on_push)
-    deployer.progress(host, "install")
+    deployer.stage("install", previous)
     deployer.install(bundle)
-    deployer.progress(host, "selftest")
+    deployer.stage("selftest", previous)
     report = deployer.selftest(bundle.version, *model_paths(manifest, variant))
-    deployer.progress(host, "switch")
+    deployer.stage("switch", previous)
     deployer.switch(bundle.version, {"version": bundle.version, "variant": variant, "selftest": report})
     restart_if_serving(deployer.transport)  # only now: the new version passed its selftest
     deployer.prune(keep, current=bundle.version)

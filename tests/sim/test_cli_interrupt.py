@@ -32,6 +32,9 @@ def start_play(fleet, book):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(
+            signal.SIGINT, signal.SIG_DFL
+        ),  # a background run inherits it ignored
     )
 
 
@@ -90,7 +93,12 @@ def test_a_second_ctrl_c_aborts_at_once(sim_fleet, tmp_path, monkeypatch):
     finally:
         proc.kill()
         proc.wait()
+    out = "".join(seen) + out
     assert proc.returncode == 130 and "aborting now" in err and "Traceback" not in err
+    # what is known is still printed: the recap of the step that finished, and where it was aborted
+    recap = out[out.index("PLAY RECAP") :].splitlines()
+    assert recap[1].split()[:3] == ["se7-1", ":", "ok=1"], out
+    assert "aborted by a second Ctrl-C during step memory" in out
 
 
 def test_ctrl_c_in_assets_push_finishes_the_current_file_then_stops(sim_fleet, tmp_path, monkeypatch):
@@ -107,6 +115,9 @@ def test_ctrl_c_in_assets_push_finishes_the_current_file_then_stops(sim_fleet, t
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(
+            signal.SIGINT, signal.SIG_DFL
+        ),  # a background run inherits it ignored
     )
     seen = []
     try:
@@ -133,3 +144,39 @@ def test_ctrl_c_in_assets_push_finishes_the_current_file_then_stops(sim_fleet, t
         [SOPHON_FLEET, "assets", "push", "-i", inv, "--variant", "int4"], capture_output=True
     )
     assert again.returncode == 0, again.stderr
+
+
+def test_a_second_ctrl_c_in_assets_push_aborts_at_once_and_prints_where_each_box_was(
+    sim_fleet, tmp_path, monkeypatch
+):
+    fleet = sim_fleet(["se7-ready-int8", "se7-ready-int8"], mirror=True, bmodel_size=24 << 20)
+    use_fleet(fleet, tmp_path, monkeypatch)
+    pulled = subprocess.run(
+        [SOPHON_FLEET, "assets", "pull", "--variant", "int4", "--no-dfss"], capture_output=True
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    for name in ("se7-1", "se7-2"):
+        fleet.fault(name, "rate", "20")  # ~2.5 MB/s: the 24 MiB bmodel takes ~10 s
+    proc = subprocess.Popen(
+        [SOPHON_FLEET, "assets", "push", "-i", str(fleet.inventory_path), "--variant", "int4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen = []
+    try:
+        lines_until(proc.stderr, "sending", seen)
+        proc.send_signal(signal.SIGINT)
+        lines_until(proc.stderr, "Ctrl-C again to abort now", seen)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=8)  # not the rest of the 24 MiB: at once
+    finally:
+        proc.kill()
+        proc.wait()
+    err = "".join(seen) + err
+    assert proc.returncode == 130 and "aborting now" in err and "Traceback" not in err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("se7-")}
+    assert sorted(rows) == ["se7-1", "se7-2"], out  # every box, with its state
+    assert all(r[1] == "aborted" for r in rows.values()), out
+    assert any("sending" in r for r in rows.values()), out
