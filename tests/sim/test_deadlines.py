@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from provision.ssh.transport import Timeouts
-from sim.mirror import build_asset_tree
 from tests.sim.conftest import needs_root
+from tests.sim.flows import pull_pinned_standins
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -61,23 +61,7 @@ class CutWhen:
 
 @pytest.fixture
 def pulled(tmp_path):
-    tree = build_asset_tree(tmp_path / "mirror", bmodel_size=24 << 20)
-    manifest = tmp_path / "good" / "glm4-9b-sim.yaml"
-    manifest.parent.mkdir()
-    manifest.write_text(tree.manifest_yaml(pin=True))
-    code, output = invoke(
-        "assets",
-        "pull",
-        "-m",
-        str(manifest),
-        "--variant",
-        "int4",
-        "--mirror",
-        f"file://{tree.root}",
-        "--no-dfss",
-    )
-    assert code == 0, output
-    return manifest
+    return pull_pinned_standins(tmp_path, bmodel_size=24 << 20)
 
 
 def test_the_default_idle_bound_is_at_most_60_s():

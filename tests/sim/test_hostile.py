@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from sim import kit_archive
-from sim.mirror import build_asset_tree
 from tests.sim.conftest import connect, needs_root, run, sudo
+from tests.sim.flows import pull_pinned_standins
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -36,24 +36,7 @@ def box_data(fleet, name: str) -> Path:
 
 @pytest.fixture
 def pulled(tmp_path):
-    """A pinned glm4-9b stand-in manifest with its int4 files in the (test's) cache."""
-    tree = build_asset_tree(tmp_path / "mirror", bmodel_size=1 << 20)
-    manifest = tmp_path / "good" / "glm4-9b.yaml"
-    manifest.parent.mkdir()
-    manifest.write_text(tree.manifest_yaml(pin=True))
-    code, output = invoke(
-        "assets",
-        "pull",
-        "-m",
-        str(manifest),
-        "--variant",
-        "int4",
-        "--mirror",
-        f"file://{tree.root}",
-        "--no-dfss",
-    )
-    assert code == 0, output
-    return manifest
+    return pull_pinned_standins(tmp_path, bmodel_size=1 << 20)
 
 
 def test_manifest_unpack_escaping_its_directory_is_refused_before_any_box_is_touched(
