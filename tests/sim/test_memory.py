@@ -15,13 +15,18 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from provision.manifest import load_manifest
+from provision.memory.apply import Stage
 from sim import itb, kit_archive
 from sim.fleet import ssh_banner
 from tests.sim.conftest import connect, needs_root, run, sudo
+from tests.sim.flows import APPLY_STAGE_HOLDS, hold_stage
 
 pytestmark = [pytest.mark.sim, needs_root]
 
 FAST = ("--connect-timeout", "2", "--reboot-timeout", "15")
+FACTORY, TARGET = (3950, 2048, 3072), (7615, 3071, 3071)  # se7-factory's heaps, the int8 layout
+HALVED = (3807, 1535, 1535)  # what `itb-wrong-layout` boots with for TARGET
+STAGES = {s.value for s in Stage}
 
 
 @pytest.fixture
@@ -218,6 +223,12 @@ def read_until(proc, word, seen):
         if line.split()[1:2] == [word]:
             return line
     raise AssertionError(f"no {word} stage in: {''.join(seen)}")
+
+
+def last_stage(lines):
+    """The stage of the last progress line (`host  stage  detail`)."""
+    stages = [line.split()[1] for line in lines if len(line.split()) > 1 and line.split()[1] in STAGES]
+    return stages[-1] if stages else None
 
 
 def test_a_second_concurrent_apply_on_the_same_box_is_refused(sim_fleet, kit):
@@ -535,35 +546,47 @@ def test_a_swap_into_a_too_full_boot_is_refused_before_anything_is_replaced(sim_
     assert sorted(out.split()) == [".", "..", "emmcboot.itb", "filler", "multi.its"], out
 
 
-@pytest.mark.parametrize("stage", ["edit", "waiting"])
+KILL_STAGES = ["lock", "upload", "check", "edit", "backup", "swap", "reboot", "waiting", "verify", "rollback"]
+
+
+@pytest.mark.parametrize("stage", KILL_STAGES)
 def test_kill_9_at_a_stage_then_break_lock_finishes_the_job(sim_fleet, kit, stage):
-    """SIGKILL of the CLI once it reports `stage` (awaited in its progress output): the lock stays, a run
-    that must change the box is refused naming it, `--break-lock` (the owner's pid is gone) brings the box to
-    its target, and the factory backup keeps its layout."""
+    """SIGKILL of the CLI while it is in `stage`: awaited in its progress output, and held there on the box
+    (a Hold on a command only that stage runs; `waiting`: the box is rebooting). /boot keeps a bootable image,
+    the lock stays, a run that must change the box is refused naming it, `--break-lock` (the owner's pid is
+    gone) brings the box to its target, and the factory backup keeps its layout."""
     fleet = sim_fleet(["se7-factory"])
-    fleet.fault("se7-1", "memedit-slow")  # holds the edit stage for 3 s
     factory = boot_sha(fleet, "se7-1")
+    hold = hold_stage(fleet, "se7-1", stage) if stage in APPLY_STAGE_HOLDS else None
+    if stage == "rollback":
+        fleet.fault("se7-1", "itb-wrong-layout")  # the box boots with the wrong layout: the run rolls back
     proc = start_apply(fleet, kit)
     seen = []
     try:
         read_until(proc, stage, seen)
+        if hold is not None:
+            hold.wait_held()
         proc.kill()
     finally:
         proc.kill()
-        proc.communicate(timeout=30)
-    fleet.fault("se7-1", "heal")
-    if stage == "waiting":  # the box was already rebooting into the new image: let it come up
+        _, err = proc.communicate(timeout=30)
+    assert last_stage(seen + err.splitlines()) == stage, "".join(seen) + err  # killed in that stage
+    if stage in ("reboot", "waiting", "verify"):  # the box reboots (or rebooted) into the new image
         deadline = time.monotonic() + 60
         while fleet.hardware("se7-1").boot_count < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         fleet.wait_ready(timeout=60, names=["se7-1"])
-    code, doc = apply_json(fleet, kit)
-    if stage == "waiting":  # it booted the new image: at target, nothing to do (no lock needed for that)
-        assert code == 0 and doc["hosts"][0]["result"] == "unchanged", doc
-        code, doc = apply_json(fleet, kit, "--npu", "7000", "--vpu", "2048", "--vpp", "2048")
+    elif hold is not None:
+        hold.wait_released()  # what the box was doing when the CLI died has finished there
+    assert boot_image(fleet, "se7-1").heaps in (FACTORY, TARGET, HALVED)  # a whole, bootable image
+    if hold is not None:
+        hold.remove()
+    fleet.fault("se7-1", "heal")
+    code, doc = apply_json(fleet, kit, "--npu", "7000", "--vpu", "2048", "--vpp", "2048")
     assert code == 3 and "is locked: memory apply by" in doc["hosts"][0]["error"], doc
     code, doc = apply_json(fleet, kit, "--break-lock")
     assert code == 0, doc
-    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+    assert fleet.hardware("se7-1").heaps == list(TARGET)
+    assert boot_image(fleet, "se7-1").heaps == TARGET
     backups = backups_json(fleet)["backups"]
-    assert backups[0]["sha256"] == factory and backups[0]["layout"] == [3950, 2048, 3072]
+    assert backups[0]["sha256"] == factory and backups[0]["layout"] == list(FACTORY)
