@@ -140,21 +140,27 @@ class _Box:
         self.backup: Backup | None = None
         self.stage = Stage.LOCK
         self.swap_started = False  # until a swap starts, /boot/emmcboot.itb is known to be untouched
+        self.read_back: str | None = None  # which image /boot held when last read (None: unknown)
 
     def recovery(self, image: str, *, rebooted: bool) -> tuple[str, ...]:
         return recovery_steps(self.name, image, self.backup, rebooted=rebooted, options=self.options)
 
     def swap(self, source: str, sha256: str) -> None:
-        """`swap_in`, remembering that /boot may have changed from here on."""
+        """`swap_in`, remembering that /boot may have changed from here on, and what it read back."""
         self.swap_started = True
+        self.read_back = None  # until the swap's read-back: either image
         swap_in(self.t, source, sha256)
+        self.read_back = self.which(sha256)
+
+    def which(self, sha256: str) -> str:
+        return "old" if sha256 == self.old_sha else "new" if sha256 == self.new_sha else "other"
 
     def enter(self, stage: Stage, detail: str = "") -> None:
         """Start a stage, unless the operator cancelled (checked only here, between stages)."""
         if self.cancel.is_set():
-            image = self.image_state()
+            image, described = self.image_state()
             raise ApplyFailed(
-                f"{self.name}: interrupted before {stage.value}; {describe_image(image)}",
+                f"{self.name}: interrupted before {stage.value}; {described}",
                 host=self.name,
                 stage=stage,
                 image=image,
@@ -168,19 +174,20 @@ class _Box:
     def sha256(self, path: str) -> str | None:
         return sha256_on_box(self.t, path)
 
-    def image_state(self) -> str:
-        """ "old" / "new" / "other" / "unknown": which image /boot/emmcboot.itb holds right now."""
+    def image_state(self) -> tuple[str, str]:
+        """Which image /boot/emmcboot.itb holds ("old" / "new" / "other" / "unknown"), and its description:
+        read now, or when the box cannot be read, as the last swap read it back."""
         if self.old_sha is None or not self.swap_started:
-            return "old"  # no swap started: memory_edit itself never writes /boot/emmcboot.itb
+            # no swap started: memory_edit itself never writes /boot/emmcboot.itb
+            return "old", describe_image("old")
         try:
             current = self.sha256(BOOT_IMAGE)
         except FleetError:
-            return "unknown"
-        if current is not None and current == self.old_sha:
-            return "old"
-        if current is not None and current == self.new_sha:
-            return "new"
-        return "unknown" if current is None else "other"
+            if self.read_back is None:
+                return "unknown", describe_image("unknown")
+            return self.read_back, f"{describe_image(self.read_back)}, as read back after the swap"
+        image = "unknown" if current is None else self.which(current)
+        return image, describe_image(image)
 
 
 # ---------------------------------------------------------------------------------------------- apply
@@ -219,9 +226,9 @@ def apply_box(
             exc.message, host=run.name, stage=Stage.LOCK, image="old", hint=exc.hint, refused=True
         ) from exc
     except FleetError as exc:
-        image = run.image_state()
+        image, described = run.image_state()
         failed = ApplyFailed(
-            f"{exc.message}; {describe_image(image)}",
+            f"{exc.message}; {described}",
             host=run.name,
             stage=run.stage,
             image=image,
@@ -234,10 +241,18 @@ def apply_box(
 
 
 def _note_lock_left(failed: ApplyFailed, run: _Box, held: boxlock.Held | None) -> ApplyFailed:
-    """When this run could not remove its lock (the box stopped answering), say so, with the command that
-    works once the box answers again; before the swap started there is nothing to roll back."""
-    if held is None or held.released:
+    """When this run could not remove its lock (the box stopped answering, maybe while the lock was being
+    taken), say so, with the command that works once the box answers again; before the swap started there
+    is nothing to roll back."""
+    taking = held is None and run.stage is Stage.LOCK and failed.unreachable
+    if not taking and (held is None or held.released):
         return failed
+    path = held.path if held is not None else boxlock.lock_path(LOCK_NAME)
+    left = (
+        f"this run's lock {path} is still on it"
+        if held is not None
+        else f"the lock {path} this run was taking may be on it"
+    )
     steps = list(failed.recovery)
     if not run.swap_started:
         steps.insert(
@@ -248,8 +263,8 @@ def _note_lock_left(failed: ApplyFailed, run: _Box, held: boxlock.Held | None) -
         if run.swap_started:
             again = run.options.command("rollback", run.name, "--break-lock")
         steps.append(
-            f"{run.name} stopped answering, so this run's lock {held.path} is still on it: once it answers, "
-            f"`{again}` (--break-lock removes that lock)"
+            f"{run.name} stopped answering, so {left}: once it answers, `{again}` (--break-lock removes that "
+            "lock)"
         )
     failed.recovery = tuple(steps)
     return failed
@@ -284,6 +299,7 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
     if state.pending and state.label(state.boot_sha) == target:
         run.new_sha = state.boot_sha  # an earlier run put this target's image in place and did not reboot
         run.swap_started = True
+        run.read_back = "new"
         run.backup = running
         run.progress(run.name, Stage.SWAP, f"the image for {target} is already in {BOOT_IMAGE}")
     else:

@@ -103,7 +103,7 @@ def wait_for_new_boot(
                 transport.run(policy.readiness, timeout=policy.command_timeout)
                 return boot_id
         except (ConnectError, RemoteError) as exc:
-            last_error = exc.message
+            last_error = f"unreachable: {exc.message}" if isinstance(exc, ConnectError) else exc.message
             transport.close()
         if on_poll is not None:
             on_poll(attempt, last_error)

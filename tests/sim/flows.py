@@ -58,6 +58,19 @@ def pull_pinned_standins(directory: Path, bmodel_size: int) -> Path:
     return manifest
 
 
+FACTORY, TARGET = (3950, 2048, 3072), (7615, 3071, 3071)  # se7-factory's heaps, the int8 layout
+HALVED = (3807, 1535, 1535)  # what `itb-wrong-layout` boots with for TARGET
+
+
+def read_until(proc, word, seen):
+    """Read the CLI's progress lines (stderr) until one shows `word` as its stage."""
+    for line in proc.stderr:
+        seen.append(line)
+        if line.split()[1:2] == [word]:
+            return line
+    raise AssertionError(f"no {word} stage in: {''.join(seen)}")
+
+
 HOLD_DIR = "/data/.hold"  # outside /data/sophon-fleet: nothing of the tool's
 HOLD_SCRIPT = """#!/bin/sh
 held=

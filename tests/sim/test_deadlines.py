@@ -9,6 +9,9 @@ blind sleep.
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +21,17 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from provision.ssh.transport import Timeouts
+from sim import itb
 from tests.sim.conftest import needs_root
-from tests.sim.flows import pull_pinned_standins
+from tests.sim.flows import (
+    APPLY_STAGE_HOLDS,
+    FACTORY,
+    HALVED,
+    TARGET,
+    hold_stage,
+    pull_pinned_standins,
+    read_until,
+)
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -97,48 +109,100 @@ def kit_path(tmp_path: Path) -> str:
     return str(kit_archive.build_kit(tmp_path / "kit").tarball)
 
 
-def test_a_link_cut_during_edit_is_reported_with_boot_untouched_and_runnable_advice(sim_fleet, tmp_path):
-    """`memedit-slow` holds the `edit` stage; the link is cut once the CLI shows that stage.
-    The report comes within the bound, says /boot was not touched, and its advice runs as printed: it
-    names the lock this run could not remove and the command (with --break-lock) that clears it."""
-    import shlex
-    import subprocess
-    import sys
+REBOOT_TIMEOUT = 15.0
+UNTOUCHED = "/boot/emmcboot.itb untouched"
+# per stage of `memory apply`: exit code, what the report must say about /boot, and the command its advice
+# gives (with --break-lock: the run could not remove its lock)
+CUT_STAGES = {
+    "lock": (4, UNTOUCHED, "apply"),
+    "upload": (4, UNTOUCHED, "apply"),
+    "check": (4, UNTOUCHED, "apply"),
+    "edit": (4, UNTOUCHED, "apply"),
+    "backup": (4, UNTOUCHED, "apply"),
+    "swap": (4, "which boot image the box has is unknown", "rollback"),  # cut before the swap's rename
+    "reboot": (1, "did not come back within 15 s after the reboot (last: unreachable: ", "rollback"),
+    "waiting": (1, "did not come back within 15 s after the reboot (last: unreachable: ", "rollback"),
+    "verify": (
+        4,
+        "the NEW boot image in place (it takes effect at the next reboot), as read back",
+        "rollback",
+    ),
+    "rollback": (4, "which boot image the box has is unknown", "rollback"),  # restoring the backup
+}
 
+
+@pytest.mark.parametrize("stage", CUT_STAGES)
+def test_a_link_cut_at_a_stage_of_memory_apply_is_reported_with_what_is_known_and_runnable_advice(
+    sim_fleet, tmp_path, stage
+):
+    """The link is cut while the run is in `stage` (awaited in the CLI's progress output, then held there on
+    the box by a Hold; `waiting`: the box is rebooting). The report comes within the bound (plus the reboot's
+    own timeout once the box was asked to reboot) and names the box unreachable; it says what is known of
+    /boot (before the swap: untouched, and nothing to roll back); its advice runs as printed once the link is
+    back, and the next `memory apply` brings the box to its target. /boot always holds a bootable image."""
+    code, image_text, advice_verb = CUT_STAGES[stage]
+    rebooting = stage in ("reboot", "waiting", "verify", "rollback")  # the box was asked to reboot
     fleet = sim_fleet(["se7-factory"])
-    fleet.fault("se7-1", "memedit-slow")
+    hold = hold_stage(fleet, "se7-1", stage) if stage in APPLY_STAGE_HOLDS else None
+    if stage == "rollback":
+        fleet.fault("se7-1", "itb-wrong-layout")  # it boots with the wrong layout: the run rolls back
     before = fleet.state.box_paths("se7-1").boot_image.read_bytes()
-    exe = str(Path(sys.executable).with_name("sophon-fleet"))
-    command = [exe, "memory", "apply", "-i", str(fleet.inventory_path), "--kit", kit_path(tmp_path), "--yes"]
-    command += ["--connect-timeout", str(CONNECT_TIMEOUT), "--reboot-timeout", "15"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = ["memory", "apply", "-i", str(fleet.inventory_path), "--kit", kit_path(tmp_path), "--yes"]
+    proc = start(*command, "--connect-timeout", str(CONNECT_TIMEOUT), "--reboot-timeout", str(REBOOT_TIMEOUT))
     seen = []
     try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.split()[1:2] == ["edit"]:
-                break
-        else:
-            raise AssertionError(f"no edit stage in: {''.join(seen)}")
+        read_until(proc, stage, seen)
+        if hold is not None:
+            hold.wait_held()
         fleet.fault("se7-1", "link-down")
         cut = time.monotonic()
-        out, err = proc.communicate(timeout=BOUND + 30)
+        out, err = proc.communicate(timeout=BOUND + REBOOT_TIMEOUT + 30)
         returned = time.monotonic()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
         fleet.fault("se7-1", "link-up")
-    assert returned - cut <= BOUND, f"reported {returned - cut:.1f} s after the cut"
-    assert proc.returncode == 4, out + err
-    assert "unreachable" in out and "/boot/emmcboot.itb untouched" in out, out
-    assert "memory rollback" not in out, out  # there is nothing to roll back
-    assert fleet.state.box_paths("se7-1").boot_image.read_bytes() == before
+    bound = BOUND + (REBOOT_TIMEOUT if rebooting else 0)
+    assert returned - cut <= bound, f"reported {returned - cut:.1f} s after the cut"
+    assert proc.returncode == code, "".join(seen) + err + out
+    assert f"se7-1: {'unreachable' if code == 4 else 'failed'}: " in out and image_text in out, out
+    assert ("memory rollback" in out) == (advice_verb == "rollback"), (
+        out
+    )  # before the swap: nothing to roll back
+    if stage in ("reboot", "waiting"):  # the box rebooted while its link was down
+        fleet.wait_ready(timeout=60, names=["se7-1"])
+    elif hold is not None:
+        hold.wait_released()
+    assert itb.decode(fleet.state.box_paths("se7-1").boot_image.read_bytes()).heaps in (
+        FACTORY,
+        TARGET,
+        HALVED,
+    )
+    if advice_verb == "apply":
+        assert fleet.state.box_paths("se7-1").boot_image.read_bytes() == before
+    if hold is not None:
+        hold.remove()
+    fleet.fault("se7-1", "heal")  # clears itb-wrong-layout
+
     advice = [line for line in out.splitlines() if "--break-lock" in line]
-    assert len(advice) == 1 and "/data/sophon-fleet/locks/memory.lock" in advice[0], out
+    assert len(advice) == 1, out
+    if advice_verb == "apply":
+        assert "/data/sophon-fleet/locks/memory.lock" in advice[0], out
     again = shlex.split(advice[0].split("`")[1])
-    assert again[:3] == ["sophon-fleet", "memory", "apply"]
-    fleet.fault("se7-1", "heal")  # memedit-slow off; the link is up again
-    done = subprocess.run([exe, *again[1:]], capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert fleet.hardware("se7-1").heaps == [7615, 3071, 3071]
+    assert again[:3] == ["sophon-fleet", "memory", advice_verb], advice
+    done = start(*again[1:])
+    out, err = done.communicate(timeout=180)
+    assert done.returncode == 0, out + err
+    if advice_verb == "rollback":
+        assert fleet.state.box_paths("se7-1").boot_image.read_bytes() == before
+        assert fleet.hardware("se7-1").heaps == list(FACTORY)
+        code, doc = invoke(*command, "--json", "--connect-timeout", str(CONNECT_TIMEOUT))
+        assert code == 0, doc
+    assert fleet.hardware("se7-1").heaps == list(TARGET)
+
+
+def start(*args: str) -> subprocess.Popen:
+    """The real CLI in its own process (its progress lines on stderr)."""
+    exe = str(Path(sys.executable).with_name("sophon-fleet"))
+    return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

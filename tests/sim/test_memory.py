@@ -19,13 +19,11 @@ from provision.memory.apply import Stage
 from sim import itb, kit_archive
 from sim.fleet import ssh_banner
 from tests.sim.conftest import connect, needs_root, run, sudo
-from tests.sim.flows import APPLY_STAGE_HOLDS, hold_stage
+from tests.sim.flows import APPLY_STAGE_HOLDS, FACTORY, HALVED, TARGET, hold_stage, read_until
 
 pytestmark = [pytest.mark.sim, needs_root]
 
 FAST = ("--connect-timeout", "2", "--reboot-timeout", "15")
-FACTORY, TARGET = (3950, 2048, 3072), (7615, 3071, 3071)  # se7-factory's heaps, the int8 layout
-HALVED = (3807, 1535, 1535)  # what `itb-wrong-layout` boots with for TARGET
 STAGES = {s.value for s in Stage}
 
 
@@ -214,15 +212,6 @@ def start_apply(fleet, kit, *args):
     exe = str(Path(sys.executable).with_name("sophon-fleet"))
     command = [exe, "memory", "apply", "-i", str(fleet.inventory_path), "--kit", kit, "--yes", *FAST, *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def read_until(proc, word, seen):
-    """Read progress lines until one shows `word` as its stage."""
-    for line in proc.stderr:
-        seen.append(line)
-        if line.split()[1:2] == [word]:
-            return line
-    raise AssertionError(f"no {word} stage in: {''.join(seen)}")
 
 
 def last_stage(lines):

@@ -56,7 +56,11 @@ def test_waits_through_the_drop_and_the_old_boot_until_a_new_boot_id_and_readine
     )
     polls = []
     assert wait_for_new_boot(box, "old", FAST, on_poll=lambda n, why: polls.append(why)) == "new"
-    assert polls == ["refused", "refused", "still the old boot (the reboot has not started yet)"]
+    assert polls == [
+        "unreachable: refused",
+        "unreachable: refused",
+        "still the old boot (the reboot has not started yet)",
+    ]
     assert box.replies == []
 
 
