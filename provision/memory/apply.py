@@ -261,7 +261,7 @@ def _note_lock_left(failed: ApplyFailed, run: _Box, held: boxlock.Held | None) -
     if not any("--break-lock" in step for step in steps):
         again = run.options.command("apply", *run.options.apply_args, "--limit", run.name, "--break-lock")
         if run.swap_started:
-            again = run.options.command("rollback", run.name, "--break-lock")
+            again = run.options.command("rollback", run.name, "--break-lock", "--yes")
         steps.append(
             f"{run.name} stopped answering, so {left}: once it answers, `{again}` (--break-lock removes that "
             "lock)"
@@ -336,7 +336,8 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
             backup=run.backup,
             recovery=(
                 f"`{options.command('backups', run.name)}` lists the backups; "
-                f"`{options.command('rollback', run.name, '--to', 'factory')}` restores the first one",
+                f"`{options.command('rollback', run.name, '--to', 'factory', '--yes')}` restores the first "
+                "one",
             ),
         )
     restored = _rollback(run, options, expected=now)
@@ -565,10 +566,11 @@ def recovery_steps(
     )
     if image == "old" and not rebooted:
         return ()
+    rollback = options.command("rollback", host, "--break-lock", "--yes")
     steps = [saved]
     if rebooted:
         steps += [
-            f"power-cycle {host}; once it answers, `{options.command('rollback', host, '--break-lock')}` "
+            f"power-cycle {host}; once it answers, `{rollback}` "
             "restores the previous image and verifies it (--break-lock: this run could not remove its lock "
             "while the box was down)",
             "if it stays dark: on its serial console (115200 8N1) or a rescue boot, mount /boot "
@@ -579,7 +581,7 @@ def recovery_steps(
         ]
     else:
         steps.append(
-            f"`{options.command('rollback', host, '--break-lock')}` puts the previous image back and reboots "
+            f"`{rollback}` puts the previous image back and reboots "
             "(--break-lock: in case this run's lock is still on the box)"
         )
     return tuple(steps)
