@@ -444,7 +444,7 @@ class SshTransport:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"{self.host.name}: connection lost during `{_short(text)}`: {exc}") from exc
         finally:
-            channel.close()
+            close_channel(channel)
         return Result(
             text, code, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started
         )
@@ -483,7 +483,7 @@ class SshTransport:
                 f"{self.host.name}: connection lost while writing {remote_path}: {exc}"
             ) from exc
         finally:
-            channel.close()
+            close_channel(channel)
         if code != 0:
             raise RemoteError(
                 f"{self.host.name}: cannot write {remote_path}: {err.decode(errors='replace').strip()}"
@@ -513,7 +513,7 @@ class SshTransport:
             part.unlink(missing_ok=True)
             raise ConnectError(f"{self.host.name}: connection lost reading {remote_path}: {exc!r}") from exc
         finally:
-            channel.close()
+            close_channel(channel)
         if code != 0:
             part.unlink(missing_ok=True)
             raise RemoteError(
@@ -530,9 +530,19 @@ class SshTransport:
         try:
             channel.exec_command(text)
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            channel.close()
+            close_channel(channel)
             raise ConnectError(f"{self.host.name}: cannot start `{_short(text)}`: {exc}") from exc
         return Exec(self.host.name, text, channel)
+
+
+def close_channel(channel: paramiko.Channel) -> None:
+    """Close a channel. On a connection that died under it, paramiko's close still writes its close message
+    and raises (EOFError from the packet writer): the channel is gone all the same, and a failure to say
+    goodbye must not replace the error being reported, nor leave the SSH seam as a library error."""
+    try:
+        channel.close()
+    except LINK_ERRORS:
+        log.debug("closing a channel on a dead connection", exc_info=True)
 
 
 @dataclass
@@ -552,7 +562,10 @@ class Exec:
         self.stderr = self.channel.makefile_stderr("rb")
 
     def close_stdin(self) -> None:
-        self.channel.shutdown_write()
+        try:
+            self.channel.shutdown_write()
+        except LINK_ERRORS as exc:
+            raise ChannelBroken(str(exc) or type(exc).__name__) from exc
 
     # the Channel interface of `assets push` (send / recv_line / exit_status / close): a connection that
     # dies under a read or a write is ChannelBroken (reopen and resume), never the library's own error
@@ -582,7 +595,7 @@ class Exec:
         return self.channel.recv_exit_status()
 
     def close(self) -> None:
-        self.channel.close()
+        close_channel(self.channel)
 
     def __enter__(self) -> Exec:
         return self

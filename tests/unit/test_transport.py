@@ -304,3 +304,64 @@ def test_a_command_printing_without_end_is_stopped_at_the_output_cap(box):
         box.run("yes sophon-fleet", max_output=1 << 20)
     assert time.monotonic() - started < 5
     assert box.run(["echo", "still usable"]).stdout == "still usable\n"
+
+
+class HalfDeadRelay:
+    """A TCP relay to the sshd that, once the client stops sending (FIN), forwards nothing more either way
+    and never closes: the client's writes then fail at once (EPIPE) while its reader sees no end, so
+    paramiko still counts the connection active — the moment a link dies under a push."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.listener = socket.create_server((address, 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream = (address, port)
+        self.sockets: list[socket.socket] = [self.listener]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        client, _ = self.listener.accept()
+        server = socket.create_connection(self.upstream)
+        self.sockets += [client, server]
+        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+        self._pump(client, server)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass  # closed at the end of the test
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_connection_dead_under_an_open_channel_raises_only_our_errors(sshd, tmp_path):
+    """Issue 13: on a channel whose connection died (paramiko's packet writer raises EOFError), send and
+    close_stdin raise ChannelBroken and close, which push calls after a ChannelBroken, raises nothing (it
+    raised EOFError: "internal error" in the push path); a command on that connection is a ConnectError.
+    No library exception leaves the SSH seam."""
+    from provision.errors import ChannelBroken
+
+    relay = HalfDeadRelay(sshd.address, sshd.port)
+    own = tmp_path / "own"
+    own.write_text(f"[{sshd.address}]:{relay.port} {sshd.host_key_pub}\n")
+    trust = Trust(own_known_hosts=own, user_known_hosts=tmp_path / "user_known_hosts")
+    try:
+        with SshTransport(host_for(sshd, port=relay.port), trust=trust, timeouts=FAST) as box:
+            channel = box.open_exec("cat")
+            channel.send(b"ping\n")
+            assert channel.recv_line() == b"ping\n"
+            box._client.get_transport().sock.shutdown(socket.SHUT_WR)  # the link dies under the channel
+            with pytest.raises(ChannelBroken):
+                channel.send(b"x" * 65536)
+            with pytest.raises(ChannelBroken):
+                channel.close_stdin()
+            channel.close()  # what push does after a ChannelBroken: no error of its own
+            with pytest.raises(ConnectError):
+                box.run(["true"])
+    finally:
+        relay.close()
