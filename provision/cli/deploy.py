@@ -13,7 +13,7 @@ from provision.cli.hosts import connector_for, fleet_manifest, host_options, rea
 from provision.cli.interrupt import interruptible
 from provision.cli.options import json_option, model_option
 from provision.cli.output import Output, fleet_json, styled
-from provision.errors import Cancelled
+from provision.errors import Cancelled, ConnectError
 from provision.facts.parse import gather
 from provision.fleet import FleetResult, run_fleet
 from provision.inventory.hosts import Host
@@ -108,7 +108,13 @@ def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
     rows: list[tuple[str, Any, str, str]] = []
     for o in result:
         if o.value is None:
-            state = "interrupted" if isinstance(o.error, Cancelled) else "failed"
+            state = (
+                "interrupted"
+                if isinstance(o.error, Cancelled)
+                else "unreachable"
+                if isinstance(o.error, ConnectError)
+                else "failed"
+            )
             rows.append((o.host.name, styled(state, "red"), "-", str(o.error.message if o.error else "")))
             continue
         test = o.value.selftest or {}
@@ -117,3 +123,6 @@ def render(out: Output, result: FleetResult[Host, DeployResult]) -> None:
             detail = "already in place; nothing ran (`bench` measures it)"
         rows.append((o.host.name, o.value.status, o.value.version, detail))
     out.table("deploy", ["host", "result", "runtime version", "detail"], rows)
+    for o in result:
+        if o.error is not None and o.error.hint:
+            out.info(f"{o.host.name}: hint: {o.error.hint}")

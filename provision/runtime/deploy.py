@@ -39,7 +39,7 @@ from provision.boxpaths import (
     plain_name,
 )
 from provision.boxside import box_install
-from provision.errors import Cancelled, FactError, FleetError, NotReadyError, RemoteError
+from provision.errors import Cancelled, ConnectError, FactError, FleetError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import AssetFile, Manifest, Pinned
 from provision.runtime.serve import restart_if_serving
@@ -166,6 +166,7 @@ class Deployer:
         self.transport, self.host = transport, host
         self.progress = progress or (lambda _host, _stage: None)
         self.cancel = cancel or threading.Event()  # Ctrl-C: no further stage starts (cli/interrupt.py)
+        self.current_stage: str | None = None
 
     def stage(self, name: str, current: str | None) -> None:
         """Start stage `name`, unless the operator cancelled (checked only here, between stages)."""
@@ -174,6 +175,7 @@ class Deployer:
                 f"{self.host}: interrupted before {name} (runtime in use unchanged: {current or 'none'})",
                 hint="run the same `deploy` again: it starts over and switches only after its selftest",
             )
+        self.current_stage = name
         self.progress(self.host, name)
 
     def _run(self, command: str, timeout: float = 300) -> str:
@@ -283,8 +285,29 @@ def deploy_box(
         NotReadyError: no Python 3 on the box, or no verified model to test against.
         RemoteError / ConnectError / IntegrityError / DiskFullError: from the steps (current is unchanged).
     """
-    with boxlock.box_lock(deployer.transport, LOCK_NAME, "deploy", break_lock=break_lock):
-        return _deploy_locked(deployer, facts, manifest, cache=cache, lock=lock, keep=keep, on_push=on_push)
+    held: boxlock.Held | None = None
+    try:
+        with boxlock.box_lock(deployer.transport, LOCK_NAME, "deploy", break_lock=break_lock) as held:
+            return _deploy_locked(
+                deployer, facts, manifest, cache=cache, lock=lock, keep=keep, on_push=on_push
+            )
+    except ConnectError as exc:
+        if held is not None and not held.released:
+            exc.hint = _lock_left(deployer, held, facts.runtime)
+        raise
+
+
+def _lock_left(deployer: Deployer, held: boxlock.Held, previous: str | None) -> str:
+    """What a deploy that lost its box knows of the box's runtime, and how to go on once it answers."""
+    in_use = (
+        "the switch was under way: the runtime in use is the previous one or the new one"
+        if deployer.current_stage == "switch"
+        else f"the runtime in use is unchanged ({previous or 'none'})"
+    )
+    return (
+        f"{in_use}; this run's lock {held.path} is still on the box: once it answers, "
+        f"`sophon-fleet deploy --limit {deployer.host} --break-lock` (with this run's host options)"
+    )
 
 
 def _deploy_locked(

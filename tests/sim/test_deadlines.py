@@ -9,6 +9,7 @@ blind sleep.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -28,10 +29,14 @@ from tests.sim.flows import (
     FACTORY,
     HALVED,
     TARGET,
+    Hold,
     hold_stage,
+    pull_and_push,
     pull_pinned_standins,
     read_until,
+    use_fleet,
 )
+from tests.sim.flows import invoke as invoke_all
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -206,3 +211,89 @@ def start(*args: str) -> subprocess.Popen:
     """The real CLI in its own process (its progress lines on stderr)."""
     exe = str(Path(sys.executable).with_name("sophon-fleet"))
     return subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# per stage of `deploy`: what holds it open long enough to cut the link in it (`install` lasts a second:
+# a venv and its wheels), and what the next run finds
+DEPLOY_STAGES = {
+    "push": (("rate", "8"), "deployed"),  # 1 MB/s: the bundle's wheels take seconds
+    "install": (None, "deployed"),
+    "selftest": (("slow-tpu", "500"), "deployed"),  # every graph run 0.5 s longer
+    "switch": (None, "up-to-date"),  # held before `current` moves; the box then finishes the switch
+}
+
+
+@pytest.mark.parametrize("stage", DEPLOY_STAGES)
+def test_a_link_cut_at_a_stage_of_deploy_is_reported_unreachable_with_the_lock_left(
+    sim_fleet, tmp_path, monkeypatch, stage
+):
+    """`deploy` on a box whose link is cut in `stage`: reported unreachable within the bound, saying what is
+    known of the runtime in use and naming the runtime lock it could not remove, with the command that goes
+    on once the box answers; that command then finishes the job."""
+    fault, then = DEPLOY_STAGES[stage]
+    fleet = sim_fleet(["se7-ready-int8"], mirror=True)
+    use_fleet(fleet, tmp_path, monkeypatch)
+    pull_and_push(fleet, "int8")
+    hold = Hold(fleet, "se7-1", "ln", (".current.tmp",)) if stage == "switch" else None
+    if fault is not None:
+        fleet.fault("se7-1", *fault)
+    inventory = ("-i", str(fleet.inventory_path), "--connect-timeout", str(CONNECT_TIMEOUT))
+    proc = start("deploy", *inventory)
+    seen = []
+    try:
+        read_until(proc, stage, seen)
+        if hold is not None:
+            hold.wait_held()
+        fleet.fault("se7-1", "link-down")
+        cut = time.monotonic()
+        out, err = proc.communicate(timeout=BOUND + 30)
+        returned = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        fleet.fault("se7-1", "heal")  # the link is up again, the fault gone
+    assert returned - cut <= BOUND, f"reported {returned - cut:.1f} s after the cut"
+    assert proc.returncode == 4, "".join(seen) + err + out
+    assert re.search(r"^se7-1\s+unreachable\s", out, re.M), out
+    (hint,) = [line for line in err.splitlines() if line.startswith("se7-1: hint: ")]
+    known = "the switch was under way" if stage == "switch" else "the runtime in use is unchanged (none)"
+    assert known in hint and "/data/sophon-fleet/locks/runtime.lock is still on the box" in hint, hint
+    current = fleet.state.box_paths("se7-1").data / "sophon-fleet/runtime/current"
+    if hold is not None:
+        hold.wait_released()
+        hold.remove()
+    else:
+        assert not current.exists()
+    again = shlex.split(hint.split("`")[1])
+    assert again[:2] == ["sophon-fleet", "deploy"] and "--break-lock" in again, hint
+    code, doc, _ = invoke_all(*again[1:], *inventory, "--json")
+    assert code == 0, doc
+    assert json.loads(doc)["hosts"][0]["status"] == then
+    assert current.is_symlink()
+
+
+def test_a_link_cut_during_the_preflight_probe_is_reported_unreachable_within_the_bound(sim_fleet):
+    """The probe (one round trip) is held on the box; the link is cut while it runs."""
+    fleet = sim_fleet(["se7-factory"])
+    hold = Hold(fleet, "se7-1", "df", ("-Pk ",))  # the probe's disk sizes
+    inventory = ("-i", str(fleet.inventory_path), "--connect-timeout", str(CONNECT_TIMEOUT))
+    proc = start("preflight", *inventory, "--json")
+    try:
+        hold.wait_held()
+        fleet.fault("se7-1", "link-down")
+        cut = time.monotonic()
+        out, err = proc.communicate(timeout=BOUND + 30)
+        returned = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        fleet.fault("se7-1", "link-up")
+    assert returned - cut <= BOUND, f"reported {returned - cut:.1f} s after the cut"
+    assert proc.returncode == 4, err + out
+    (host,) = json.loads(out)["hosts"]
+    assert host["status"] == "unreachable" and [r["code"] for r in host["reasons"]] == ["unreachable"], host
+    assert "se7-1: connection lost during" in host["reasons"][0]["message"], host
+    hold.wait_released()
+    hold.remove()
