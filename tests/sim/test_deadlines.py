@@ -154,38 +154,22 @@ def test_a_link_cut_at_a_stage_of_memory_apply_is_reported_with_what_is_known_an
     before = fleet.state.box_paths("se7-1").boot_image.read_bytes()
     command = ["memory", "apply", "-i", str(fleet.inventory_path), "--kit", kit_path(tmp_path), "--yes"]
     proc = start(*command, "--connect-timeout", str(CONNECT_TIMEOUT), "--reboot-timeout", str(REBOOT_TIMEOUT))
-    seen = []
-    try:
-        read_until(proc, stage, seen)
-        if hold is not None:
-            hold.wait_held()
-        fleet.fault("se7-1", "link-down")
-        cut = time.monotonic()
-        out, err = proc.communicate(timeout=BOUND + REBOOT_TIMEOUT + 30)
-        returned = time.monotonic()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        fleet.fault("se7-1", "link-up")
+    seen: list[str] = []
+    out, err, took = report_after_a_cut(fleet, proc, in_stage(proc, stage, seen, hold), REBOOT_TIMEOUT)
     bound = BOUND + (REBOOT_TIMEOUT if rebooting else 0)
-    assert returned - cut <= bound, f"reported {returned - cut:.1f} s after the cut"
+    assert took <= bound, f"reported {took:.1f} s after the cut"
     assert proc.returncode == code, "".join(seen) + err + out
     assert f"se7-1: {'unreachable' if code == 4 else 'failed'}: " in out and image_text in out, out
-    assert ("memory rollback" in out) == (advice_verb == "rollback"), (
-        out
-    )  # before the swap: nothing to roll back
+    # before the swap there is nothing to roll back
+    assert ("memory rollback" in out) == (advice_verb == "rollback"), out
     if stage in ("reboot", "waiting"):  # the box rebooted while its link was down
         fleet.wait_ready(timeout=60, names=["se7-1"])
     elif hold is not None:
         hold.wait_released()
-    assert itb.decode(fleet.state.box_paths("se7-1").boot_image.read_bytes()).heaps in (
-        FACTORY,
-        TARGET,
-        HALVED,
-    )
+    boot = fleet.state.box_paths("se7-1").boot_image
+    assert itb.decode(boot.read_bytes()).heaps in (FACTORY, TARGET, HALVED)  # whole and bootable
     if advice_verb == "apply":
-        assert fleet.state.box_paths("se7-1").boot_image.read_bytes() == before
+        assert boot.read_bytes() == before
     if hold is not None:
         hold.remove()
     fleet.fault("se7-1", "heal")  # clears itb-wrong-layout
@@ -200,11 +184,39 @@ def test_a_link_cut_at_a_stage_of_memory_apply_is_reported_with_what_is_known_an
     out, err = done.communicate(timeout=180)
     assert done.returncode == 0, out + err
     if advice_verb == "rollback":
-        assert fleet.state.box_paths("se7-1").boot_image.read_bytes() == before
+        assert boot.read_bytes() == before
         assert fleet.hardware("se7-1").heaps == list(FACTORY)
         code, doc = invoke(*command, "--json", "--connect-timeout", str(CONNECT_TIMEOUT))
         assert code == 0, doc
     assert fleet.hardware("se7-1").heaps == list(TARGET)
+
+
+def in_stage(proc: subprocess.Popen, stage: str, seen: list[str], hold: Hold | None):
+    """A wait for the CLI's progress line of `stage` and, with a hold, for the held call on the box."""
+
+    def wait() -> None:
+        read_until(proc, stage, seen)
+        if hold is not None:
+            hold.wait_held()
+
+    return wait
+
+
+def report_after_a_cut(fleet, proc: subprocess.Popen, ready, extra: float = 0.0) -> tuple[str, str, float]:
+    """Once `ready()` returns, cut se7-1's link and wait for the CLI to end (up to the bound + `extra` +
+    30 s); returns its stdout, stderr and the seconds from the cut to its end. The link comes back up
+    whatever happened; a CLI still running then is killed."""
+    try:
+        ready()
+        fleet.fault("se7-1", "link-down")
+        cut = time.monotonic()
+        out, err = proc.communicate(timeout=BOUND + extra + 30)
+        return out, err, time.monotonic() - cut
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        fleet.fault("se7-1", "link-up")
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -239,21 +251,10 @@ def test_a_link_cut_at_a_stage_of_deploy_is_reported_unreachable_with_the_lock_l
         fleet.fault("se7-1", *fault)
     inventory = ("-i", str(fleet.inventory_path), "--connect-timeout", str(CONNECT_TIMEOUT))
     proc = start("deploy", *inventory)
-    seen = []
-    try:
-        read_until(proc, stage, seen)
-        if hold is not None:
-            hold.wait_held()
-        fleet.fault("se7-1", "link-down")
-        cut = time.monotonic()
-        out, err = proc.communicate(timeout=BOUND + 30)
-        returned = time.monotonic()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        fleet.fault("se7-1", "heal")  # the link is up again, the fault gone
-    assert returned - cut <= BOUND, f"reported {returned - cut:.1f} s after the cut"
+    seen: list[str] = []
+    out, err, took = report_after_a_cut(fleet, proc, in_stage(proc, stage, seen, hold))
+    fleet.fault("se7-1", "heal")  # the fault gone
+    assert took <= BOUND, f"reported {took:.1f} s after the cut"
     assert proc.returncode == 4, "".join(seen) + err + out
     assert re.search(r"^se7-1\s+unreachable\s", out, re.M), out
     (hint,) = [line for line in err.splitlines() if line.startswith("se7-1: hint: ")]
@@ -279,18 +280,8 @@ def test_a_link_cut_during_the_preflight_probe_is_reported_unreachable_within_th
     hold = Hold(fleet, "se7-1", "df", ("-Pk ",))  # the probe's disk sizes
     inventory = ("-i", str(fleet.inventory_path), "--connect-timeout", str(CONNECT_TIMEOUT))
     proc = start("preflight", *inventory, "--json")
-    try:
-        hold.wait_held()
-        fleet.fault("se7-1", "link-down")
-        cut = time.monotonic()
-        out, err = proc.communicate(timeout=BOUND + 30)
-        returned = time.monotonic()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        fleet.fault("se7-1", "link-up")
-    assert returned - cut <= BOUND, f"reported {returned - cut:.1f} s after the cut"
+    out, err, took = report_after_a_cut(fleet, proc, hold.wait_held)
+    assert took <= BOUND, f"reported {took:.1f} s after the cut"
     assert proc.returncode == 4, err + out
     (host,) = json.loads(out)["hosts"]
     assert host["status"] == "unreachable" and [r["code"] for r in host["reasons"]] == ["unreachable"], host
