@@ -141,6 +141,7 @@ class _Box:
         self.stage = Stage.LOCK
         self.swap_started = False  # until a swap starts, /boot/emmcboot.itb is known to be untouched
         self.read_back: str | None = None  # which image /boot held when last read (None: unknown)
+        self.locking = False  # the lock was being taken (or is held): it may be on the box
 
     def recovery(self, image: str, *, rebooted: bool) -> tuple[str, ...]:
         return recovery_steps(self.name, image, self.backup, rebooted=rebooted, options=self.options)
@@ -217,6 +218,7 @@ def apply_box(
     held: boxlock.Held | None = None
     try:
         transport.check_sudo()  # before anything changes, so a wrong password is told as such
+        run.locking = True
         with boxlock.box_lock(transport, LOCK_NAME, "memory apply", break_lock=options.break_lock) as held:
             return _apply_locked(run, box, request, options)
     except ApplyFailed as exc:
@@ -244,7 +246,7 @@ def _note_lock_left(failed: ApplyFailed, run: _Box, held: boxlock.Held | None) -
     """When this run could not remove its lock (the box stopped answering, maybe while the lock was being
     taken), say so, with the command that works once the box answers again; before the swap started there
     is nothing to roll back."""
-    taking = held is None and run.stage is Stage.LOCK and failed.unreachable
+    taking = held is None and run.locking and failed.unreachable  # cut off while taking it
     if not taking and (held is None or held.released):
         return failed
     path = held.path if held is not None else boxlock.lock_path(LOCK_NAME)
