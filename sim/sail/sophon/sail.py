@@ -67,6 +67,9 @@ _ACCEPTED = dict(_STORAGE)
 _ACCEPTED[Dtype.BM_FLOAT16] = np.uint16
 _FROM_GRAPH = {_glm.F32: Dtype.BM_FLOAT32, _glm.F16: Dtype.BM_FLOAT16, _glm.I32: Dtype.BM_INT32}
 _DEVICE_COUNT_ENV = "SOPHON_SIM_DEVICES"
+# "f16" (default): every op's output rounded to fp16, as tpu-mlir compiles the graphs; "f32": fp32 math with
+# fp16 only at graph boundaries (the reference test compares that math with transformers')
+MATH_ENV = "SOPHON_SAIL_EMULATOR_MATH"
 
 
 def _device_count() -> int:
@@ -267,7 +270,7 @@ class Engine:
         self._path = bmodel_path
         self._graphs = {graph["name"]: graph for graph in header["graphs"]}
         self._order = [graph["name"] for graph in header["graphs"]]
-        self._model = _glm.TinyGlm(header["config"], arrays)
+        self._model = _glm.TinyGlm(header["config"], arrays, half=os.environ.get(MATH_ENV, "f16") != "f32")
         self.header = header
 
     def __del__(self):
