@@ -395,6 +395,30 @@ def build_standin(
     )
 
 
+def build_declared_standin(
+    out_dir: Path, config: dict[str, Any], *, variant: str, device_bytes: int, chip: str = "BM1684X"
+) -> Path:
+    """`<out_dir>/<variant>.bmodel`: a stand-in that declares a real model's graphs (shapes from `config`:
+    layers, hidden, heads, kv_heads, head_dim, ffn, seqlen, padded_vocab, vocab, rope_ratio, eps) and the
+    device memory its compiled bmodel needs (`device_bytes`, what libbmrt would report), but holds no
+    weights. It loads and the chat runtime allocates all its tensors, so the heap bound can be tested at a
+    real model's size (GLM-4-9B's) without its weights; running a graph fails. Returns the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "kind": "tinyglm4",
+        "chip": chip,
+        "variant": variant,
+        "seed": None,
+        "config": dict(config),
+        "graphs": _glm.graph_specs(config),
+        "device_bytes": int(device_bytes),
+    }
+    path = out_dir / f"{variant}.bmodel"
+    _bmodel.write_bmodel(str(path), header, {})
+    return path
+
+
 HF_CONFIG_KEYS = {
     "layers": "num_layers",
     "hidden": "hidden_size",

@@ -77,13 +77,13 @@ def _device_count() -> int:
 
 
 HEAP_ENV = "SOPHON_SAIL_NPU_HEAP_BYTES"
-HEAP_FILE = "/sys/firmware/sophon-sim/npu_heap_bytes"  # a simulated box's npu heap (sim/hw.py)
+HEAP_FILE = "/sys/firmware/sophon-sim/tpu_heap_bytes"  # a simulated box's npu + vpp heaps (sim/hw.py)
 _USED = {}  # type: Dict[int, int]  # device id -> bytes held by this process's engines and tensors
 
 
 def heap_budget():
-    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu
-    heap, else None (no bound): the same rule as the cmodel engine's."""
+    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu +
+    vpp heaps (what libbmlib allocates from), else None (no bound): the same rule as the cmodel engine's."""
     value = os.environ.get(HEAP_ENV)
     if not value:
         try:
