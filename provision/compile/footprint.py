@@ -35,7 +35,7 @@ class Planned:
 
     neuron: int  # the largest net's context: block_i's prefill
     instructions_per_layer: dict[str, int]  # block_i + block_cache_i (instruction + variable), per variant
-    instructions_fixed: int  # embedding, embedding_cache, lm_head and the two sampling heads
+    instructions_fixed: dict[str, int]  # embedding(_cache), lm_head and the sampling heads, per variant
 
 
 GLM4_9B = {"layers": 40, "hidden": 4096, "heads": 32, "kv_heads": 2, "head_dim": 128, "ffn": 13696}
@@ -47,7 +47,11 @@ MEASURED = {
     ("glm4-9b", 512): Planned(
         neuron=51_515_392,
         instructions_per_layer={"int4": 378_880 + 109_824, "int8": 361_216 + 107_904},
-        instructions_fixed=768 + 20_224,  # greedy_head, penalty_sample_head (+ embedding, lm_head: below)
+        # embedding 384 + embedding_cache 384 + lm_head + greedy_head 768 + penalty_sample_head 20224
+        instructions_fixed={
+            "int4": 384 + 384 + 229_760 + 768 + 20_224,
+            "int8": 384 + 384 + 229_760 + 768 + 20_224,
+        },
     ),
 }
 
@@ -112,7 +116,7 @@ def planned(config: dict, seqlen: int) -> Planned:
 def device_bytes(config: dict, seqlen: int, variant: str) -> int:
     """What libbmrt needs on the device to load the bmodel: coefficients + neurons + instructions."""
     plan = planned(config, seqlen)
-    instructions = config["layers"] * plan.instructions_per_layer[variant] + plan.instructions_fixed
+    instructions = config["layers"] * plan.instructions_per_layer[variant] + plan.instructions_fixed[variant]
     return coeff_bytes(config, seqlen, variant) + plan.neuron + NEURON_PAD + instructions
 
 
