@@ -92,19 +92,24 @@ def stdio_tokens(client, max_tokens: int):
 
 
 def measure(modes: dict[str, Callable[[], object]], runs: int) -> dict[str, dict[str, float]]:
-    """Median FTL/TPS per mode; the modes take turns answer by answer (the machine's load drifts, and
-    other work shares its 2 cores), after one warm-up answer each."""
+    """Median FTL/TPS per mode, and per mode the median of its round-by-round ratios to the first mode (the
+    baseline). The modes take turns answer by answer after one warm-up answer each, so each round's answers
+    share the machine's load of that moment (it drifts, and other work shares its 2 cores): the paired
+    ratios cancel that drift, which the ratio of two medians does not."""
     results: dict[str, list[tuple[float, float, int]]] = {label: [] for label in modes}
     for attempt in range(runs + 1):
         for label, events in modes.items():
             result = timed_stream(events)
             if attempt:
                 results[label].append(result)
+    baseline = results[next(iter(modes))]
     rows = {}
     for label, answers in results.items():
         rows[label] = {
             "ftl": statistics.median(a[0] for a in answers),
             "tps": statistics.median(a[1] for a in answers),
+            "ftl_ratio": statistics.median(b[0] / a[0] for a, b in zip(answers, baseline, strict=True)),
+            "tps_ratio": statistics.median(a[1] / b[1] for a, b in zip(answers, baseline, strict=True)),
         }
         row = rows[label]
         print(f"    {label:8} FTL {row['ftl'] * 1000:7.1f} ms   TPS {row['tps']:7.2f} tok/s", flush=True)
@@ -175,11 +180,14 @@ def speed_round(fleet: Fleet, transport, manifest, args, tpu_ms: int) -> None:
             rows = measure(modes, args.runs)
     finally:
         one.stop()
-    stdio, direct, through = rows["stdio"], rows["http"], rows["gateway"]
-    for label, row, target in (("http / stdio", direct, 0.97), ("gateway / stdio", through, 0.95)):
+    stdio = rows["stdio"]
+    for label, mode, target in (("http / stdio", "http", 0.97), ("gateway / stdio", "gateway", 0.95)):
+        row = rows[mode]
         print(
-            f"    {label:16} FTL {stdio['ftl'] / row['ftl']:.3f}x (speed, higher is better)  "
-            f"TPS {row['tps'] / stdio['tps']:.3f}x   target >= {target}x",
+            f"    {label:16} FTL {row['ftl_ratio']:.3f}x (speed, higher is better)  "
+            f"TPS {row['tps_ratio']:.3f}x   target >= {target}x   "
+            f"(paired, median of {args.runs} rounds; ratio of the medians: "
+            f"FTL {stdio['ftl'] / row['ftl']:.3f}x, TPS {row['tps'] / stdio['tps']:.3f}x)",
             flush=True,
         )
     single = aggregate(address, 8000, box_key, 1, args.per_client * 2, args.tokens)
@@ -199,7 +207,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=48, help="max_tokens of each answer (SEQLEN is 128)")
     parser.add_argument("--per-client", type=int, default=2, help="answers per client in the scaling run")
     args = parser.parse_args()

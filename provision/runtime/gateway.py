@@ -9,8 +9,9 @@
 
 HAProxy chooses the server after `http-request` rules run, so a header cannot depend on the chosen server in
 one proxy; the per-box hop is how each box gets its own key. Files live in `<home>/gateway/`:
-haproxy.cfg (0600: it holds the box keys), client-keys (the gateway's own keys, 0600), auth.lst (the same as
-`Bearer` lines for HAProxy), gateway.json (the listen address), haproxy.pid (the master, for reload).
+haproxy.cfg (0600: it holds the box keys), client-keys (the gateway's own keys, 0600), auth.lst (the
+SHA-256 of each `Bearer KEY` header, which the frontend's ACL looks up), gateway.json (the listen address),
+haproxy.pid (the master, for reload).
 `reload` regenerates the config, validates it (`haproxy -c`) and sends SIGUSR2 to the master: new workers
 take new connections, old ones finish their streams.
 """
@@ -107,6 +108,11 @@ def client_keys(paths: GatewayPaths) -> list[str]:
     return [line.strip() for line in paths.client_keys.read_text().splitlines() if line.strip()]
 
 
+def bearer_digest(key: str) -> str:
+    """What the gateway's ACL matches: sha256 of the whole `Authorization` value, in lower-case hex."""
+    return hashlib.sha256(f"Bearer {_quoted(key)}".encode()).hexdigest()
+
+
 def backends_for(hosts: Sequence[Host], home: Path) -> tuple[list[Backend], list[str]]:
     """A backend per box that has an API key (made by `serve up`); the others are listed as skipped."""
     backends, skipped = [], []
@@ -169,7 +175,9 @@ def render_config(paths: GatewayPaths, listen: str, backends: Sequence[Backend])
         "",
         "frontend openai",
         f"    bind {bind}",
-        f"    acl client_key req.hdr(authorization) -m str -f {paths.auth_list}",
+        "    # the key itself is never compared: its SHA-256 is looked up among the keys' digests, so the",
+        "    # lookup's timing tells nothing usable about a key",
+        f"    acl client_key req.hdr(authorization),digest(sha256),hex,lower -m str -f {paths.auth_list}",
         "    http-request return status 401 content-type application/json hdr WWW-Authenticate Bearer "
         f"string '{UNAUTHORIZED}' unless client_key",
         "    default_backend fleet",
@@ -223,7 +231,7 @@ def write_config(paths: GatewayPaths, hosts: Sequence[Host], home: Path, listen:
             "no box of the inventory has an API key: nothing to put behind the gateway",
             hint="run `sophon-fleet serve up -i INVENTORY` first",
         )
-    _write_private(paths.auth_list, "".join(f"Bearer {_quoted(k)}\n" for k in client_keys(paths)))
+    _write_private(paths.auth_list, "".join(f"{bearer_digest(k)}\n" for k in client_keys(paths)))
     body = NO_BOX
     response = (
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"

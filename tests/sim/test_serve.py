@@ -5,9 +5,11 @@ the key (0600, required off loopback), the API through the official `openai` cli
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from provision.runtime import deploy as deploymod
 from tests.sim.conftest import connect, needs_root, run, sudo
 from tests.sim.flows import invoke, pull_and_push, use_fleet
+from tests.sim.systemd245 import ensure_systemd_245, verify_command
 from tests.sim.test_deploy import with_extra_file
 
 pytestmark = [pytest.mark.sim, needs_root]
@@ -69,6 +72,17 @@ def test_serve_up_is_a_real_enabled_unit_and_a_second_up_changes_nothing(served,
     client = connect(served, "se7-1")
     code, out = run(client, f"systemd-analyze verify {UNIT} && echo verified")
     assert code == 0 and out.strip().endswith("verified"), out
+    # the boxes' own systemd 245 (Ubuntu 20.04) knows every directive of the unit: it names the unit's file in
+    # a warning for any it does not know (a copy with a 247 directive shows it would), and exits 0 either way
+    tools = served.state.box_paths("se7-1").dir / "systemd-245"  # the box's directory is visible inside it
+    shutil.copytree(ensure_systemd_245(Path(os.environ["SOPHON_FLEET_SIM_CACHE"])), tools)
+    newer = "/tmp/sophon-chat-newer.service"
+    run(client, f"sed 's/^Restart=on-failure$/&\\nProtectProc=invisible/' {UNIT} > {newer}")
+    for unit, complaint in ((UNIT, ""), (newer, "Unknown key name 'ProtectProc'")):
+        _, out = sudo(client, verify_command(tools, unit))
+        about_it = [line for line in out.splitlines() if Path(unit).name in line]
+        assert out.rstrip().endswith("rc=0"), out
+        assert [complaint in line for line in about_it] == ([True] if complaint else []), out
     _, out = run(client, "systemctl is-enabled sophon-chat.service; systemctl is-active sophon-chat.service")
     assert out.split() == ["enabled", "active"]
     _, out = run(client, "stat -c '%a %U' /data/sophon-fleet/serve/api-key")

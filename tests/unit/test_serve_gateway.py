@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
@@ -86,7 +87,9 @@ def test_gateway_config_one_server_per_serving_box_checked_by_haproxy(tmp_path):
     box_key = serve_core.key_path(tmp_path, "se7-1").read_text().strip()
     assert f'http-request set-header Authorization "Bearer {box_key}"' in text
     assert stat.S_IMODE(paths.config.stat().st_mode) == 0o600
-    assert paths.auth_list.read_text() == f"Bearer {gateway.ensure_client_key(paths)}\n"
+    client_key = gateway.ensure_client_key(paths)
+    assert paths.auth_list.read_text() == hashlib.sha256(f"Bearer {client_key}".encode()).hexdigest() + "\n"
+    assert "req.hdr(authorization),digest(sha256),hex,lower -m str -f" in text and client_key not in text
     again = gateway.write_config(
         paths, hosts_with_keys(tmp_path, ["se7-1", "se7-2"]), tmp_path, "0.0.0.0:9000"
     )
