@@ -256,3 +256,32 @@ def test_a_hostile_image_on_a_box_is_unlabelled_after_a_bounded_read():
     with pytest.raises(bootfit.FormatError):
         blob.read(0, len(raw))
     assert blob.fetched <= READ_BUDGET
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+
+def test_records_only_cross_check_the_decoded_layout():
+    """The layout shown is the image's; a verified-boot record or a backup's .json saying otherwise is
+    flagged, and an image the box did not boot (copied in by hand) makes /boot pending."""
+    from provision.cli.memory_view import backups_json
+    from provision.memory.bootimage import Backup, BootState
+
+    backup = Backup(
+        "/data/sophon-fleet/backups/emmcboot.itb.20261201T120000Z", "aa" * 32, Layout(1, 2, 3), "x"
+    )
+    state = BootState(
+        boot_id="b",
+        boot_sha="bb" * 32,
+        booted_sha=None,
+        booted_heaps=Layout(3950, 2048, 3072),
+        labels={"aa" * 32: Layout(7615, 3071, 3071), "bb" * 32: Layout(7615, 3071, 3071)},
+        backups=(backup,),
+        unreadable={},
+        recorded={"aa" * 32: Layout(1, 2, 3)},
+    )
+    doc = backups_json("se7-1", state)
+    (shown,) = doc["backups"]
+    assert shown["layout"] == [7615, 3071, 3071] and shown["recorded_layout"] == [1, 2, 3]
+    assert shown["records_disagree"] is True and doc["boot"]["records_disagree"] is False
+    assert state.pending and "from an image no longer in /boot" in state.describe()
