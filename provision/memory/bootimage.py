@@ -97,6 +97,8 @@ class BoxFile:
             data = self._decode(self._run(script, str(PAGE), str(missing[0]), str(count)))
             for i in range(count):
                 self.pages[missing[0] + i] = data[i * PAGE : (i + 1) * PAGE]
+        if first == last:  # most reads (a token, a name) sit in one page: slice it, copy nothing more
+            return self.pages[first][offset - first * PAGE : end - first * PAGE]
         data = b"".join(self.pages.get(p, b"") for p in range(first, last + 1))
         return data[offset - first * PAGE : end - first * PAGE]
 
