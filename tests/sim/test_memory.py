@@ -645,3 +645,20 @@ def test_a_hostile_image_in_boot_is_unlabelled_with_the_reason(sim_fleet):
     assert doc["boot"]["layout"] is None and "past the end of the file" in doc["boot"]["layout_error"]
     code, output = invoke("memory", "backups", "se7-1", "-i", str(fleet.inventory_path))
     assert code == 0 and "layout unknown" in output and "past the end of the file" in output, output
+
+
+def test_an_image_memory_edit_wrote_wrong_is_named_before_the_swap(sim_fleet, kit):
+    """memory_edit checks 7615/3071/3071 but writes half (itb-wrong-layout): the run decodes the new image and
+    says so before the swap; the verify after the reboot then rolls back."""
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "itb-wrong-layout")
+    proc = start_apply(fleet, kit)
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "the image memory_edit wrote holds 3807/1535/1535, not 7615/3071/3071" in " ".join(err.split()), (
+        err
+    )
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
