@@ -3,13 +3,16 @@
 For each TPU speed (the emulator's natural speed, and `sim fault BOX slow-tpu MS` set so a token takes about
 130 ms, the real int4 rate), on box se7-1 with the same model and prompt:
 - stdio:   `python -m chat serve --stdio` over SSH (the controller's ChatClient), the baseline;
-- http:    the box's sophon-chat.service, POST /v1/chat/completions with stream=true;
+- http:    the box's sophon-chat.service, POST /v1/chat/completions with stream=true, on one kept-alive
+           connection (as the `openai` client's pool does, and as stdio keeps its session);
+- http-new: the same, a new TCP connection for every answer;
 - gateway: the same request through `sophon-fleet gateway up` (HAProxy) limited to se7-1;
-FTL (send → first token, at the client) and TPS (tokens after the first / time after the first), medians.
+FTL (send → first token, at the client) and TPS (tokens after the first / time after the first): medians,
+and the median of the round-by-round ratios to stdio (the modes take turns answer by answer).
 Then 12 concurrent clients through the gateway over all 3 boxes: aggregate tokens/s against one box's
 (the same requests one after another on se7-1). Targets: http ≥ 0.97x stdio, gateway ≥ 0.95x, 3 boxes ≥ 2.7x.
 
-Run as root:  .venv/bin/python benchmarks/serve.py [--runs 5] [--tokens 48]
+Run as root:  .venv/bin/python benchmarks/serve.py [--runs 15] [--tokens 48]
 """
 
 from __future__ import annotations
@@ -60,21 +63,32 @@ def timed_stream(tokens: Callable[[], object]) -> tuple[float, float, int]:
     return stamps[0] - started, (len(stamps) - 1) / (stamps[-1] - stamps[0]), len(stamps)
 
 
-def http_tokens(address: str, port: int, key: str, max_tokens: int):
-    """The content chunks of one streamed chat completion (http.client, no client library overhead)."""
+def http_tokens(address: str, port: int, key: str, max_tokens: int, keep_alive: bool = True):
+    """The content chunks of one streamed chat completion (http.client, no client library overhead). Like
+    the `openai` client (httpx's pool), answers reuse one kept-alive connection, as the stdio baseline reuses
+    its session; `keep_alive=False` opens a connection per answer."""
+    connections: list[http.client.HTTPConnection] = []
 
     def events():
-        conn = http.client.HTTPConnection(address, port, timeout=120)
+        if not connections:
+            connections.append(http.client.HTTPConnection(address, port, timeout=120))
+        conn = connections[0]
         body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": PROMPT}]}
         body.update(max_tokens=max_tokens, stream=True)
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
-        response = conn.getresponse()
-        assert response.status == 200, response.read()
-        for line in response:
-            if line.startswith(b"data: {") and b'"content":"' in line and b'"role"' not in line:
-                yield line
-        conn.close()
+        finished = False
+        try:
+            conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            for line in response:
+                if line.startswith(b"data: {") and b'"content":"' in line and b'"role"' not in line:
+                    yield line
+            finished = not response.will_close
+        finally:
+            if not (keep_alive and finished):
+                connections.clear()
+                conn.close()
 
     return events
 
@@ -122,8 +136,9 @@ def aggregate(address: str, port: int, key: str, clients: int, per_client: int, 
     lock = threading.Lock()
 
     def worker():
+        ask = http_tokens(address, port, key, max_tokens)
         for _ in range(per_client):
-            n = sum(1 for _ in http_tokens(address, port, key, max_tokens)())
+            n = sum(1 for _ in ask())
             with lock:
                 counts.append(n)
 
@@ -149,7 +164,7 @@ class Gateway:
         deadline = time.monotonic() + 30
         while True:
             try:
-                next(iter(http_tokens("127.0.0.1", self.port, self.key, 2)()))
+                sum(1 for _ in http_tokens("127.0.0.1", self.port, self.key, 2, keep_alive=False)())
                 return
             except (OSError, AssertionError, http.client.HTTPException):
                 if time.monotonic() > deadline:
@@ -175,13 +190,15 @@ def speed_round(fleet: Fleet, transport, manifest, args, tpu_ms: int) -> None:
             modes = {
                 "stdio": stdio_tokens(client, args.tokens),
                 "http": http_tokens(address, 8000, box_key, args.tokens),
+                "http-new": http_tokens(address, 8000, box_key, args.tokens, keep_alive=False),
                 "gateway": http_tokens("127.0.0.1", one.port, one.key, args.tokens),
             }
             rows = measure(modes, args.runs)
     finally:
         one.stop()
     stdio = rows["stdio"]
-    for label, mode, target in (("http / stdio", "http", 0.97), ("gateway / stdio", "gateway", 0.95)):
+    ratios = (("http / stdio", "http", 0.97), ("http-new / stdio", "http-new", 0.97))
+    for label, mode, target in (*ratios, ("gateway / stdio", "gateway", 0.95)):
         row = rows[mode]
         print(
             f"    {label:16} FTL {row['ftl_ratio']:.3f}x (speed, higher is better)  "
