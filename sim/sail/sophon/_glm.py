@@ -9,9 +9,10 @@ query heads, an additive attention mask, SwiGLU MLP, final RMSNorm + output laye
 Precision, as tpu-mlir 1.30.2 compiles these graphs (W4F16 / W8F16: weights quantised, every activation
 fp16; read from the graphs' tpu dialect): weights are stored as fp16 (already quantised and dequantised by
 the generator, see sim/tinyglm.py), and the output of every operation the compiled graph has is rounded to
-fp16 — each matmul (fp32 accumulation, bias added before the rounding), Mul/Add/Sub, the ReduceMean and the
-epsilon of RMSNorm, the rotary tables, softmax — while rsqrt and SiLU run in fp32 on an fp16 input (the
-graph casts around them). lm_head's logits are fp16 values (its matmul's fp16 output cast to f32).
+fp16 — each matmul (fp32 accumulation; the QKV bias added to its fp16 result, as the cmodel's kernels do),
+Mul/Add/Sub, the ReduceMean and the epsilon of RMSNorm, the rotary tables, softmax — while rsqrt and SiLU run
+in fp32 on an fp16 input (the graph casts around them). lm_head's logits are fp16 values (its matmul's fp16
+output cast to f32).
 `TinyGlm(..., half=False)` computes the same math in float32 with fp16 only at graph boundaries (to compare
 the math itself with transformers). Python 3.8, numpy only.
 """
@@ -203,7 +204,9 @@ class TinyGlm:
         heads, kv_heads, head_dim = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
         seq = x.shape[0]
         normed = rms_norm(x, w[prefix + "input_norm"], cfg["eps"], rnd)
-        qkv = rnd(normed @ w[prefix + "qkv.weight"].T + w[prefix + "qkv.bias"])
+        # the bias goes onto the matmul's fp16 result, as the TPU's kernels do (tpu-mlir's interpreter adds
+        # it before rounding; the cmodel's K and V agree with this order, see docs/vendor-runtime.md)
+        qkv = rnd(rnd(normed @ w[prefix + "qkv.weight"].T) + w[prefix + "qkv.bias"])
         q_size, kv_size = heads * head_dim, kv_heads * head_dim
         query = qkv[:, :q_size].reshape(seq, heads, head_dim).transpose(1, 0, 2)
         key = qkv[:, q_size : q_size + kv_size].reshape(seq, kv_heads, head_dim).transpose(1, 0, 2)
