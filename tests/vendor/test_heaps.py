@@ -65,6 +65,7 @@ print(json.dumps({part: int(getattr(info, part).size) for part in parts}))
 """
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 192, "padded_vocab": 640}
 GLM4_9B = dict(footprint.GLM4_9B, padded_vocab=footprint.GLM4_9B_VOCAB)
+MODEL_NEURON_SIZE = 5  # bmodel.fbs: Model.neuron_size
 
 
 def runtime_info(run_python38, bmodel) -> dict:
@@ -116,9 +117,6 @@ def declare_glm4_9b(bmodel: Path, out: Path, variant: str) -> Path:
     out.write_bytes(data)
     os.truncate(out, header_size + fb_size + end)
     return out
-
-
-MODEL_NEURON_SIZE = 5  # bmodel.fbs: Model.neuron_size
 
 
 @pytest.mark.parametrize(("variant", "published_mib"), [("int4", 4608), ("int8", 7168)])
