@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 APT_NEEDS := /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/scp:openssh-client \
              /usr/bin/sudo:sudo /usr/sbin/ip:iproute2 /usr/sbin/tc:iproute2 /usr/bin/xz:xz-utils \
-             /usr/bin/openssl:openssl /usr/sbin/haproxy:haproxy /usr/bin/curl:curl
+             /usr/bin/openssl:openssl /usr/sbin/haproxy:haproxy /usr/bin/curl:curl \
+             /usr/bin/dumpimage:u-boot-tools /usr/bin/dtc:device-tree-compiler
 
 .PHONY: setup test lint compat pytest test-reference test-vendor demo clean-sim
 
@@ -28,7 +29,7 @@ lint: setup
 	$(BIN)/mypy provision chat
 
 compat: setup
-	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/sail_cmodel sim/itb.py sim/kit provision/boxside
+	$(BIN)/vermin -q --no-tips --violations --eval-annotations -t=3.8- chat sim/sail sim/sail_cmodel sim/itb.py sim/kit provision/boxside provision/memory/bootfit.py
 
 pytest: setup
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -q -m "not reference and not vendor"

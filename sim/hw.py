@@ -113,8 +113,11 @@ def render(hw: BoxHardware, box_dir: Path) -> None:
     (views / "firmware" / "sophon-sim").mkdir(exist_ok=True)
     write_in_place(views / "firmware" / "sophon-sim" / "tpu_delay_ms", f"{hw.tpu_delay_ms}\n", 0o444)
     write_in_place(views / "firmware" / "sophon-sim" / "faults", "".join(f + "\n" for f in hw.faults), 0o444)
-    # what the ion npu heap lets a process hold: both sophon.sail engines bound their allocations by it
-    write_in_place(views / "firmware" / "sophon-sim" / "npu_heap_bytes", f"{hw.heaps[0] * MIB}\n", 0o444)
+    # what a process can hold on the TPU: libbmlib allocates device memory from the ion carveout heaps named
+    # "npu" and "vpp" only (npu first; libsophon bmlib_memory.cpp, bm_get_carveout_heap_id / bm_alloc_gmem),
+    # never from vpu. Both sophon.sail engines bound their allocations by it.
+    tpu_heap = (hw.heaps[0] + hw.heaps[2]) * MIB
+    write_in_place(views / "firmware" / "sophon-sim" / "tpu_heap_bytes", f"{tpu_heap}\n", 0o444)
     debug = views / "debug"
     debug.mkdir(mode=0o700, exist_ok=True)
     debug.chmod(0o700)

@@ -1,9 +1,10 @@
 """The simulated memory_edit kit, packaged like Sophgo's releases.
 
-    memory_edit_v2.12.tar.xz         memory_edit/{memory_edit.sh, bintools/memory_edit.py, bintools/simfit.py}
+    memory_edit_v2.12.tar.xz         memory_edit/{memory_edit.sh, bintools/{memory_edit,simfit,bootfit}.py}
     DeviceMemoryModificationKit.tgz  DeviceMemoryModificationKit/memory_edit_v2.12.tar.xz
 
-`bintools/simfit.py` is `sim/itb.py` (the stand-in boot image format) and plays dumpimage/mkimage.
+`bintools/simfit.py` is `sim/itb.py` (it writes and reads the FIT boot image, playing dumpimage/dtc/mkimage)
+and `bintools/bootfit.py` is `provision/memory/bootfit.py` (the FIT/FDT parser it reads with).
 Archives are byte-for-byte reproducible, so their sha256 can be pinned.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 KIT_DIR = Path(__file__).with_name("kit")
 ITB = Path(__file__).with_name("itb.py")
+BOOTFIT = Path(__file__).parent.parent / "provision" / "memory" / "bootfit.py"
 VERSION = "2.12"
 KIT_NAME = f"memory_edit_v{VERSION}.tar.xz"
 VENDOR_KIT_NAME = "DeviceMemoryModificationKit.tgz"
@@ -35,6 +37,7 @@ def kit_members() -> list[tuple[str, bytes, int]]:
         ("memory_edit/memory_edit.sh", (KIT_DIR / "memory_edit.sh").read_bytes(), 0o755),
         ("memory_edit/bintools/memory_edit.py", (KIT_DIR / "memory_edit.py").read_bytes(), 0o755),
         ("memory_edit/bintools/simfit.py", ITB.read_bytes(), 0o644),
+        ("memory_edit/bintools/bootfit.py", BOOTFIT.read_bytes(), 0o644),
     ]
 
 

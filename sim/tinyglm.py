@@ -12,11 +12,11 @@ On a (simulated) box: put `sim/sail` on `sys.path` so `import sophon.sail` is th
 
 The model: GLM-4 architecture scaled down (default 2 layers, hidden 64, 4 heads, 2 KV heads, head dim 16,
 SwiGLU ffn 192, SEQLEN 128, rope_ratio 500, RMSNorm eps 1.5625e-7), random weights from the seed. The
-variants differ like the real ones: linear weights quantised to int4 (groups of 64) or int8 (per output
-channel) exactly as tpu-mlir does it (`quantise`), and stored dequantised as fp16; embeddings and norms
-are fp16. Same seed → same tokenizer and same
-float weights for both variants, so int4 and int8 differ only by quantisation. The output layer is shaped
-so that the random model writes readable text and ends answers with EOS (see `float_weights`).
+variants differ like the real ones: linear weights quantised to uint4 or uint8 with zero points, in groups
+of 64 inputs, exactly as tpu-mlir does it (`quantise`), and stored dequantised as fp16; embeddings and
+norms are fp16. Same seed → same tokenizer and same float weights for both variants, so int4 and int8
+differ only by quantisation. The output layer is shaped so that the random model writes readable text and
+ends answers with EOS (see `float_weights`).
 
 For the mirror: `build_mirror_assets(root)` lays both variants and token_config.zip out at sophon-demo's
 dfss paths (`MIRROR_PATHS`). From the shell: `python -m sim.tinyglm OUT --variant int8 --pad-to BYTES`.
@@ -295,32 +295,32 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def quantise(weight: np.ndarray, variant: str) -> np.ndarray:
-    """Weight quantisation exactly as tpu-mlir 1.30.2 does it for `model_deploy` (its A16MatMul lowering),
-    returned dequantised as fp16 — the values the compiled graphs multiply with. `weight` is [out, in].
+QUANT_BITS = {"int4": 4, "int8": 8}
+Q_GROUP_SIZE = 64  # model_deploy's --q_group_size: the int4 build passes 64, W8F16 takes the same default
 
-    - int4 (W4F16, --q_group_size 64): asymmetric uint4 per group of 64 inputs of each output row:
-      scale = max(max - min, 1e-5) / 15, zero point = clamp(-round(min / scale), 0, 15),
-      q = clamp(round(w / scale) + zp, 0, 15), value = (q - zp) * scale.
-    - int8 (W8F16): symmetric int8 per output row: scale = max|w| / 127, q = clamp(round(w / scale)).
-    The scales are stored as fp16 in the bmodel, so they are rounded to fp16 here too."""
+
+def quantise(weight: np.ndarray, variant: str) -> np.ndarray:
+    """Weight quantisation exactly as tpu-mlir 1.30.2's `model_deploy` does it for W4F16 and W8F16 (read back
+    from the compiled graphs' weights: same integers, zero points and fp16 scales), returned dequantised as
+    fp16 — the values the A16MatMul ops multiply with. `weight` is [out, in].
+
+    Both are asymmetric per group of 64 inputs of each output row (W8F16 too: model_deploy applies its
+    --q_group_size default of 64 to it unless --q_symmetric or another size is given), with n = 15 (uint4)
+    or 255 (uint8): scale = max(max - min, 1e-5) / n, zero point = clamp(-round(min / scale), 0, n),
+    q = clamp(round(w / scale) + zp, 0, n), value = (q - zp) * scale, rounding halves away from zero (C's
+    std::round) and the scale stored as fp16."""
+    if variant not in QUANT_BITS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     out_dim, in_dim = weight.shape
-    weight = weight.astype(np.float32)
-    if variant == "int4":
-        group = 64 if in_dim % 64 == 0 else in_dim
-        grouped = weight.reshape(out_dim, in_dim // group, group)
-        low, high = grouped.min(axis=-1, keepdims=True), grouped.max(axis=-1, keepdims=True)
-        scale = (np.maximum(high - low, np.float32(1e-5)) / np.float32(15.0)).astype(np.float32)
-        zero = np.clip(-_round_half_away(low / scale), 0, 15)
-        q = np.clip(_round_half_away(grouped / scale) + zero, 0, 15)
-        half_scale = scale.astype(np.float16).astype(np.float32)
-        return ((q - zero) * half_scale).reshape(out_dim, in_dim).astype(np.float16)
-    if variant == "int8":
-        scale = (np.abs(weight).max(axis=-1, keepdims=True) / np.float32(127.0)).astype(np.float32)
-        scale = np.maximum(scale, np.float32(1e-30))
-        q = np.clip(_round_half_away(weight / scale), -128, 127)
-        return (q * scale.astype(np.float16).astype(np.float32)).astype(np.float16)
-    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    levels = np.float32(2 ** QUANT_BITS[variant] - 1)
+    group = Q_GROUP_SIZE if in_dim % Q_GROUP_SIZE == 0 else in_dim
+    grouped = weight.astype(np.float32).reshape(out_dim, in_dim // group, group)
+    low, high = grouped.min(axis=-1, keepdims=True), grouped.max(axis=-1, keepdims=True)
+    scale = (np.maximum(high - low, np.float32(1e-5)) / levels).astype(np.float32)
+    zero = np.clip(-_round_half_away(low / scale), 0, levels)
+    q = np.clip(_round_half_away(grouped / scale) + zero, 0, levels)
+    half_scale = scale.astype(np.float16).astype(np.float32)
+    return ((q - zero) * half_scale).reshape(out_dim, in_dim).astype(np.float16)
 
 
 def variant_weights(
@@ -393,6 +393,30 @@ def build_standin(
     return StandIn(
         bmodel=bmodel, token_dir=token_dir, token_zip=token_zip, variant=variant, seed=seed, config=config
     )
+
+
+def build_declared_standin(
+    out_dir: Path, config: dict[str, Any], *, variant: str, device_bytes: int, chip: str = "BM1684X"
+) -> Path:
+    """`<out_dir>/<variant>.bmodel`: a stand-in that declares a real model's graphs (shapes from `config`:
+    layers, hidden, heads, kv_heads, head_dim, ffn, seqlen, padded_vocab, vocab, rope_ratio, eps) and the
+    device memory its compiled bmodel needs (`device_bytes`, what libbmrt would report), but holds no
+    weights. It loads and the chat runtime allocates all its tensors, so the heap bound can be tested at a
+    real model's size (GLM-4-9B's) without its weights; running a graph fails. Returns the path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = {
+        "kind": "tinyglm4",
+        "chip": chip,
+        "variant": variant,
+        "seed": None,
+        "config": dict(config),
+        "graphs": _glm.graph_specs(config),
+        "device_bytes": int(device_bytes),
+    }
+    path = out_dir / f"{variant}.bmodel"
+    _bmodel.write_bmodel(str(path), header, {})
+    return path
 
 
 HF_CONFIG_KEYS = {

@@ -224,9 +224,23 @@ def _layout(layout: Layout | None) -> dict[str, int] | None:
 
 
 def backups_json(host: str, state: BootState) -> dict[str, Any]:
+    """`layout`: decoded from each image's bytes (null with `layout_error` when it cannot be read);
+    `recorded_layout`: what the records say (a verified boot, the backup's .json), a cross-check only."""
+    disagree = state.disagreements()
+
+    def image(sha: str | None) -> dict[str, Any]:
+        recorded = state.recorded.get(sha or "")
+        return {
+            "layout_error": state.unreadable.get(sha or ""),
+            "recorded_layout": _list(recorded),
+            "records_disagree": (sha or "") in disagree,
+        }
+
     backups = [
         {
             **b.to_json(),
+            "layout": _list(state.label(b.sha256)),
+            **image(b.sha256),
             "name": b.path.rsplit("/", 1)[-1],
             "factory": i == 0,
             "in_boot": b.sha256 == state.boot_sha,
@@ -240,12 +254,17 @@ def backups_json(host: str, state: BootState) -> dict[str, Any]:
         "boot": {
             "sha256": state.boot_sha,
             "layout": _layout(state.label(state.boot_sha)),
+            **image(state.boot_sha),
             "booted_sha256": state.booted_sha,
             "booted_layout": _layout(state.booted_heaps),
             "pending": state.pending,
         },
         "backups": backups,
     }
+
+
+def _list(layout: Layout | None) -> list[int] | None:
+    return [layout.npu, layout.vpu, layout.vpp] if layout else None
 
 
 def render_backups(out: Output, host: str, state: BootState) -> None:
@@ -269,3 +288,11 @@ def render_backups(out: Output, host: str, state: BootState) -> None:
     ]
     out.table(f"backups on {host}", ["backup", "created", "layout", "sha256", "note"], rows)
     out.text(f"{host}: {state.describe()}")
+    for b in doc["backups"]:
+        if b["layout_error"]:
+            out.text(f"{host}: {b['name']}: layout unknown: {b['layout_error']}")
+    for sha, (decoded, recorded) in state.disagreements().items():
+        out.text(
+            f"{host}: warning: image {sha[:16]} holds {decoded} but the records say {recorded} "
+            "(the layout shown is the one in the image)"
+        )

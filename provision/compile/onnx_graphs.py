@@ -38,6 +38,8 @@ from provision.compile.checkpoint import Checkpoint, load_checkpoint
 from provision.compile.onnx_graph_names import graph_names  # noqa: F401  (re-exported)
 
 OPSET = 15
+PROTO_LIMIT = 2**31 - 1  # protobuf's limit: a bigger model can only be checked and saved with external data
+EXTERNAL_ABOVE = 1 << 30  # graphs over 1 GiB (GLM-4-9B's embedding and lm_head) keep weights in .onnx.data
 TOP_K = 50
 MIN_TOKENS_TO_KEEP = 5
 FLOAT, INT32, INT64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
@@ -92,7 +94,8 @@ class GraphBuilder:
         model = helper.make_model(
             graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="sophon-fleet"
         )
-        onnx.checker.check_model(model)
+        if model.ByteSize() < PROTO_LIMIT:
+            onnx.checker.check_model(model)  # bigger ones are checked from their file by `save`
         return model
 
     # ---- building blocks ---------------------------------------------------------------------------
@@ -278,12 +281,23 @@ def export(checkpoint_dir: Path, out_dir: Path, seqlen: int, names: list[str]) -
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
-        model = build_graph(ckpt, name, seqlen)
-        part = out_dir / f"{name}.onnx.part"
-        onnx.save(model, str(part))
-        part.replace(out_dir / f"{name}.onnx")
-        written.append(str(out_dir / f"{name}.onnx"))
+        written.append(str(save(build_graph(ckpt, name, seqlen), out_dir, name)))
     return written
+
+
+def save(model: onnx.ModelProto, out_dir: Path, name: str) -> Path:
+    """`<out_dir>/<name>.onnx`, renamed into place when complete; a graph over EXTERNAL_ABOVE keeps its
+    weights beside it in `<name>.onnx.data` (ONNX external data, which tpu-mlir's onnx.load reads)."""
+    part, final = out_dir / f"{name}.onnx.part", out_dir / f"{name}.onnx"
+    if model.ByteSize() > EXTERNAL_ABOVE:
+        data = out_dir / f"{name}.onnx.data"
+        data.unlink(missing_ok=True)
+        onnx.save(model, str(part), save_as_external_data=True, location=data.name, size_threshold=1024)
+        onnx.checker.check_model(str(part))
+    else:
+        onnx.save(model, str(part))
+    part.replace(final)
+    return final
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ from provision.memory.bootimage import (
     Backup,
     BootState,
     check_boot_room,
+    decode_images,
     find_backup,
     make_backup,
     read_boot_state,
@@ -313,10 +314,12 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
             ) from exc
         run.enter(Stage.EDIT, f"memory_edit -c {target}")
         new_image = edit(run, folder, target)
+        written = decode_images(run.t, [(run.new_sha, new_image)], None)[0].get(run.new_sha or "")
+        if written is not None and written != target:  # the verify after the reboot decides (and rolls back)
+            run.progress(run.name, Stage.EDIT, f"the image memory_edit wrote holds {written}, not {target}")
         run.enter(Stage.BACKUP)
         made = make_backup(run.t, run.old_sha, state.label(run.old_sha))
         run.backup = running if state.pending else made
-        record_image(run.t, run.new_sha or "", target, how="memory_edit -c check")  # before /boot changes
         run.enter(Stage.SWAP, f"{new_image} -> {BOOT_IMAGE}")
         run.swap(new_image, run.new_sha or "")
     after = _reboot_and_read(run, boot_id, options, target)
@@ -514,7 +517,7 @@ def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
     before = read_heaps(transport)
     state = read_boot_state(transport, before)
     backup = find_backup(transport, state.backups, options.rollback_to)
-    expected = backup.layout or state.label(backup.sha256)
+    expected = state.label(backup.sha256)  # decoded from the backup itself
     run.backup = backup
     run.old_sha = state.boot_sha
     run.new_sha = backup.sha256
@@ -534,7 +537,12 @@ def _rollback_locked(run: _Box, options: ApplyOptions) -> BoxResult:
     record_boot(transport, read_boot_id(transport), backup.sha256, after)
     record_image(transport, backup.sha256, after, how="verified boot")
     run.progress(run.name, Stage.VERIFIED, str(after))
-    note = "" if expected is not None else "the backup's layout was not recorded: the box runs what it booted"
+    why = state.unreadable.get(backup.sha256, "")
+    note = (
+        ""
+        if expected is not None
+        else f"the backup's layout could not be read from it ({why}): the box runs what it booted"
+    )
     return BoxResult(run.name, Status.RESTORED, before, after, backup=backup, note=note)
 
 

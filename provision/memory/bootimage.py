@@ -5,6 +5,11 @@
     /boot/.emmcboot.itb.sophon-fleet.tmp   our copy during a swap (verified, then renamed over the image)
     /data/sophon-fleet/backups/emmcboot.itb.<UTC time>{,.sha256,.json}   verified backups + their layout
 
+Which layout an image boots with is read from the image itself (`image_layout`): the FIT structure at its
+start, then its dtb at the position the FIT gives (two ranged reads of 64 KiB pages, at most 4 MiB per image,
+never the whole ~40 MB), parsed by `bootfit`. Records kept on the box (what a verified boot ran) only
+cross-check it.
+
 Why the backup lives on /data and not beside `.memeditBak` in /boot: /boot is a small FAT partition that
 already holds the image, the vendor script's `.memeditBak` and, during the swap, our temporary copy; /data is
 the large ext4 partition that survives reboots. The first backup (the factory image) and the two newest are
@@ -13,15 +18,18 @@ kept.
 
 from __future__ import annotations
 
+import binascii
 import json
 import time
-from dataclasses import dataclass
+from base64 import b64decode
+from dataclasses import dataclass, field
 from typing import Any
 
 from provision.boxpaths import BACKUP_DIR, BOOT_IMAGE, UnsafePath, within
 from provision.errors import DiskFullError, FactError, IntegrityError, RemoteError
 from provision.facts.parse import parse_total_mem
-from provision.memory.layout import Layout
+from provision.memory import bootfit
+from provision.memory.layout import MIB, Layout
 from provision.ssh.transport import Transport, quote_command
 
 SWAP_TMP = "/boot/.emmcboot.itb.sophon-fleet.tmp"
@@ -50,10 +58,96 @@ def sha256_on_box(transport: Transport, path: str) -> str | None:
     return result.stdout.split()[0] if result.ok and result.stdout.split() else None
 
 
+# ---------------------------------------------------------------------------------------------- labels
+
+PAGE = 64 * 1024  # one ranged read: the FIT structure of an image with external data fits in the first
+READ_BUDGET = 4 << 20  # bytes read from one image at most (a dtb is ~60 KiB, the whole image ~40 MB)
+
+
+class BoxFile:
+    """Ranged reads of one file on a box, as root, in `PAGE`-sized pages (`dd | base64`), at most
+    `READ_BUDGET` bytes in all: what `bootfit` parses an image from without copying it."""
+
+    def __init__(self, transport: Transport, path: str) -> None:
+        self.transport, self.path = transport, path
+        self.pages: dict[int, bytes] = {}
+        self.fetched = 0
+        script = 'stat -c %s -- "$1" && dd if="$1" bs="$2" count=1 status=none | base64 -w0'
+        out = self._run(script, str(PAGE)).split("\n", 1)
+        if not out[0].strip().isdigit():
+            raise RemoteError(f"{transport.host.name}: cannot read {path}")
+        self.size = int(out[0])
+        self.pages[0] = self._decode(out[1] if len(out) > 1 else "")
+
+    def read(self, offset: int, length: int) -> bytes:
+        """The bytes at offset..offset+length (fewer at the end of the file). Raises bootfit.FormatError
+        when that would read more than the budget."""
+        end = min(offset + max(length, 0), self.size)
+        if offset < 0 or offset >= end:
+            return b""
+        first, last = offset // PAGE, (end - 1) // PAGE
+        missing = [p for p in range(first, last + 1) if p not in self.pages]
+        if missing:
+            count = missing[-1] - missing[0] + 1
+            if self.fetched + count * PAGE > READ_BUDGET:
+                raise bootfit.FormatError(
+                    f"reading it would take more than {READ_BUDGET >> 20} MiB (data at {offset}+{length})"
+                )
+            script = 'dd if="$1" bs="$2" skip="$3" count="$4" status=none | base64 -w0'
+            data = self._decode(self._run(script, str(PAGE), str(missing[0]), str(count)))
+            for i in range(count):
+                self.pages[missing[0] + i] = data[i * PAGE : (i + 1) * PAGE]
+        if first == last:  # most reads (a token, a name) sit in one page: slice it, copy nothing more
+            return self.pages[first][offset - first * PAGE : end - first * PAGE]
+        data = b"".join(self.pages.get(p, b"") for p in range(first, last + 1))
+        return data[offset - first * PAGE : end - first * PAGE]
+
+    def _run(self, script: str, *args: str) -> str:
+        words = ["sh", "-c", script, "sh", self.path, *args]
+        result = self.transport.run(quote_command(words), sudo=True, check=False)
+        if not result.ok:
+            raise RemoteError(f"{self.transport.host.name}: cannot read {self.path}: {result.stderr.strip()}")
+        return result.stdout
+
+    def _decode(self, text: str) -> bytes:
+        try:
+            data = b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise FactError(f"{self.transport.host.name}: reading {self.path} gave garbage") from None
+        self.fetched += len(data)
+        return data
+
+
+def image_layout(transport: Transport, path: str, dts: str | None = None) -> Layout:
+    """The heaps the boot image at `path` on the box boots with, decoded from its bytes: the FIT's dtb
+    (the box's `dts` when the image holds several), its hash checked, its bitmain-ion heaps (a heap that
+    has no heap_carveout node is deleted: 0).
+
+    Raises:
+        FactError: not a boot image this tool can read (hostile offsets or sizes, truncated, a wrong hash,
+            no bitmain-ion node), with the reason; at most READ_BUDGET bytes were read.
+        RemoteError: the file cannot be read.
+    """
+    blob = BoxFile(transport, path)
+    try:
+        fit = bootfit.read_fit(blob.read, blob.size, blob.size)
+        fdt = bootfit.pick_fdt(fit, dts)
+        if fdt.size > bootfit.MAX_DTB:
+            raise bootfit.FormatError(f"its dtb {fdt.name} claims {fdt.size} bytes")
+        dtb = blob.read(fdt.offset, fdt.size)
+        bootfit.check_hashes(fdt, dtb)
+        board = bootfit.read_board(dtb)
+    except bootfit.FormatError as exc:
+        raise FactError(
+            f"{transport.host.name}: {path} is not a boot image this tool can read: {exc}"
+        ) from None
+    return Layout(*(board.heaps[k][1] // MIB if k in board.heaps else 0 for k in ("npu", "vpu", "vpp")))
+
+
 def make_backup(transport: Transport, current_sha: str, layout: Layout | None) -> Backup:
     """Copy the current boot image (whose sha256 is `current_sha`) to /data/sophon-fleet/backups with its
-    sha256 and its layout as the records know it (`BootState.label`; None: unknown, never assumed),
-    verified. Raises IntegrityError when the copy cannot be written or verified."""
+    sha256 and its layout as decoded from it (`BootState.label`; None: it could not be read, never
+    assumed), verified. Raises IntegrityError when the copy cannot be written or verified."""
     name = transport.host.name
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = f"{BACKUP_DIR}/emmcboot.itb.{stamp}"
@@ -156,17 +250,20 @@ def latest_backup(transport: Transport) -> Backup:
 # ---------------------------------------------------------------------------------------------- records
 #
 # What the tool knows about boot images on a box, so that every run starts from what /boot really holds:
-#     backups/images/<sha256>.json   {"sha256", "layout", "how", "at"}: an image and the layout it boots
-#                                    with, from memory_edit's own `check` of the image it wrote (before it
-#                                    is swapped in) or from a verified boot of it
 #     backups/boots/<boot_id>.json   {"boot_id", "boot_sha", "heaps", "at"}: what /boot held and the heaps
-#                                    the first time a run looked during that boot (before changing anything)
+#                                    the first time a run looked during that boot (before changing anything);
+#                                    boot_sha is null when /boot then already held an image whose decoded
+#                                    layout is not what the box runs (copied in after the boot)
+#     backups/images/<sha256>.json   {"sha256", "layout", "how", "at"}: the heaps a verified boot of that
+#                                    image ran with: a cross-check of the layout decoded from the image
 IMAGES_DIR = f"{BACKUP_DIR}/images"
 BOOTS_DIR = f"{BACKUP_DIR}/boots"
 _MARK = "@@sophon-fleet-records:"
 _STATE_SCRIPT = f"""b=$(cat /proc/sys/kernel/random/boot_id)
 echo "{_MARK}boot_id"; echo "$b"
 echo "{_MARK}boot_sha"; sha256sum {BOOT_IMAGE} 2>/dev/null | cut -d' ' -f1
+echo "{_MARK}dts"; {{ tr -d '\\0' < /proc/device-tree/info/file-name || \
+  tr -d '\\0' < /sys/firmware/devicetree/base/info/file-name; }} 2>/dev/null; echo
 echo "{_MARK}boot"; cat "{BOOTS_DIR}/$b.json" 2>/dev/null
 for f in {IMAGES_DIR}/*.json; do [ -f "$f" ] && {{ echo "{_MARK}image"; cat "$f"; }}; done
 """
@@ -178,27 +275,41 @@ _BACKUPS_SCRIPT = (
 
 @dataclass(frozen=True)
 class BootState:
-    """What /boot holds now and what the box booted with, against the records."""
+    """What /boot holds now and what the box booted with; each image's layout decoded from its bytes."""
 
     boot_id: str
     boot_sha: str | None  # /boot/emmcboot.itb now
-    booted_sha: str | None  # what /boot held at the first look during this boot (None: no record)
+    booted_sha: str | None  # what /boot held at the first look during this boot (None: unknown)
     booted_heaps: Layout | None
-    labels: dict[str, Layout]  # image sha256 -> the layout it boots with (records only)
+    labels: dict[str, Layout]  # image sha256 -> the layout decoded from the image (/boot's and the backups')
     backups: tuple[Backup, ...]  # oldest first (the first one is the factory image)
+    unreadable: dict[str, str] = field(default_factory=dict)  # image sha256 -> why it could not be decoded
+    recorded: dict[str, Layout] = field(default_factory=dict)  # image sha256 -> what the records say
 
     @property
     def pending(self) -> bool:
-        """/boot changed after the box booted (an earlier run swapped in an image and did not reboot)."""
-        return None not in (self.boot_sha, self.booted_sha) and self.boot_sha != self.booted_sha
+        """/boot changed after the box booted (an earlier run swapped in an image and did not reboot, or an
+        image was copied in by hand: its decoded layout is not what the box runs)."""
+        if self.boot_sha is None:
+            return False
+        if self.booted_sha is not None:
+            return self.boot_sha != self.booted_sha
+        now = self.label(self.boot_sha)
+        return None not in (now, self.booted_heaps) and now != self.booted_heaps
 
     def label(self, sha: str | None) -> Layout | None:
-        """The layout the image `sha` boots with, as recorded; None when nothing says (never assumed)."""
-        if sha is None:
-            return None
-        if sha == self.booted_sha and self.booted_heaps is not None:
-            return self.booted_heaps
-        return self.labels.get(sha)
+        """The layout the image `sha` boots with, decoded from it; None when it could not be read (never
+        assumed)."""
+        return self.labels.get(sha) if sha is not None else None
+
+    def disagreements(self) -> dict[str, tuple[Layout, Layout]]:
+        """Images whose records (a verified boot, a backup's .json) say another layout than their bytes:
+        sha256 -> (decoded, recorded)."""
+        return {
+            sha: (self.labels[sha], layout)
+            for sha, layout in self.recorded.items()
+            if sha in self.labels and self.labels[sha] != layout
+        }
 
     def backup_of(self, sha: str | None) -> Backup | None:
         """The newest backup holding the image `sha`."""
@@ -206,49 +317,73 @@ class BootState:
 
     def describe(self) -> str:
         now = self.label(self.boot_sha)
+        why = self.unreadable.get(self.boot_sha or "")
         text = f"/boot holds {(self.boot_sha or '?')[:12]} ({now or 'layout unknown'})"
+        if now is None and why:
+            text += f": {why}"
         if self.pending:
-            text += (
-                f", written after this boot; the box runs {self.booted_heaps or '?'} "
-                f"from {(self.booted_sha or '?')[:12]} until it reboots"
+            running = (
+                f"from {self.booted_sha[:12]}" if self.booted_sha else "from an image no longer in /boot"
             )
+            text += f", written after this boot; the box runs {self.booted_heaps or '?'} {running}"
+            text += " until it reboots"
         return text
 
 
 def read_boot_state(transport: Transport, heaps_now: Layout | None) -> BootState:
-    """One round trip (as root): boot_id, /boot's sha256 and every record. The first look during a boot is
-    recorded (what /boot held, and `heaps_now`), before anything changes."""
+    """What /boot holds, the records, every backup, and the layout decoded from each of those images. The
+    first look during a boot is recorded (what /boot held, and `heaps_now`), before anything changes."""
     sections = _sections(transport.run(_STATE_SCRIPT + _BACKUPS_SCRIPT + "true", sudo=True).stdout)
     boot_id = (sections.get("boot_id") or [""])[0].strip()
     boot_sha = (sections.get("boot_sha") or [""])[0].strip() or None
+    dts = (sections.get("dts") or [""])[0].strip() or None
     boot = _json((sections.get("boot") or [""])[0])
-    labels: dict[str, Layout] = {}
-    for text in sections.get("image", []):
-        record = _json(text)
-        layout = _layout_field(record.get("layout"))
-        if isinstance(record.get("sha256"), str) and layout is not None:
-            labels[record["sha256"]] = layout
     backups = tuple(
         sorted(
             (b for b in (_backup(transport, text) for text in sections.get("backup", [])) if b is not None),
             key=lambda b: b.created,
         )
     )
+    recorded = {b.sha256: b.layout for b in backups if b.layout is not None}
+    for text in sections.get("image", []):
+        record = _json(text)
+        layout = _layout_field(record.get("layout"))
+        if isinstance(record.get("sha256"), str) and layout is not None:
+            recorded[record["sha256"]] = layout
+    images = [(boot_sha, BOOT_IMAGE)] + [(b.sha256, b.path) for b in backups]
+    labels, unreadable = decode_images(transport, images, dts)
     booted_sha: str | None
-    if boot.get("boot_sha"):
-        booted_sha, booted_heaps = str(boot["boot_sha"]), _layout_field(boot.get("heaps"))
+    if boot.get("boot_id"):
+        booted_sha, booted_heaps = boot.get("boot_sha") or None, _layout_field(boot.get("heaps"))
     else:
         booted_sha, booted_heaps = boot_sha, heaps_now
+        now = labels.get(boot_sha or "")
+        if None not in (now, heaps_now) and now != heaps_now:
+            booted_sha = None  # /boot already holds an image the box did not boot (copied in by hand)
         if boot_id and boot_sha:
             _write_record(
                 transport,
                 f"{BOOTS_DIR}/{boot_id}.json",
-                {"boot_id": boot_id, "boot_sha": boot_sha, "heaps": _layout_list(heaps_now)},
+                {"boot_id": boot_id, "boot_sha": booted_sha, "heaps": _layout_list(heaps_now)},
             )
-            if heaps_now is not None:
-                record_image(transport, boot_sha, heaps_now, how="booted")
-                labels[boot_sha] = heaps_now
-    return BootState(boot_id, boot_sha, booted_sha, booted_heaps, labels, backups)
+    return BootState(boot_id, boot_sha, booted_sha, booted_heaps, labels, backups, unreadable, recorded)
+
+
+def decode_images(
+    transport: Transport, images: list[tuple[str | None, str]], dts: str | None
+) -> tuple[dict[str, Layout], dict[str, str]]:
+    """(sha256, path) of images on the box -> the layouts decoded from them, and why the others could not
+    be read (each image once)."""
+    labels: dict[str, Layout] = {}
+    unreadable: dict[str, str] = {}
+    for sha, path in images:
+        if sha is None or sha in labels or sha in unreadable:
+            continue
+        try:
+            labels[sha] = image_layout(transport, path, dts)
+        except RemoteError as exc:  # FactError included: a hostile or foreign image is only unlabelled
+            unreadable[sha] = exc.message.split(": ", 1)[-1]
+    return labels, unreadable
 
 
 def record_image(transport: Transport, sha: str, layout: Layout, *, how: str) -> None:

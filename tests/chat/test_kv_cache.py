@@ -9,6 +9,14 @@ from chat.model import GlmModel
 LOGIT_TOLERANCE = 0.08  # fp16 rounding of hidden states/KV at graph boundaries (~10 fp16 ulps at |logit| 15)
 
 
+@pytest.fixture(autouse=True)
+def emulator_fp32_math(monkeypatch):
+    """The cache logic, not fp16 arithmetic, is under test: with every op rounded to fp16 (the emulator's
+    default, like the TPU) decode and recomputation differ by an ulp or two, which flips exact near-ties (one
+    at a 1-ulp gap in these prompts); tests/vendor compares decode with recomputation on the cmodel."""
+    monkeypatch.setenv("SOPHON_SAIL_EMULATOR_MATH", "f32")
+
+
 def prompt(length, vocab, seed):
     return np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
 

@@ -1,5 +1,7 @@
 """The emulator's GLM-4 graphs, driven by the runtime, equal transformers' GlmForCausalLM (model_type "glm")
-built from the same weights: logits within fp16 tolerance and identical greedy continuations.
+built from the same weights: logits within fp16 tolerance and identical greedy continuations. The emulator
+runs its fp32 math here (SOPHON_SAIL_EMULATOR_MATH=f32, fp16 only at graph boundaries): this compares the
+GLM math, not the TPU's fp16 rounding, which tests/vendor compares with the cmodel.
 
 Run with `make test-reference` (installs CPU torch + transformers: the `reference` extra). Without torch or
 transformers these tests are skipped with that reason.
@@ -23,6 +25,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 LOGIT_TOLERANCE = 0.05
+
+
+@pytest.fixture(autouse=True)
+def emulator_fp32_math(monkeypatch):
+    monkeypatch.setenv("SOPHON_SAIL_EMULATOR_MATH", "f32")
 
 
 def hf_config(config, **overrides):

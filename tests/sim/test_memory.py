@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from provision.cli.main import cli
 from provision.manifest import load_manifest
+from provision.memory import bootfit
 from provision.memory.apply import Stage
 from sim import itb, kit_archive
 from sim.fleet import ssh_banner
@@ -579,3 +580,97 @@ def test_kill_9_at_a_stage_then_break_lock_finishes_the_job(sim_fleet, kit, stag
     assert boot_image(fleet, "se7-1").heaps == TARGET
     backups = backups_json(fleet)["backups"]
     assert backups[0]["sha256"] == factory and backups[0]["layout"] == list(FACTORY)
+
+
+def copy_into_boot_by_hand(fleet, heaps):
+    """An operator copies an image made elsewhere into /boot and does not reboot: no record knows it."""
+    image = itb.encode(itb.BootImage("bm1684x_se7_v1.dtb", heaps))
+    (fleet.state.box_paths("se7-1").data / "hand.itb").write_bytes(image)
+    client = connect(fleet, "se7-1")
+    assert sudo(client, "cp /data/hand.itb /boot/emmcboot.itb && sync")[0] == 0
+    client.close()
+    return boot_sha(fleet, "se7-1")
+
+
+def test_an_image_copied_into_boot_by_hand_is_labelled_from_its_bytes(sim_fleet, kit):
+    """Issue 13 item 2: a backup's label is computed from the image itself. The image in /boot was never
+    booted and no run has seen it: `memory backups` decodes it (and sees the box runs something else),
+    `memory apply` backs it up under its own layout, and rolling back to that backup boots exactly it."""
+    fleet = sim_fleet(["se7-factory"])
+    hand = copy_into_boot_by_hand(fleet, (7615, 3071, 3071))
+
+    doc = backups_json(fleet)
+
+    assert doc["boot"]["sha256"] == hand and doc["boot"]["layout"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert doc["boot"]["pending"] is True and doc["boot"]["booted_sha256"] is None
+    assert doc["boot"]["booted_layout"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    code, doc = apply_json(fleet, kit, "--npu", "7000", "--vpu", "2048", "--vpp", "2048")
+    assert code == 0, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "applied" and host["after"] == {"npu": 7000, "vpu": 2048, "vpp": 2048}
+    assert host["before"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}  # what the box ran
+    (backup,) = backups_json(fleet)["backups"]
+    assert backup["sha256"] == hand and backup["layout"] == [7615, 3071, 3071]  # never the running heaps
+    assert backup["records_disagree"] is False
+    code, output = invoke(
+        "memory", "rollback", "se7-1", "--to", backup["name"], "--json", "-i", str(fleet.inventory_path),
+        "--yes", *FAST,
+    )  # fmt: skip
+    assert code == 0, output
+    (host,) = json.loads(output)["hosts"]
+    assert host["result"] == "restored" and host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert boot_sha(fleet, "se7-1") == hand
+
+
+def test_apply_plans_from_the_decoded_image_in_boot_and_only_reboots_into_it(sim_fleet, kit):
+    """The hand-copied image already holds the target: apply reboots into it (no memory_edit, no backup of
+    an image the box does not run), verified."""
+    fleet = sim_fleet(["se7-factory"])
+    hand = copy_into_boot_by_hand(fleet, (7615, 3071, 3071))
+
+    code, doc = apply_json(fleet, kit)
+
+    assert code == 0, doc
+    (host,) = doc["hosts"]
+    assert host["result"] == "applied" and host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert fleet.hardware("se7-1").boot_count == 2 and boot_sha(fleet, "se7-1") == hand
+    doc = backups_json(fleet)
+    assert doc["backups"] == [] and doc["boot"]["pending"] is False
+    work = fleet.state.box_paths("se7-1").data / "sophon-fleet"
+    assert list(work.rglob("*.itb")) != [] and list(work.rglob("output/emmcboot.itb")) == []  # -p ran, -c not
+
+
+def test_a_hostile_image_in_boot_is_unlabelled_with_the_reason(sim_fleet):
+    """An image whose dtb lies past its end: no layout, the reason shown, nothing else read or assumed."""
+    fleet = sim_fleet(["se7-factory"])
+    raw = bytearray(itb.encode(itb.BootImage("bm1684x_se7_v1.dtb", (7615, 3071, 3071))))
+    fit, _ = bootfit.read_tree(lambda o, n: bytes(raw[o : o + n]), 0, len(raw))
+    position = fit.child("images").child("fdt-1").props["data-position"].offset
+    raw[position : position + 4] = (0x7FFFFF00).to_bytes(4, "big")
+    (fleet.state.box_paths("se7-1").data / "hand.itb").write_bytes(bytes(raw))
+    client = connect(fleet, "se7-1")
+    assert sudo(client, "cp /data/hand.itb /boot/emmcboot.itb")[0] == 0
+    client.close()
+
+    doc = backups_json(fleet)
+
+    assert doc["boot"]["layout"] is None and "past the end of the file" in doc["boot"]["layout_error"]
+    code, output = invoke("memory", "backups", "se7-1", "-i", str(fleet.inventory_path))
+    assert code == 0 and "layout unknown" in output and "past the end of the file" in output, output
+
+
+def test_an_image_memory_edit_wrote_wrong_is_named_before_the_swap(sim_fleet, kit):
+    """memory_edit checks 7615/3071/3071 but writes half (itb-wrong-layout): the run decodes the new image and
+    says so before the swap; the verify after the reboot then rolls back."""
+    fleet = sim_fleet(["se7-factory"])
+    fleet.fault("se7-1", "itb-wrong-layout")
+    proc = start_apply(fleet, kit)
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "the image memory_edit wrote holds 3807/1535/1535, not 7615/3071/3071" in " ".join(err.split()), (
+        err
+    )
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]

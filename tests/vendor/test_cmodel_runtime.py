@@ -1,12 +1,13 @@
 """The unmodified chat runtime on real int4/int8 bmodels of the tiny GLM-4, run by the vendor's libbmrt on
-the BM1684X cmodel (sophon.sail over ctypes, Python 3.8):
+the BM1684X cmodel (sophon.sail over ctypes, Python 3.8), on three prompts per variant:
 
 - greedy continuations equal torch (transformers' GlmForCausalLM) holding the same tpu-mlir-quantised weights,
   for several prompts, one of them up to a full KV cache;
 - KV-cache decode equals recomputing the whole sequence with the prefill graphs;
 - the seed's decode mask gives different (wrong) tokens on the real runtime too;
 - penalty_sample_head (3 subnets, with CPU layers from libcpuop) runs and draws from its top 50;
-- the numpy emulator, on the stand-in made from the same weights, agrees with the cmodel.
+- the numpy emulator, on the stand-in made from the same weights, agrees with the cmodel (logits within
+  16 fp16 ulps, every greedy token equal).
 
 The cmodel takes ~1 s per decode step and ~3 s per prefill on two busy cores: the runs are batched into one
 process per variant (module fixtures) and the tests assert on the results.
@@ -33,24 +34,28 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
-# Measured on this machine: ≤ 0.46 (int4) and ≤ 0.9 (int8) against torch with the same quantised weights:
-# the TPU computes in fp16 with fp32 accumulation, torch in fp32
-TORCH_TOLERANCE = {"int4": 0.6, "int8": 1.0}
+# Logit tolerance in fp16 ulps of the step's largest |logit| (the logits are fp16 values: lm_head's matmul
+# writes fp16). Measured on this machine over 74 steps of 10 prompts (int4 and int8), against the cmodel's:
+# the emulator's within 9 ulps (0.070 at |logit| < 16, where an ulp is 2^-7), transformers' (fp32 math)
+# within 11 ulps (0.083). The first place the emulator differs is the TPU's RMSNorm scale, one fp16 ulp off
+# the exactly rounded rsqrt in about 30 % of the rows (see docs/vendor-runtime.md).
+LOGIT_ULPS = 16
 KV_TOLERANCE = 0.15  # block_cache vs block graph on fp16 hidden states and KV
-# the emulator (fp32 math, fp16 at graph boundaries) vs the TPU's fp16 math: measured ≤ 0.1 for int4. For
-# int8 it is ≤ 0.62 on this tiny model: not yet explained; a suspect is that tpu-mlir regroups W8F16's
-# per-channel scales into groups of 128 inputs (A16MatMulToGroup), which the 64- and 192-wide inputs do not
-# divide (the 9B's 4096 and 13696 do). Tokens agree either way.
-EMULATOR_TOLERANCE = {"int4": 0.25, "int8": 1.0}
-PROMPTS = {"short": (5, 5), "medium": (40, 4), "full": (123, 6)}  # length, steps: 123 + 6 - 1 = SEQLEN
+PROMPTS = {"short": (5, 5), "twelve": (12, 8), "medium": (40, 4), "full": (123, 6)}  # length, steps
+# int4 also runs "short" for the extra modes. On the COMPARED prompts the cmodel's top two logits are
+# further apart than the tolerance at every step (smallest gap 0.46 for int4, 0.14 for int8), so greedy
+# tokens must be equal at every step. (The emulator also agrees at the two closer near-ties measured on other
+# prompts, gaps 0.016 and 0.023, where transformers takes the other token.)
+PROMPT_SETS = {"int4": ("short", "twelve", "medium", "full"), "int8": ("twelve", "medium", "full")}
+COMPARED = ("twelve", "medium", "full")
+
+
+def logit_tolerance(logits: np.ndarray) -> float:
+    return LOGIT_ULPS * float(np.spacing(np.float16(np.abs(logits).max())))
 
 
 def ids(length: int, seed: int, vocab: int = 600) -> list[int]:
     return np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
-
-
-# int4 runs every prompt and the extra modes; int8 (the same graphs with other weights) the short and the full
-PROMPT_SETS = {"int4": ("short", "medium", "full"), "int8": ("short", "full")}
 
 
 def runs_for(variant: str) -> list[dict]:
@@ -113,24 +118,26 @@ def test_the_runtime_reads_the_real_graph_layout(variant_run):
 
 
 def test_greedy_continuations_equal_torch_with_the_same_quantised_weights(variant_run):
-    """Teacher-forced on the cmodel's own tokens: at every step torch's argmax is the cmodel's token (or a
-    near-tie within the tolerance) and the logits agree within the measured fp16 error."""
+    """Teacher-forced on the cmodel's own tokens: at every step torch's argmax is the cmodel's token and the
+    logits agree within LOGIT_ULPS fp16 ulps."""
     variant, result, standin = variant_run
-    tolerance, near_ties, filled = TORCH_TOLERANCE[variant], 0, 0
-    for name in PROMPT_SETS[variant]:
+    filled, steps = 0, 0
+    for name in COMPARED:
         run = next(r for r in runs_for(variant) if r["id"] == name)
         tokens, logits = result["runs"][name]["tokens"], np.array(result["runs"][name]["logits"])
         reference = torch_logits(standin, run["prompt"] + tokens)[len(run["prompt"]) - 1 :]
         filled = max(filled, len(run["prompt"]) + len(tokens) - 1)
         for step, token in enumerate(tokens):
+            tolerance = logit_tolerance(logits[step])
+            top_two = np.sort(logits[step])[-2:]
+            assert top_two[1] - top_two[0] > tolerance, f"{name} step {step}: a near-tie, pick another prompt"
             np.testing.assert_allclose(
                 logits[step], reference[step], atol=tolerance, err_msg=f"{name} {step}"
             )
-            if int(np.argmax(reference[step])) != token:
-                assert reference[step].max() - reference[step][token] < tolerance, f"{name} step {step}"
-                near_ties += 1
+            assert int(np.argmax(reference[step])) == token, f"{name} step {step}"
+            steps += 1
     assert filled == 128  # one prompt ran until the KV cache was full
-    assert near_ties <= 1
+    assert steps == sum(PROMPTS[name][1] for name in COMPARED)
 
 
 def test_kv_cache_decode_equals_recomputation_on_the_cmodel(int4_run):
@@ -162,13 +169,13 @@ def test_penalty_sample_head_runs_on_the_cmodel(int4_run):
 
 
 def test_the_emulator_agrees_with_the_cmodel(variant_run):
-    """The emulator's stand-in holds the same model (same seed, quantised exactly like tpu-mlir): fed the
-    cmodel's tokens, its logits agree within fp16 tolerance at every step, and its greedy choice is the
-    cmodel's except at a near-tie (the cmodel's top two closer than the tolerance)."""
+    """The emulator's stand-in holds the same model (same seed, quantised exactly like tpu-mlir, fp16 after
+    every op like the compiled graph): fed the cmodel's tokens, its logits agree within LOGIT_ULPS fp16 ulps
+    at every step and its greedy token is the cmodel's at every step."""
     variant, result, standin = variant_run
     emulator = GlmModel(str(standin.bmodel), sail=_emulator_sail())
-    worst, near_ties = 0.0, 0
-    for name in PROMPT_SETS[variant]:
+    steps = 0
+    for name in COMPARED:
         run = next(r for r in runs_for(variant) if r["id"] == name)
         cmodel_tokens, cmodel_logits = (
             result["runs"][name]["tokens"],
@@ -178,15 +185,15 @@ def test_the_emulator_agrees_with_the_cmodel(variant_run):
         for step, token in enumerate(cmodel_tokens):
             if step:
                 emulator.decode(cmodel_tokens[step - 1])
-            logits = emulator.logits()
-            worst = max(worst, float(np.abs(logits - cmodel_logits[step]).max()))
-            if emulator.greedy() != token:
-                top_two = np.sort(cmodel_logits[step])[-2:]
-                gap = top_two[1] - top_two[0]
-                assert gap < EMULATOR_TOLERANCE[variant], f"{name} step {step}: not a near-tie"
-                near_ties += 1
-    assert worst < EMULATOR_TOLERANCE[variant]
-    assert near_ties <= 1
+            np.testing.assert_allclose(
+                emulator.logits(),
+                cmodel_logits[step],
+                atol=logit_tolerance(cmodel_logits[step]),
+                err_msg=f"{name} step {step}",
+            )
+            assert emulator.greedy() == token, f"{name} step {step}"
+            steps += 1
+    assert steps == sum(PROMPTS[name][1] for name in COMPARED)
 
 
 def _emulator_sail():

@@ -6,10 +6,15 @@ dimensions with interleaved (even, odd) pairs and base 10000 * rope_ratio, group
 query heads, an additive attention mask, SwiGLU MLP, final RMSNorm + output layer in `lm_head`, top-1 in
 `greedy_head` and the repetition-penalty / top-k / temperature / top-p head in `penalty_sample_head`.
 
-Precision: the real graphs are W4F16 / W8F16 (weights quantised, activations fp16). Here weights are stored
-as fp16 (already quantised and dequantised by the generator), arithmetic runs in float32, and every graph
-output is rounded to its fp16 dtype, i.e. fp16 at graph boundaries like the real bmodel's tensors.
-Python 3.8, numpy only.
+Precision, as tpu-mlir 1.30.2 compiles these graphs (W4F16 / W8F16: weights quantised, every activation
+fp16; read from the graphs' tpu dialect): weights are stored as fp16 (already quantised and dequantised by
+the generator, see sim/tinyglm.py), and the output of every operation the compiled graph has is rounded to
+fp16 — each matmul (fp32 accumulation; the QKV bias added to its fp16 result, as the cmodel's kernels do),
+Mul/Add/Sub, the ReduceMean and the epsilon of RMSNorm, the rotary tables, softmax — while rsqrt and SiLU run
+in fp32 on an fp16 input (the graph casts around them). lm_head's logits are fp16 values (its matmul's fp16
+output cast to f32).
+`TinyGlm(..., half=False)` computes the same math in float32 with fp16 only at graph boundaries (to compare
+the math itself with transformers). Python 3.8, numpy only.
 """
 
 from __future__ import annotations
@@ -105,10 +110,19 @@ def graph_specs(config: Dict[str, Any]) -> List[Dict[str, Any]]:
     return graphs
 
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """GLM's RMSNorm over the last axis (no mean subtraction, no bias)."""
-    variance = np.mean(np.square(x), axis=-1, keepdims=True)
-    return x / np.sqrt(variance + eps) * weight
+def _keep(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def to_f16(x: np.ndarray) -> np.ndarray:
+    """Round to fp16 and back to float32: what an fp16 tensor between two TPU operations holds."""
+    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, rnd=_keep) -> np.ndarray:
+    """GLM's RMSNorm over the last axis (no mean subtraction, no bias); `rnd` rounds each op's output."""
+    variance = rnd(rnd(np.mean(rnd(np.square(x)), axis=-1, keepdims=True)) + rnd(np.float32(eps)))
+    return rnd(rnd(x * rnd(1.0 / np.sqrt(variance))) * weight)
 
 
 def rotary_tables(positions: np.ndarray, head_dim: int, rope_ratio: float):
@@ -120,13 +134,15 @@ def rotary_tables(positions: np.ndarray, head_dim: int, rope_ratio: float):
     return np.cos(angles), np.sin(angles)
 
 
-def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rnd=_keep) -> np.ndarray:
     """Rotate the (even, odd) pairs of the first half of x's last axis; x is [heads, seq, head_dim]."""
     heads, seq, head_dim = x.shape
     rot_dim = head_dim // 2
     pairs = x[..., :rot_dim].reshape(heads, seq, rot_dim // 2, 2)
     even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = np.stack([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
+    new_even = rnd(rnd(even * cos) - rnd(odd * sin))
+    new_odd = rnd(rnd(odd * cos) + rnd(even * sin))
+    rotated = np.stack([new_even, new_odd], axis=-1)
     return np.concatenate([rotated.reshape(heads, seq, rot_dim), x[..., rot_dim:]], axis=-1)
 
 
@@ -139,10 +155,11 @@ def softmax(x: np.ndarray) -> np.ndarray:
 class TinyGlm:
     """The weights of a stand-in GLM-4 and the numpy function behind each graph name."""
 
-    def __init__(self, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
+    def __init__(self, config: Dict[str, Any], arrays: Dict[str, np.ndarray], half: bool = True) -> None:
         self.config = config
         self.weights = {name: value.astype(np.float32) for name, value in arrays.items()}
         self.layers = int(config["layers"])
+        self.rnd = to_f16 if half else _keep  # what every operation's output is rounded to
 
     def run(self, graph: str, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Compute `graph` on numpy inputs (by tensor name); return the outputs by tensor name."""
@@ -182,37 +199,40 @@ class TinyGlm:
 
     def _layer(self, layer, x, positions, mask, history_k, history_v):
         """One GLMBlock on x [seq, hidden]; returns (hidden fp16, present key fp16, present value fp16)."""
-        cfg, w = self.config, self.weights
+        cfg, w, rnd = self.config, self.weights, self.rnd
         prefix = "layers.%d." % layer
         heads, kv_heads, head_dim = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
         seq = x.shape[0]
-        normed = rms_norm(x, w[prefix + "input_norm"], cfg["eps"])
-        qkv = normed @ w[prefix + "qkv.weight"].T + w[prefix + "qkv.bias"]
+        normed = rms_norm(x, w[prefix + "input_norm"], cfg["eps"], rnd)
+        # the bias goes onto the matmul's fp16 result, as the TPU's kernels do (tpu-mlir's interpreter adds
+        # it before rounding; the cmodel's K and V agree with this order, see docs/vendor-runtime.md)
+        qkv = rnd(rnd(normed @ w[prefix + "qkv.weight"].T) + w[prefix + "qkv.bias"])
         q_size, kv_size = heads * head_dim, kv_heads * head_dim
         query = qkv[:, :q_size].reshape(seq, heads, head_dim).transpose(1, 0, 2)
         key = qkv[:, q_size : q_size + kv_size].reshape(seq, kv_heads, head_dim).transpose(1, 0, 2)
         value = qkv[:, q_size + kv_size :].reshape(seq, kv_heads, head_dim).transpose(1, 0, 2)
-        cos, sin = rotary_tables(positions, head_dim, cfg["rope_ratio"])
-        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        cos, sin = (rnd(table) for table in rotary_tables(positions, head_dim, cfg["rope_ratio"]))
+        query, key = apply_rotary(query, cos, sin, rnd), apply_rotary(key, cos, sin, rnd)
         present_k, present_v = key.astype(np.float16), value.astype(np.float16)
         if history_k is not None:
             key = np.concatenate([history_k, key], axis=1)
             value = np.concatenate([history_v, value], axis=1)
         group = heads // kv_heads
         key, value = np.repeat(key, group, axis=0), np.repeat(value, group, axis=0)
-        scores = query @ key.transpose(0, 2, 1) / np.sqrt(np.float32(head_dim)) + mask
-        context = (softmax(scores) @ value).transpose(1, 0, 2).reshape(seq, q_size)
-        x = x + context @ w[prefix + "dense.weight"].T
-        normed = rms_norm(x, w[prefix + "post_norm"], cfg["eps"])
-        gate_up = normed @ w[prefix + "h_to_4h.weight"].T
-        gate, up = np.split(gate_up, 2, axis=-1)
-        x = x + (gate / (1.0 + np.exp(-gate)) * up) @ w[prefix + "4h_to_h.weight"].T
+        scale = rnd(np.float32(1.0) / np.sqrt(np.float32(head_dim)))
+        scores = rnd(rnd(rnd(query @ key.transpose(0, 2, 1)) * scale) + rnd(mask))
+        context = rnd(rnd(softmax(scores)) @ value).transpose(1, 0, 2).reshape(seq, q_size)
+        x = rnd(x + rnd(context @ w[prefix + "dense.weight"].T))
+        normed = rms_norm(x, w[prefix + "post_norm"], cfg["eps"], rnd)
+        gate, up = (rnd(normed @ part.T) for part in np.split(w[prefix + "h_to_4h.weight"], 2, axis=0))
+        swiglu = rnd(rnd(gate / (1.0 + np.exp(-gate))) * up)
+        x = rnd(x + rnd(swiglu @ w[prefix + "4h_to_h.weight"].T))
         return x.astype(np.float16), present_k, present_v
 
     def _lm_head(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         x = inputs["hidden_states"].astype(np.float32)
-        normed = rms_norm(x, self.weights["final_norm"], self.config["eps"])
-        return {"m_logits": (normed @ self.weights["output_layer.weight"].T).astype(np.float32)}
+        normed = rms_norm(x, self.weights["final_norm"], self.config["eps"], self.rnd)
+        return {"m_logits": self.rnd(normed @ self.weights["output_layer.weight"].T).astype(np.float32)}
 
     def _greedy_head(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return {"token": np.argmax(inputs["m_logits"], axis=-1).astype(np.int32).reshape(1, 1)}

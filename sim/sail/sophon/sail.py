@@ -67,6 +67,9 @@ _ACCEPTED = dict(_STORAGE)
 _ACCEPTED[Dtype.BM_FLOAT16] = np.uint16
 _FROM_GRAPH = {_glm.F32: Dtype.BM_FLOAT32, _glm.F16: Dtype.BM_FLOAT16, _glm.I32: Dtype.BM_INT32}
 _DEVICE_COUNT_ENV = "SOPHON_SIM_DEVICES"
+# "f16" (default): every op's output rounded to fp16, as tpu-mlir compiles the graphs; "f32": fp32 math with
+# fp16 only at graph boundaries (the reference test compares that math with transformers')
+MATH_ENV = "SOPHON_SAIL_EMULATOR_MATH"
 
 
 def _device_count() -> int:
@@ -74,13 +77,13 @@ def _device_count() -> int:
 
 
 HEAP_ENV = "SOPHON_SAIL_NPU_HEAP_BYTES"
-HEAP_FILE = "/sys/firmware/sophon-sim/npu_heap_bytes"  # a simulated box's npu heap (sim/hw.py)
+HEAP_FILE = "/sys/firmware/sophon-sim/tpu_heap_bytes"  # a simulated box's npu + vpp heaps (sim/hw.py)
 _USED = {}  # type: Dict[int, int]  # device id -> bytes held by this process's engines and tensors
 
 
 def heap_budget():
-    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu
-    heap, else None (no bound): the same rule as the cmodel engine's."""
+    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu +
+    vpp heaps (what libbmlib allocates from), else None (no bound): the same rule as the cmodel engine's."""
     value = os.environ.get(HEAP_ENV)
     if not value:
         try:
@@ -267,7 +270,7 @@ class Engine:
         self._path = bmodel_path
         self._graphs = {graph["name"]: graph for graph in header["graphs"]}
         self._order = [graph["name"] for graph in header["graphs"]]
-        self._model = _glm.TinyGlm(header["config"], arrays)
+        self._model = _glm.TinyGlm(header["config"], arrays, half=os.environ.get(MATH_ENV, "f16") != "f32")
         self.header = header
 
     def __del__(self):

@@ -75,12 +75,13 @@ _CLOSED = [False]
 
 
 HEAP_ENV = "SOPHON_SAIL_NPU_HEAP_BYTES"
-HEAP_FILE = "/sys/firmware/sophon-sim/npu_heap_bytes"  # a simulated box's npu heap (sim/hw.py)
+HEAP_FILE = "/sys/firmware/sophon-sim/tpu_heap_bytes"  # a simulated box's npu + vpp heaps (sim/hw.py)
 
 
 def heap_budget():
-    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu
-    heap, else None (no bound). On a box the ion heap bounds allocations; the cmodel has one flat memory and
+    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu +
+    vpp heaps, else None (no bound). On a box libbmlib allocates from the ion npu heap, then the vpp heap
+    (never vpu), and they bound what a process holds; the cmodel has one flat memory and
     aborts the process when it is exhausted, so the bound is kept here, before the runtime is asked."""
     value = os.environ.get(HEAP_ENV)
     if not value:
