@@ -252,6 +252,7 @@ def fault(out: Output, box: str, fault: str, arg: str | None, state_dir: Path | 
       memedit-fails  memory_edit.sh -c fails (`Error: en_emmcfile`)
       itb-corrupt    memory_edit.sh -c writes an image the box cannot boot
       itb-wrong-layout  memory_edit.sh -c reports the requested sizes but writes half of them
+      boot-heaps-short  the next boot registers half of each heap its image holds (once)
       memedit-slow   memory_edit.sh -c takes 3 s more (holds a run in its edit stage)
       heal           clear every fault (a box with an unbootable image gets a factory image back)
 

@@ -65,6 +65,9 @@ class BoxSupervisor(threading.Thread):
             except itb.InvalidImage as exc:
                 return f"boot image invalid: {exc}"
             hw.heaps, hw.dts, hw.ddr_mib = list(image.heaps), image.dts, list(image.ddr)
+            if "boot-heaps-short" in hw.faults:  # the kernel could not reserve what the dtb asks (this boot)
+                hw.heaps = [max(1, mib // 2) if mib else 0 for mib in hw.heaps]
+                hw.faults.remove("boot-heaps-short")
             hw.boot_count += 1
             hw.boot_id = str(uuid.uuid4())
             hw.save(self.paths.dir)

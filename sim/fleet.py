@@ -50,6 +50,7 @@ FAULTS = (
     "memedit-fails",
     "itb-corrupt",
     "itb-wrong-layout",
+    "boot-heaps-short",
     "memedit-slow",
     "heal",
 )

@@ -315,8 +315,15 @@ def _apply_locked(run: _Box, box: BoxMemory, request: Request, options: ApplyOpt
         run.enter(Stage.EDIT, f"memory_edit -c {target}")
         new_image = edit(run, folder, target)
         written = decode_images(run.t, [(run.new_sha, new_image)], None)[0].get(run.new_sha or "")
-        if written is not None and written != target:  # the verify after the reboot decides (and rolls back)
-            run.progress(run.name, Stage.EDIT, f"the image memory_edit wrote holds {written}, not {target}")
+        if written is not None and written != target:  # never swap in an image known to boot wrong
+            raise ApplyFailed(
+                f"{run.name}: memory_edit failed: the image it wrote boots with {written} (read from its "
+                f"device tree), not the requested {target}; /boot is unchanged",
+                host=run.name,
+                stage=Stage.EDIT,
+                image="old",
+                hint="check the kit matches the box (model, dts, SDK); the box was not rebooted",
+            )
         run.enter(Stage.BACKUP)
         made = make_backup(run.t, run.old_sha, state.label(run.old_sha))
         run.backup = running if state.pending else made

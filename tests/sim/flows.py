@@ -59,7 +59,7 @@ def pull_pinned_standins(directory: Path, bmodel_size: int) -> Path:
 
 
 FACTORY, TARGET = (3950, 2048, 3072), (7615, 3071, 3071)  # se7-factory's heaps, the int8 layout
-HALVED = (3807, 1535, 1535)  # what `itb-wrong-layout` boots with for TARGET
+HALVED = (3807, 1535, 1535)  # what `boot-heaps-short` boots with for TARGET (and `itb-wrong-layout` writes)
 
 
 def read_until(proc, word, seen):

@@ -150,7 +150,7 @@ def test_a_link_cut_at_a_stage_of_memory_apply_is_reported_with_what_is_known_an
     fleet = sim_fleet(["se7-factory"])
     hold = hold_stage(fleet, "se7-1", stage) if stage in APPLY_STAGE_HOLDS else None
     if stage == "rollback":
-        fleet.fault("se7-1", "itb-wrong-layout")  # it boots with the wrong layout: the run rolls back
+        fleet.fault("se7-1", "boot-heaps-short")  # it boots with the wrong layout: the run rolls back
     before = fleet.state.box_paths("se7-1").boot_image.read_bytes()
     command = ["memory", "apply", "-i", str(fleet.inventory_path), "--kit", kit_path(tmp_path), "--yes"]
     proc = start(*command, "--connect-timeout", str(CONNECT_TIMEOUT), "--reboot-timeout", str(REBOOT_TIMEOUT))
@@ -172,7 +172,7 @@ def test_a_link_cut_at_a_stage_of_memory_apply_is_reported_with_what_is_known_an
         assert boot.read_bytes() == before
     if hold is not None:
         hold.remove()
-    fleet.fault("se7-1", "heal")  # clears itb-wrong-layout
+    fleet.fault("se7-1", "heal")
 
     advice = [line for line in out.splitlines() if "--break-lock" in line]
     assert len(advice) == 1, out
