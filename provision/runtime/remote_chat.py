@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from provision.boxpaths import RUNTIME_LINK
-from provision.errors import ConnectError, NotReadyError, RemoteError
+from provision.errors import ChannelBroken, ConnectError, NotReadyError, RemoteError
 from provision.facts.parse import Facts
 from provision.manifest import Manifest
 from provision.runtime.deploy import model_paths
-from provision.ssh.transport import Transport
+from provision.ssh.transport import ChannelFile, Transport
 
 _EOF = object()
 
@@ -51,7 +51,12 @@ class ChatClient:
     """Talk to one chat server; `name` is used in error messages (the box)."""
 
     def __init__(
-        self, stdin: IO[bytes], stdout: IO[bytes], *, name: str = "box", timeout: float = 300.0
+        self,
+        stdin: IO[bytes] | ChannelFile,
+        stdout: IO[bytes] | ChannelFile,
+        *,
+        name: str = "box",
+        timeout: float = 300.0,
     ) -> None:
         self.name, self.timeout = name, timeout
         self._stdin, self._stdout = stdin, stdout
@@ -72,7 +77,7 @@ class ChatClient:
                         self._events.put(
                             {"event": "error", "code": "bad_output", "message": line[:200].decode()}
                         )
-        except (OSError, EOFError):
+        except (OSError, EOFError, ChannelBroken):  # local pipes (tests) raise OSError; a box's channel, ours
             pass
         self._events.put(_EOF)
 
@@ -82,7 +87,7 @@ class ChatClient:
             with self._write_lock:
                 self._stdin.write(data)
                 self._stdin.flush()
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, ChannelBroken) as exc:
             raise ConnectError(f"{self.name}: connection to the chat runtime lost ({exc})") from exc
 
     def _next(self, timeout: float | None = None) -> dict[str, Any]:
@@ -147,7 +152,7 @@ class ChatClient:
         try:
             self._send({"op": "quit"})
             self._stdin.close()
-        except (ConnectError, OSError):
+        except (ConnectError, OSError, ChannelBroken):
             pass
 
 

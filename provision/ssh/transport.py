@@ -545,21 +545,50 @@ def close_channel(channel: paramiko.Channel) -> None:
         log.debug("closing a channel on a dead connection", exc_info=True)
 
 
+class ChannelFile:
+    """One of a channel's files (bytes): paramiko's, except that a connection dying under a read, a write or
+    the close is ChannelBroken, never the library's own error (which would leave the SSH seam)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._raw, method)(*args)
+        except LINK_ERRORS as exc:
+            raise ChannelBroken(str(exc) or type(exc).__name__) from exc
+
+    def read(self, size: int = -1) -> bytes:
+        return self._call("read", size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._call("readline", size)
+
+    def write(self, data: bytes) -> None:
+        self._call("write", data)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+
+
 @dataclass
 class Exec:
-    """A running remote command: file-like stdin/stdout/stderr and its exit status."""
+    """A running remote command: file-like stdin/stdout/stderr (ChannelFile) and its exit status."""
 
     host: str
     command: str
     channel: paramiko.Channel
-    stdin: Any = field(init=False)  # paramiko's channel files (file-like, bytes)
-    stdout: Any = field(init=False)
-    stderr: Any = field(init=False)
+    stdin: ChannelFile = field(init=False)
+    stdout: ChannelFile = field(init=False)
+    stderr: ChannelFile = field(init=False)
 
     def __post_init__(self) -> None:
-        self.stdin = self.channel.makefile_stdin("wb")
-        self.stdout = self.channel.makefile("rb")
-        self.stderr = self.channel.makefile_stderr("rb")
+        self.stdin = ChannelFile(self.channel.makefile_stdin("wb"))
+        self.stdout = ChannelFile(self.channel.makefile("rb"))
+        self.stderr = ChannelFile(self.channel.makefile_stderr("rb"))
 
     def close_stdin(self) -> None:
         try:
@@ -577,10 +606,7 @@ class Exec:
 
     def recv_line(self) -> bytes:
         """One line from stdout (b"" at end of stream), at most MAX_LINE bytes."""
-        try:
-            line = self.stdout.readline(MAX_LINE)
-        except LINK_ERRORS as exc:
-            raise ChannelBroken(str(exc) or type(exc).__name__) from exc
+        line = self.stdout.readline(MAX_LINE)
         if len(line) >= MAX_LINE and not line.endswith(b"\n"):
             raise FactError(f"{self.host}: a line longer than {MAX_LINE >> 10} KiB; refusing to read more")
         return line

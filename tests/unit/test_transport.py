@@ -340,10 +340,10 @@ class HalfDeadRelay:
 
 
 def test_a_connection_dead_under_an_open_channel_raises_only_our_errors(sshd, tmp_path):
-    """Issue 13: on a channel whose connection died (paramiko's packet writer raises EOFError), send and
-    close_stdin raise ChannelBroken and close, which push calls after a ChannelBroken, raises nothing (it
-    raised EOFError: "internal error" in the push path); a command on that connection is a ConnectError.
-    No library exception leaves the SSH seam."""
+    """Issue 13: on a channel whose connection died (paramiko's packet writer raises EOFError), send, a
+    write through its stdin file (remote chat's) and close_stdin raise ChannelBroken, and close, which push
+    calls after a ChannelBroken, raises nothing (it raised EOFError: "internal error" in the push path); a
+    command on that connection is a ConnectError. No library exception leaves the SSH seam."""
     from provision.errors import ChannelBroken
 
     relay = HalfDeadRelay(sshd.address, sshd.port)
@@ -358,6 +358,9 @@ def test_a_connection_dead_under_an_open_channel_raises_only_our_errors(sshd, tm
             box._client.get_transport().sock.shutdown(socket.SHUT_WR)  # the link dies under the channel
             with pytest.raises(ChannelBroken):
                 channel.send(b"x" * 65536)
+            with pytest.raises(ChannelBroken):  # the file interface (remote chat's) too
+                channel.stdin.write(b"x" * 65536)
+                channel.stdin.flush()
             with pytest.raises(ChannelBroken):
                 channel.close_stdin()
             channel.close()  # what push does after a ChannelBroken: no error of its own
