@@ -123,16 +123,26 @@ def test_over_max_request_is_refused_before_any_change(sim_fleet, kit):
     assert run(client, "ls /boot")[1].split() == ["emmcboot.itb", "multi.its"]
 
 
-def test_memedit_failure_leaves_boot_unchanged(sim_fleet, kit):
+WROTE_WRONG = "boots with 3807/1535/1535 (read from its device tree), not the requested 7615/3071/3071"
+
+
+@pytest.mark.parametrize(
+    "fault, why", [("memedit-fails", "Error: en_emmcfile"), ("itb-wrong-layout", WROTE_WRONG)]
+)
+def test_memedit_failure_leaves_boot_unchanged(sim_fleet, kit, fault, why):
+    """memory_edit fails, or checks 7615/3071/3071 but writes half (itb-wrong-layout: the run decodes the
+    image it wrote from its device tree): either way the run stops at `edit`, before the backup and the swap,
+    with /boot untouched and no reboot."""
     fleet = sim_fleet(["se7-factory"])
-    fleet.fault("se7-1", "memedit-fails")
+    fleet.fault("se7-1", fault)
     before, boot = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_id
     code, doc = apply_json(fleet, kit)
     assert code == 1, doc
     (host,) = doc["hosts"]
     assert host["result"] == "failed" and host["stage"] == "edit" and host["image"] == "old"
-    assert "Error: en_emmcfile" in host["error"] and "/boot is unchanged" in host["error"]
+    assert why in host["error"] and "/boot is unchanged" in host["error"], host
     assert boot_sha(fleet, "se7-1") == before and fleet.hardware("se7-1").boot_id == boot
+    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072] and not backups_json(fleet)["backups"]
     client = connect(fleet, "se7-1")
     assert run(client, "ls /data/sophon-fleet/locks")[1].split() == []  # the lock was released
 
@@ -485,14 +495,18 @@ def test_after_a_kill_at_the_swap_the_next_run_reboots_into_the_image_in_place(s
     assert fleet.hardware("se7-1").boot_count == 2  # rebooted once, into the image already in place
     assert len(backups_json(fleet)["backups"]) == 1  # no backup of the pending image under a wrong label
 
-    code, output = invoke(
-        "memory", "rollback", "se7-1", "--to", "factory", "--json", "-i", str(fleet.inventory_path), "--yes",
-        *FAST,
-    )  # fmt: skip
+    assert rolled_back_to(fleet, "factory")["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert boot_sha(fleet, "se7-1") == factory
+
+
+def rolled_back_to(fleet, backup: str) -> dict:
+    """`memory rollback se7-1 --to BACKUP`, which must restore it: its JSON result."""
+    args = ["--to", backup, "--json", "-i", str(fleet.inventory_path), "--yes", *FAST]
+    code, output = invoke("memory", "rollback", "se7-1", *args)
     assert code == 0, output
     (host,) = json.loads(output)["hosts"]
-    assert host["result"] == "restored" and host["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
-    assert boot_sha(fleet, "se7-1") == factory
+    assert host["result"] == "restored", host
+    return host
 
 
 def test_after_a_kill_at_the_swap_a_new_target_labels_backups_from_the_image(sim_fleet, kit):
@@ -614,13 +628,7 @@ def test_an_image_copied_into_boot_by_hand_is_labelled_from_its_bytes(sim_fleet,
     (backup,) = backups_json(fleet)["backups"]
     assert backup["sha256"] == hand and backup["layout"] == [7615, 3071, 3071]  # never the running heaps
     assert backup["records_disagree"] is False
-    code, output = invoke(
-        "memory", "rollback", "se7-1", "--to", backup["name"], "--json", "-i", str(fleet.inventory_path),
-        "--yes", *FAST,
-    )  # fmt: skip
-    assert code == 0, output
-    (host,) = json.loads(output)["hosts"]
-    assert host["result"] == "restored" and host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert rolled_back_to(fleet, backup["name"])["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
     assert boot_sha(fleet, "se7-1") == hand
 
 
@@ -659,19 +667,3 @@ def test_a_hostile_image_in_boot_is_unlabelled_with_the_reason(sim_fleet):
     assert doc["boot"]["layout"] is None and "past the end of the file" in doc["boot"]["layout_error"]
     code, output = invoke("memory", "backups", "se7-1", "-i", str(fleet.inventory_path))
     assert code == 0 and "layout unknown" in output and "past the end of the file" in output, output
-
-
-def test_an_image_memory_edit_wrote_wrong_is_refused_before_the_swap(sim_fleet, kit):
-    """memory_edit checks 7615/3071/3071 but writes half (itb-wrong-layout): the run decodes the image it
-    wrote from its device tree and refuses it before the backup and the swap: /boot untouched, no reboot."""
-    fleet = sim_fleet(["se7-factory"])
-    fleet.fault("se7-1", "itb-wrong-layout")
-    factory, boots = boot_sha(fleet, "se7-1"), fleet.hardware("se7-1").boot_count
-    code, doc = apply_json(fleet, kit)
-    assert code == 1, doc
-    (host,) = doc["hosts"]
-    assert host["result"] == "failed" and host["stage"] == "edit" and host["image"] == "old", host
-    wrong = "boots with 3807/1535/1535 (read from its device tree), not the requested 7615/3071/3071"
-    assert wrong in host["error"] and "/boot is unchanged" in host["error"], host
-    assert boot_sha(fleet, "se7-1") == factory and fleet.hardware("se7-1").boot_count == boots
-    assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
