@@ -43,7 +43,7 @@ STANDIN_SEED = 0
 STANDIN_SEQLEN = 128
 
 
-def _locked(cache: Path, final: Path, build: Callable[[Path], None]) -> Path:
+def made_once(cache: Path, final: Path, build: Callable[[Path], None]) -> Path:
     """`final` made once: by `build(tmp)` into a temp dir beside it, renamed into place under a lock."""
     if (final / ".complete").exists():
         return final
@@ -95,7 +95,7 @@ def ensure_runtime(sim_cache: Path) -> Path:
                 os.chmod(tmp / "lib" / name, 0o755)
         shutil.rmtree(wheel_dir)
 
-    return _locked(sim_cache, sim_cache / f"vendor-runtime-{TPU_MLIR_VERSION}", build) / "lib"
+    return made_once(sim_cache, sim_cache / f"vendor-runtime-{TPU_MLIR_VERSION}", build) / "lib"
 
 
 def standin_key(seed: int = STANDIN_SEED, seqlen: int = STANDIN_SEQLEN) -> str:
@@ -137,7 +137,7 @@ def ensure_compiled_standins(
         for path in tmp.iterdir():
             os.chmod(path, 0o644)
 
-    return _locked(sim_cache, sim_cache / "compiled-standins" / standin_key(), build)
+    return made_once(sim_cache, sim_cache / "compiled-standins" / standin_key(), build)
 
 
 def install_cmodel_sail(opt_sophon: Path, libsophon: str, runtime: Path) -> None:

@@ -15,7 +15,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from sim.vendor import _locked
+from sim.vendor import made_once
 
 DEB_URL = "http://archive.ubuntu.com/ubuntu/pool/main/s/systemd/systemd_245.4-4ubuntu3_amd64.deb"
 DEB_SHA256 = "f081921d83e6378aee0576a1e3f1339a35c9302c46fc501b087cd762145597d8"
@@ -41,7 +41,7 @@ def ensure_systemd_245(sim_cache: Path) -> Path:
         deb.unlink()
         shutil.rmtree(tmp / "root")
 
-    return _locked(sim_cache, sim_cache / "systemd-245.4-4ubuntu3", build)
+    return made_once(sim_cache, sim_cache / "systemd-245.4-4ubuntu3", build)
 
 
 def verify_command(tools: Path, unit: str) -> str:
