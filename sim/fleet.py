@@ -427,7 +427,7 @@ class Fleet:
             mbit = _int_arg(fault, arg)
             net.set_rate(fleet_net, record.netns, mbit or None)
             return f"mirror: link limited to {mbit} Mbit/s" if mbit else "mirror: link unlimited"
-        net.set_link(fleet_net, record.netns, up=fault != "link-down")
+        net.set_link(fleet_net, record.netns, record.address, up=fault != "link-down")
         if fault == "heal":
             net.set_rate(fleet_net, record.netns, None)
         return {"link-down": "mirror: link down", "link-up": "mirror: link up"}.get(fault, "mirror: healed")
@@ -444,7 +444,7 @@ class Fleet:
         if fault == "heal":
             return self._heal(hw, paths, record, fleet_net, get_profile(record.profile))
         if fault in ("link-down", "link-up"):
-            net.set_link(fleet_net, record.netns, up=fault == "link-up")
+            net.set_link(fleet_net, record.netns, record.address, up=fault == "link-up")
             _toggle(hw, "link-down", fault == "link-down")
             return f"{record.name}: link {'down' if fault == 'link-down' else 'up'}"
         if fault == "rate":
@@ -485,7 +485,7 @@ class Fleet:
         profile: Profile,
     ) -> str:
         """Clear every fault; a box whose image cannot boot gets a factory image back, as after a reflash."""
-        net.set_link(fleet_net, record.netns, up=True)
+        net.set_link(fleet_net, record.netns, record.address, up=True)
         net.set_rate(fleet_net, record.netns, None)
         (paths.data / ".sim-disk-full").unlink(missing_ok=True)
         if hw.chip != profile.chip:  # the original board is back (see wrong-chip)
