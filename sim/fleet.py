@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from provision.errors import ConfigError, SimError
+from provision.memory.layout import Layout, layout_json
 from provision.settings import load_settings
 from sim import box as boxmod
 from sim import hw as hwmod
@@ -664,8 +665,7 @@ def run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def describe(view: BoxView) -> dict[str, object]:
-    """A box for `sim status --json`: heaps named as everywhere else ({npu, vpu, vpp, total} MiB)."""
+    """A box for `sim status --json`: heaps named as everywhere else ({npu, vpu, vpp, total, usable} MiB)."""
     doc = asdict(view)
-    npu, vpu, vpp = view.heaps
-    doc["heaps"] = {"npu": npu, "vpu": vpu, "vpp": vpp, "total": npu + vpu + vpp}
+    doc["heaps"] = layout_json(Layout(*view.heaps))
     return doc

@@ -151,10 +151,18 @@ class AssetTree:
                 for member, (msize, msha) in self.token_members.items():
                     lines += [f"      {member}: {{size: {msize}, sha256: {msha}}}"]
         lines += ["variants:"]
-        for variant, heap in (("int4", 4608), ("int8", 7168)):
+        for variant, heap in vendor_thresholds().items():
             lines += [f"  {variant}:", f"    min_heap_mib: {heap}"]
             lines += [f"    files: [bmodel-{variant}, token-config, sail-wheel]"]
         return "\n".join(lines) + "\n"
+
+
+def vendor_thresholds() -> dict[str, int]:
+    """The stand-ins' variants and thresholds: the vendor model's own (models/glm4-9b.yaml), so a simulated
+    box is ready, or needs a layout, exactly when a real one would be."""
+    from provision.manifest import load_manifest
+
+    return {v.name: v.min_heap_mib for v in load_manifest("glm4-9b").variants.values()}
 
 
 def build_asset_tree(

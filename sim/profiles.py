@@ -31,10 +31,15 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        # heaps of a factory AIBOX-1684X (its `memory_edit.sh -p`): 3950 + 2048 + 3072 = 9070 MiB
+        # Heaps of a factory AIBOX-1684X (its `memory_edit.sh -p`). Readiness counts npu + vpp (what the
+        # runtime allocates from) against models/glm4-9b.yaml's int4 5860 / int8 10045 MiB:
+        # factory 3950 + 3072 = 7022: int4 (the README's npu + vpu + vpp = 9070 would say int8);
         Profile("se7-factory", Layout(3950, 2048, 3072)),
+        # the vendor's recommended layout clipped to memory_edit v2.10+'s max: 10686, int8;
         Profile("se7-ready-int8", Layout(7615, 3071, 3071)),
-        Profile("se7-int4-only", Layout(2560, 1024, 1536)),
+        # a box someone trimmed: 6144, int4 only (its npu + vpu + vpp meets the README's int8 7168 exactly);
+        Profile("se7-int4-only", Layout(3072, 1024, 3072)),
+        # 2560: nothing fits before a new layout.
         Profile("se7-small", Layout(1024, 1024, 1536)),
         # Radxa Airbox: memory_edit ships preinstalled ("系统出厂自带") in /opt/sophon/memory_edit
         Profile("airbox", Layout(3950, 2048, 3072), dts="bm1684x_sm7m_v1.0.dtb", preinstalled_kit=True),

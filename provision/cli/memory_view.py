@@ -18,7 +18,7 @@ from provision.fleet import FleetResult, SkippedError
 from provision.inventory.hosts import Host
 from provision.memory.apply import ApplyFailed, BoxResult, Stage
 from provision.memory.bootimage import BootState
-from provision.memory.layout import Layout
+from provision.memory.layout import Layout, layout_json
 from provision.memory.plan import Action, Request
 from provision.memory.rollout import PlannedBox
 
@@ -42,18 +42,18 @@ def plan_json(request: Request, planned: list[PlannedBox]) -> dict[str, Any]:
     return {
         "schema": "sophon-fleet/memory-plan/v1",
         "request": {
-            "layout": _layout(request.layout),
+            "layout": layout_json(request.layout),
             "explicit": request.explicit,
             "variant": request.variant,
-            "min_total": request.min_total,
+            "min_usable": request.min_usable,
         },
         "hosts": [
             {
                 "host": p.host.name,
                 "action": p.plan.action.value if p.plan else "error",
-                "current": _layout(p.plan.current) if p.plan else None,
-                "target": _layout(p.plan.target) if p.plan else None,
-                "max": _layout(p.plan.max) if p.plan else None,
+                "current": layout_json(p.plan.current) if p.plan else None,
+                "target": layout_json(p.plan.target) if p.plan else None,
+                "max": layout_json(p.plan.max) if p.plan else None,
                 "reason": p.plan.reason if p.plan else (p.error.message if p.error else ""),
             }
             for p in planned
@@ -151,8 +151,8 @@ def results_json(
             v = o.value
             entry.update(
                 result=v.status.value,
-                before=_layout(v.before),
-                after=_layout(v.after),
+                before=layout_json(v.before),
+                after=layout_json(v.after),
                 backup=v.backup.to_json() if v.backup else None,
                 note=v.note,
             )
@@ -219,10 +219,6 @@ def _text(layout: dict[str, int] | None) -> str:
     return "/".join(str(layout[k]) for k in ("npu", "vpu", "vpp")) if layout else "-"
 
 
-def _layout(layout: Layout | None) -> dict[str, int] | None:
-    return {"npu": layout.npu, "vpu": layout.vpu, "vpp": layout.vpp} if layout else None
-
-
 def backups_json(host: str, state: BootState) -> dict[str, Any]:
     """`layout`: decoded from each image's bytes (null with `layout_error` when it cannot be read);
     `recorded_layout`: what the records say (a verified boot, the backup's .json), a cross-check only."""
@@ -253,10 +249,10 @@ def backups_json(host: str, state: BootState) -> dict[str, Any]:
         "host": host,
         "boot": {
             "sha256": state.boot_sha,
-            "layout": _layout(state.label(state.boot_sha)),
+            "layout": layout_json(state.label(state.boot_sha)),
             **image(state.boot_sha),
             "booted_sha256": state.booted_sha,
-            "booted_layout": _layout(state.booted_heaps),
+            "booted_layout": layout_json(state.booted_heaps),
             "pending": state.pending,
         },
         "backups": backups,

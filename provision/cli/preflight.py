@@ -110,7 +110,7 @@ def render(out: Output, report: PreflightReport) -> None:
             (
                 v.host.name,
                 styled(v.status.value, STYLE[v.status.value]),
-                f"{now} = {now.total}" if now else "-",
+                f"{now} (npu+vpp {now.usable})" if now else "-",
                 layout,
                 reasons + (f" (hint: {v.hint})" if v.hint else ""),
             )

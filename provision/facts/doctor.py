@@ -14,7 +14,9 @@ SCHEMA = "sophon-fleet/doctor/v1"
 
 
 def _layout(layout: Layout | None) -> str:
-    return f"{layout} MiB (npu/vpu/vpp), total {layout.total} MiB" if layout else "unknown"
+    if layout is None:
+        return "unknown"
+    return f"{layout} MiB (npu/vpu/vpp), npu+vpp {layout.usable} MiB, total {layout.total} MiB"
 
 
 def support_block(host: Host, facts: Facts, verdict: Verdict) -> str:

@@ -9,7 +9,9 @@ trip each, in parallel) and judges it. Verdicts, worst first:
                          or a max too small for any variant
     needs-memory-layout  the ion heaps are below the variant's threshold; a layout is suggested from the
                          box's own max (memory_edit -p), or from a labelled assumption when it has no kit
-    ready-int8/int4      the heaps meet the variant's threshold (sample README: int8 7168, int4 4608 MiB)
+    ready-int8/int4      the npu + vpp heaps (what the runtime allocates from) meet the variant's threshold
+                         (models/glm4-9b.yaml: int8 10045, int4 5860 MiB, GLM-4-9B's footprint as libbmrt
+                         counts it; the sample README's 7168/4608 of npu + vpu + vpp are too low)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from provision.facts.parse import Facts, gather, version_tuple
 from provision.fleet import DEFAULT_FORKS, run_fleet
 from provision.inventory.hosts import Host
 from provision.manifest import Manifest
-from provision.memory.layout import ASSUMED_MAX_16GB_BM1684X, Layout, plan_layout
+from provision.memory.layout import ASSUMED_MAX_16GB_BM1684X, Layout, layout_json, plan_layout
 from provision.ssh.sudo import SudoRefusal
 from provision.ssh.sudo import describe as sudo_describe
 from provision.ssh.transport import Connector
@@ -294,21 +296,21 @@ def _memory(
     """(variant, why the heaps are not enough ([] when ready), the layout to suggest (None if none fits))."""
     candidates = manifest.by_preference if variant == "auto" else (manifest.variant(variant),)
     for candidate in candidates:
-        if now.total >= candidate.min_heap_mib:
+        if now.usable >= candidate.min_heap_mib:
             return candidate.name, [], None
     for candidate in candidates:
         planned = plan_layout(manifest.recommended_layout, maximum, candidate.min_heap_mib)
         if planned is not None:
             reason = Reason(
                 "heaps-too-small",
-                f"ion heaps {now} = {now.total} MiB, below the "
+                f"ion heaps {now}: npu+vpp {now.usable} MiB, below the "
                 f"{candidate.min_heap_mib} MiB {candidate.name} needs",
             )
             return candidate.name, [reason], Suggestion(planned, candidate.name, maximum, max_source)
     smallest = candidates[-1]
     reason = Reason(
         "max-too-small",
-        f"even the max heaps {maximum} = {maximum.total} MiB ({max_source}) are below the "
+        f"even the max heaps {maximum} ({max_source}) give npu+vpp {maximum.usable} MiB, below the "
         f"{smallest.min_heap_mib} MiB {smallest.name} needs",
     )
     return smallest.name, [reason], None
@@ -361,25 +363,19 @@ def _bmodel_warnings(
     size_mib = -(-size // MIB)
     need = size_mib + manifest.kv_cache_mib
     heaps = suggestion.layout if suggestion else now
-    if heaps.total >= need:
+    if heaps.usable >= need:
         return []
     return [
         Reason(
             "heaps-below-bmodel",
             f"the {variant} bmodel is {size_mib} MiB; with {manifest.kv_cache_mib} MiB of KV cache it "
-            f"needs {need} MiB, more than the {heaps.total} MiB of heaps (the README's "
-            f"{manifest.variant(variant).min_heap_mib} MiB threshold looks low for a 9B model)",
+            f"needs {need} MiB, more than the {heaps.usable} MiB of npu+vpp heaps (the manifest's "
+            f"{manifest.variant(variant).min_heap_mib} MiB threshold is below what this file needs)",
         )
     ]
 
 
 # ---------------------------------------------------------------------------------------------- JSON
-
-
-def layout_json(layout: Layout | None) -> dict[str, int] | None:
-    if layout is None:
-        return None
-    return {"npu": layout.npu, "vpu": layout.vpu, "vpp": layout.vpp, "total": layout.total}
 
 
 def facts_json(facts: Facts) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from provision.boxpaths import RUNTIME_DIR
 from provision.errors import FactError
 from provision.facts.parse import Facts, gather
-from provision.memory.layout import HEAPS, MIB, Layout
+from provision.memory.layout import HEAPS, MIB, Layout, layout_json
 from provision.ssh.transport import Transport
 
 SERVICE = "sophon-chat.service"
@@ -48,19 +48,13 @@ class BoxStatus:
             "host": self.host,
             "reachable": True,
             "uptime_s": self.uptime_s,
-            "heaps": _layout_json(self.heaps),
-            "heaps_in_use": _layout_json(self.in_use),
+            "heaps": layout_json(self.heaps),
+            "heaps_in_use": layout_json(self.in_use),
             "runtime": self.runtime,
             "variant": self.variant,
             "service": self.service,
             "problems": list(self.problems),
         }
-
-
-def _layout_json(layout: Layout | None) -> dict[str, int] | None:
-    if layout is None:
-        return None
-    return {"npu": layout.npu, "vpu": layout.vpu, "vpp": layout.vpp, "total": layout.total}
 
 
 def box_status(transport: Transport) -> BoxStatus:

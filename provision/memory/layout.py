@@ -1,4 +1,11 @@
-"""TPU memory layouts: npu + vpu + vpp ion heaps, in MiB."""
+"""TPU memory layouts: npu + vpu + vpp ion heaps, in MiB.
+
+A model's threshold is compared with `Layout.usable`, the npu and vpp heaps: on a SoC box libsophon's bmlib
+registers only the carveout heaps named "npu" and "vpp" and tries them in that order for every device
+allocation (bmlib/src/bmlib_memory.cpp: bm_get_carveout_heap_id, bm_alloc_gmem); vpu belongs to the video
+codec. The sample READMEs' "npu/vpu/vpp三者之和" (`Layout.total`) counts vpu too, which the runtime never
+uses.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +23,13 @@ class Layout:
 
     @property
     def total(self) -> int:
-        """The TPU memory the sample READMEs compare with their thresholds: npu + vpu + vpp."""
+        """All three heaps, as the sample READMEs add them up: npu + vpu + vpp."""
         return self.npu + self.vpu + self.vpp
+
+    @property
+    def usable(self) -> int:
+        """What the TPU runtime can allocate a model from: npu + vpp (see the module docstring)."""
+        return self.npu + self.vpp
 
     def __str__(self) -> str:
         return f"{self.npu}/{self.vpu}/{self.vpp}"
@@ -27,6 +39,19 @@ class Layout:
 # (`memory_edit.sh -p` prints npu 7615, vpu 3071 after the 1 MiB reserve, vpp 4096). Used only as a labelled
 # assumption when a box has no memory_edit kit to print its own max.
 ASSUMED_MAX_16GB_BM1684X = Layout(7615, 3071, 4096)
+
+
+def layout_json(layout: Layout | None) -> dict[str, int] | None:
+    """A layout as every JSON output names it: {npu, vpu, vpp, total, usable} MiB."""
+    if layout is None:
+        return None
+    return {
+        "npu": layout.npu,
+        "vpu": layout.vpu,
+        "vpp": layout.vpp,
+        "total": layout.total,
+        "usable": layout.usable,
+    }
 
 
 def layout_from_mib(sizes: dict[str, int]) -> Layout:
@@ -39,9 +64,9 @@ def clip(layout: Layout, maximum: Layout) -> Layout:
     return Layout(min(layout.npu, maximum.npu), min(layout.vpu, maximum.vpu), min(layout.vpp, maximum.vpp))
 
 
-def plan_layout(recommended: Layout, maximum: Layout, min_total: int) -> Layout | None:
-    """The layout to suggest: the recommended one clipped to the box's max; None when even that stays
-    below `min_total` (the variant's threshold), i.e. this box cannot hold the variant at all.
+def plan_layout(recommended: Layout, maximum: Layout, min_usable: int) -> Layout | None:
+    """The layout to suggest: the recommended one clipped to the box's max; None when even that keeps
+    less than `min_usable` (the variant's threshold) of npu + vpp, i.e. this box cannot hold the variant.
 
     When the recommendation gives vpu and vpp the same size (the README's 3072/3072), they stay equal:
     7615/3072/3072 becomes 7615/3071/3071 under memory_edit v2.10+'s vpu max of 3071, which is what
@@ -51,8 +76,8 @@ def plan_layout(recommended: Layout, maximum: Layout, min_total: int) -> Layout 
     if recommended.vpu == recommended.vpp:
         same = min(target.vpu, target.vpp)
         target = Layout(target.npu, same, same)
-    if target.total < min_total:
-        return maximum if maximum.total >= min_total else None
+    if target.usable < min_usable:
+        return maximum if maximum.usable >= min_usable else None
     return target
 
 

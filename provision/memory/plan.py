@@ -12,8 +12,9 @@ Pure functions from facts to a plan; nothing here connects. A plan per box is on
 Default target (no explicit sizes): the manifest's recommended layout clipped to the box's own maxima
 (7615/3072/3072 becomes 7615/3071/3071 with memory_edit v2.10+ on a 16 GB BM1684X: heaps the manifest sets
 equal are kept equal, like sophon-demo's newer samples), never below the variant's threshold. Explicit
-sizes are taken as they are, and refused when over a maximum. A box without a kit (maxima unknown) that
-already has the target a 16 GB BM1684X would get is left alone.
+sizes are taken as they are, and refused when over a maximum or when their npu + vpp (what the runtime
+allocates from, see `memory.layout`) is below the variant's threshold. A box without a kit (maxima unknown)
+that already has the target a 16 GB BM1684X would get is left alone.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class Request:
 
     layout: Layout
     explicit: bool
-    min_total: int | None = None  # the variant's min_heap_mib
+    min_usable: int | None = None  # the variant's min_heap_mib, of npu + vpp
     variant: str | None = None
 
     def describe(self) -> str:
         if self.explicit:
             return f"explicit {self.layout}"
-        return f"recommended {self.layout} for {self.variant} (>= {self.min_total} MiB)"
+        return f"recommended {self.layout} for {self.variant} (npu+vpp >= {self.min_usable} MiB)"
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,12 @@ def request_for(manifest: Manifest, *, variant: str | None = None, layout: Layou
     """The request from `--variant` (default: the largest threshold) or explicit `--npu/--vpu/--vpp`."""
     if layout is not None:
         threshold = manifest.variant(variant).min_heap_mib if variant else None
-        return Request(layout, explicit=True, min_total=threshold, variant=variant)
+        return Request(layout, explicit=True, min_usable=threshold, variant=variant)
     name = variant or manifest.by_preference[0].name
     return Request(
         manifest.recommended_layout,
         explicit=False,
-        min_total=manifest.variant(name).min_heap_mib,
+        min_usable=manifest.variant(name).min_heap_mib,
         variant=name,
     )
 
@@ -167,12 +168,12 @@ def plan_box(box: BoxMemory, request: Request) -> BoxPlan:
         target = request.layout
     else:
         target = _target(request, box.max)
-    if request.min_total is not None and target.total < request.min_total:
+    if request.min_usable is not None and target.usable < request.min_usable:
         return plan(
             Action.REFUSED,
             target,
-            f"{target} totals {target.total} MiB, below the {request.variant} threshold "
-            f"of {request.min_total} MiB",
+            f"{target} has {target.usable} MiB of npu+vpp, below the {request.min_usable} MiB "
+            f"{request.variant} needs",
         )
     if box.now == target:
         return plan(Action.NOTHING, target, "already at target")

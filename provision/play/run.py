@@ -202,8 +202,8 @@ class Play:
         state.verdict, state.variant = verdict, verdict.variant
         reasons = "; ".join(r.message for r in verdict.reasons)
         if verdict.status.ready:
-            total = facts.heaps_now.total if facts.heaps_now else "?"
-            return StepDone("ok", f"ready for {verdict.variant} ({facts.heaps_now} = {total} MiB)")
+            usable = facts.heaps_now.usable if facts.heaps_now else "?"
+            return StepDone("ok", f"ready for {verdict.variant} ({facts.heaps_now}: npu+vpp {usable} MiB)")
         if verdict.status is Status.NEEDS_LAYOUT and verdict.suggestion is not None:
             return StepDone(
                 "ok", f"needs the memory layout {verdict.suggestion.layout} for {verdict.variant}: {reasons}"
@@ -220,11 +220,12 @@ class Play:
         request = memory_plan.request_for(self.manifest, variant=variant, layout=layout)
         facts = state.facts or self._refresh(state)
         now = facts.heaps_now
-        if layout is None and now is not None and request.min_total and now.total >= request.min_total:
+        if layout is None and now is not None and request.min_usable and now.usable >= request.min_usable:
             # `when: needed`: only boxes below the variant's threshold get a layout (and a reboot)
             return StepDone(
                 "ok",
-                f"{now} = {now.total} MiB already fits {request.variant} (>= {request.min_total} MiB)",
+                f"{now}: npu+vpp {now.usable} MiB already fits {request.variant} "
+                f"(>= {request.min_usable} MiB)",
             )
         box, plan = plan_one(state.host.name, facts, request)
         if plan.action is memory_plan.Action.NOTHING:

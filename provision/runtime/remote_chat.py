@@ -204,7 +204,7 @@ def choose_variant(facts: Facts, manifest: Manifest, variant: str, host: str) ->
     """The variant to chat with on this box, or NotReadyError saying what is missing and the fix.
 
     Checks, in order: the runtime is deployed, the variant's files are verified on the box, and the heaps
-    (npu+vpu+vpp now) reach the variant's threshold. `auto` picks the best verified variant (int8, then
+    (npu+vpp now) reach the variant's threshold. `auto` picks the best verified variant (int8, then
     int4).
     """
     if not facts.runtime:
@@ -226,9 +226,9 @@ def choose_variant(facts: Facts, manifest: Manifest, variant: str, host: str) ->
             hint=f"run `sophon-fleet assets push -i INVENTORY --limit {host} --variant {variant}`",
         )
     need = manifest.variant(variant).min_heap_mib
-    if facts.heaps_now is not None and facts.heaps_now.total < need:
+    if facts.heaps_now is not None and facts.heaps_now.usable < need:
         raise NotReadyError(
-            f"{host}: npu+vpu+vpp is {facts.heaps_now.total} MiB, {variant} needs {need} MiB",
+            f"{host}: npu+vpp is {facts.heaps_now.usable} MiB, {variant} needs {need} MiB",
             hint=f"run `sophon-fleet memory apply -i INVENTORY --limit {host} --variant {variant}`",
         )
     return variant

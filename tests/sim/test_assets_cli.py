@@ -22,7 +22,7 @@ def fleet(tmp_path_factory):
     from sim.fleet import Fleet
 
     fleet = Fleet.up(
-        tmp_path_factory.mktemp("fleet"), ["se7-factory", "se7-int4-only", "se7-small"], mirror=True
+        tmp_path_factory.mktemp("fleet"), ["se7-ready-int8", "se7-int4-only", "se7-small"], mirror=True
     )
     yield fleet
     assert fleet.down() == []

@@ -45,7 +45,7 @@ def test_status_exec_and_reboot(sim_fleet, tmp_path):
     hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
     assert code == 4
     assert hosts["se7-1"]["reachable"] and hosts["se7-1"]["heaps"]["total"] == 9070
-    assert hosts["se7-1"]["heaps_in_use"] == {"npu": 0, "vpu": 0, "vpp": 0, "total": 0}
+    assert hosts["se7-1"]["heaps_in_use"] == {"npu": 0, "vpu": 0, "vpp": 0, "total": 0, "usable": 0}
     assert hosts["se7-1"]["uptime_s"] > 0 and hosts["se7-1"]["runtime"] is None
     assert hosts["se7-2"]["reachable"] is False and "connection refused" in hosts["se7-2"]["error"]
     code, out, _ = invoke("status", "-i", inv, *fast)

@@ -54,7 +54,7 @@ def test_the_sim_inventory_alone_is_enough(sim_up, tmp_path):
     code, out, err = invoke("assets", "push", "-i", inv, "--variant", "int4")
     assert code == 0, err
     code, out, _ = invoke("preflight", "-i", inv, "--json")
-    assert code == 0 and json.loads(out)["hosts"][0]["status"] == "ready-int8"
+    assert code == 0 and json.loads(out)["hosts"][0]["status"] == "ready-int4"
 
     # `sim up --help`'s example is a command line that parses
     code, help_text, _ = invoke("sim", "up", "--help")

@@ -17,6 +17,7 @@ from provision.cli.main import cli
 from provision.manifest import load_manifest
 from provision.memory import bootfit
 from provision.memory.apply import Stage
+from provision.memory.layout import Layout, layout_json
 from sim import itb, kit_archive
 from sim.fleet import ssh_banner
 from tests.sim.conftest import connect, needs_root, run, sudo
@@ -26,6 +27,11 @@ pytestmark = [pytest.mark.sim, needs_root]
 
 FAST = ("--connect-timeout", "2", "--reboot-timeout", "15")
 STAGES = {s.value for s in Stage}
+
+
+def heaps(npu, vpu, vpp):
+    """A layout as the JSON outputs name it."""
+    return layout_json(Layout(npu, vpu, vpp))
 
 
 @pytest.fixture
@@ -56,8 +62,8 @@ def test_factory_box_is_applied_rebooted_and_verified(sim_fleet, kit):
     assert code == 0, doc
     (host,) = doc["hosts"]
     assert host["result"] == "applied"
-    assert host["before"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
-    assert host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert host["before"] == heaps(3950, 2048, 3072)
+    assert host["after"] == heaps(7615, 3071, 3071)
     after = fleet.hardware("se7-1")
     assert after.heaps == [7615, 3071, 3071]
     assert after.boot_id != before.boot_id and after.boot_count == before.boot_count + 1
@@ -89,7 +95,7 @@ def test_plan_shows_what_apply_would_do_and_changes_nothing(sim_fleet):
     hosts = {h["host"]: h for h in json.loads(output)["hosts"]}
     assert hosts["se7-1"]["action"] == "check"  # no kit on the box yet: max unknown
     assert hosts["se7-2"]["action"] == "nothing"
-    assert hosts["se7-2"]["target"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert hosts["se7-2"]["target"] == heaps(7615, 3071, 3071)
     code, output = invoke("memory", "plan", "-i", str(fleet.inventory_path), "--npu", "7616", "--vpu", "1")
     assert code == 2 and "give all three" in output
 
@@ -207,7 +213,7 @@ def test_no_auto_rollback_then_memory_rollback(sim_fleet, kit):
     )
     assert code == 0, output
     (host,) = json.loads(output)["hosts"]
-    assert host["result"] == "restored" and host["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert host["result"] == "restored" and host["after"] == heaps(3950, 2048, 3072)
     assert fleet.hardware("se7-1").heaps == [3950, 2048, 3072]
 
 
@@ -420,7 +426,7 @@ def test_a_deleted_vpu_heap_is_planned_applied_verified_and_rolled_back(sim_flee
     code, doc = apply_json(fleet, kit, "--npu", "7615", "--vpu", "0", "--vpp", "4095")
     assert code == 0, doc
     (host,) = doc["hosts"]
-    assert host["result"] == "applied" and host["after"] == {"npu": 7615, "vpu": 0, "vpp": 4095}
+    assert host["result"] == "applied" and host["after"] == heaps(7615, 0, 4095)
     assert fleet.hardware("se7-1").heaps == [7615, 0, 4095]
     client = connect(fleet, "se7-1")
     status, out = sudo(client, "ls /sys/kernel/debug/ion")
@@ -431,8 +437,8 @@ def test_a_deleted_vpu_heap_is_planned_applied_verified_and_rolled_back(sim_flee
     )
     assert code == 0, output
     (host,) = json.loads(output)["hosts"]
-    assert host["result"] == "restored" and host["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
-    assert host["before"] == {"npu": 7615, "vpu": 0, "vpp": 4095}
+    assert host["result"] == "restored" and host["after"] == heaps(3950, 2048, 3072)
+    assert host["before"] == heaps(7615, 0, 4095)
     client.close()  # the rollback rebooted the box
     client = connect(fleet, "se7-1")
     status, out = sudo(client, "ls /sys/kernel/debug/ion")
@@ -481,8 +487,8 @@ def test_after_a_kill_at_the_swap_the_next_run_reboots_into_the_image_in_place(s
     assert hw.heaps == [3950, 2048, 3072] and hw.boot_count == 1  # not rebooted: old heaps, new /boot
     doc = backups_json(fleet)
     assert doc["boot"]["pending"] is True
-    assert doc["boot"]["layout"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}  # from memory_edit's check
-    assert doc["boot"]["booted_layout"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert doc["boot"]["layout"] == heaps(7615, 3071, 3071)  # from memory_edit's check
+    assert doc["boot"]["booted_layout"] == heaps(3950, 2048, 3072)
     (first,) = doc["backups"]
     assert first["factory"] and first["booted"] and first["sha256"] == factory
     assert first["layout"] == [3950, 2048, 3072]
@@ -490,12 +496,12 @@ def test_after_a_kill_at_the_swap_the_next_run_reboots_into_the_image_in_place(s
     code, doc = apply_json(fleet, kit, "--break-lock")  # the killed run's pid is gone: the lock is broken
     assert code == 0, doc
     (host,) = doc["hosts"]
-    assert host["result"] == "applied" and host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
-    assert host["before"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert host["result"] == "applied" and host["after"] == heaps(7615, 3071, 3071)
+    assert host["before"] == heaps(3950, 2048, 3072)
     assert fleet.hardware("se7-1").boot_count == 2  # rebooted once, into the image already in place
     assert len(backups_json(fleet)["backups"]) == 1  # no backup of the pending image under a wrong label
 
-    assert rolled_back_to(fleet, "factory")["after"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert rolled_back_to(fleet, "factory")["after"] == heaps(3950, 2048, 3072)
     assert boot_sha(fleet, "se7-1") == factory
 
 
@@ -617,18 +623,18 @@ def test_an_image_copied_into_boot_by_hand_is_labelled_from_its_bytes(sim_fleet,
 
     doc = backups_json(fleet)
 
-    assert doc["boot"]["sha256"] == hand and doc["boot"]["layout"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert doc["boot"]["sha256"] == hand and doc["boot"]["layout"] == heaps(7615, 3071, 3071)
     assert doc["boot"]["pending"] is True and doc["boot"]["booted_sha256"] is None
-    assert doc["boot"]["booted_layout"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}
+    assert doc["boot"]["booted_layout"] == heaps(3950, 2048, 3072)
     code, doc = apply_json(fleet, kit, "--npu", "7000", "--vpu", "2048", "--vpp", "2048")
     assert code == 0, doc
     (host,) = doc["hosts"]
-    assert host["result"] == "applied" and host["after"] == {"npu": 7000, "vpu": 2048, "vpp": 2048}
-    assert host["before"] == {"npu": 3950, "vpu": 2048, "vpp": 3072}  # what the box ran
+    assert host["result"] == "applied" and host["after"] == heaps(7000, 2048, 2048)
+    assert host["before"] == heaps(3950, 2048, 3072)  # what the box ran
     (backup,) = backups_json(fleet)["backups"]
     assert backup["sha256"] == hand and backup["layout"] == [7615, 3071, 3071]  # never the running heaps
     assert backup["records_disagree"] is False
-    assert rolled_back_to(fleet, backup["name"])["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert rolled_back_to(fleet, backup["name"])["after"] == heaps(7615, 3071, 3071)
     assert boot_sha(fleet, "se7-1") == hand
 
 
@@ -642,7 +648,7 @@ def test_apply_plans_from_the_decoded_image_in_boot_and_only_reboots_into_it(sim
 
     assert code == 0, doc
     (host,) = doc["hosts"]
-    assert host["result"] == "applied" and host["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    assert host["result"] == "applied" and host["after"] == heaps(7615, 3071, 3071)
     assert fleet.hardware("se7-1").boot_count == 2 and boot_sha(fleet, "se7-1") == hand
     doc = backups_json(fleet)
     assert doc["backups"] == [] and doc["boot"]["pending"] is False

@@ -123,7 +123,7 @@ def test_schema_errors_stop_before_anything_connects(tmp_path):
 
 
 def test_the_int4_playbook_leaves_boxes_already_fit_for_int4_alone(sim_fleet, tmp_path, monkeypatch):
-    # factory boxes (9070 MiB >= 4608) once were rebooted into the recommended layout
+    # factory boxes (npu + vpp 7022 MiB >= 5860) once were rebooted into the recommended layout
     fleet = sim_fleet(["se7-factory", "se7-small"], mirror=True)
     use_fleet(fleet, tmp_path, monkeypatch)
     code, doc, err = play_json(fleet, "glm4-int4.yml", "--dry-run")

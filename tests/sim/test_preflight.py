@@ -58,7 +58,7 @@ def test_mixed_fleet_verdicts_reasons_schema_and_exit_codes(sim_fleet):
     assert doc["schema"] == "sophon-fleet/preflight/v1" and doc["result"] == "unreachable"
     hosts = by_host(doc)
     assert {name: h["status"] for name, h in hosts.items()} == {
-        "se7-1": "ready-int8",
+        "se7-1": "ready-int4",  # factory heaps: npu + vpp 7022 MiB (the README's sum, 9070, would say int8)
         "se7-2": "ready-int8",
         "se7-3": "needs-memory-layout",
         "se7-4": "blocked",
@@ -66,8 +66,8 @@ def test_mixed_fleet_verdicts_reasons_schema_and_exit_codes(sim_fleet):
         "se7-6": "unreachable",
     }
     assert doc["summary"] == {
-        "ready-int8": 2,
-        "ready-int4": 0,
+        "ready-int8": 1,
+        "ready-int4": 1,
         "needs-memory-layout": 1,
         "blocked": 2,
         "error": 0,
@@ -80,14 +80,15 @@ def test_mixed_fleet_verdicts_reasons_schema_and_exit_codes(sim_fleet):
         "vpu": 3071,
         "vpp": 3071,
         "total": 13757,
+        "usable": 10686,
         "variant": "int8",
-        "max": {"npu": 7615, "vpu": 3071, "vpp": 4096, "total": 14782},
+        "max": {"npu": 7615, "vpu": 3071, "vpp": 4096, "total": 14782, "usable": 11711},
         "max_source": "assumed",
     }
     assert "max-unknown" in codes(small, "warnings")
     assert small["hint"].startswith("sophon-fleet memory apply --limit se7-3 --variant int8 ")
     assert small["facts"]["heaps"] == {
-        "now": {"npu": 1024, "vpu": 1024, "vpp": 1536, "total": 3584},
+        "now": {"npu": 1024, "vpu": 1024, "vpp": 1536, "total": 3584, "usable": 2560},
         "max": None,
         "source": "debugfs",
         "memory_edit_version": None,
@@ -109,7 +110,7 @@ def test_mixed_fleet_verdicts_reasons_schema_and_exit_codes(sim_fleet):
         and ready["facts"]["chip"] == "bm1684x"
     )
     assert ready["facts"]["python"].startswith("3.")
-    assert ready["facts"]["heaps"]["now"]["total"] == 13757
+    assert ready["facts"]["heaps"]["now"]["usable"] == 10686
 
     # without the dark box: some not ready -> 3; only ready boxes -> 0
     assert preflight_json("-i", inv, "--limit", "!se7-6")[0] == 3
@@ -138,17 +139,17 @@ def test_doctor_support_block_and_json(sim_fleet):
         "chip:         bm1684x",
         "libsophon:    0.5.1",
         "SDK:          V24.04.01",
-        "heaps now:    3950/2048/3072 MiB (npu/vpu/vpp), total 9070 MiB [debugfs]",
+        "heaps now:    3950/2048/3072 MiB (npu/vpu/vpp), npu+vpp 7022 MiB, total 9070 MiB [debugfs]",
         "bm_version:",
         "  SophonSDK version: V24.04.01",
-        "verdict:      ready-int8 (int8)",
+        "verdict:      ready-int4 (int4)",
     ):
         assert line in text
     code, output = invoke("doctor", "se7-1", "-i", inv, "--json")
     doc = json.loads(output)
     assert code == 0 and doc["schema"] == "sophon-fleet/doctor/v1"
     assert doc["facts"]["bm_version"]["packages"]["sophon-soc-libsophon"] == "0.5.1"
-    assert doc["verdict"]["status"] == "ready-int8"
+    assert doc["verdict"]["status"] == "ready-int4"
     assert doc["host"]["become_password"].startswith("file:")
 
 
@@ -161,7 +162,7 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     hosts = by_host(doc)
     assert code == 4
     assert hosts["se7-1"]["status"] == "blocked" and codes(hosts["se7-1"]) == ["data-too-small"]
-    assert hosts["se7-2"]["status"] == "ready-int8" and "no-sail" in codes(hosts["se7-2"], "warnings")
+    assert hosts["se7-2"]["status"] == "ready-int4" and "no-sail" in codes(hosts["se7-2"], "warnings")
     # the box keeps a successful `import sophon.sail`; removing sail invalidates it, healing brings it back
     fleet.fault("se7-2", "heal")
     healed = by_host(preflight_json("-i", str(fleet.inventory_path), "--limit", "se7-2")[1])["se7-2"]["facts"]
@@ -205,7 +206,7 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
         cli, ["preflight", "--json", "--fresh", "-K", "-i", str(wrong), "--limit", "se7-2"], input="linaro\n"
     )
     assert result.exit_code == 0, result.output
-    assert '"status": "ready-int8"' in result.output
+    assert '"status": "ready-int4"' in result.output
 
     # password login instead of a key, the password from an env var
     data["defaults"].pop("key")
@@ -214,7 +215,7 @@ def test_faults_disk_full_no_sail_link_down_and_wrong_sudo(sim_fleet, monkeypatc
     wrong.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("SE7_SSH_PW", "linaro")
     code, doc = preflight_json("-i", str(wrong), "--limit", "se7-2")
-    assert code == 0 and doc["hosts"][0]["status"] == "ready-int8"
+    assert code == 0 and doc["hosts"][0]["status"] == "ready-int4"
 
 
 def test_host_keys_unknown_refused_accept_new_pins_changed_refused(sim_fleet):
@@ -234,7 +235,7 @@ def test_host_keys_unknown_refused_accept_new_pins_changed_refused(sim_fleet):
     assert not own.exists()
 
     code, doc = preflight_json("-i", str(bare), "--accept-new")
-    assert code == 3 and {h["status"] for h in doc["hosts"]} == {"ready-int8", "needs-memory-layout"}
+    assert code == 3 and {h["status"] for h in doc["hosts"]} == {"ready-int4", "needs-memory-layout"}
     pinned = own.read_text().splitlines()
     assert sorted(line.split()[0] for line in pinned) == sorted(b.address for b in fleet.boxes)
 
@@ -270,25 +271,20 @@ def test_inventory_command_masks_secrets(sim_fleet, tmp_path):
     assert code == 2 and f"{bad}:2: hosts.se7-1.port: must be a port number" in output
 
 
-def test_airbox_kit_gives_the_boxs_own_max(sim_fleet, tmp_path):
+def test_airbox_kit_gives_the_boxs_own_max(sim_fleet):
     fleet = sim_fleet(["airbox"])
     inv = str(fleet.inventory_path)
     code, text = invoke("doctor", "se7-1", "-i", inv)
     assert code == 0
-    assert "heaps max:    7615/3071/4096 MiB (npu/vpu/vpp), total 14782 MiB" in text
+    assert "heaps max:    7615/3071/4096 MiB (npu/vpu/vpp), npu+vpp 11711 MiB, total 14782 MiB" in text
     assert "memory_edit:  /opt/sophon/memory_edit/memory_edit.sh (v2.12)" in text
-    # a stricter manifest makes the factory heaps too small: the layout comes from the box's own max
-    from provision.manifest import MODELS_DIR
-
-    strict = tmp_path / "glm4-strict.yaml"
-    strict.write_text(
-        (MODELS_DIR / "glm4-9b.yaml").read_text().replace("min_heap_mib: 7168", "min_heap_mib: 12000")
-    )
-    code, doc = preflight_json("-i", inv, "--model", str(strict), "--variant", "int8")
+    # the factory heaps hold int4, not int8: the layout for int8 comes from the box's own max
+    code, doc = preflight_json("-i", inv, "--variant", "int8")
     entry = doc["hosts"][0]
     assert code == 3 and entry["status"] == "needs-memory-layout"
     assert entry["suggested_layout"]["max_source"] == "memory_edit"
-    assert entry["suggested_layout"]["max"] == {"npu": 7615, "vpu": 3071, "vpp": 4096, "total": 14782}
+    max_heaps = {"npu": 7615, "vpu": 3071, "vpp": 4096, "total": 14782, "usable": 11711}
+    assert entry["suggested_layout"]["max"] == max_heaps
     assert (
         entry["suggested_layout"]["npu"],
         entry["suggested_layout"]["vpu"],

@@ -60,7 +60,8 @@ def test_json_names_result_stage_image_and_recovery():
     a, b = doc["hosts"]
     assert (a["result"], a["stage"], a["image"]) == ("failed", "waiting", "new")
     assert a["backup"]["path"] == BACKUP.path and a["backup"]["layout"] == [3950, 2048, 3072]
-    assert b["result"] == "applied" and b["after"] == {"npu": 7615, "vpu": 3071, "vpp": 3071}
+    after = {"npu": 7615, "vpu": 3071, "vpp": 3071, "total": 13757, "usable": 10686}
+    assert b["result"] == "applied" and b["after"] == after
 
 
 def test_recovery_text_after_a_reboot_names_the_backup_and_the_manual_copy():

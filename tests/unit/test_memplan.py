@@ -52,8 +52,11 @@ def test_explicit_layout_is_not_clipped(manifest):
 def test_below_the_variant_threshold_is_refused(manifest):
     small_max = Layout(4015, 2944, 4096)  # 12 GB BM1684 figures, but take them as a small BM1684X
     plan = plan_box(box(maximum=Layout(1000, 1000, 1000)), request_for(manifest, variant="int4"))
-    assert plan.action is Action.REFUSED and "below the int4 threshold of 4608 MiB" in plan.reason
-    assert plan_box(box(maximum=small_max), request_for(manifest, variant="int8")).action is Action.APPLY
+    assert plan.action is Action.REFUSED
+    assert plan.reason == "1000/1000/1000 has 2000 MiB of npu+vpp, below the 5860 MiB int4 needs"
+    assert plan_box(box(maximum=small_max), request_for(manifest, variant="int4")).action is Action.APPLY
+    # its whole max, 4015 + 4096 MiB of npu + vpp, cannot hold int8's 10045
+    assert plan_box(box(maximum=small_max), request_for(manifest, variant="int8")).action is Action.REFUSED
 
 
 def test_explicit_layout_with_a_variant_keeps_its_threshold(manifest):
@@ -63,7 +66,7 @@ def test_explicit_layout_with_a_variant_keeps_its_threshold(manifest):
 
 def test_default_variant_is_the_one_with_the_largest_threshold(manifest):
     request = request_for(manifest)
-    assert (request.variant, request.min_total) == ("int8", 7168)
+    assert (request.variant, request.min_usable) == ("int8", 10045)
 
 
 def test_unknown_max_means_check_on_the_box(manifest):

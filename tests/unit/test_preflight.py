@@ -25,21 +25,40 @@ def facts(**changes):
     return dataclasses.replace(base_facts(), **changes)
 
 
+def ready_int8(**changes):
+    """The factory box's facts with the vendor's recommended layout (npu + vpp 10686 MiB)."""
+    return facts(heaps_now=Layout(7615, 3071, 3071), **changes)
+
+
 def codes(reasons):
     return [r.code for r in reasons]
 
 
-def test_factory_box_is_ready_for_int8_by_the_readme_threshold():
+def test_factory_box_is_ready_for_int4_not_the_int8_the_readme_promises():
+    """3950/2048/3072: npu + vpu + vpp = 9070 meets the sample README's int8 7168, but the runtime allocates
+    from npu + vpp only (7022 MiB), and GLM-4-9B int8 needs 10045 of it."""
     verdict = judge(HOST, facts(), MANIFEST)
-    assert verdict.status == Status.READY_INT8 and verdict.variant == "int8"
+    assert verdict.status == Status.READY_INT4 and verdict.variant == "int4"
     assert verdict.reasons == () and verdict.suggestion is None
     assert "max-unknown" not in codes(verdict.warnings)
+    int8 = judge(HOST, facts(), MANIFEST, variant="int8")
+    assert int8.status == Status.NEEDS_LAYOUT and int8.suggestion.layout == Layout(7615, 3071, 3071)
+    assert int8.reasons[0].message == (
+        "ion heaps 3950/2048/3072: npu+vpp 7022 MiB, below the 10045 MiB int8 needs"
+    )
+
+
+def test_the_threshold_is_met_by_npu_and_vpp_to_the_mib():
+    assert judge(HOST, facts(heaps_now=Layout(7000, 0, 3045)), MANIFEST).status == Status.READY_INT8
+    assert judge(HOST, facts(heaps_now=Layout(7000, 3071, 3044)), MANIFEST).status == Status.READY_INT4
+    assert judge(HOST, facts(heaps_now=Layout(2860, 0, 3000)), MANIFEST).status == Status.READY_INT4
+    assert judge(HOST, facts(heaps_now=Layout(2859, 3071, 3000)), MANIFEST).status == Status.NEEDS_LAYOUT
 
 
 def test_int4_only_box():
-    verdict = judge(HOST, facts(heaps_now=Layout(2560, 1024, 1536)), MANIFEST)
+    verdict = judge(HOST, facts(heaps_now=Layout(3072, 1024, 3072)), MANIFEST)
     assert verdict.status == Status.READY_INT4
-    explicit = judge(HOST, facts(heaps_now=Layout(2560, 1024, 1536)), MANIFEST, variant="int8")
+    explicit = judge(HOST, facts(heaps_now=Layout(3072, 1024, 3072)), MANIFEST, variant="int8")
     assert explicit.status == Status.NEEDS_LAYOUT and explicit.variant == "int8"
     assert explicit.suggestion.layout == Layout(7615, 3071, 3071)
 
@@ -50,7 +69,7 @@ def test_small_box_needs_a_layout_from_its_own_max():
     )
     assert verdict.status == Status.NEEDS_LAYOUT
     assert codes(verdict.reasons) == ["heaps-too-small"]
-    assert "3584 MiB, below the 7168 MiB int8 needs" in verdict.reasons[0].message
+    assert "npu+vpp 2560 MiB, below the 10045 MiB int8 needs" in verdict.reasons[0].message
     assert verdict.suggestion.layout == Layout(7615, 3071, 3071)
     assert verdict.suggestion.max_source == "memory_edit"
     assert "max-unknown" not in codes(verdict.warnings)
@@ -89,7 +108,7 @@ def test_old_sdk_blocks():
 def test_lts_line_with_new_libsophon_only_warns():
     old = base_facts()
     bm = dataclasses.replace(old.bm_version, sdk="v23.09 LTS-SP5")
-    verdict = judge(HOST, facts(bm_version=bm, libsophon="0.5.1"), MANIFEST)
+    verdict = judge(HOST, ready_int8(bm_version=bm, libsophon="0.5.1"), MANIFEST)
     assert verdict.status == Status.READY_INT8 and "sdk-line" in codes(verdict.warnings)
 
 
@@ -108,7 +127,7 @@ def test_python_blocks(python, code):
 def test_no_sail_only_warns():
     verdict = judge(
         HOST,
-        facts(python=PythonFacts("3.8.2", False, "ModuleNotFoundError: No module named 'sophon'")),
+        ready_int8(python=PythonFacts("3.8.2", False, "ModuleNotFoundError: No module named 'sophon'")),
         MANIFEST,
     )
     assert verdict.status == Status.READY_INT8 and "no-sail" in codes(verdict.warnings)
@@ -121,16 +140,19 @@ def test_full_data_blocks():
 
 
 def test_known_sizes_decide_data_and_warn_about_heaps():
-    sizes = {"bmodel-int8": 10 * GiB, "token-config": 5 * 1024**2, "sail-wheel": 30 * 1024**2}
-    verdict = judge(HOST, facts(disk_free_mib={"/data": 9000}), MANIFEST, file_sizes=sizes)
+    sizes = {"bmodel-int8": 11 * GiB, "token-config": 5 * 1024**2, "sail-wheel": 30 * 1024**2}
+    verdict = judge(HOST, ready_int8(disk_free_mib={"/data": 9000}), MANIFEST, file_sizes=sizes)
     assert verdict.status == Status.BLOCKED
-    assert verdict.reasons[0].message == "/data has 9000 MiB free; the int8 files need 10275 MiB"
+    assert verdict.reasons[0].message == "/data has 9000 MiB free; the int8 files need 11299 MiB"
     assert "heaps-below-bmodel" in codes(verdict.warnings)
-    assert "needs 10260 MiB, more than the 9070 MiB of heaps" in verdict.warnings[-1].message
+    assert "needs 11284 MiB, more than the 10686 MiB of npu+vpp heaps" in verdict.warnings[-1].message
+    sizes["bmodel-int8"] = 10 * GiB  # 10240 + 20 MiB of KV cache fit in 10686
+    roomy = judge(HOST, ready_int8(disk_free_mib={"/data": 12000}), MANIFEST, file_sizes=sizes)
+    assert roomy.status == Status.READY_INT8 and "heaps-below-bmodel" not in codes(roomy.warnings)
 
 
 def test_unknown_sizes_warn_from_the_estimate():
-    verdict = judge(HOST, facts(disk_free_mib={"/data": 2048}), MANIFEST)
+    verdict = judge(HOST, ready_int8(disk_free_mib={"/data": 2048}), MANIFEST)
     assert verdict.status == Status.READY_INT8 and "data-maybe-small" in codes(verdict.warnings)
 
 
@@ -150,7 +172,7 @@ def test_max_too_small_blocks():
 def test_failed_hosts_and_json_schema():
     down = failed_verdict(HOST, ConnectError("se7-1: connection refused", hint="is sshd running"))
     broken = failed_verdict(Host(name="b", address="b"), FactError("truncated"))
-    ready = judge(Host(name="c", address="c"), facts(), MANIFEST)
+    ready = judge(Host(name="c", address="c"), ready_int8(), MANIFEST)
     report = PreflightReport("glm4-9b", "auto", (down, broken, ready), 1.23456)
     doc = report_json(report)
     assert doc["schema"] == SCHEMA and doc["result"] == "unreachable"
@@ -174,7 +196,8 @@ def test_failed_hosts_and_json_schema():
         "suggested_layout",
         "facts",
     }
-    assert doc["hosts"][2]["facts"]["heaps"]["now"] == {"npu": 3950, "vpu": 2048, "vpp": 3072, "total": 9070}
+    now = {"npu": 7615, "vpu": 3071, "vpp": 3071, "total": 13757, "usable": 10686}
+    assert doc["hosts"][2]["facts"]["heaps"]["now"] == now
     json.dumps(doc)
 
 
@@ -183,7 +206,7 @@ def test_run_preflight_never_stops_on_a_bad_box():
     from tests.fakes import Reply, ScriptedTransport
 
     case = json.loads((Path(__file__).parent.parent / "facts/probe/se7_factory.json").read_text())
-    hosts = [Host(name=n, address=n) for n in ("good", "down", "garbage", "good-int4")]
+    hosts = [Host(name=n, address=n) for n in ("good", "down", "garbage", "wants-int8")]
 
     class FakeConnector:
         def transport(self, host):
@@ -192,13 +215,13 @@ def test_run_preflight_never_stops_on_a_bad_box():
             output = "no marker" if host.name == "garbage" else case["output"]
             return ScriptedTransport([Reply(r"^sh -c ", output)], host=host)
 
-    hosts[3] = dataclasses.replace(hosts[3], variant="int4")
+    hosts[3] = dataclasses.replace(hosts[3], variant="int8")  # the inventory's per-host variant
     report = run_preflight(hosts, FakeConnector(), MANIFEST, forks=2)
     assert [v.status for v in report.verdicts] == [
-        Status.READY_INT8,
+        Status.READY_INT4,
         Status.UNREACHABLE,
         Status.ERROR,
-        Status.READY_INT4,
+        Status.NEEDS_LAYOUT,
     ]
     assert report.worst == "unreachable"
     assert report.verdicts[2].reasons[0].code == "probe-failed"
