@@ -419,20 +419,6 @@ def build_declared_standin(
     return path
 
 
-HF_CONFIG_KEYS = {
-    "layers": "num_layers",
-    "hidden": "hidden_size",
-    "heads": "num_attention_heads",
-    "kv_heads": "multi_query_group_num",
-    "head_dim": "kv_channels",
-    "ffn": "ffn_hidden_size",
-    "padded_vocab": "padded_vocab_size",
-    "rope_ratio": "rope_ratio",
-    "eps": "layernorm_epsilon",
-    "seqlen": "seq_length",
-}
-
-
 def write_hf_checkpoint(
     out_dir: Path, *, seed: int = 0, bf16: bool = False, vocab_ranks: int = 600, **config_overrides: Any
 ) -> Path:
@@ -441,7 +427,7 @@ def write_hf_checkpoint(
     tokenizer_config.json): the input of `sophon-fleet model compile`. Same seed, same float weights as
     `build_standin`, so a compiled bmodel and the emulator's stand-in hold the same model. Returns out_dir.
     """
-    from provision.compile.checkpoint import hf_name
+    from provision.compile.checkpoint import CONFIG_KEYS, hf_name
     from provision.compile.safetensors import write_safetensors
 
     out_dir = Path(out_dir)
@@ -449,7 +435,8 @@ def write_hf_checkpoint(
     ranks = _seed_ranks(seed, vocab_ranks)
     config = model_config(len(ranks), **config_overrides)
     write_token_config(out_dir, ranks)
-    hf_config = {theirs: config[ours] for ours, theirs in HF_CONFIG_KEYS.items()}
+    keys = dict(CONFIG_KEYS, seqlen="seq_length")  # what the reader reads, and the export's SEQLEN
+    hf_config = {theirs: config[ours] for ours, theirs in keys.items()}
     hf_config.update(
         model_type="chatglm",
         architectures=["ChatGLMModel"],

@@ -18,7 +18,9 @@ from provision.manifest import load_manifest
 site = Path(provision.__file__).parent.parent
 assert site == Path(SITE), site
 assert load_manifest("glm4-9b").model == "glm4-9b" and load_manifest("chatglm3-6b")
-for rel in ("sim/kit/memory_edit.sh", "sim/kit/memory_edit.py", "sim/boxinit.sh", "chat/__main__.py"):
+carried = ("sim/kit/memory_edit.sh", "sim/kit/memory_edit.py", "sim/boxinit.sh", "chat/__main__.py")
+shared = "sim/sail_cmodel/sophon/_sail_common.py"  # a link in the tree, a file in the wheel
+for rel in (*carried, shared):
     assert (site / rel).is_file(), rel
 print("ok")
 """

@@ -13,100 +13,49 @@ TPU), so real compiled bmodels run here exactly as the vendor's runtime runs the
   device memory.
 Errors are `RuntimeError`s worded like SAIL's. Teardown follows what the runtime needs: every tensor is freed,
 then every runtime destroyed, then every device freed (at exit too), whatever order Python collects them in.
-Python 3.8, numpy + ctypes.
+What the emulator has too (the enums, the heap bound, the API's checks and their words) is `_sail_common.py`,
+a link to `sim/sail/sophon/_sail_common.py`. Python 3.8, numpy + ctypes.
 """
 
 import atexit
 import ctypes
-import enum
 import os
 import weakref
 
 import numpy as np
 
 from . import _bmrt
+from ._sail_common import (  # noqa: F401 (SAIL's names, re-exported)
+    BM_FLOAT16,
+    BM_FLOAT32,
+    BM_INT8,
+    BM_INT16,
+    BM_INT32,
+    BM_UINT8,
+    BM_UINT16,
+    BM_UINT32,
+    STORAGE,
+    Dtype,
+    EngineBase,
+    IOMode,
+    TensorBase,
+    accepted,
+    alloc_failed,
+    element_count,
+    heap_budget,
+    load_failed,
+)
 
 __version__ = "3.8.0+bmrt-cmodel"
 
 
-class Dtype(enum.IntEnum):
-    """bm_data_type_t values as SAIL exports them."""
-
-    BM_FLOAT32 = 0
-    BM_FLOAT16 = 1
-    BM_INT8 = 2
-    BM_UINT8 = 3
-    BM_INT16 = 4
-    BM_UINT16 = 5
-    BM_INT32 = 6
-    BM_UINT32 = 7
-    BM_BFLOAT16 = 8
-
-
-BM_FLOAT32, BM_FLOAT16, BM_INT8, BM_UINT8 = Dtype.BM_FLOAT32, Dtype.BM_FLOAT16, Dtype.BM_INT8, Dtype.BM_UINT8
-BM_INT16, BM_UINT16, BM_INT32, BM_UINT32 = Dtype.BM_INT16, Dtype.BM_UINT16, Dtype.BM_INT32, Dtype.BM_UINT32
-
-
-class IOMode(enum.IntEnum):
-    SYSI = 0
-    SYSO = 1
-    SYSIO = 2
-    DEVIO = 3
-
-
-_STORAGE = {
-    Dtype.BM_FLOAT32: np.float32,
-    Dtype.BM_FLOAT16: np.float16,
-    Dtype.BM_INT8: np.int8,
-    Dtype.BM_UINT8: np.uint8,
-    Dtype.BM_INT16: np.int16,
-    Dtype.BM_UINT16: np.uint16,
-    Dtype.BM_INT32: np.int32,
-    Dtype.BM_UINT32: np.uint32,
-    Dtype.BM_BFLOAT16: np.uint16,
-}
-_ACCEPTED = dict(_STORAGE)
-_ACCEPTED[Dtype.BM_FLOAT16] = np.uint16
+_STORAGE = dict(STORAGE)
+_STORAGE[Dtype.BM_BFLOAT16] = np.uint16  # the runtime takes bf16 tensors: their bits, as uint16
 
 _LIVE_TENSORS = weakref.WeakSet()  # type: weakref.WeakSet
 _LIVE_ENGINES = weakref.WeakSet()  # type: weakref.WeakSet
 _DEVICES = {}  # type: Dict[int, "_Device"]
 _CLOSED = [False]
-
-
-HEAP_ENV = "SOPHON_SAIL_NPU_HEAP_BYTES"
-HEAP_FILE = "/sys/firmware/sophon-sim/tpu_heap_bytes"  # a simulated box's npu + vpp heaps (sim/hw.py)
-
-
-def heap_budget():
-    """Bytes of device memory a process may hold: $SOPHON_SAIL_NPU_HEAP_BYTES, else the simulated box's npu +
-    vpp heaps, else None (no bound). On a box libbmlib allocates from the ion npu heap, then the vpp heap
-    (never vpu), and they bound what a process holds; the cmodel has one flat memory and
-    aborts the process when it is exhausted, so the bound is kept here, before the runtime is asked."""
-    value = os.environ.get(HEAP_ENV)
-    if not value:
-        try:
-            with open(HEAP_FILE) as handle:
-                value = handle.read().strip()
-        except OSError:
-            return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
-def alloc_failed(dev_id, size):
-    """libbmlib's words when the heap cannot hold `size` bytes (as a box prints them)."""
-    return "[bmlib_memory][error] bm_alloc_gmem failed, dev_id = %d, size = 0x%x" % (dev_id, size)
-
-
-def load_failed(path, dev_id, size):
-    """What a box prints when a bmodel's coefficients do not fit the heap, in SAIL's error."""
-    return (
-        "Engine: load bmodel %s failed: %s | [BMRT][Register] FATAL:coeff alloc failed, size[0x%x] | "
-        "[BMRT][load_bmodel] FATAL:Load bmodel[%s] failed" % (path, alloc_failed(dev_id, size), size, path)
-    )
 
 
 class _Device(object):
@@ -167,15 +116,10 @@ class Handle(object):
         return self._dev_id
 
 
-def _element_count(shape):
-    count = 1
-    for dim in shape:
-        count *= int(dim)
-    return count
+class Tensor(TensorBase):
+    """A SAIL tensor in device memory (plus a host staging buffer, `_host`, of the same size)."""
 
-
-class Tensor(object):
-    """A SAIL tensor in device memory (plus a host staging buffer of the same size)."""
+    _accepted = accepted(_STORAGE)
 
     def __init__(self, handle, shape_or_data, dtype=Dtype.BM_FLOAT32, own_sys_data=True, own_dev_data=True):
         if not isinstance(handle, Handle):
@@ -185,7 +129,7 @@ class Tensor(object):
         data = None
         if isinstance(shape_or_data, np.ndarray):
             data = shape_or_data
-            found = [d for d, t in _STORAGE.items() if np.dtype(t) == data.dtype and d != Dtype.BM_BFLOAT16]
+            found = [d for d, t in STORAGE.items() if np.dtype(t) == data.dtype]  # bf16 only by its Dtype
             if not found:
                 raise TypeError("Tensor: unsupported numpy dtype %s" % data.dtype)
             dtype, shape = found[0], [int(d) for d in data.shape]
@@ -195,7 +139,7 @@ class Tensor(object):
             raise RuntimeError("Tensor: invalid shape %s" % shape)
         self._shape = shape
         self._dtype = Dtype(dtype)
-        self._host = np.zeros(_element_count(shape), dtype=_STORAGE[self._dtype])
+        self._host = np.zeros(element_count(shape), dtype=_STORAGE[self._dtype])
         self._nbytes = self._host.nbytes
         if not self._device.fits(self._nbytes):
             raise RuntimeError("Tensor: %s" % alloc_failed(self._device.dev_id, self._nbytes))
@@ -240,44 +184,14 @@ class Tensor(object):
         if status != 0:
             raise RuntimeError("bm_memcpy_s2d_partial failed (status %d)" % status)
 
-    def shape(self):
-        return list(self._shape)
-
-    def dtype(self):
-        return self._dtype
-
-    def reshape(self, shape):
-        shape = [int(d) for d in shape]
-        if _element_count(shape) != self._host.size:
-            raise RuntimeError(
-                "Tensor.reshape: %s has %d elements, tensor has %d"
-                % (shape, _element_count(shape), self._host.size)
-            )
-        self._shape = shape
-
     def update_data(self, data):
         """Copy `data` into the start of the tensor's device memory; dtype must match (fp16 as uint16)."""
-        if not isinstance(data, np.ndarray):
-            raise TypeError("update_data: expected a numpy array, got %s" % type(data).__name__)
-        expected = np.dtype(_ACCEPTED[self._dtype])
-        if data.dtype != expected:
-            hint = " (pass float16 data as array.view(np.uint16))" if data.dtype == np.float16 else ""
-            raise RuntimeError(
-                "update_data: tensor is %s, data is %s, expected %s%s"
-                % (self._dtype.name, data.dtype, expected, hint)
-            )
-        if data.size > self._host.size:
-            raise RuntimeError(
-                "update_data: %d elements do not fit a tensor of %d" % (data.size, self._host.size)
-            )
-        self._upload(np.ascontiguousarray(data).reshape(-1))
+        self._upload(self._checked_update(data))
 
     def asnumpy(self, shape=None):
         """A copy of the device data in the tensor's shape (fp16 as numpy float16)."""
         self._check_live()
-        target = self._shape if shape is None else [int(d) for d in shape]
-        if _element_count(target) != self._host.size:
-            raise RuntimeError("asnumpy: shape %s does not match %d elements" % (target, self._host.size))
+        target = self._checked_shape(shape)
         status = self._device.rt.bmlib.bm_memcpy_d2s_partial(
             self._device.ptr, self._host.ctypes.data_as(ctypes.c_void_p), self._mem, self._nbytes
         )
@@ -287,15 +201,7 @@ class Tensor(object):
 
     def sync_d2d(self, src, offset_src, offset_dst, length):
         """Copy `length` elements from `src[offset_src:]` to `self[offset_dst:]` on the device."""
-        if src._dtype != self._dtype:
-            raise RuntimeError("sync_d2d: dtype %s -> %s" % (src._dtype.name, self._dtype.name))
-        if min(offset_src, offset_dst, length) < 0:
-            raise RuntimeError("sync_d2d: negative offset or length")
-        if offset_src + length > src._host.size or offset_dst + length > self._host.size:
-            raise RuntimeError(
-                "sync_d2d: out of bounds (src %d+%d of %d, dst %d+%d of %d)"
-                % (offset_src, length, src._host.size, offset_dst, length, self._host.size)
-            )
+        self._checked_d2d(src, offset_src, offset_dst, length)
         self._check_live()
         src._check_live()
         size = self._host.itemsize
@@ -317,20 +223,8 @@ class Tensor(object):
         self._host.fill(value)
         self._upload(self._host)
 
-    def zeros(self):
-        self.memory_set(0)
 
-    def ones(self):
-        self.memory_set(1)
-
-    def own_sys_data(self):
-        return True
-
-    def own_dev_data(self):
-        return True
-
-
-class Engine(object):
+class Engine(EngineBase):
     """A bmodel loaded by libbmrt; introspection from bm_net_info_t, `process` with the caller's tensors."""
 
     def __init__(self, bmodel_path, dev, mode=IOMode.SYSIO):
@@ -403,81 +297,13 @@ class Engine(object):
         except Exception:  # interpreter teardown: the library may already be gone
             pass
 
-    def get_handle(self):
-        return self._handle
-
-    def get_graph_names(self):
-        return list(self._order)
-
-    def _graph(self, graph_name):
-        if graph_name not in self._info:
-            raise RuntimeError("Engine: no graph %r in %s" % (graph_name, self._path))
-        return self._info[graph_name]
-
-    def _spec(self, graph_name, tensor_name, kind):
-        for spec in self._graph(graph_name)[kind]:
-            if spec["name"] == tensor_name:
-                return spec
-        raise RuntimeError("Engine: graph %s has no %s tensor %r" % (graph_name, kind[:-1], tensor_name))
-
-    def get_input_names(self, graph_name):
-        return [spec["name"] for spec in self._graph(graph_name)["inputs"]]
-
-    def get_output_names(self, graph_name):
-        return [spec["name"] for spec in self._graph(graph_name)["outputs"]]
-
-    def get_input_shape(self, graph_name, tensor_name):
-        return list(self._spec(graph_name, tensor_name, "inputs")["shape"])
-
-    def get_output_shape(self, graph_name, tensor_name):
-        return list(self._spec(graph_name, tensor_name, "outputs")["shape"])
-
-    def get_input_dtype(self, graph_name, tensor_name):
-        return self._spec(graph_name, tensor_name, "inputs")["dtype"]
-
-    def get_output_dtype(self, graph_name, tensor_name):
-        return self._spec(graph_name, tensor_name, "outputs")["dtype"]
-
-    def get_input_scale(self, graph_name, tensor_name):
-        return self._spec(graph_name, tensor_name, "inputs")["scale"]
-
-    def get_output_scale(self, graph_name, tensor_name):
-        return self._spec(graph_name, tensor_name, "outputs")["scale"]
-
-    def graph_is_dynamic(self, graph_name):
-        return self._graph(graph_name)["dynamic"]
-
-    def get_max_input_shapes(self, graph_name):
-        return {spec["name"]: list(spec["shape"]) for spec in self._graph(graph_name)["inputs"]}
-
-    def get_max_output_shapes(self, graph_name):
-        return {spec["name"]: list(spec["shape"]) for spec in self._graph(graph_name)["outputs"]}
+    def _takes(self, spec, tensor):
+        return tensor._dtype == spec["dtype"] and tensor._host.size >= element_count(spec["shape"])
 
     def _bind(self, graph_name, kind, tensors):
-        specs = self._graph(graph_name)[kind]
-        expected = [spec["name"] for spec in specs]
-        if sorted(tensors) != sorted(expected):
-            raise RuntimeError(
-                "process(%s): %s must be %s, got %s" % (graph_name, kind, expected, sorted(tensors))
-            )
-        array = (_bmrt.BmTensor * len(specs))()
-        for slot, spec in zip(array, specs):
-            tensor = tensors[spec["name"]]
-            if not isinstance(tensor, Tensor):
-                raise TypeError("process(%s): %s is not a sail.Tensor" % (graph_name, spec["name"]))
-            if tensor._dtype != spec["dtype"] or tensor._host.size < _element_count(spec["shape"]):
-                raise RuntimeError(
-                    "process(%s): %s %s is %s %s, graph wants %s %s"
-                    % (
-                        graph_name,
-                        kind[:-1],
-                        spec["name"],
-                        tensor._dtype.name,
-                        tensor.shape(),
-                        spec["dtype"].name,
-                        spec["shape"],
-                    )
-                )
+        pairs = self._bound(graph_name, kind, tensors)
+        array = (_bmrt.BmTensor * len(pairs))()
+        for slot, (spec, tensor) in zip(array, pairs):
             tensor._check_live()
             slot.dtype = int(spec["dtype"])
             slot.shape = _bmrt.Shape.of(tensor.shape() if kind == "inputs" else spec["shape"])

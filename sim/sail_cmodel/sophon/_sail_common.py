@@ -1,0 +1,1 @@
+../../sail/sophon/_sail_common.py
