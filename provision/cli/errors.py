@@ -35,6 +35,7 @@ EXIT_BY_ERROR: tuple[tuple[type[errors.FleetError], Exit], ...] = (
     (errors.ConfigError, Exit.USAGE),
     (errors.ConnectError, Exit.UNREACHABLE),
     (errors.NotReadyError, Exit.NOT_READY),
+    (errors.LockedError, Exit.NOT_READY),  # another run holds the box: nothing was changed (as memory apply)
     (errors.IntegrityError, Exit.INTEGRITY),
     (errors.DiskFullError, Exit.DISK_FULL),
     (errors.SimError, Exit.SIM),
