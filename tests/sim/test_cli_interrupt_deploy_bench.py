@@ -1,6 +1,7 @@
 """The one Ctrl-C rule for `deploy` and `bench`, the last-bench record `status` shows, and `bench` /
 `sim status` at 80 columns. SIGINT is sent at the stage in question, awaited from the command's own
-progress output (stderr); the child gets SIGINT's default action (a background run inherits it ignored)."""
+progress output (stderr); the child gets SIGINT's default action (a background run inherits it ignored).
+And SIGKILL of `deploy` in each of its stages: the runtime in use stays whole, `--break-lock` goes on."""
 
 from __future__ import annotations
 
@@ -195,3 +196,67 @@ def invoke_env(env, *args):
 
 def strip_sgr(text):
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+# per stage of `deploy`: what keeps it open long enough to kill the CLI in it (a fault, or a Hold on the one
+# box-side command only that stage runs); `install` lasts a second (a venv and its wheels)
+KILL_STAGES = {
+    "push": ("rate", "20"),  # the bundle's wheels take seconds at 20 Mbit/s
+    "install": None,
+    "selftest": ("slow-tpu", "500"),  # every graph run 0.5 s longer
+    "switch": "hold",  # `ln` of `current` held on the box
+}
+
+
+def whole_runtime(fleet, name="se7-1"):
+    """The runtime `current` points at, checked to be a whole deployment (its marker written), or None."""
+    version = current_runtime(fleet, name)
+    if version is not None:
+        marker = fleet.state.box_paths(name).data / "sophon-fleet/runtime" / version / ".deployed"
+        assert json.loads(marker.read_text())["version"] == version
+    return version
+
+
+@pytest.mark.parametrize("stage", KILL_STAGES)
+def test_kill_9_in_a_deploy_stage_leaves_the_runtime_whole_and_break_lock_finishes(fleet, stage):
+    """SIGKILL of `deploy` while it is in `stage` (awaited in its progress output; held there by a fault or a
+    Hold): `current` is unchanged, or (killed in the switch, which the box then finishes) the new version
+    whole; the runtime lock stays, a plain `deploy` is refused naming it, and `deploy --break-lock` (the
+    owner's pid is gone) deploys and self-tests the runtime."""
+    from tests.sim.flows import Hold, read_until
+
+    inv = ("-i", str(fleet.inventory_path), "--limit", "se7-1")
+    assert invoke("undeploy", *inv, "--all")[0] == 0  # every stage starts from a box without a runtime
+    assert current_runtime(fleet) is None
+    how = KILL_STAGES[stage]
+    hold = Hold(fleet, "se7-1", "ln", (".current.tmp",)) if how == "hold" else None
+    if isinstance(how, tuple):
+        fleet.fault("se7-1", *how)
+    proc = start("deploy", *inv)
+    seen: list[str] = []
+    try:
+        read_until(proc, stage, seen)
+        if hold is not None:
+            hold.wait_held()
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        fleet.fault("se7-1", "heal")
+    assert proc.returncode == -signal.SIGKILL, "".join(seen) + err
+    if hold is not None:
+        hold.wait_released()  # the box finishes the command it was running when the CLI died
+        hold.remove()
+    assert whole_runtime(fleet) is None if stage != "switch" else whole_runtime(fleet) is not None
+    lock = fleet.state.box_paths("se7-1").data / "sophon-fleet/locks/runtime.lock"
+    assert lock.exists()
+
+    code, out, err = invoke("deploy", *inv, "--json")
+    (host,) = json.loads(out)["hosts"]
+    assert code == 3 and "is locked: deploy by" in host["error"], out + err
+    code, out, err = invoke("deploy", *inv, "--break-lock", "--json")
+    assert code == 0, out + err
+    (host,) = json.loads(out)["hosts"]
+    assert host["status"] == ("up-to-date" if stage == "switch" else "deployed"), host
+    assert whole_runtime(fleet) == host["version"] and not lock.exists()
