@@ -272,7 +272,9 @@ def test_a_client_leaving_mid_stream_frees_the_tpu_before_the_next_token(slow_se
     nxt = Stream(slow_server, 2)
     ftl = nxt.next_content() - nxt.sent
     nxt.close()
-    assert ftl <= idle_ftl + 1.5 * token_time, (ftl, idle_ftl, token_time)
+    # a server still generating the leaving answer would add ~98 token times; scheduling noise on a loaded
+    # 2-core machine adds a few (1.5 failed once under a parallel test run)
+    assert ftl <= idle_ftl + 5 * token_time, (ftl, idle_ftl, token_time)
     wait_for(lambda: metric(slow_server, 'sophon_chat_requests_total{status="499"}') == gone_before + 1)
     wait_for(lambda: not get_json(slow_server + "/health")[1]["busy"])
     # the leaving answer stopped within a token or two of the 2 its client read; the next one made 2
