@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.sim.conftest import assert_nothing_left, needs_root
-from tests.sim.flows import invoke, pull_and_push, use_fleet
+from tests.sim.flows import Hold, invoke, pull_and_push, read_until, use_fleet
 
 pytestmark = [pytest.mark.sim, needs_root]
 
@@ -223,8 +223,6 @@ def test_kill_9_in_a_deploy_stage_leaves_the_runtime_whole_and_break_lock_finish
     Hold): `current` is unchanged, or (killed in the switch, which the box then finishes) the new version
     whole; the runtime lock stays, a plain `deploy` is refused naming it, and `deploy --break-lock` (the
     owner's pid is gone) deploys and self-tests the runtime."""
-    from tests.sim.flows import Hold, read_until
-
     inv = ("-i", str(fleet.inventory_path), "--limit", "se7-1")
     assert invoke("undeploy", *inv, "--all")[0] == 0  # every stage starts from a box without a runtime
     assert current_runtime(fleet) is None
@@ -248,7 +246,7 @@ def test_kill_9_in_a_deploy_stage_leaves_the_runtime_whole_and_break_lock_finish
     if hold is not None:
         hold.wait_released()  # the box finishes the command it was running when the CLI died
         hold.remove()
-    assert whole_runtime(fleet) is None if stage != "switch" else whole_runtime(fleet) is not None
+    assert (whole_runtime(fleet) is not None) == (stage == "switch")
     lock = fleet.state.box_paths("se7-1").data / "sophon-fleet/locks/runtime.lock"
     assert lock.exists()
 
